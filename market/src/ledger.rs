@@ -1,0 +1,527 @@
+//! Channel ledgers: the payer's and the provider's view of one channel, and the rules each
+//! applies before signing or serving (`docs/protocol.md`, "Ledger rules").
+
+use std::collections::VecDeque;
+
+use alloy_primitives::B256;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MarketError, VerifyError};
+use crate::keys::Identity;
+use crate::merkle::SumTree;
+use crate::receipt::{ProposedReceipt, Receipt, SignedReceipt};
+use crate::store::{ChannelState, StoredReceipt};
+use crate::types::{ModelId, Price, Seq, Wei};
+use crate::voucher::{SignedVoucher, Voucher};
+
+/// How far a receipt's timestamp may be from the payer's clock, in seconds.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+/// What the client accepted before sending a request: the model, its price, and the most
+/// tokens it may be charged for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Quote {
+    /// The model.
+    pub model: ModelId,
+    /// Its price.
+    pub price: Price,
+    /// Most prompt tokens the request may count.
+    pub max_input_tokens: u32,
+    /// Most tokens it may generate.
+    pub max_output_tokens: u32,
+}
+
+impl Quote {
+    /// The most a request under this quote can cost.
+    pub fn max_value(&self) -> Result<Wei, MarketError> {
+        self.price.value(self.max_input_tokens, self.max_output_tokens)
+    }
+}
+
+/// What the payer itself observed of an inference.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Delivered {
+    /// Hash of the request it sent.
+    pub request_hash: B256,
+    /// Hash of the tokens it received.
+    pub response_hash: B256,
+    /// Number of tokens it received.
+    pub output_tokens: u32,
+    /// Its own count of prompt tokens, if it tokenised the prompt.
+    pub input_tokens: Option<u32>,
+}
+
+/// What the provider measured of an inference it ran.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Usage {
+    /// Hash of the request received.
+    pub request_hash: B256,
+    /// Hash of the tokens delivered.
+    pub response_hash: B256,
+    /// Prompt tokens processed.
+    pub input_tokens: u32,
+    /// Tokens generated and delivered.
+    pub output_tokens: u32,
+    /// Merkle root of the attribution weights (zero when none).
+    pub attribution_root: B256,
+}
+
+/// Why a ledger refused to sign, serve or accept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum LedgerError {
+    /// A signature does not verify.
+    #[error(transparent)]
+    Signature(#[from] VerifyError),
+    /// Arithmetic failed.
+    #[error(transparent)]
+    Market(#[from] MarketError),
+    /// The receipt names another chain, contract, channel, party or key than the channel.
+    #[error("receipt is for another channel: its {0} differs")]
+    ForeignReceipt(&'static str),
+    /// The seq is not the expected next one (a gap, a replay or an old receipt).
+    #[error("receipt seq {got}, expected {expected}")]
+    WrongSeq {
+        /// Expected seq.
+        expected: Seq,
+        /// Received seq.
+        got: Seq,
+    },
+    /// The receipt bills another model than the quote.
+    #[error("receipt bills model {got}, the quote was for {quoted}")]
+    WrongModel {
+        /// Quoted model.
+        quoted: ModelId,
+        /// Model on the receipt.
+        got: ModelId,
+    },
+    /// The receipt's prices differ from the quote's.
+    #[error("receipt prices {got:?} differ from the quote {quoted:?}")]
+    WrongPrice {
+        /// Quoted price.
+        quoted: Price,
+        /// Price on the receipt.
+        got: Price,
+    },
+    /// Token counts exceed the quote or differ from what the payer observed.
+    #[error("receipt claims {claimed} {kind} tokens, allowed {allowed}")]
+    WrongTokens {
+        /// "input" or "output".
+        kind: &'static str,
+        /// Claimed on the receipt.
+        claimed: u32,
+        /// What the quote allows or the payer counted.
+        allowed: u32,
+    },
+    /// The request hash is not that of the request sent.
+    #[error("receipt request hash differs from the request sent")]
+    WrongRequest,
+    /// The response hash is not that of the tokens received.
+    #[error("receipt response hash differs from the tokens received")]
+    WrongResponse,
+    /// The value is not exactly the price of the tokens.
+    #[error("receipt value {got}, the tokens at the quoted price are worth {expected}")]
+    WrongValue {
+        /// Exact value.
+        expected: Wei,
+        /// Claimed value.
+        got: Wei,
+    },
+    /// The cumulative is not previous + value.
+    #[error("receipt cumulative {got}, expected {expected}")]
+    WrongCumulative {
+        /// Previous cumulative + value.
+        expected: Wei,
+        /// Claimed cumulative.
+        got: Wei,
+    },
+    /// The channel's deposit does not cover the total.
+    #[error("channel total {needed} would exceed the deposit {deposit}: top up the channel")]
+    DepositExceeded {
+        /// Total that would be owed.
+        needed: Wei,
+        /// The deposit.
+        deposit: Wei,
+    },
+    /// The receipt's timestamp is too far from the payer's clock.
+    #[error("receipt timestamp {timestamp} is more than {MAX_CLOCK_SKEW_SECS}s from now ({now})")]
+    ClockSkew {
+        /// Receipt timestamp.
+        timestamp: u64,
+        /// Payer's clock.
+        now: u64,
+    },
+    /// Serving would leave more unpaid than the provider's limit for this payer.
+    #[error("unpaid exposure {unpaid} plus this request's {requested} would exceed the limit {limit}")]
+    ExposureLimit {
+        /// Already unpaid (proposed, not co-signed, plus reserved).
+        unpaid: Wei,
+        /// This request's maximum value.
+        requested: Wei,
+        /// The limit.
+        limit: Wei,
+    },
+    /// The usage is beyond what was reserved for the request.
+    #[error("usage worth {value} exceeds the reservation of {reserved}")]
+    ExceedsReservation {
+        /// Value of the usage.
+        value: Wei,
+        /// Reserved.
+        reserved: Wei,
+    },
+    /// A co-signed receipt arrived with no matching proposal.
+    #[error("co-signed receipt {seq} does not match the oldest proposal")]
+    NotProposed {
+        /// Its seq.
+        seq: Seq,
+    },
+    /// The voucher does not match the receipt.
+    #[error("voucher does not match the receipt: {0} differs")]
+    WrongVoucher(&'static str),
+    /// The voucher commits to another batch than the receipts since the last settlement.
+    #[error("voucher receipts root {got} differs from the batch root {expected}")]
+    WrongReceiptsRoot {
+        /// Root of the batch.
+        expected: B256,
+        /// Root in the voucher.
+        got: B256,
+    },
+    /// The declared start of the batch is not between the known settlement and the last
+    /// receipt.
+    #[error("batch start {start} is outside [{settled}, {last}]")]
+    BadBatchStart {
+        /// Declared start.
+        start: Seq,
+        /// Settled seq known here.
+        settled: Seq,
+        /// Last co-signed seq.
+        last: Seq,
+    },
+}
+
+/// A receipt's leaf data in a settlement batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct BatchLeaf {
+    seq: Seq,
+    digest: B256,
+    value: Wei,
+}
+
+impl BatchLeaf {
+    fn of(r: &Receipt) -> BatchLeaf {
+        BatchLeaf { seq: r.seq, digest: r.digest(), value: r.value }
+    }
+}
+
+/// The Merkle-sum root over the leaves after `start`, plus `extra`.
+fn batch_root(leaves: &[BatchLeaf], start: Seq, extra: &BatchLeaf) -> Result<B256, MarketError> {
+    let items: Vec<(B256, Wei)> = leaves
+        .iter()
+        .chain(std::iter::once(extra))
+        .filter(|l| l.seq > start)
+        .map(|l| (l.digest, l.value))
+        .collect();
+    Ok(SumTree::new(&items)?.root().hash)
+}
+
+fn unsettled_leaves(state: &ChannelState, receipts: &[StoredReceipt]) -> Vec<BatchLeaf> {
+    receipts
+        .iter()
+        .map(|s| BatchLeaf::of(&s.receipt.receipt))
+        .filter(|l| l.seq > state.settled_seq)
+        .collect()
+}
+
+/// The client's side of a channel.
+#[derive(Clone, Debug)]
+pub struct PayerChannel {
+    state: ChannelState,
+    unsettled: Vec<BatchLeaf>,
+}
+
+impl PayerChannel {
+    /// Resumes a channel from its stored state and stored receipts after its settlement
+    /// (both from a [`crate::Store`]).
+    pub fn restore(state: ChannelState, receipts: &[StoredReceipt]) -> PayerChannel {
+        let unsettled = unsettled_leaves(&state, receipts);
+        PayerChannel { state, unsettled }
+    }
+
+    /// The channel's state (what to persist).
+    pub fn state(&self) -> &ChannelState {
+        &self.state
+    }
+
+    /// Checks a proposal against the rules of `docs/protocol.md`; `Ok` means it is safe to
+    /// co-sign.
+    pub fn check(
+        &self,
+        proposal: &ProposedReceipt,
+        batch_start: Seq,
+        quote: &Quote,
+        delivered: &Delivered,
+        now: u64,
+    ) -> Result<(), LedgerError> {
+        let r = &proposal.receipt;
+        let p = &self.state.params;
+        let field = |ok: bool, name| if ok { Ok(()) } else { Err(LedgerError::ForeignReceipt(name)) };
+        field(r.domain == p.domain, "domain")?;
+        field(r.channel == p.id, "channel")?;
+        field(r.payer == p.payer && r.payer_key == p.payer_key, "payer")?;
+        field(r.provider == p.provider && r.provider_key == p.provider_key, "provider")?;
+        proposal.verify()?;
+        let expected = self.state.last_seq.next()?;
+        if r.seq != expected {
+            return Err(LedgerError::WrongSeq { expected, got: r.seq });
+        }
+        if r.model != quote.model {
+            return Err(LedgerError::WrongModel { quoted: quote.model, got: r.model });
+        }
+        if r.price != quote.price {
+            return Err(LedgerError::WrongPrice { quoted: quote.price, got: r.price });
+        }
+        let allowed_out = delivered.output_tokens.min(quote.max_output_tokens);
+        if r.output_tokens != delivered.output_tokens || r.output_tokens > quote.max_output_tokens {
+            return Err(LedgerError::WrongTokens { kind: "output", claimed: r.output_tokens, allowed: allowed_out });
+        }
+        let allowed_in = delivered.input_tokens.unwrap_or(quote.max_input_tokens).min(quote.max_input_tokens);
+        let input_ok = match delivered.input_tokens {
+            Some(n) => r.input_tokens == n,
+            None => true,
+        };
+        if !input_ok || r.input_tokens > quote.max_input_tokens {
+            return Err(LedgerError::WrongTokens { kind: "input", claimed: r.input_tokens, allowed: allowed_in });
+        }
+        if r.request_hash != delivered.request_hash {
+            return Err(LedgerError::WrongRequest);
+        }
+        if r.response_hash != delivered.response_hash {
+            return Err(LedgerError::WrongResponse);
+        }
+        let value = quote.price.value(r.input_tokens, r.output_tokens)?;
+        if r.value != value {
+            return Err(LedgerError::WrongValue { expected: value, got: r.value });
+        }
+        let cumulative = self.state.cumulative.checked_add(value)?;
+        if r.cumulative != cumulative {
+            return Err(LedgerError::WrongCumulative { expected: cumulative, got: r.cumulative });
+        }
+        if cumulative > self.state.deposit {
+            return Err(LedgerError::DepositExceeded { needed: cumulative, deposit: self.state.deposit });
+        }
+        if r.timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+            return Err(LedgerError::ClockSkew { timestamp: r.timestamp, now });
+        }
+        if batch_start < self.state.settled_seq || batch_start > self.state.last_seq {
+            return Err(LedgerError::BadBatchStart {
+                start: batch_start,
+                settled: self.state.settled_seq,
+                last: self.state.last_seq,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the proposal, then co-signs it and signs the voucher for it. The caller
+    /// persists the result ([`crate::Store::record_receipt`]) and then calls
+    /// [`PayerChannel::commit`]; nothing here changes until then.
+    pub fn accept(
+        &self,
+        proposal: ProposedReceipt,
+        batch_start: Seq,
+        quote: &Quote,
+        delivered: &Delivered,
+        now: u64,
+        me: &Identity,
+    ) -> Result<(SignedReceipt, SignedVoucher), LedgerError> {
+        self.check(&proposal, batch_start, quote, delivered, now)?;
+        let leaf = BatchLeaf::of(&proposal.receipt);
+        let voucher = Voucher {
+            domain: self.state.params.domain,
+            channel: self.state.params.id,
+            seq: leaf.seq,
+            cumulative: proposal.receipt.cumulative,
+            receipts_root: batch_root(&self.unsettled, batch_start, &leaf)?,
+        };
+        Ok((proposal.cosign(&me.ed25519), voucher.sign(&me.evm)))
+    }
+
+    /// Advances the ledger past a receipt once it is stored.
+    pub fn commit(&mut self, stored: &ChannelState, receipt: &SignedReceipt) {
+        self.unsettled.push(BatchLeaf::of(&receipt.receipt));
+        self.state = stored.clone();
+    }
+
+    /// Records a settlement through `seq` seen on chain, and a new deposit.
+    pub fn settled(&mut self, state: &ChannelState) {
+        self.unsettled.retain(|l| l.seq > state.settled_seq);
+        self.state = state.clone();
+    }
+}
+
+/// A claim on part of a provider's exposure limit for one request in flight. Not `Clone`:
+/// each is used once, by [`ProviderChannel::propose`] or [`ProviderChannel::release`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reservation {
+    quote: Quote,
+    amount: Wei,
+}
+
+impl Reservation {
+    /// The quote the request was admitted under.
+    pub fn quote(&self) -> &Quote {
+        &self.quote
+    }
+}
+
+/// The node's side of a channel.
+#[derive(Clone, Debug)]
+pub struct ProviderChannel {
+    state: ChannelState,
+    limit: Wei,
+    unsettled: Vec<BatchLeaf>,
+    pending: VecDeque<ProposedReceipt>,
+    reserved: Wei,
+}
+
+impl ProviderChannel {
+    /// Resumes a channel from its stored state and receipts, with an exposure limit: the
+    /// most value this node serves to the payer without a co-signed receipt.
+    pub fn restore(state: ChannelState, receipts: &[StoredReceipt], limit: Wei) -> ProviderChannel {
+        let unsettled = unsettled_leaves(&state, receipts);
+        ProviderChannel { state, limit, unsettled, pending: VecDeque::new(), reserved: Wei::ZERO }
+    }
+
+    /// The channel's state.
+    pub fn state(&self) -> &ChannelState {
+        &self.state
+    }
+
+    /// Value proposed but not co-signed, plus outstanding reservations.
+    pub fn unpaid(&self) -> Result<Wei, LedgerError> {
+        let mut unpaid = self.reserved;
+        for p in &self.pending {
+            unpaid = unpaid.checked_add(p.receipt.value)?;
+        }
+        Ok(unpaid)
+    }
+
+    /// Proposals waiting for the payer, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &ProposedReceipt> {
+        self.pending.iter()
+    }
+
+    /// Admits a request under `quote` if its maximum value fits both the exposure limit and
+    /// the deposit; the reservation holds that value until the receipt is proposed.
+    pub fn reserve(&mut self, quote: Quote) -> Result<Reservation, LedgerError> {
+        let requested = quote.max_value()?;
+        let unpaid = self.unpaid()?;
+        let exposure = unpaid.checked_add(requested)?;
+        if exposure > self.limit {
+            return Err(LedgerError::ExposureLimit { unpaid, requested, limit: self.limit });
+        }
+        let needed = self.state.cumulative.checked_add(exposure)?;
+        if needed > self.state.deposit {
+            return Err(LedgerError::DepositExceeded { needed, deposit: self.state.deposit });
+        }
+        self.reserved = self.reserved.checked_add(requested)?;
+        Ok(Reservation { quote, amount: requested })
+    }
+
+    /// Gives back a reservation whose request produced nothing billable.
+    pub fn release(&mut self, reservation: Reservation) {
+        // Cannot underflow: `reserved` is the sum of outstanding reservations.
+        self.reserved = Wei(self.reserved.0 - reservation.amount.0);
+    }
+
+    /// Turns a reservation into a signed receipt proposal for the actual usage. Returns the
+    /// proposal and the batch start the payer must build its voucher's root from.
+    pub fn propose(
+        &mut self,
+        reservation: Reservation,
+        usage: &Usage,
+        now: u64,
+        me: &Identity,
+    ) -> Result<(ProposedReceipt, Seq), LedgerError> {
+        let quote = reservation.quote;
+        if usage.output_tokens > quote.max_output_tokens {
+            return Err(LedgerError::WrongTokens { kind: "output", claimed: usage.output_tokens, allowed: quote.max_output_tokens });
+        }
+        if usage.input_tokens > quote.max_input_tokens {
+            return Err(LedgerError::WrongTokens { kind: "input", claimed: usage.input_tokens, allowed: quote.max_input_tokens });
+        }
+        let value = quote.price.value(usage.input_tokens, usage.output_tokens)?;
+        if value > reservation.amount {
+            return Err(LedgerError::ExceedsReservation { value, reserved: reservation.amount });
+        }
+        let (prev_seq, prev_cumulative) = match self.pending.back() {
+            Some(p) => (p.receipt.seq, p.receipt.cumulative),
+            None => (self.state.last_seq, self.state.cumulative),
+        };
+        let p = &self.state.params;
+        let receipt = Receipt {
+            domain: p.domain,
+            channel: p.id,
+            seq: prev_seq.next()?,
+            payer: p.payer,
+            provider: p.provider,
+            payer_key: p.payer_key,
+            provider_key: p.provider_key,
+            model: quote.model,
+            request_hash: usage.request_hash,
+            response_hash: usage.response_hash,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            price: quote.price,
+            value,
+            cumulative: prev_cumulative.checked_add(value)?,
+            attribution_root: usage.attribution_root,
+            timestamp: now,
+        };
+        let proposal = receipt.propose(&me.ed25519);
+        self.release(reservation);
+        self.pending.push_back(proposal.clone());
+        Ok((proposal, self.state.settled_seq))
+    }
+
+    /// Checks the payer's answer to the oldest proposal: exactly that receipt with a valid
+    /// payer signature, and a voucher from the payer for its seq, cumulative and batch.
+    /// Nothing changes here: persist, then [`ProviderChannel::commit`], then acknowledge.
+    pub fn check_cosigned(&self, receipt: &SignedReceipt, voucher: &SignedVoucher) -> Result<(), LedgerError> {
+        let oldest = self.pending.front().ok_or(LedgerError::NotProposed { seq: receipt.receipt.seq })?;
+        if receipt.receipt != oldest.receipt || receipt.provider_sig != oldest.provider_sig {
+            return Err(LedgerError::NotProposed { seq: receipt.receipt.seq });
+        }
+        receipt.verify()?;
+        let v = &voucher.voucher;
+        if v.domain != self.state.params.domain || v.channel != self.state.params.id {
+            return Err(LedgerError::WrongVoucher("channel"));
+        }
+        if v.seq != receipt.receipt.seq {
+            return Err(LedgerError::WrongVoucher("seq"));
+        }
+        if v.cumulative != receipt.receipt.cumulative {
+            return Err(LedgerError::WrongVoucher("cumulative"));
+        }
+        let expected = batch_root(&self.unsettled, self.state.settled_seq, &BatchLeaf::of(&receipt.receipt))?;
+        if v.receipts_root != expected {
+            return Err(LedgerError::WrongReceiptsRoot { expected, got: v.receipts_root });
+        }
+        voucher.verify(self.state.params.payer)?;
+        Ok(())
+    }
+
+    /// Advances past the oldest proposal once its co-signed receipt is stored.
+    pub fn commit(&mut self, stored: &ChannelState, receipt: &SignedReceipt) {
+        if self.pending.front().is_some_and(|p| p.receipt == receipt.receipt) {
+            self.pending.pop_front();
+        }
+        self.unsettled.push(BatchLeaf::of(&receipt.receipt));
+        self.state = stored.clone();
+    }
+
+    /// Records a settlement or a new deposit.
+    pub fn settled(&mut self, state: &ChannelState) {
+        self.unsettled.retain(|l| l.seq > state.settled_seq);
+        self.state = state.clone();
+    }
+}

@@ -1,0 +1,4 @@
+//! attrinet's cross-crate integration tests: one binary, one module per area.
+
+mod crash;
+mod store;
