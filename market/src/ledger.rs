@@ -1,8 +1,6 @@
 //! Channel ledgers: the payer's and the provider's view of one channel, and the rules each
 //! applies before signing or serving (`docs/protocol.md`, "Ledger rules").
 
-use std::collections::VecDeque;
-
 use alloy_primitives::B256;
 use serde::{Deserialize, Serialize};
 
@@ -169,9 +167,16 @@ pub enum LedgerError {
         reserved: Wei,
     },
     /// A co-signed receipt arrived with no matching proposal.
-    #[error("co-signed receipt {seq} does not match the oldest proposal")]
+    #[error("co-signed receipt {seq} does not match the proposal in flight")]
     NotProposed {
         /// Its seq.
+        seq: Seq,
+    },
+    /// A proposal is already waiting for the payer on this channel; receipts are
+    /// exchanged one at a time so that seqs stay contiguous.
+    #[error("receipt {seq} is still waiting for the payer's signature")]
+    ProposalInFlight {
+        /// Seq of the proposal in flight.
         seq: Seq,
     },
     /// The voucher does not match the receipt.
@@ -374,13 +379,19 @@ impl Reservation {
 }
 
 /// The node's side of a channel.
+///
+/// Receipts are exchanged one at a time: at most one proposal waits for the payer. If the
+/// payer never answers, [`ProviderChannel::abandon`] writes the proposal off: its seq is
+/// reused by the next receipt, and its value keeps counting as unpaid exposure, so a payer
+/// that does not co-sign runs into the limit and is refused.
 #[derive(Clone, Debug)]
 pub struct ProviderChannel {
     state: ChannelState,
     limit: Wei,
     unsettled: Vec<BatchLeaf>,
-    pending: VecDeque<ProposedReceipt>,
+    pending: Option<ProposedReceipt>,
     reserved: Wei,
+    written_off: Wei,
 }
 
 impl ProviderChannel {
@@ -388,7 +399,7 @@ impl ProviderChannel {
     /// most value this node serves to the payer without a co-signed receipt.
     pub fn restore(state: ChannelState, receipts: &[StoredReceipt], limit: Wei) -> ProviderChannel {
         let unsettled = unsettled_leaves(&state, receipts);
-        ProviderChannel { state, limit, unsettled, pending: VecDeque::new(), reserved: Wei::ZERO }
+        ProviderChannel { state, limit, unsettled, pending: None, reserved: Wei::ZERO, written_off: Wei::ZERO }
     }
 
     /// The channel's state.
@@ -396,18 +407,16 @@ impl ProviderChannel {
         &self.state
     }
 
-    /// Value proposed but not co-signed, plus outstanding reservations.
+    /// Value served but not co-signed: the proposal in flight, proposals written off, and
+    /// outstanding reservations.
     pub fn unpaid(&self) -> Result<Wei, LedgerError> {
-        let mut unpaid = self.reserved;
-        for p in &self.pending {
-            unpaid = unpaid.checked_add(p.receipt.value)?;
-        }
-        Ok(unpaid)
+        let pending = self.pending.as_ref().map_or(Wei::ZERO, |p| p.receipt.value);
+        Ok(self.reserved.checked_add(self.written_off)?.checked_add(pending)?)
     }
 
-    /// Proposals waiting for the payer, oldest first.
-    pub fn pending(&self) -> impl Iterator<Item = &ProposedReceipt> {
-        self.pending.iter()
+    /// The proposal waiting for the payer, if any.
+    pub fn pending(&self) -> Option<&ProposedReceipt> {
+        self.pending.as_ref()
     }
 
     /// Admits a request under `quote` if its maximum value fits both the exposure limit and
@@ -434,7 +443,8 @@ impl ProviderChannel {
     }
 
     /// Turns a reservation into a signed receipt proposal for the actual usage. Returns the
-    /// proposal and the batch start the payer must build its voucher's root from.
+    /// proposal and the batch start the payer must build its voucher's root from. On error
+    /// the reservation is released.
     pub fn propose(
         &mut self,
         reservation: Reservation,
@@ -442,6 +452,17 @@ impl ProviderChannel {
         now: u64,
         me: &Identity,
     ) -> Result<(ProposedReceipt, Seq), LedgerError> {
+        let result = self.make_proposal(&reservation, usage, now, me);
+        self.release(reservation);
+        let proposal = result?;
+        self.pending = Some(proposal.clone());
+        Ok((proposal, self.state.settled_seq))
+    }
+
+    fn make_proposal(&self, reservation: &Reservation, usage: &Usage, now: u64, me: &Identity) -> Result<ProposedReceipt, LedgerError> {
+        if let Some(p) = &self.pending {
+            return Err(LedgerError::ProposalInFlight { seq: p.receipt.seq });
+        }
         let quote = reservation.quote;
         if usage.output_tokens > quote.max_output_tokens {
             return Err(LedgerError::WrongTokens { kind: "output", claimed: usage.output_tokens, allowed: quote.max_output_tokens });
@@ -453,15 +474,11 @@ impl ProviderChannel {
         if value > reservation.amount {
             return Err(LedgerError::ExceedsReservation { value, reserved: reservation.amount });
         }
-        let (prev_seq, prev_cumulative) = match self.pending.back() {
-            Some(p) => (p.receipt.seq, p.receipt.cumulative),
-            None => (self.state.last_seq, self.state.cumulative),
-        };
         let p = &self.state.params;
         let receipt = Receipt {
             domain: p.domain,
             channel: p.id,
-            seq: prev_seq.next()?,
+            seq: self.state.last_seq.next()?,
             payer: p.payer,
             provider: p.provider,
             payer_key: p.payer_key,
@@ -473,22 +490,28 @@ impl ProviderChannel {
             output_tokens: usage.output_tokens,
             price: quote.price,
             value,
-            cumulative: prev_cumulative.checked_add(value)?,
+            cumulative: self.state.cumulative.checked_add(value)?,
             attribution_root: usage.attribution_root,
             timestamp: now,
         };
-        let proposal = receipt.propose(&me.ed25519);
-        self.release(reservation);
-        self.pending.push_back(proposal.clone());
-        Ok((proposal, self.state.settled_seq))
+        Ok(receipt.propose(&me.ed25519))
     }
 
-    /// Checks the payer's answer to the oldest proposal: exactly that receipt with a valid
-    /// payer signature, and a voucher from the payer for its seq, cumulative and batch.
+    /// Writes off the proposal in flight: the payer did not answer. Its seq will be reused;
+    /// its value stays counted as unpaid.
+    pub fn abandon(&mut self) -> Result<(), LedgerError> {
+        if let Some(p) = self.pending.take() {
+            self.written_off = self.written_off.checked_add(p.receipt.value)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the payer's answer to the proposal in flight: exactly that receipt with a
+    /// valid payer signature, and a voucher from the payer for its seq, cumulative and batch.
     /// Nothing changes here: persist, then [`ProviderChannel::commit`], then acknowledge.
     pub fn check_cosigned(&self, receipt: &SignedReceipt, voucher: &SignedVoucher) -> Result<(), LedgerError> {
-        let oldest = self.pending.front().ok_or(LedgerError::NotProposed { seq: receipt.receipt.seq })?;
-        if receipt.receipt != oldest.receipt || receipt.provider_sig != oldest.provider_sig {
+        let pending = self.pending.as_ref().ok_or(LedgerError::NotProposed { seq: receipt.receipt.seq })?;
+        if receipt.receipt != pending.receipt || receipt.provider_sig != pending.provider_sig {
             return Err(LedgerError::NotProposed { seq: receipt.receipt.seq });
         }
         receipt.verify()?;
@@ -510,10 +533,10 @@ impl ProviderChannel {
         Ok(())
     }
 
-    /// Advances past the oldest proposal once its co-signed receipt is stored.
+    /// Advances past the proposal in flight once its co-signed receipt is stored.
     pub fn commit(&mut self, stored: &ChannelState, receipt: &SignedReceipt) {
-        if self.pending.front().is_some_and(|p| p.receipt == receipt.receipt) {
-            self.pending.pop_front();
+        if self.pending.as_ref().is_some_and(|p| p.receipt == receipt.receipt) {
+            self.pending = None;
         }
         self.unsettled.push(BatchLeaf::of(&receipt.receipt));
         self.state = stored.clone();

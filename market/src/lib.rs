@@ -68,6 +68,7 @@
 //! # Ok(()) }
 //! ```
 
+mod advert;
 mod codec;
 mod eip712;
 mod error;
@@ -75,11 +76,15 @@ mod keys;
 mod ledger;
 mod merkle;
 mod receipt;
+mod select;
 mod split;
 mod store;
 mod types;
 mod voucher;
 
+pub use advert::{
+    AdvertError, MAX_ADVERT_BYTES, MAX_ADVERT_TTL_SECS, MAX_MODEL_NAME, MarketView, ModelAdvert, SignedAdvert,
+};
 pub use codec::{decode, encode};
 pub use eip712::{DOMAIN_NAME, DOMAIN_VERSION};
 /// The EIP-712 structs as alloy `sol!` types, for the contracts' bindings and tests.
@@ -93,6 +98,7 @@ pub use ledger::{
 };
 pub use merkle::{MerkleProof, MerkleTree, ProofError, SumNode, SumProof, SumTree, leaf_hash};
 pub use receipt::{Ed25519Signature, ProposedReceipt, PublicKey, Receipt, SignedReceipt, request_hash, response_hash};
+pub use select::{Demand, ProviderBook, ProviderRecord, rank};
 pub use split::{BPS_WHOLE, Payout, Split};
 pub use store::{ChannelParams, ChannelState, MemStore, Store, StoreError, StoredReceipt, merge_put};
 pub use types::{ChannelId, Domain, ModelId, Price, Seq, TOKENS_PER_PRICE_UNIT, Wei};

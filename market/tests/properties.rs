@@ -411,11 +411,25 @@ fn provider_refuses_past_its_exposure_limit_and_the_deposit() {
     let _b = ch.provider.reserve(ch.quote).unwrap();
     let err = ch.provider.reserve(ch.quote).unwrap_err();
     assert_eq!(err, LedgerError::ExposureLimit { unpaid: Wei(500), requested: Wei(250), limit: Wei(600) });
-    // A proposal the payer never co-signs stays unpaid and keeps counting.
+    // A proposal the payer never co-signs stays unpaid, also once written off.
     let (usage, _) = Channel::usage(100, &(0..50).collect::<Vec<_>>());
-    ch.provider.propose(a, &usage, NOW, &ch.node).unwrap();
+    let (first, _) = ch.provider.propose(a, &usage, NOW, &ch.node).unwrap();
+    assert_eq!(ch.provider.unpaid().unwrap(), Wei(500));
+    ch.provider.abandon().unwrap();
     assert_eq!(ch.provider.unpaid().unwrap(), Wei(500));
     assert!(matches!(ch.provider.reserve(ch.quote), Err(LedgerError::ExposureLimit { .. })));
+    // The abandoned seq is reused by the next proposal.
+    ch.provider.release(_b);
+    let c = ch.provider.reserve(ch.quote).unwrap();
+    let (next, _) = ch.provider.propose(c, &usage, NOW, &ch.node).unwrap();
+    assert_eq!(next.receipt.seq, first.receipt.seq);
+    // One proposal at a time.
+    let mut ch2 = Channel::new(Wei(10_000), Wei(10_000));
+    let a = ch2.provider.reserve(ch2.quote).unwrap();
+    let b = ch2.provider.reserve(ch2.quote).unwrap();
+    ch2.provider.propose(a, &usage, NOW, &ch2.node).unwrap();
+    assert!(matches!(ch2.provider.propose(b, &usage, NOW, &ch2.node), Err(LedgerError::ProposalInFlight { .. })));
+    assert_eq!(ch2.provider.unpaid().unwrap(), Wei(250), "a failed proposal releases its reservation");
 
     // The deposit bounds the total even under a generous limit.
     let mut ch = Channel::new(Wei(400), Wei(1_000_000));
@@ -457,4 +471,73 @@ fn provider_refuses_a_voucher_for_the_wrong_batch() {
     // A voucher signed by someone other than the payer.
     let forged = voucher.voucher.clone().sign(&ch.node.evm);
     assert!(matches!(ch.provider.check_cosigned(&receipt, &forged), Err(LedgerError::WrongReceiptsRoot { .. }) | Err(LedgerError::Signature(_))));
+}
+
+fn advert_by(node: &Identity, seq: u64, expires_at: u64) -> SignedAdvert {
+    ModelAdvert {
+        node_key: node.public_key(),
+        evm_address: node.address(),
+        model: ModelId::from([5; 32]),
+        model_name: "SmolLM2-135M-Instruct".into(),
+        price: Price { per_1k_input: Wei(10), per_1k_output: Wei(20) },
+        context_length: 2048,
+        free_capacity: 4,
+        decode_tokens_per_s: 80,
+        ttft_ms: 40,
+        expires_at,
+        seq,
+    }
+    .sign(&node.ed25519)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn adverts_roundtrip_and_any_byte_change_is_refused(node in identity(), seq in any::<u64>(), flip in 1u8..=255) {
+        let now = 1_000;
+        let signed = advert_by(&node, seq, now + 60);
+        roundtrip(&signed);
+        let bytes = encode(&signed);
+        prop_assert_eq!(SignedAdvert::from_gossip(&bytes, &node.public_key(), now).unwrap(), signed.clone());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= flip;
+            prop_assert!(SignedAdvert::from_gossip(&bad, &node.public_key(), now).is_err(), "byte {} accepted", i);
+        }
+    }
+}
+
+#[test]
+fn advert_validation_names_each_fault() {
+    let node = Identity::from_secrets([1; 32], [2; 32]).unwrap();
+    let other = Identity::from_secrets([3; 32], [4; 32]).unwrap();
+    let now = 1_000;
+    let good = advert_by(&node, 1, now + 60);
+    // Published by another peer than the one it names: forged.
+    assert_eq!(SignedAdvert::from_gossip(&encode(&good), &other.public_key(), now), Err(AdvertError::WrongPublisher));
+    // Names the publisher but signed by someone else.
+    let mut forged = good.clone();
+    forged.signature = good.advert.clone().sign(&other.ed25519).signature;
+    assert_eq!(SignedAdvert::from_gossip(&encode(&forged), &node.public_key(), now), Err(AdvertError::BadSignature));
+    // Oversized.
+    let mut big = good.advert.clone();
+    big.model_name = "x".repeat(2000);
+    let big = encode(&big.sign(&node.ed25519));
+    assert_eq!(SignedAdvert::from_gossip(&big, &node.public_key(), now), Err(AdvertError::TooLarge(big.len())));
+    // Expired, or claiming to live too long.
+    assert!(matches!(SignedAdvert::from_gossip(&encode(&good), &node.public_key(), now + 60), Err(AdvertError::Expired { .. })));
+    let long = advert_by(&node, 1, now + MAX_ADVERT_TTL_SECS + 1);
+    assert!(matches!(SignedAdvert::from_gossip(&encode(&long), &node.public_key(), now), Err(AdvertError::TooLongLived { .. })));
+    // The view keeps the newest per node and model, refuses replays, forgets expired ones.
+    let mut view = MarketView::new();
+    view.insert(advert_by(&node, 2, now + 60)).unwrap();
+    assert_eq!(view.insert(advert_by(&node, 2, now + 60)), Err(AdvertError::Stale { last: 2, got: 2 }));
+    assert_eq!(view.insert(advert_by(&node, 1, now + 90)), Err(AdvertError::Stale { last: 2, got: 1 }));
+    assert!(!AdvertError::Stale { last: 2, got: 1 }.penalise());
+    view.insert(advert_by(&other, 1, now + 30)).unwrap();
+    assert_eq!(view.offers(&ModelId::from([5; 32]), now).len(), 2);
+    assert_eq!(view.find("SmolLM2-135M-Instruct", now).len(), 2);
+    view.expire(now + 30);
+    assert_eq!(view.offers(&ModelId::from([5; 32]), now + 30).len(), 1);
 }

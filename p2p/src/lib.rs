@@ -1,14 +1,30 @@
 //! # attrinet-p2p
 //!
-//! The libp2p network of attrinet. This crate will own:
+//! The libp2p network of attrinet:
 //!
-//! - the swarm (TCP + noise + yamux, QUIC, identify, ping, Kademlia), whose identity is the
-//!   node's ed25519 key;
-//! - signed `ModelAdvert`s on a gossipsub topic, validated before they are forwarded, and
-//!   each node's view of the market built from them;
-//! - the inference protocol `/attrinet/infer/1`: request, streamed tokens, and the receipt
-//!   exchange of `docs/protocol.md` (propose, co-sign, persist, acknowledge);
-//! - a cloneable `Client` handle that sends commands to the `EventLoop` owning the swarm.
+//! - a swarm (TCP + noise + yamux, and QUIC; identify; ping; Kademlia in server mode) whose
+//!   identity is the node's ed25519 key, owned by an [`EventLoop`] and driven through a
+//!   cloneable [`Client`];
+//! - signed model adverts on the gossipsub topic [`ADVERT_TOPIC`], validated before they
+//!   are forwarded (accept, reject and penalise, or ignore), building each node's
+//!   [`attrinet_market::MarketView`];
+//! - the inference protocol [`INFER_PROTOCOL`]: a [`Provider`] admits requests within its
+//!   [`Limits`], streams tokens from a [`Generator`] and exchanges the receipt (propose,
+//!   co-sign, persist, acknowledge); a [`Payer`] ranks providers, checks and co-signs, and
+//!   fails over.
 //!
-//! Rules about money (ledgers, receipts, selection) live in `attrinet-market`; this crate
-//! only moves them.
+//! The rules (ledgers, receipts, selection) are `attrinet-market`'s; this crate moves them.
+
+mod network;
+mod payer;
+mod provider;
+mod wire;
+
+pub use network::{ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now};
+pub use payer::{Answer, Ask, InferError, Payer};
+pub use provider::{Generator, Limits, Offer, Provider};
+pub use wire::{
+    ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, MAX_FRAME_BYTES, Prompt, Sampling,
+    ServerMsg, WireError, read_msg, write_msg,
+};
+pub use libp2p::{Multiaddr, PeerId};

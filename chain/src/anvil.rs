@@ -1,0 +1,162 @@
+//! A local L2 for tests and the devnet: the pinned anvil (npm `@foundry-rs/anvil-linux-amd64`,
+//! installed by scripts/setup-chain-tools), started in OP Stack mode on a free loopback port
+//! and killed when its guard is dropped, even when a test panics.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+
+use crate::error::{ChainError, Result};
+
+/// How to start anvil.
+#[derive(Clone, Debug, Default)]
+pub struct AnvilConfig {
+    /// The binary; default: `$ATTRINET_ANVIL`, else `.tools/node_modules/.bin/anvil` at the
+    /// repository root.
+    pub binary: Option<PathBuf>,
+    /// Chain id (anvil's default, 31337, when `None`).
+    pub chain_id: Option<u64>,
+    /// Interval mining every so many seconds; `None` mines a block per transaction.
+    pub block_time: Option<u64>,
+}
+
+/// A running anvil. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Anvil {
+    child: Child,
+    port: u16,
+    provider: DynProvider,
+}
+
+impl Anvil {
+    /// Where anvil is looked for when the config names no binary.
+    pub fn default_binary() -> PathBuf {
+        if let Some(p) = std::env::var_os("ATTRINET_ANVIL") {
+            return PathBuf::from(p);
+        }
+        // This crate sits one level below the repository root.
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/.bin/anvil")
+    }
+
+    /// Starts anvil with `--optimism` on a free loopback port and waits until it answers.
+    pub fn spawn(config: AnvilConfig) -> Result<Anvil> {
+        let binary = config.binary.clone().unwrap_or_else(Anvil::default_binary);
+        if !binary.exists() {
+            return Err(ChainError::AnvilNotFound { path: binary.display().to_string() });
+        }
+        // Another process may take the port between our probe and anvil's bind; a retry
+        // with a fresh port covers that race.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port()?;
+            let mut cmd = Command::new(&binary);
+            cmd.args(["--optimism", "--quiet", "--host", "127.0.0.1", "--port", &port.to_string()]);
+            if let Some(id) = config.chain_id {
+                cmd.args(["--chain-id", &id.to_string()]);
+            }
+            if let Some(t) = config.block_time {
+                cmd.args(["--block-time", &t.to_string()]);
+            }
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let child = cmd.spawn().map_err(|e| ChainError::AnvilStart(format!("{}: {e}", binary.display())))?;
+            // The guard exists from here on, so an early return still kills the process.
+            let url = format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses");
+            let mut anvil = Anvil { child, port, provider: ProviderBuilder::new().connect_http(url).erased() };
+            match anvil.wait_listening(Duration::from_secs(30)) {
+                Ok(()) => {
+                    tracing::info!(target: "chain::anvil", port, "anvil started");
+                    return Ok(anvil);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(ChainError::AnvilStart(last))
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) -> std::result::Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("anvil exited with {status}"));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!("anvil did not listen on port {} within {timeout:?}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The HTTP JSON-RPC endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A provider without a wallet, for reads and anvil's own methods.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// Sets an account's balance (anvil_setBalance): how tests fund fresh keys.
+    pub async fn fund(&self, account: Address, wei: U256) -> Result<()> {
+        let _: () = self
+            .provider
+            .raw_request("anvil_setBalance".into(), (account, wei))
+            .await
+            .map_err(|source| ChainError::Rpc { call: "anvil_setBalance", source })?;
+        Ok(())
+    }
+
+    /// Moves the chain's clock forward and mines a block at the new time, so that
+    /// challenge windows and thaw delays can pass without waiting.
+    pub async fn advance(&self, seconds: u64) -> Result<()> {
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("evm_increaseTime".into(), (seconds,))
+            .await
+            .map_err(|source| ChainError::Rpc { call: "evm_increaseTime", source })?;
+        self.mine(1).await
+    }
+
+    /// Mines `blocks` empty blocks.
+    pub async fn mine(&self, blocks: u64) -> Result<()> {
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("anvil_mine".into(), (blocks,))
+            .await
+            .map_err(|source| ChainError::Rpc { call: "anvil_mine", source })?;
+        Ok(())
+    }
+
+    /// The timestamp of the latest block.
+    pub async fn timestamp(&self) -> Result<u64> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(|source| ChainError::Rpc { call: "eth_getBlockByNumber", source })?
+            .ok_or_else(|| ChainError::AnvilStart("no latest block".into()))?;
+        Ok(block.header.timestamp)
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        // Kill and reap, so no anvil outlives its test, passed or failed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| ChainError::AnvilStart(format!("no free port: {e}")))?;
+    let port = listener.local_addr().map_err(|e| ChainError::AnvilStart(e.to_string()))?.port();
+    Ok(port)
+}

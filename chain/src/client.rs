@@ -1,0 +1,538 @@
+//! The settlement client: one account on one deployment of Registry and Channels.
+
+use alloy::contract::{CallBuilder, CallDecoder, SolCallBuilder};
+use alloy::network::{Ethereum, EthereumWallet};
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolEvent;
+use attrinet_market::{ChannelId, Domain, ModelId, Price, PublicKey, Seq, SignedVoucher, Split, Wei};
+
+use crate::batch::{FraudProof, PayoutRun, SumPreimage};
+use crate::bindings::{Channels, Registry, leaf_abi, receipt_abi, sum_node_abi, voucher_abi};
+use crate::error::{ChainError, Result};
+
+/// Where the contracts live.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Deployment {
+    /// The L2's chain id.
+    pub chain_id: u64,
+    /// The Registry contract.
+    pub registry: Address,
+    /// The Channels contract (the EIP-712 verifying contract).
+    pub channels: Address,
+    /// The block Channels was deployed in: event followers start there.
+    pub deploy_block: u64,
+}
+
+impl Deployment {
+    /// The EIP-712 domain receipts and vouchers of this deployment are signed under.
+    pub fn domain(&self) -> Domain {
+        Domain { chain_id: self.chain_id, verifying_contract: self.channels }
+    }
+}
+
+/// Parameters fixed at deployment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DeployConfig {
+    /// Receives the protocol share.
+    pub treasury: Address,
+    /// Seconds a settlement can be disputed.
+    pub challenge_window: u64,
+    /// Seconds between a payer's thaw and its withdrawal.
+    pub thaw_delay: u64,
+    /// Seconds between a node's unbond request and the withdrawal of its bond.
+    pub unbond_delay: u64,
+    /// The least bond a provider must hold to settle.
+    pub min_bond: Wei,
+}
+
+/// A mined transaction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TxOutcome {
+    /// Its hash.
+    pub tx: B256,
+    /// The block it was mined in.
+    pub block: u64,
+    /// Gas it used.
+    pub gas_used: u64,
+}
+
+/// A channel as the contract holds it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ChannelInfo {
+    /// The client.
+    pub payer: Address,
+    /// The node.
+    pub provider: Address,
+    /// Deposit (after a withdrawal: what was settled).
+    pub deposit: Wei,
+    /// Cumulative of the last finalized settlement.
+    pub settled: Wei,
+    /// Seq of the last finalized settlement: the next batch starts after it.
+    pub settled_seq: Seq,
+    /// When the payer may withdraw; zero when not thawing.
+    pub thaw_end: u64,
+    /// The payer withdrew its deposit.
+    pub closed: bool,
+}
+
+/// A settlement in its challenge window.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PendingInfo {
+    /// The voucher's receipts root.
+    pub receipts_root: B256,
+    /// keccak256 of the ABI-encoded payouts.
+    pub payouts_hash: B256,
+    /// The voucher's cumulative.
+    pub cumulative: Wei,
+    /// The voucher's seq.
+    pub seq: Seq,
+    /// End of the challenge window (chain time).
+    pub deadline: u64,
+}
+
+/// A model's terms on chain: the current ones and those before the last update (both are
+/// accepted by disputes, see Registry.sol).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ModelTerms {
+    /// Current prices.
+    pub price: Price,
+    /// Current split.
+    pub split: Split,
+    /// Prices before the last update.
+    pub previous_price: Price,
+    /// Split before the last update.
+    pub previous_split: Split,
+}
+
+/// A client of the contracts, signing as one account.
+#[derive(Clone, Debug)]
+pub struct ChainClient {
+    provider: DynProvider,
+    account: Address,
+    deployment: Deployment,
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
+    move |source| ChainError::Rpc { call, source }
+}
+
+/// Turns a contract error into one that names the contract's custom error.
+fn reverted(call: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainError {
+    move |e| {
+        let reason = if let Some(c) = e.as_decoded_interface_error::<Channels::ChannelsErrors>() {
+            format!("{c:?}")
+        } else if let Some(r) = e.as_decoded_interface_error::<Registry::RegistryErrors>() {
+            format!("{r:?}")
+        } else {
+            e.to_string()
+        };
+        ChainError::Reverted { call, reason }
+    }
+}
+
+fn wei(x: u128) -> Wei {
+    Wei(x)
+}
+
+fn u128_of(what: &'static str, x: U256) -> Result<u128> {
+    u128::try_from(x).map_err(|_| ChainError::OutOfRange { what, value: x.to_string() })
+}
+
+fn wallet_provider(endpoint: &str, signer: PrivateKeySigner) -> Result<DynProvider> {
+    let url = endpoint.parse().map_err(|e| ChainError::AnvilStart(format!("bad RPC endpoint {endpoint:?}: {e}")))?;
+    // Nonces are read from the node for every transaction, never cached: a transaction
+    // that fails before it is sent (a revert found by gas estimation) must not leave a
+    // gap that would strand every later one, and a restarted process must not reuse one.
+    Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(url)
+        .erased())
+}
+
+impl ChainClient {
+    /// Deploys Registry and Channels and binds them to each other, signing as `signer`.
+    pub async fn deploy(endpoint: &str, signer: PrivateKeySigner, config: DeployConfig) -> Result<Deployment> {
+        let provider = wallet_provider(endpoint, signer)?;
+        let chain_id = provider.get_chain_id().await.map_err(rpc("eth_chainId"))?;
+        let registry = Registry::deploy(provider.clone(), config.treasury, config.unbond_delay)
+            .await
+            .map_err(reverted("deploy Registry"))?;
+        let channels = Channels::deploy(
+            provider.clone(),
+            *registry.address(),
+            config.challenge_window,
+            config.thaw_delay,
+            config.min_bond.0,
+        )
+        .await
+        .map_err(reverted("deploy Channels"))?;
+        let out = send("Registry.setChannels", registry.setChannels(*channels.address())).await?;
+        let deployment = Deployment {
+            chain_id,
+            registry: *registry.address(),
+            channels: *channels.address(),
+            deploy_block: out.block,
+        };
+        tracing::info!(target: "chain::client", ?deployment, "contracts deployed");
+        Ok(deployment)
+    }
+
+    /// A client of an existing deployment, signing as `signer`.
+    pub fn connect(endpoint: &str, signer: PrivateKeySigner, deployment: Deployment) -> Result<ChainClient> {
+        let account = signer.address();
+        Ok(ChainClient { provider: wallet_provider(endpoint, signer)?, account, deployment })
+    }
+
+    /// The account this client signs as.
+    pub fn account(&self) -> Address {
+        self.account
+    }
+
+    /// The deployment it talks to.
+    pub fn deployment(&self) -> Deployment {
+        self.deployment
+    }
+
+    /// The underlying provider (for reads the client does not wrap).
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    // Instances own a clone of the provider (an Arc inside); their call builders borrow it.
+    fn registry(&self) -> Registry::RegistryInstance<DynProvider> {
+        Registry::new(self.deployment.registry, self.provider.clone())
+    }
+
+    fn channels(&self) -> Channels::ChannelsInstance<DynProvider> {
+        Channels::new(self.deployment.channels, self.provider.clone())
+    }
+
+    // ------------------------------------------------------------ nodes and models
+
+    /// Registers this account as a node with its ed25519 key and a bond.
+    pub async fn register_node(&self, key: &PublicKey, bond: Wei) -> Result<TxOutcome> {
+        send("Registry.registerNode", self.registry().registerNode(B256::from(key.0)).value(U256::from(bond.0))).await
+    }
+
+    /// Adds to this node's bond (after a slash, before settling again).
+    pub async fn add_bond(&self, amount: Wei) -> Result<TxOutcome> {
+        send("Registry.addBond", self.registry().addBond().value(U256::from(amount.0))).await
+    }
+
+    /// Starts this node's unbonding delay.
+    pub async fn request_unbond(&self) -> Result<TxOutcome> {
+        send("Registry.requestUnbond", self.registry().requestUnbond()).await
+    }
+
+    /// Withdraws this node's bond, once the unbonding delay has passed and no settlement
+    /// of the node can still be disputed.
+    pub async fn withdraw_bond(&self) -> Result<TxOutcome> {
+        send("Registry.withdrawBond", self.registry().withdrawBond()).await
+    }
+
+    /// Registers a model owned by this account.
+    pub async fn register_model(
+        &self,
+        model: ModelId,
+        price: Price,
+        split: Split,
+        datanet_root: B256,
+        data_pool: Address,
+    ) -> Result<TxOutcome> {
+        let registry = self.registry();
+        let call = registry.registerModel(model.0, terms_abi(price, split), datanet_root, data_pool);
+        send("Registry.registerModel", call).await
+    }
+
+    /// Replaces a model's prices and split (owner only).
+    pub async fn update_terms(&self, model: ModelId, price: Price, split: Split) -> Result<TxOutcome> {
+        send("Registry.updateTerms", self.registry().updateTerms(model.0, terms_abi(price, split))).await
+    }
+
+    /// A node's bond.
+    pub async fn bond(&self, node: Address) -> Result<Wei> {
+        let b = self.registry().bondOf(node).call().await.map_err(reverted("Registry.bondOf"))?;
+        Ok(wei(b))
+    }
+
+    /// A model's terms, or `None` when it is not registered.
+    pub async fn terms(&self, model: ModelId) -> Result<Option<ModelTerms>> {
+        let t = self.registry().terms(model.0).call().await.map_err(reverted("Registry.terms"))?;
+        if !t.exists {
+            return Ok(None);
+        }
+        let (price, split) = terms_of(&t.current)?;
+        let (previous_price, previous_split) = terms_of(&t.previous)?;
+        Ok(Some(ModelTerms { price, split, previous_price, previous_split }))
+    }
+
+    /// Who receives a model's owner and data shares.
+    pub async fn beneficiaries(&self, model: ModelId) -> Result<(Address, Address)> {
+        let b = self.registry().beneficiaries(model.0).call().await.map_err(reverted("Registry.beneficiaries"))?;
+        Ok((b.owner, b.dataPool))
+    }
+
+    // ------------------------------------------------------------ channels
+
+    /// Opens a channel from this account to `provider` with `deposit`.
+    pub async fn open(&self, provider: Address, deposit: Wei) -> Result<(ChannelId, TxOutcome)> {
+        let channels = self.channels();
+        let call = channels.open(provider).value(U256::from(deposit.0));
+        let (out, receipt) = send_receipt("Channels.open", call).await?;
+        let opened = receipt
+            .decoded_log::<Channels::Opened>()
+            .ok_or(ChainError::MissingEvent { call: "Channels.open", event: "Opened" })?;
+        Ok((ChannelId(opened.data.channel), out))
+    }
+
+    /// Adds to a channel's deposit.
+    pub async fn top_up(&self, channel: ChannelId, amount: Wei) -> Result<TxOutcome> {
+        send("Channels.topUp", self.channels().topUp(channel.0).value(U256::from(amount.0))).await
+    }
+
+    /// Starts the payer's thaw.
+    pub async fn thaw(&self, channel: ChannelId) -> Result<TxOutcome> {
+        send("Channels.thaw", self.channels().thaw(channel.0)).await
+    }
+
+    /// Withdraws the unsettled deposit after the thaw and closes the channel.
+    pub async fn withdraw_deposit(&self, channel: ChannelId) -> Result<TxOutcome> {
+        send("Channels.withdrawDeposit", self.channels().withdrawDeposit(channel.0)).await
+    }
+
+    /// Settles a voucher with these payouts (provider only).
+    pub async fn settle(&self, voucher: &SignedVoucher, payouts: &[PayoutRun]) -> Result<TxOutcome> {
+        let channels = self.channels();
+        send("Channels.settle", settle_call(&channels, voucher, payouts)).await
+    }
+
+    /// Gas `settle` would use now, for the settlement policy.
+    pub async fn estimate_settle(&self, voucher: &SignedVoucher, payouts: &[PayoutRun]) -> Result<u64> {
+        let channels = self.channels();
+        settle_call(&channels, voucher, payouts).estimate_gas().await.map_err(reverted("Channels.settle"))
+    }
+
+    /// Finalizes a settlement after its window, crediting the beneficiaries.
+    pub async fn finalize(&self, channel: ChannelId, payouts: &[PayoutRun]) -> Result<TxOutcome> {
+        let channels = self.channels();
+        let call = channels.finalize(channel.0, payouts.iter().map(PayoutRun::abi).collect());
+        send("Channels.finalize", call).await
+    }
+
+    /// Withdraws everything credited to this account.
+    pub async fn withdraw(&self) -> Result<TxOutcome> {
+        send("Channels.withdraw", self.channels().withdraw()).await
+    }
+
+    /// Submits a fraud proof against a channel's pending settlement.
+    pub async fn dispute(&self, channel: ChannelId, proof: &FraudProof) -> Result<TxOutcome> {
+        let c = self.channels();
+        let id = channel.0;
+        let runs = |p: &[PayoutRun]| p.iter().map(PayoutRun::abi).collect::<Vec<_>>();
+        match proof {
+            FraudProof::Seq { receipt, leaf_value, proof } => {
+                send("Channels.disputeSeq", c.disputeSeq(id, receipt_abi(receipt), leaf_value.0, proof_abi(proof)))
+                    .await
+            }
+            FraudProof::Value { receipt, leaf_value, proof } => {
+                let call = c.disputeValue(id, receipt_abi(receipt), leaf_value.0, proof_abi(proof));
+                send("Channels.disputeValue", call).await
+            }
+            FraudProof::Split { payouts, run } => {
+                send("Channels.disputeSplit", c.disputeSplit(id, runs(payouts), U256::from(*run))).await
+            }
+            FraudProof::Attribution { payouts, run, receipt, leaf_value, proof } => {
+                let call = c.disputeAttribution(
+                    id,
+                    runs(payouts),
+                    U256::from(*run),
+                    receipt_abi(receipt),
+                    leaf_value.0,
+                    proof_abi(proof),
+                );
+                send("Channels.disputeAttribution", call).await
+            }
+            FraudProof::RunSum { payouts, run, first, first_proof, last, last_proof } => {
+                let call = c.disputeRunSum(
+                    id,
+                    runs(payouts),
+                    U256::from(*run),
+                    leaf_abi(first.0, first.1),
+                    proof_abi(first_proof),
+                    leaf_abi(last.0, last.1),
+                    proof_abi(last_proof),
+                );
+                send("Channels.disputeRunSum", call).await
+            }
+            FraudProof::Sum { node, recorded, proof } => {
+                let (is_leaf, a, b) = match node {
+                    SumPreimage::Leaf { digest, value } => {
+                        (true, leaf_abi(*digest, *value), Channels::SumNode { hash: B256::ZERO, sum: 0 })
+                    }
+                    SumPreimage::Inner { left, right } => (false, sum_node_abi(left), sum_node_abi(right)),
+                };
+                send("Channels.disputeSum", c.disputeSum(id, is_leaf, a, b, recorded.0, proof_abi(proof))).await
+            }
+        }
+    }
+
+    /// A channel's on-chain state.
+    pub async fn channel(&self, channel: ChannelId) -> Result<ChannelInfo> {
+        let c = self.channels().channel(channel.0).call().await.map_err(reverted("Channels.channel"))?;
+        if c.payer == Address::ZERO {
+            return Err(ChainError::UnknownChannel(channel));
+        }
+        Ok(ChannelInfo {
+            payer: c.payer,
+            provider: c.provider,
+            deposit: wei(c.deposit),
+            settled: wei(c.settled),
+            settled_seq: Seq(c.settledSeq),
+            thaw_end: c.thawEnd,
+            closed: c.closed,
+        })
+    }
+
+    /// The channel's settlement in its challenge window, if any.
+    pub async fn pending(&self, channel: ChannelId) -> Result<Option<PendingInfo>> {
+        let p = self.channels().pending(channel.0).call().await.map_err(reverted("Channels.pending"))?;
+        Ok((p.deadline != 0).then_some(PendingInfo {
+            receipts_root: p.receiptsRoot,
+            payouts_hash: p.payoutsHash,
+            cumulative: wei(p.cumulative),
+            seq: Seq(p.seq),
+            deadline: p.deadline,
+        }))
+    }
+
+    /// What Channels holds for `account`, ready to withdraw.
+    pub async fn credited(&self, account: Address) -> Result<Wei> {
+        let b = self.channels().balanceOf(account).call().await.map_err(reverted("Channels.balanceOf"))?;
+        Ok(wei(u128_of("balance", b)?))
+    }
+
+    /// The account's native balance.
+    pub async fn native_balance(&self, account: Address) -> Result<Wei> {
+        let b = self.provider.get_balance(account).await.map_err(rpc("eth_getBalance"))?;
+        Ok(wei(u128_of("native balance", b)?))
+    }
+
+    /// The contract's EIP-712 digest of a receipt (for cross-checking the Rust digest).
+    pub async fn receipt_digest(&self, receipt: &attrinet_market::Receipt) -> Result<B256> {
+        self.channels().receiptDigest(receipt_abi(receipt)).call().await.map_err(reverted("Channels.receiptDigest"))
+    }
+
+    /// The contract's EIP-712 digest of a voucher.
+    pub async fn voucher_digest(&self, voucher: &attrinet_market::Voucher) -> Result<B256> {
+        self.channels().voucherDigest(voucher_abi(voucher)).call().await.map_err(reverted("Channels.voucherDigest"))
+    }
+
+    /// The latest block's number and timestamp.
+    pub async fn head(&self) -> Result<(u64, u64)> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(rpc("eth_getBlockByNumber"))?
+            .ok_or(ChainError::OutOfRange { what: "latest block", value: "none".into() })?;
+        Ok((block.header.number, block.header.timestamp))
+    }
+
+    /// The gas price the next transaction would pay, in wei.
+    pub async fn gas_price(&self) -> Result<Wei> {
+        Ok(wei(self.provider.get_gas_price().await.map_err(rpc("eth_gasPrice"))?))
+    }
+
+    /// The payouts a settlement of `channel` at `seq` committed to, read from its
+    /// `Settled` event (finalize needs them, and a restarted node no longer has them).
+    pub async fn settled_payouts(&self, channel: ChannelId, seq: Seq) -> Result<Option<Vec<PayoutRun>>> {
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.deployment.channels)
+            .event_signature(Channels::Settled::SIGNATURE_HASH)
+            .topic1(channel.0)
+            .from_block(self.deployment.deploy_block);
+        let logs = self.provider.get_logs(&filter).await.map_err(rpc("eth_getLogs"))?;
+        // The last one wins: a voided settlement of the same seq may precede the live one.
+        for log in logs.iter().rev() {
+            let Ok(e) = log.log_decode::<Channels::Settled>() else { continue };
+            if e.inner.data.seq == seq.0 {
+                return e.inner.data.payouts.iter().map(PayoutRun::from_abi).collect::<Result<Vec<_>>>().map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn settle_call<'a>(
+    channels: &'a Channels::ChannelsInstance<DynProvider>,
+    voucher: &SignedVoucher,
+    payouts: &[PayoutRun],
+) -> SolCallBuilder<&'a DynProvider, Channels::settleCall> {
+    channels.settle(
+        voucher_abi(&voucher.voucher),
+        Bytes::copy_from_slice(&voucher.signature.0),
+        payouts.iter().map(PayoutRun::abi).collect(),
+    )
+}
+
+pub(crate) fn proof_abi(p: &attrinet_market::SumProof) -> Channels::Proof {
+    Channels::Proof { index: p.index, count: p.leaf_count, siblings: p.siblings.iter().map(sum_node_abi).collect() }
+}
+
+fn terms_abi(price: Price, split: Split) -> Registry::Terms {
+    let (node, owner, data, protocol) = split.bps();
+    Registry::Terms {
+        priceIn: price.per_1k_input.0,
+        priceOut: price.per_1k_output.0,
+        nodeBps: node,
+        ownerBps: owner,
+        dataBps: data,
+        protocolBps: protocol,
+    }
+}
+
+fn terms_of(t: &Registry::Terms) -> Result<(Price, Split)> {
+    let price = Price { per_1k_input: wei(t.priceIn), per_1k_output: wei(t.priceOut) };
+    let split = Split::new(t.nodeBps, t.ownerBps, t.dataBps, t.protocolBps)?;
+    Ok((price, split))
+}
+
+/// How long a sent transaction may take to be mined before it counts as failed.
+const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn send<D: CallDecoder>(
+    call: &'static str,
+    builder: CallBuilder<&DynProvider, D, Ethereum>,
+) -> Result<TxOutcome> {
+    Ok(send_receipt(call, builder).await?.0)
+}
+
+async fn send_receipt<D: CallDecoder>(
+    call: &'static str,
+    builder: CallBuilder<&DynProvider, D, Ethereum>,
+) -> Result<(TxOutcome, TransactionReceipt)> {
+    let pending = builder.send().await.map_err(reverted(call))?;
+    let receipt = pending
+        // Never wait forever on a transaction the chain dropped.
+        .with_timeout(Some(RECEIPT_TIMEOUT))
+        .get_receipt()
+        .await
+        .map_err(|e| ChainError::Reverted { call, reason: format!("waiting for the receipt: {e}") })?;
+    if !receipt.status() {
+        return Err(ChainError::TxFailed { call, tx: receipt.transaction_hash });
+    }
+    let out = TxOutcome {
+        tx: receipt.transaction_hash,
+        block: receipt.block_number.unwrap_or_default(),
+        gas_used: receipt.gas_used,
+    };
+    tracing::debug!(target: "chain::client", call, gas = out.gas_used, block = out.block, "mined");
+    Ok((out, receipt))
+}

@@ -1,0 +1,222 @@
+//! The settlement loop a node runs: settle each channel's latest settleable voucher when
+//! enough value or enough time has accumulated and the gas is worth it; finalize when the
+//! window has passed; never two settlements of a channel at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use attrinet_market::{ChannelId, ModelId, Seq, Store, StoredReceipt, SumTree, Wei};
+
+use crate::batch::{PayoutRun, payout_runs};
+use crate::client::{ChainClient, ModelTerms, TxOutcome};
+use crate::error::{ChainError, Result};
+
+/// When the loop settles.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SettlementPolicy {
+    /// Settle once the unsettled value of a channel reaches this.
+    pub threshold: Wei,
+    /// ... or once its oldest unsettled receipt is this many seconds old.
+    pub max_age_secs: u64,
+    /// Never settle when the gas would cost more than this fraction of the value, in
+    /// basis points (100 = 1%). A thaw overrides it: settling late loses everything.
+    pub max_gas_bps: u16,
+}
+
+/// What the loop did for one channel.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SettleAction {
+    /// Settled the voucher at `seq`, claiming `amount`.
+    Settled {
+        /// The voucher's seq.
+        seq: Seq,
+        /// The amount claimed.
+        amount: Wei,
+        /// The transaction.
+        outcome: TxOutcome,
+    },
+    /// Finalized the pending settlement at `seq`, and marked the store settled up to it.
+    /// A node holding channel ledgers in memory refreshes them from the store
+    /// (`ProviderChannel::settled`), so that its next vouchers' batches start at `seq`.
+    Finalized {
+        /// Its seq.
+        seq: Seq,
+    },
+    /// A settlement is in its window until `deadline`; nothing to do before.
+    Pending {
+        /// End of the window.
+        deadline: u64,
+    },
+    /// Everything stored is settled.
+    NothingToSettle,
+    /// Not enough value and not old enough yet.
+    BelowThreshold {
+        /// Unsettled value.
+        unsettled: Wei,
+    },
+    /// The gas would cost more than the policy allows.
+    NotWorthIt {
+        /// Value of the settleable voucher.
+        value: Wei,
+        /// Estimated gas cost.
+        gas_cost: Wei,
+    },
+    /// The payer withdrew; nothing can be settled any more.
+    Closed,
+}
+
+/// Settles the channels of one provider from its store.
+#[derive(Debug)]
+pub struct SettlementLoop<S> {
+    client: ChainClient,
+    store: Arc<S>,
+    policy: SettlementPolicy,
+}
+
+impl<S: Store> SettlementLoop<S> {
+    /// A loop settling as `client`'s account (the provider) from `store`.
+    pub fn new(client: ChainClient, store: Arc<S>, policy: SettlementPolicy) -> SettlementLoop<S> {
+        SettlementLoop { client, store, policy }
+    }
+
+    /// The provider's account.
+    pub fn account(&self) -> alloy::primitives::Address {
+        self.client.account()
+    }
+
+    /// One pass over every channel of this provider. A failure on one channel does not
+    /// stop the others; it is retried on the next pass.
+    pub async fn tick(&self) -> Result<Vec<(ChannelId, Result<SettleAction>)>> {
+        let mut out = Vec::new();
+        for state in self.store.channels()? {
+            if state.params.provider != self.client.account() {
+                continue;
+            }
+            let id = state.params.id;
+            let action = self.settle_channel(id, false).await;
+            match &action {
+                Ok(a) => tracing::debug!(target: "chain::settlement", channel = %id, ?a, "settlement pass"),
+                Err(e) => {
+                    tracing::warn!(target: "chain::settlement", channel = %id, %e, "settlement failed; retrying next pass")
+                }
+            }
+            out.push((id, action));
+        }
+        Ok(out)
+    }
+
+    /// Runs [`SettlementLoop::tick`] every `interval` until `shutdown` turns true.
+    pub async fn run(&self, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(target: "chain::settlement", %e, "settlement pass failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Brings one channel forward: finalize a due settlement, or settle the latest
+    /// settleable voucher when the policy says so (`force`: regardless of threshold, age
+    /// and gas, as when the payer thaws).
+    pub async fn settle_channel(&self, id: ChannelId, force: bool) -> Result<SettleAction> {
+        let info = self.client.channel(id).await?;
+        if info.provider != self.client.account() {
+            return Err(ChainError::WrongAccount { account: self.client.account(), role: "provider" });
+        }
+        let (_, now) = self.client.head().await?;
+        if let Some(p) = self.client.pending(id).await? {
+            if now < p.deadline {
+                // One settlement at a time: the contract refuses a second, and the next
+                // voucher's batch starts where this one ends.
+                return Ok(SettleAction::Pending { deadline: p.deadline });
+            }
+            let payouts = self.client.settled_payouts(id, p.seq).await?.ok_or_else(|| ChainError::BadBatch {
+                channel: id,
+                reason: format!("no Settled event for seq {}", p.seq),
+            })?;
+            self.client.finalize(id, &payouts).await?;
+            self.mark_settled(id, p.seq)?;
+            tracing::info!(target: "chain::settlement", channel = %id, seq = %p.seq, "finalized");
+            return Ok(SettleAction::Finalized { seq: p.seq });
+        }
+        self.mark_settled(id, info.settled_seq)?;
+        if info.closed {
+            return Ok(SettleAction::Closed);
+        }
+        let state = self.store.channel(&id)?.ok_or(attrinet_market::StoreError::UnknownChannel(id))?;
+        let Ok(unsettled) = state.cumulative.checked_sub(info.settled) else {
+            return Ok(SettleAction::NothingToSettle);
+        };
+        if unsettled == Wei::ZERO {
+            return Ok(SettleAction::NothingToSettle);
+        }
+        let receipts = self.store.receipts_after(&id, info.settled_seq)?;
+        let Some(first) = receipts.first() else { return Ok(SettleAction::NothingToSettle) };
+        let age = now.saturating_sub(first.receipt.receipt.timestamp);
+        if !force && unsettled < self.policy.threshold && age < self.policy.max_age_secs {
+            return Ok(SettleAction::BelowThreshold { unsettled });
+        }
+
+        let (batch, voucher) = settleable(id, &receipts)?;
+        let mut terms: BTreeMap<ModelId, ModelTerms> = BTreeMap::new();
+        for r in batch {
+            let m = r.receipt.receipt.model;
+            if let std::collections::btree_map::Entry::Vacant(slot) = terms.entry(m) {
+                slot.insert(self.client.terms(m).await?.ok_or(ChainError::UnknownModel(m.0))?);
+            }
+        }
+        let receipts: Vec<_> = batch.iter().map(|r| r.receipt.receipt.clone()).collect();
+        let payouts: Vec<PayoutRun> = payout_runs(&receipts, |m| terms.get(m).map(|t| t.split))?;
+        let value = voucher.voucher.cumulative.checked_sub(info.settled)?;
+
+        if !force {
+            let gas = self.client.estimate_settle(voucher, &payouts).await?;
+            let price = self.client.gas_price().await?;
+            let cost = U256::from(gas) * U256::from(price.0);
+            // cost ≤ value × bps / 10000, compared without division.
+            if cost * U256::from(10_000u64) > U256::from(value.0) * U256::from(self.policy.max_gas_bps) {
+                let gas_cost = Wei(u128::try_from(cost).unwrap_or(u128::MAX));
+                return Ok(SettleAction::NotWorthIt { value, gas_cost });
+            }
+        }
+        let outcome = self.client.settle(voucher, &payouts).await?;
+        tracing::info!(target: "chain::settlement", channel = %id, seq = %voucher.voucher.seq, %value, gas = outcome.gas_used, "settled");
+        Ok(SettleAction::Settled { seq: voucher.voucher.seq, amount: value, outcome })
+    }
+
+    fn mark_settled(&self, id: ChannelId, seq: Seq) -> Result<()> {
+        if let Some(state) = self.store.channel(&id)?
+            && seq > state.settled_seq
+            && seq <= state.last_seq
+        {
+            self.store.mark_settled(&id, seq)?;
+        }
+        Ok(())
+    }
+}
+
+/// The longest prefix of `receipts` (those after the chain's settled seq) whose voucher
+/// commits to exactly that prefix. Vouchers signed while an earlier settlement was still
+/// pending commit to a batch that starts before the chain's settled seq; settling one of
+/// those would be a provable fraud, so they are skipped.
+fn settleable(
+    id: ChannelId,
+    receipts: &[StoredReceipt],
+) -> Result<(&[StoredReceipt], &attrinet_market::SignedVoucher)> {
+    let leaves: Vec<_> = receipts.iter().map(|r| (r.receipt.receipt.digest(), r.receipt.receipt.value)).collect();
+    for j in (0..receipts.len()).rev() {
+        let root = SumTree::new(&leaves[..=j])?.root().hash;
+        if root == receipts[j].voucher.voucher.receipts_root {
+            return Ok((&receipts[..=j], &receipts[j].voucher));
+        }
+    }
+    Err(ChainError::NoVoucher { channel: id, seq: receipts.last().map_or(Seq::ZERO, |r| r.receipt.receipt.seq) })
+}

@@ -1,0 +1,566 @@
+//! The swarm and the event loop that alone owns it, with the [`Client`] handle that talks
+//! to it (the rust-libp2p file-sharing example's pattern).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use attrinet_market::{AdvertError, Identity, MarketView, ModelAdvert, ModelId, PublicKey, SignedAdvert, encode};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// The gossipsub topic of model adverts.
+pub const ADVERT_TOPIC: &str = "/attrinet/adverts/1";
+
+/// Gossipsub scoring, as named constants. Only invalid adverts (P4) and protocol
+/// misbehaviour are penalised; the delivery-rate terms (P3) are off because adverts are
+/// rare and bursty, and a quiet honest node must not look like a bad one.
+mod scoring {
+    /// Weight of the advert topic in the total score.
+    pub(super) const TOPIC_WEIGHT: f64 = 1.0;
+    /// Penalty per invalid advert, squared (P4): one forged advert takes a peer to -10.
+    pub(super) const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
+    /// How fast that penalty fades per decay interval (kept long: forgeries are deliberate).
+    pub(super) const INVALID_MESSAGE_DECAY: f64 = 0.9;
+    /// Below this we stop gossiping to a peer.
+    pub(super) const GOSSIP_THRESHOLD: f64 = -10.0;
+    /// Below this we do not publish to a peer.
+    pub(super) const PUBLISH_THRESHOLD: f64 = -50.0;
+    /// Below this we ignore a peer entirely.
+    pub(super) const GRAYLIST_THRESHOLD: f64 = -80.0;
+    /// Reward for time in the mesh (P1), per second, capped: small, so that no amount of
+    /// good standing outweighs a few forgeries (the library default counts milliseconds).
+    pub(super) const TIME_IN_MESH_WEIGHT: f64 = 0.01;
+    /// Cap of the P1 counter (seconds).
+    pub(super) const TIME_IN_MESH_CAP: f64 = 3600.0;
+    /// Reward per first delivery of a valid advert (P2), capped at
+    /// [`FIRST_DELIVERIES_CAP`].
+    pub(super) const FIRST_DELIVERIES_WEIGHT: f64 = 1.0;
+    /// Cap of the P2 counter.
+    pub(super) const FIRST_DELIVERIES_CAP: f64 = 10.0;
+}
+
+/// Network settings.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`, ...).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to bootstrap from, each `/ip4/.../tcp/PORT/p2p/PEER_ID`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// How often this node's adverts are republished (with a new seq and expiry).
+    pub republish_every: Duration,
+    /// Lifetime of a published advert.
+    pub advert_ttl: Duration,
+    /// Gossipsub heartbeat; shorter in tests so meshes form quickly.
+    pub heartbeat: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid"), "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid")],
+            bootstrap: Vec::new(),
+            republish_every: Duration::from_secs(60),
+            advert_ttl: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a network command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The event loop has stopped.
+    #[error("the network event loop has stopped")]
+    Stopped,
+    /// The swarm could not be built or could not listen.
+    #[error("network setup: {0}")]
+    Setup(String),
+    /// A dial failed.
+    #[error("dial {addr}: {reason}")]
+    Dial {
+        /// Where.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// Publishing an advert failed.
+    #[error("publish advert: {0}")]
+    Publish(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The ed25519 key inside a peer id (attrinet peers' ids inline their ed25519 key).
+pub fn peer_key(peer: &PeerId) -> Option<PublicKey> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // Identity multihash (code 0): the digest is the protobuf-encoded public key.
+    if mh.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(PublicKey(key.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// The peer id of an attrinet ed25519 key.
+pub fn key_peer(key: &PublicKey) -> Option<PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
+}
+
+fn keypair(identity: &Identity) -> Keypair {
+    Keypair::ed25519_from_bytes(identity.ed25519.to_bytes()).expect("a 32-byte ed25519 secret is always valid")
+}
+
+fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(identity))
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(config.heartbeat)
+                .validation_mode(ValidationMode::Strict)
+                // We validate adverts ourselves before they are forwarded.
+                .validate_messages()
+                .max_transmit_size(attrinet_market::MAX_ADVERT_BYTES * 4)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let topic = IdentTopic::new(ADVERT_TOPIC);
+            let mut params = gossipsub::PeerScoreParams::default();
+            // Many nodes on one host share an IP only in local networks and tests; the
+            // colocation penalty stays on for every other address.
+            params.ip_colocation_factor_whitelist.insert(std::net::IpAddr::from([127, 0, 0, 1]));
+            params.topics.insert(
+                topic.hash(),
+                gossipsub::TopicScoreParams {
+                    topic_weight: scoring::TOPIC_WEIGHT,
+                    time_in_mesh_weight: scoring::TIME_IN_MESH_WEIGHT,
+                    time_in_mesh_quantum: Duration::from_secs(1),
+                    time_in_mesh_cap: scoring::TIME_IN_MESH_CAP,
+                    first_message_deliveries_weight: scoring::FIRST_DELIVERIES_WEIGHT,
+                    first_message_deliveries_cap: scoring::FIRST_DELIVERIES_CAP,
+                    mesh_message_deliveries_weight: 0.0,
+                    mesh_failure_penalty_weight: 0.0,
+                    invalid_message_deliveries_weight: scoring::INVALID_MESSAGE_WEIGHT,
+                    invalid_message_deliveries_decay: scoring::INVALID_MESSAGE_DECAY,
+                    ..Default::default()
+                },
+            );
+            gossipsub.with_peer_score(
+                params,
+                gossipsub::PeerScoreThresholds {
+                    gossip_threshold: scoring::GOSSIP_THRESHOLD,
+                    publish_threshold: scoring::PUBLISH_THRESHOLD,
+                    graylist_threshold: scoring::GRAYLIST_THRESHOLD,
+                    ..Default::default()
+                },
+            )?;
+            let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad::Config::new(kad::PROTOCOL_NAME));
+            // Every attrinet node serves the DHT: nodes run on reachable hosts, and a
+            // client-only DHT would leave small networks without servers.
+            kad.set_mode(Some(kad::Mode::Server));
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new("/attrinet/id/1".into(), key.public())),
+                ping: ping::Behaviour::default(),
+                kad,
+                gossipsub,
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+/// What a node offers, before the event loop stamps seq and expiry on it.
+#[derive(Clone, Debug)]
+pub struct OfferTemplate {
+    /// Everything but `seq` and `expires_at`, which the event loop sets on each publish.
+    pub advert: ModelAdvert,
+}
+
+enum Command {
+    Listeners { reply: oneshot::Sender<Vec<Multiaddr>> },
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetError>> },
+    Advertise { offers: Vec<OfferTemplate>, reply: oneshot::Sender<Result<(), NetError>> },
+    PublishRaw { bytes: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>> },
+    Market { reply: oneshot::Sender<MarketView> },
+    Providers { model: ModelId, reply: oneshot::Sender<HashSet<PeerId>> },
+    PeerScore { peer: PeerId, reply: oneshot::Sender<Option<f64>> },
+    Peers { reply: oneshot::Sender<Vec<PeerId>> },
+    Connect { peer: PeerId, reply: oneshot::Sender<Result<(), NetError>> },
+}
+
+/// A cloneable handle to the network. Every call is a command to the [`EventLoop`].
+#[derive(Clone)]
+pub struct Client {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    /// One control for opening streams, used one open at a time: libp2p-stream hands
+    /// inbound streams over through a one-slot buffer and drops what does not fit, so a
+    /// burst of opens would lose streams at the receiver.
+    opener: std::sync::Arc<tokio::sync::Mutex<libp2p_stream::Control>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("peer_id", &self.peer_id).finish()
+    }
+}
+
+impl Client {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Handle for accepting protocol streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// Opens a stream to `peer`; opens are serialised (see the field's comment).
+    pub async fn open_stream(&self, peer: PeerId, protocol: libp2p::StreamProtocol) -> Result<libp2p::Stream, libp2p_stream::OpenStreamError> {
+        self.opener.lock().await.open_stream(peer, protocol).await
+    }
+
+    /// The addresses this node listens on (with `/p2p/PEER_ID` appended).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(|reply| Command::Listeners { reply }).await
+    }
+
+    /// Connects to a peer (`/.../p2p/PEER_ID`) and adds it to the DHT.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Replaces what this node advertises, publishes it now and then periodically, and
+    /// announces it as a provider of each model in the DHT.
+    pub async fn advertise(&self, offers: Vec<OfferTemplate>) -> Result<(), NetError> {
+        self.ask(|reply| Command::Advertise { offers, reply }).await?
+    }
+
+    /// Publishes bytes on the advert topic as they are, unchecked. For tools and tests of
+    /// advert validation; a node publishes through [`Client::advertise`].
+    pub async fn publish_raw_advert(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::PublishRaw { bytes, reply }).await?
+    }
+
+    /// A snapshot of this node's view of the market.
+    pub async fn market(&self) -> Result<MarketView, NetError> {
+        self.ask(|reply| Command::Market { reply }).await
+    }
+
+    /// Peers the DHT lists as providers of `model`.
+    pub async fn dht_providers(&self, model: ModelId) -> Result<HashSet<PeerId>, NetError> {
+        self.ask(|reply| Command::Providers { model, reply }).await
+    }
+
+    /// A peer's gossipsub score, if known.
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetError> {
+        self.ask(|reply| Command::PeerScore { peer, reply }).await
+    }
+
+    /// Makes sure we are connected to `peer`, finding its addresses in the DHT if we have
+    /// none (a provider known only from its gossiped advert).
+    pub async fn connect(&self, peer: PeerId) -> Result<(), NetError> {
+        self.ask(|reply| Command::Connect { peer, reply }).await?
+    }
+
+    /// Currently connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`] on a task.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    identity: Identity,
+    config: NetConfig,
+    commands: mpsc::Receiver<Command>,
+    topic: IdentTopic,
+    view: MarketView,
+    offers: Vec<OfferTemplate>,
+    advert_seq: u64,
+    pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
+    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
+    pending_lookup: HashMap<kad::QueryId, PeerId>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop").field("peer_id", self.swarm.local_peer_id()).finish()
+    }
+}
+
+/// Builds the swarm, starts listening and dials the bootstrap peers. Returns the handle and
+/// the event loop to spawn.
+pub fn new(identity: Identity, config: NetConfig) -> Result<(Client, EventLoop), NetError> {
+    let mut swarm = build_swarm(&identity, &config)?;
+    let topic = IdentTopic::new(ADVERT_TOPIC);
+    swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| NetError::Setup(e.to_string()))?;
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NetError::Setup(format!("listen on {addr}: {e}")))?;
+    }
+    for addr in &config.bootstrap {
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(NetError::Setup(format!("bootstrap address {addr} lacks /p2p/PEER_ID")));
+        };
+        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        swarm.dial(addr.clone()).map_err(|e| NetError::Dial { addr: addr.clone(), reason: e.to_string() })?;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let control = swarm.behaviour().stream.new_control();
+    let opener = std::sync::Arc::new(tokio::sync::Mutex::new(control.clone()));
+    let client = Client { peer_id: *swarm.local_peer_id(), commands: tx, control, opener };
+    let event_loop = EventLoop {
+        swarm,
+        identity,
+        config,
+        commands: rx,
+        topic,
+        view: MarketView::new(),
+        offers: Vec::new(),
+        advert_seq: unix_now(),
+        pending_dial: HashMap::new(),
+        pending_providers: HashMap::new(),
+        pending_lookup: HashMap::new(),
+    };
+    Ok((client, event_loop))
+}
+
+impl EventLoop {
+    /// Runs until every [`Client`] is dropped.
+    pub async fn run(mut self) {
+        let mut republish = tokio::time::interval(self.config.republish_every);
+        let mut expire = tokio::time::interval(Duration::from_secs(1));
+        let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                _ = republish.tick() => self.publish_offers(),
+                _ = expire.tick() => self.view.expire(unix_now()),
+                _ = bootstrap.tick() => {
+                    // Fails only while no peer is known; then there is nothing to do.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+    }
+
+    fn publish_offers(&mut self) {
+        if self.offers.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        self.advert_seq = self.advert_seq.max(now).saturating_add(1);
+        for offer in self.offers.clone() {
+            let mut advert = offer.advert;
+            advert.seq = self.advert_seq;
+            advert.expires_at = now + self.config.advert_ttl.as_secs().max(1);
+            let signed = advert.clone().sign(&self.identity.ed25519);
+            let bytes = encode(&signed);
+            // Gossipsub does not deliver our own messages to us; our view includes us.
+            let _ = self.view.insert(signed);
+            // Publishing fails with InsufficientPeers before any peer subscribed; the next
+            // round retries, so this is only worth a debug line.
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+                debug!(target: "p2p::advert", %e, model = %advert.model, "advert not published");
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Listeners { reply } => {
+                let me = *self.swarm.local_peer_id();
+                let addrs = self.swarm.listeners().map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me))).collect();
+                let _ = reply.send(addrs);
+            }
+            Command::Dial { addr, reply } => {
+                let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                    let _ = reply.send(Err(NetError::Dial { addr, reason: "no /p2p/PEER_ID".into() }));
+                    return;
+                };
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => self.pending_dial.entry(peer).or_default().push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial { addr, reason: e.to_string() }));
+                    }
+                }
+            }
+            Command::Advertise { offers, reply } => {
+                for o in &offers {
+                    let key = kad::RecordKey::new(&o.advert.model.as_bytes());
+                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                        let _ = reply.send(Err(NetError::Publish(e.to_string())));
+                        return;
+                    }
+                }
+                self.offers = offers;
+                self.publish_offers();
+                let _ = reply.send(Ok(()));
+            }
+            Command::PublishRaw { bytes, reply } => {
+                let r = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes);
+                let _ = reply.send(r.map(|_| ()).map_err(|e| NetError::Publish(e.to_string())));
+            }
+            Command::Market { reply } => {
+                let _ = reply.send(self.view.clone());
+            }
+            Command::Providers { model, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&model.as_bytes()));
+                self.pending_providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::Connect { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let waiting = self.pending_dial.entry(peer).or_default();
+                waiting.push(reply);
+                if waiting.len() > 1 {
+                    return; // a lookup or dial for this peer is already under way
+                }
+                // Dial with whatever addresses the behaviours know; if none, ask the DHT.
+                if self.swarm.dial(peer).is_err() {
+                    let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    self.pending_lookup.insert(id, peer);
+                }
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(target: "p2p", %address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(NetError::Dial { addr: Multiaddr::empty(), reason: error.to_string() }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                // Learn the peer's listen addresses for the DHT.
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_advert(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
+                // A new subscriber: let it learn our offers without waiting a full period.
+                self.publish_offers();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. })) => {
+                if let kad::QueryResult::GetClosestPeers(result) = &result {
+                    if let Some(peer) = self.pending_lookup.remove(&id) {
+                        let found = match result {
+                            Ok(ok) => ok.peers.iter().find(|p| p.peer_id == peer).map(|p| p.addrs.clone()),
+                            Err(_) => None,
+                        };
+                        let dialed = found.filter(|a| !a.is_empty()).is_some_and(|addrs| {
+                            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+                            self.swarm.dial(opts).is_ok()
+                        });
+                        if !dialed {
+                            for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
+                                let _ = reply.send(Err(NetError::Dial { addr: Multiaddr::empty(), reason: format!("no address found for {peer}") }));
+                            }
+                        }
+                    }
+                }
+                if let kad::QueryResult::GetProviders(result) = result {
+                    if let Some((found, _)) = self.pending_providers.get_mut(&id) {
+                        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                            found.extend(providers);
+                        }
+                    }
+                    if step.last {
+                        if let Some((found, reply)) = self.pending_providers.remove(&id) {
+                            let _ = reply.send(found);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_advert(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let now = unix_now();
+        let verdict = match message.source.as_ref().and_then(peer_key) {
+            None => Err(AdvertError::WrongPublisher),
+            Some(publisher) => {
+                SignedAdvert::from_gossip(&message.data, &publisher, now).and_then(|advert| self.view.insert(advert))
+            }
+        };
+        let acceptance = match &verdict {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(e) if e.penalise() => {
+                warn!(target: "p2p::advert", %source, %e, "rejected advert");
+                MessageAcceptance::Reject
+            }
+            Err(e) => {
+                debug!(target: "p2p::advert", %source, %e, "ignored advert");
+                MessageAcceptance::Ignore
+            }
+        };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+    }
+}

@@ -1,0 +1,301 @@
+//! The paying side of `/attrinet/infer/1`: pick a provider, send the request, take the
+//! streamed tokens, check and co-sign the receipt, and fail over when a provider fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attrinet_market::{
+    ChannelId, Delivered, Demand, Identity, ModelAdvert, PayerChannel, ProviderBook, Quote, SignedReceipt,
+    SignedVoucher, Store, encode, rank, request_hash, response_hash,
+};
+use libp2p::Stream;
+use tracing::{info, warn};
+
+use crate::network::{Client, key_peer, unix_now};
+use crate::wire::{ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, read_msg, write_msg};
+
+/// What the client asks for.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    /// Model name or hex id.
+    pub model: String,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+    /// Refuse offers whose maximum cost for this request is above this.
+    pub max_cost: Option<attrinet_market::Wei>,
+}
+
+/// A completed inference.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// Who served it.
+    pub provider: ModelAdvert,
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// The co-signed receipt (stored before this returns).
+    pub receipt: SignedReceipt,
+    /// The voucher signed for it.
+    pub voucher: SignedVoucher,
+    /// Providers tried before this one, and why they failed.
+    pub failed: Vec<(ModelAdvert, String)>,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// Nobody offers the model (within the price cap).
+    #[error("no provider offers {0} (within your price cap)")]
+    NoProvider(String),
+    /// Offers exist, but no channel is open with any of them.
+    #[error("no open channel with any provider of {0}: open one first")]
+    NoChannel(String),
+    /// The provider answered with an error.
+    #[error("provider refused ({:?}): {}", .0.code, .0.message)]
+    Remote(ErrorReply),
+    /// The stream broke, timed out or carried nonsense.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The proposed receipt broke a rule; the client did not sign it.
+    #[error("receipt refused: {0}")]
+    BadReceipt(String),
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Store(String),
+    /// Every provider tried failed.
+    #[error("all {} providers failed; last: {}", .0.len(), .0.last().map(|f| f.1.as_str()).unwrap_or(""))]
+    AllFailed(Vec<(ModelAdvert, String)>),
+}
+
+impl InferError {
+    /// Whether another provider might succeed where this one failed.
+    fn try_next(&self) -> bool {
+        match self {
+            InferError::Remote(r) => !matches!(r.code, ErrorCode::TooLarge | ErrorCode::BadRequest),
+            InferError::Transport(_) | InferError::BadReceipt(_) => true,
+            _ => false,
+        }
+    }
+}
+
+struct Inner {
+    identity: Identity,
+    store: Arc<dyn Store>,
+    channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<PayerChannel>>>>,
+    book: Mutex<ProviderBook>,
+    idle_timeout: Duration,
+}
+
+/// The client: pays for inference through its channels.
+#[derive(Clone)]
+pub struct Payer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Payer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payer").field("address", &self.inner.identity.address()).finish()
+    }
+}
+
+impl Payer {
+    /// A payer with its keys and store; `idle_timeout` bounds the wait for each message.
+    pub fn new(identity: Identity, store: Arc<dyn Store>, idle_timeout: Duration) -> Payer {
+        Payer {
+            inner: Arc::new(Inner {
+                identity,
+                store,
+                channels: Mutex::new(HashMap::new()),
+                book: Mutex::new(ProviderBook::new()),
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// The open channel with a provider (from the store), if any.
+    pub fn channel_with(&self, provider: &ModelAdvert) -> Result<Option<Arc<tokio::sync::Mutex<PayerChannel>>>, InferError> {
+        let store_err = |e: attrinet_market::StoreError| InferError::Store(e.to_string());
+        let me = self.inner.identity.address();
+        let Some(state) = self
+            .inner
+            .store
+            .channels()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|c| c.params.provider_key == provider.node_key && c.params.payer == me && c.params.provider == provider.evm_address)
+        else {
+            return Ok(None);
+        };
+        let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(&state.params.id) {
+            return Ok(Some(c.clone()));
+        }
+        let receipts = self.inner.store.receipts_after(&state.params.id, state.settled_seq).map_err(store_err)?;
+        let id = state.params.id;
+        let ch = Arc::new(tokio::sync::Mutex::new(PayerChannel::restore(state, &receipts)));
+        map.insert(id, ch.clone());
+        Ok(Some(ch))
+    }
+
+    /// Finds the model's providers in the market view, ranks them, and asks them in turn
+    /// until one completes with a co-signed receipt. `on_token` sees tokens as they stream
+    /// (from a failed provider too; `Answer::text` is the final one's).
+    pub async fn infer(
+        &self,
+        network: &Client,
+        ask: &Ask,
+        mut on_token: impl FnMut(&str) + Send,
+    ) -> Result<Answer, InferError> {
+        let view = network.market().await.map_err(|e| InferError::Transport(e.to_string()))?;
+        let offers = view.find(&ask.model, unix_now());
+        let demand = Demand { input_tokens: 0, max_output_tokens: ask.max_tokens, max_cost: ask.max_cost };
+        let ranked = {
+            let book = self.inner.book.lock().unwrap_or_else(|p| p.into_inner());
+            rank(&offers, &demand, &book)
+        };
+        if ranked.is_empty() {
+            return Err(InferError::NoProvider(ask.model.clone()));
+        }
+        let mut failed = Vec::new();
+        let mut any_channel = false;
+        for provider in ranked {
+            let Some(channel) = self.channel_with(&provider)? else { continue };
+            any_channel = true;
+            match self.infer_with(network, &provider, channel, ask, &mut on_token).await {
+                Ok(mut answer) => {
+                    self.inner.book.lock().unwrap_or_else(|p| p.into_inner()).success(provider.node_key);
+                    answer.failed = failed;
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    self.inner.book.lock().unwrap_or_else(|p| p.into_inner()).failure(provider.node_key);
+                    warn!(target: "p2p::payer", provider = %provider.evm_address, %e, "provider failed");
+                    let retry = e.try_next();
+                    failed.push((provider, e.to_string()));
+                    if !retry {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if !any_channel {
+            return Err(InferError::NoChannel(ask.model.clone()));
+        }
+        Err(InferError::AllFailed(failed))
+    }
+
+    /// Opens a stream, sends the request and reads the first answer. A stream the
+    /// provider's side drops before answering (its accept buffer was full) had no effect
+    /// there, so it is retried a few times with a growing pause.
+    async fn open(&self, network: &Client, peer: libp2p::PeerId, request: &InferRequest) -> Result<(Stream, ServerMsg), InferError> {
+        const ATTEMPTS: u64 = 6;
+        let mut last = String::new();
+        network.connect(peer).await.map_err(|e| InferError::Transport(e.to_string()))?;
+        for attempt in 1..=ATTEMPTS {
+            let mut stream = network.open_stream(peer, INFER_PROTOCOL).await.map_err(|e| InferError::Transport(e.to_string()))?;
+            // A reset shows on the write as well as on the read.
+            let sent = write_msg(&mut stream, request).await;
+            let first = match sent {
+                Ok(()) => read_msg::<ServerMsg>(&mut stream, self.inner.idle_timeout).await,
+                Err(e) => Err(e),
+            };
+            match first {
+                Ok(first) => return Ok((stream, first)),
+                Err(crate::wire::WireError::Io(e)) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(25 * attempt * attempt)).await;
+                }
+                Err(e) => return Err(InferError::Transport(e.to_string())),
+            }
+        }
+        Err(InferError::Transport(format!("provider dropped the stream {ATTEMPTS} times: {last}")))
+    }
+
+    /// Asks one provider.
+    pub async fn infer_with(
+        &self,
+        network: &Client,
+        provider: &ModelAdvert,
+        channel: Arc<tokio::sync::Mutex<PayerChannel>>,
+        ask: &Ask,
+        on_token: &mut (impl FnMut(&str) + Send),
+    ) -> Result<Answer, InferError> {
+        let transport = |e: &dyn std::fmt::Display| InferError::Transport(e.to_string());
+        let peer = key_peer(&provider.node_key).ok_or_else(|| InferError::Transport("advert key is not an ed25519 key".into()))?;
+        let channel_id = channel.lock().await.state().params.id;
+        let request = InferRequest {
+            model: provider.model,
+            prompt: ask.prompt.clone(),
+            max_tokens: ask.max_tokens,
+            sampling: ask.sampling,
+            channel: channel_id,
+            quote: Quote {
+                model: provider.model,
+                price: provider.price,
+                max_input_tokens: provider.context_length,
+                max_output_tokens: ask.max_tokens,
+            },
+        };
+        let idle = self.inner.idle_timeout;
+        let (mut stream, first) = self.open(network, peer, &request).await?;
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        let mut input_tokens = None;
+        let mut first = Some(first);
+        let (proposal, batch_start) = loop {
+            let msg = match first.take() {
+                Some(m) => m,
+                None => read_msg::<ServerMsg>(&mut stream, idle).await.map_err(|e| transport(&e))?,
+            };
+            match msg {
+                ServerMsg::Started { input_tokens: n } => input_tokens = Some(n),
+                ServerMsg::Token { id, text: t } => {
+                    if input_tokens.is_none() {
+                        return Err(InferError::Transport("token before the request was admitted".into()));
+                    }
+                    on_token(&t);
+                    text.push_str(&t);
+                    tokens.push(id);
+                }
+                ServerMsg::Propose { proposal, batch_start } => break (proposal, batch_start),
+                ServerMsg::Error(e) => return Err(InferError::Remote(e)),
+                ServerMsg::Ack { .. } => return Err(InferError::Transport("acknowledgement before any receipt".into())),
+            }
+        };
+        let delivered = Delivered {
+            request_hash: request_hash(&encode(&request)),
+            response_hash: response_hash(&tokens),
+            output_tokens: tokens.len() as u32,
+            input_tokens: None,
+        };
+        let mut ch = channel.lock().await;
+        let (receipt, voucher) = match ch.accept(proposal, batch_start, &request.quote, &delivered, unix_now(), &self.inner.identity) {
+            Ok(signed) => signed,
+            Err(e) => {
+                let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: e.to_string() }).await;
+                return Err(InferError::BadReceipt(e.to_string()));
+            }
+        };
+        // Store what we signed before handing it over: our record of what we owe must never
+        // be behind the provider's.
+        let stored = self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| InferError::Store(e.to_string()))?;
+        ch.commit(&stored, &receipt);
+        drop(ch);
+        write_msg(&mut stream, &ClientMsg::Pay { receipt: receipt.clone(), voucher: voucher.clone() })
+            .await
+            .map_err(|e| transport(&e))?;
+        match read_msg::<ServerMsg>(&mut stream, idle).await.map_err(|e| transport(&e))? {
+            ServerMsg::Ack { seq } if seq == receipt.receipt.seq => {}
+            ServerMsg::Error(e) => return Err(InferError::Remote(e)),
+            other => return Err(InferError::Transport(format!("expected an acknowledgement, got {other:?}"))),
+        }
+        info!(target: "p2p::payer", seq = %receipt.receipt.seq, value = %receipt.receipt.value, tokens = tokens.len(), "paid");
+        Ok(Answer { provider: provider.clone(), tokens, text, receipt, voucher, failed: Vec::new() })
+    }
+}

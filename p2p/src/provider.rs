@@ -1,0 +1,375 @@
+//! The serving side of `/attrinet/infer/1`: admit, generate and stream, then exchange the
+//! receipt, persisting it before acknowledging.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attrinet_market::{
+    ChannelId, Identity, ModelAdvert, ModelId, Price, ProviderChannel, Quote, Store, Usage, Wei, encode, request_hash,
+    response_hash,
+};
+use futures::StreamExt;
+use libp2p::{PeerId, Stream};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::network::{Client, OfferTemplate, peer_key, unix_now};
+use crate::wire::{
+    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, WireError, read_msg,
+    write_msg,
+};
+
+/// Something that generates tokens: the node plugs in a compute engine; tests plug in a
+/// deterministic stand-in.
+pub trait Generator: Send + Sync + 'static {
+    /// Prompt tokens the prompt counts (with the chat template applied, for chats).
+    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String>;
+
+    /// Generates at most `max_tokens`, calling `on_token(id, text)` for each as it comes;
+    /// stops early when `on_token` returns `false`. Runs on a blocking thread.
+    fn generate(
+        &self,
+        prompt: &Prompt,
+        max_tokens: u32,
+        sampling: &Sampling,
+        on_token: &mut dyn FnMut(u32, String) -> bool,
+    ) -> Result<(), String>;
+}
+
+/// One model this node serves.
+#[derive(Clone)]
+pub struct Offer {
+    /// Model id (SHA-256 of the file).
+    pub model: ModelId,
+    /// Name shown to clients.
+    pub name: String,
+    /// Price per 1,000 input / output tokens.
+    pub price: Price,
+    /// Context length.
+    pub context_length: u32,
+    /// Measured decode speed, tokens/s (advertised).
+    pub decode_tokens_per_s: u32,
+    /// Measured time to first token, ms (advertised).
+    pub ttft_ms: u32,
+    /// The engine.
+    pub generator: Arc<dyn Generator>,
+}
+
+impl std::fmt::Debug for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offer").field("model", &self.model).field("name", &self.name).field("price", &self.price).finish()
+    }
+}
+
+/// What a provider enforces on each request.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest prompt, in bytes of text.
+    pub max_prompt_bytes: usize,
+    /// Most tokens one request may generate.
+    pub max_tokens: u32,
+    /// Requests generating at once, over all peers.
+    pub capacity: usize,
+    /// Requests in flight from one peer.
+    pub max_per_peer: u32,
+    /// Longest wait for the client's next message.
+    pub idle_timeout: Duration,
+    /// Longest a whole request may take.
+    pub total_timeout: Duration,
+    /// Most value served to one channel without a co-signed receipt.
+    pub exposure_limit: Wei,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_prompt_bytes: 32 * 1024,
+            max_tokens: 2048,
+            capacity: 4,
+            max_per_peer: 8,
+            idle_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(600),
+            exposure_limit: Wei(10u128.pow(16)),
+        }
+    }
+}
+
+struct Inner {
+    identity: Identity,
+    store: Arc<dyn Store>,
+    offers: HashMap<ModelId, Offer>,
+    limits: Limits,
+    slots: Semaphore,
+    per_peer: Mutex<HashMap<PeerId, u32>>,
+    channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<ProviderChannel>>>>,
+}
+
+/// The provider: serves inference requests arriving on the network.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("offers", &self.inner.offers.len()).finish()
+    }
+}
+
+/// A failed request, as told to the client.
+fn reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply { code, message: message.into() }
+}
+
+/// Decrements a peer's in-flight count when a request ends, however it ends.
+struct PeerSlot<'a> {
+    map: &'a Mutex<HashMap<PeerId, u32>>,
+    peer: PeerId,
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Provider {
+    /// A provider of `offers`, storing receipts in `store`.
+    pub fn new(identity: Identity, store: Arc<dyn Store>, offers: Vec<Offer>, limits: Limits) -> Provider {
+        Provider {
+            inner: Arc::new(Inner {
+                identity,
+                store,
+                offers: offers.into_iter().map(|o| (o.model, o)).collect(),
+                slots: Semaphore::new(limits.capacity),
+                limits,
+                per_peer: Mutex::new(HashMap::new()),
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The adverts for this provider's offers (seq and expiry are set when published).
+    pub fn adverts(&self) -> Vec<OfferTemplate> {
+        let me = &self.inner.identity;
+        self.inner
+            .offers
+            .values()
+            .map(|o| OfferTemplate {
+                advert: ModelAdvert {
+                    node_key: me.public_key(),
+                    evm_address: me.address(),
+                    model: o.model,
+                    model_name: o.name.clone(),
+                    price: o.price,
+                    context_length: o.context_length,
+                    free_capacity: self.inner.limits.capacity as u32,
+                    decode_tokens_per_s: o.decode_tokens_per_s,
+                    ttft_ms: o.ttft_ms,
+                    expires_at: 0,
+                    seq: 0,
+                },
+            })
+            .collect()
+    }
+
+    /// Advertises the offers and serves requests until the network stops.
+    pub async fn serve(self, network: Client) -> Result<(), crate::NetError> {
+        let mut incoming = network
+            .streams()
+            .accept(INFER_PROTOCOL)
+            .map_err(|e| crate::NetError::Setup(format!("cannot accept {INFER_PROTOCOL}: {e}")))?;
+        network.advertise(self.adverts()).await?;
+        info!(target: "p2p::provider", offers = self.inner.offers.len(), "serving");
+        while let Some((peer, stream)) = incoming.next().await {
+            let this = self.clone();
+            tokio::spawn(async move { this.handle(peer, stream).await });
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, peer: PeerId, mut stream: Stream) {
+        let limits = self.inner.limits;
+        let outcome = tokio::time::timeout(limits.total_timeout, self.exchange(peer, &mut stream)).await;
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => reply(ErrorCode::Timeout, format!("request took longer than {:?}", limits.total_timeout)),
+        };
+        debug!(target: "p2p::provider", %peer, code = ?error.code, message = %error.message, "request failed");
+        // The client may be gone already; nothing more to do then.
+        let _ = write_msg(&mut stream, &ServerMsg::Error(error)).await;
+    }
+
+    fn channel(&self, id: &ChannelId) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
+        let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(id) {
+            return Ok(c.clone());
+        }
+        let store = &self.inner.store;
+        let internal = |e: attrinet_market::StoreError| reply(ErrorCode::Internal, e.to_string());
+        let state = store
+            .channel(id)
+            .map_err(internal)?
+            .ok_or_else(|| reply(ErrorCode::UnknownChannel, format!("channel {id} is not open with this node")))?;
+        let receipts = store.receipts_after(id, state.settled_seq).map_err(internal)?;
+        let ch = Arc::new(tokio::sync::Mutex::new(ProviderChannel::restore(state, &receipts, self.inner.limits.exposure_limit)));
+        map.insert(*id, ch.clone());
+        Ok(ch)
+    }
+
+    async fn exchange(&self, peer: PeerId, stream: &mut Stream) -> Result<(), ErrorReply> {
+        let limits = self.inner.limits;
+        let request: InferRequest = read_msg(stream, limits.idle_timeout).await.map_err(|e| match e {
+            WireError::TooLarge(n) => reply(ErrorCode::TooLarge, format!("request of {n} bytes is over the frame limit")),
+            WireError::Timeout(t) => reply(ErrorCode::Timeout, format!("no request within {t:?}")),
+            e => reply(ErrorCode::BadRequest, e.to_string()),
+        })?;
+        let req_hash = request_hash(&encode(&request));
+
+        // Admission: per-peer, then global capacity; both answer "busy" rather than queue,
+        // so the client can fail over at once.
+        let _peer_slot = {
+            let mut map = self.inner.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(peer).or_insert(0);
+            if *n >= limits.max_per_peer {
+                return Err(reply(ErrorCode::Busy, format!("{} requests from you are already in flight", limits.max_per_peer)));
+            }
+            *n += 1;
+            PeerSlot { map: &self.inner.per_peer, peer }
+        };
+        let _slot = self
+            .inner
+            .slots
+            .try_acquire()
+            .map_err(|_| reply(ErrorCode::Busy, format!("all {} generation slots are busy", limits.capacity)))?;
+
+        let offer = self
+            .inner
+            .offers
+            .get(&request.model)
+            .ok_or_else(|| reply(ErrorCode::UnknownModel, format!("model {} is not served here", request.model)))?;
+        let prompt_len = request.prompt.text_len();
+        if prompt_len > limits.max_prompt_bytes {
+            return Err(reply(ErrorCode::TooLarge, format!("prompt of {prompt_len} bytes is over the {}-byte limit", limits.max_prompt_bytes)));
+        }
+        if request.max_tokens == 0 || request.max_tokens > limits.max_tokens {
+            return Err(reply(ErrorCode::BadRequest, format!("max_tokens must be 1..={}, got {}", limits.max_tokens, request.max_tokens)));
+        }
+        let quote = request.quote;
+        if quote.model != request.model || quote.price != offer.price || quote.max_output_tokens < request.max_tokens {
+            return Err(reply(ErrorCode::QuoteRejected, format!("quote {quote:?} does not match the offer at {:?}", offer.price)));
+        }
+        let input_tokens = offer.generator.count_tokens(&request.prompt).map_err(|e| reply(ErrorCode::BadRequest, e))?;
+        if input_tokens > quote.max_input_tokens || input_tokens.saturating_add(request.max_tokens) > offer.context_length {
+            return Err(reply(
+                ErrorCode::BadRequest,
+                format!("prompt of {input_tokens} tokens plus {} new ones does not fit (quote allows {}, context {})", request.max_tokens, quote.max_input_tokens, offer.context_length),
+            ));
+        }
+        let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: request.max_tokens, ..quote };
+
+        // The requester must be the channel's payer: only it can co-sign.
+        let channel = self.channel(&request.channel)?;
+        let reservation = {
+            let mut ch = channel.lock().await;
+            let p = &ch.state().params;
+            if Some(p.payer_key) != peer_key(&peer) || p.provider != self.inner.identity.address() {
+                return Err(reply(ErrorCode::UnknownChannel, format!("channel {} does not belong to you and this node", request.channel)));
+            }
+            ch.reserve(quote).map_err(|e| reply(ErrorCode::Unpaid, e.to_string()))?
+        };
+
+        write_msg(stream, &ServerMsg::Started { input_tokens }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+        let tokens = match self.generate(offer, &request, stream).await {
+            Ok(t) => t,
+            Err(e) => {
+                channel.lock().await.release(reservation);
+                return Err(e);
+            }
+        };
+
+        // Receipt exchange, one at a time per channel so seqs stay contiguous.
+        let mut ch = channel.lock().await;
+        let usage = Usage {
+            request_hash: req_hash,
+            response_hash: response_hash(&tokens),
+            input_tokens,
+            output_tokens: tokens.len() as u32,
+            attribution_root: Default::default(),
+        };
+        let (proposal, batch_start) = ch
+            .propose(reservation, &usage, unix_now(), &self.inner.identity)
+            .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+        let seq = proposal.receipt.seq;
+        let answer = async {
+            write_msg(stream, &ServerMsg::Propose { proposal, batch_start }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+            match read_msg::<ClientMsg>(stream, limits.idle_timeout).await {
+                Ok(ClientMsg::Pay { receipt, voucher }) => {
+                    ch.check_cosigned(&receipt, &voucher).map_err(|e| reply(ErrorCode::BadPayment, e.to_string()))?;
+                    Ok((receipt, voucher))
+                }
+                Ok(ClientMsg::Refuse { reason }) => Err(reply(ErrorCode::BadPayment, format!("client refused to sign: {reason}"))),
+                Err(e) => Err(reply(ErrorCode::Timeout, format!("no payment for receipt {seq}: {e}"))),
+            }
+        }
+        .await;
+        let (receipt, voucher) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // Served but not paid: written off, and it counts against the payer's limit.
+                warn!(target: "p2p::provider", %peer, %seq, message = %e.message, "receipt not co-signed");
+                let _ = ch.abandon();
+                return Err(e);
+            }
+        };
+        // Persist, then acknowledge: an acknowledged receipt is on disk.
+        let stored = self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| {
+            let _ = ch.abandon();
+            reply(ErrorCode::Internal, format!("could not store receipt: {e}"))
+        })?;
+        ch.commit(&stored, &receipt);
+        drop(ch);
+        info!(target: "p2p::provider", %peer, %seq, value = %receipt.receipt.value, tokens = tokens.len(), "receipt stored");
+        write_msg(stream, &ServerMsg::Ack { seq }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// Runs the generator on a blocking thread, streaming each token as it comes. Stops
+    /// generating when the client goes away.
+    async fn generate(&self, offer: &Offer, request: &InferRequest, stream: &mut Stream) -> Result<Vec<u32>, ErrorReply> {
+        let (tx, mut rx) = mpsc::channel::<(u32, String)>(32);
+        let generator = offer.generator.clone();
+        let (prompt, max_tokens, sampling) = (request.prompt.clone(), request.max_tokens, request.sampling);
+        let job = tokio::task::spawn_blocking(move || {
+            generator.generate(&prompt, max_tokens, &sampling, &mut |id, text| tx.blocking_send((id, text)).is_ok())
+        });
+        let mut tokens = Vec::new();
+        let mut send_failed = None;
+        while let Some((id, text)) = rx.recv().await {
+            if send_failed.is_some() {
+                continue;
+            }
+            match write_msg(stream, &ServerMsg::Token { id, text }).await {
+                Ok(()) => tokens.push(id),
+                Err(e) => {
+                    // Dropping the receiver stops the generator at its next token.
+                    send_failed = Some(e);
+                    rx.close();
+                }
+            }
+        }
+        let result = job.await.map_err(|e| reply(ErrorCode::Engine, format!("engine panicked: {e}")))?;
+        if let Some(e) = send_failed {
+            return Err(reply(ErrorCode::Internal, format!("client went away: {e}")));
+        }
+        result.map_err(|e| reply(ErrorCode::Engine, e))?;
+        Ok(tokens)
+    }
+}

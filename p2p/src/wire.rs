@@ -1,0 +1,213 @@
+//! The inference protocol's messages and their framing on a libp2p stream.
+//!
+//! One stream per request: the client writes an [`InferRequest`]; the provider answers with
+//! [`ServerMsg::Started`], then [`ServerMsg::Token`]s as they are generated, then
+//! [`ServerMsg::Propose`]; the client answers [`ClientMsg::Pay`] (co-signed receipt and
+//! voucher) or [`ClientMsg::Refuse`]; the provider persists and sends [`ServerMsg::Ack`].
+//! Any step may be answered by [`ServerMsg::Error`]. Each frame is a 4-byte little-endian
+//! length followed by the message in postcard encoding.
+
+use std::time::Duration;
+
+use attrinet_market::{ChannelId, ModelId, ProposedReceipt, Quote, Seq, SignedReceipt, SignedVoucher, decode, encode};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The inference protocol.
+pub const INFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/attrinet/infer/1");
+
+/// Largest frame either side reads: a request with the largest prompt fits with room to
+/// spare; anything longer is refused before its body is read.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// One message of a chat.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// What to run.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Raw text, fed as is.
+    Text(String),
+    /// Chat messages, formatted with the model's chat template.
+    Chat(Vec<ChatMessage>),
+}
+
+impl Prompt {
+    /// Bytes of text in the prompt (what the prompt-size limit counts).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Prompt::Text(t) => t.len(),
+            Prompt::Chat(m) => m.iter().map(|m| m.role.len() + m.content.len()).sum(),
+        }
+    }
+}
+
+/// Sampling parameters. Integers, so that a request hashes the same everywhere.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Temperature × 1000; 0 means greedy.
+    pub temperature_milli: u32,
+    /// Top-p × 1000; 0 or 1000 means no nucleus cut.
+    pub top_p_milli: u32,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+/// The client's request.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// The model.
+    pub model: ModelId,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+    /// The channel that pays.
+    pub channel: ChannelId,
+    /// The quote the client accepted (from the provider's advert).
+    pub quote: Quote,
+}
+
+/// Why a provider refused or stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// At capacity, or too many requests from this peer: try another provider or later.
+    Busy,
+    /// The prompt or a frame is over the size limit.
+    TooLarge,
+    /// The request is malformed or asks for more than the limits allow.
+    BadRequest,
+    /// This node does not serve that model.
+    UnknownModel,
+    /// The channel is unknown here or does not belong to the requesting peer.
+    UnknownChannel,
+    /// The quote does not match this node's offer.
+    QuoteRejected,
+    /// Serving would pass the unpaid-exposure limit or the deposit.
+    Unpaid,
+    /// The engine failed.
+    Engine,
+    /// A step took too long.
+    Timeout,
+    /// The co-signed receipt or voucher is not valid.
+    BadPayment,
+    /// Something failed on the provider's side (storage).
+    Internal,
+}
+
+/// An error reply: a code and a message for humans.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// What exactly.
+    pub message: String,
+}
+
+/// Provider → client.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Admitted; the prompt counts this many tokens.
+    Started {
+        /// Prompt tokens.
+        input_tokens: u32,
+    },
+    /// One generated token.
+    Token {
+        /// Token id.
+        id: u32,
+        /// Its text.
+        text: String,
+    },
+    /// Generation is over; here is the receipt to co-sign.
+    Propose {
+        /// The provider-signed receipt.
+        proposal: ProposedReceipt,
+        /// Seq of the channel's last settlement, where the voucher's batch starts.
+        batch_start: Seq,
+    },
+    /// The co-signed receipt is stored durably.
+    Ack {
+        /// Its seq.
+        seq: Seq,
+    },
+    /// Refused or failed.
+    Error(ErrorReply),
+}
+
+/// Client → provider, after a proposal.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// The co-signed receipt and the voucher for it.
+    Pay {
+        /// Co-signed receipt.
+        receipt: SignedReceipt,
+        /// Voucher.
+        voucher: SignedVoucher,
+    },
+    /// The client will not sign, and says why.
+    Refuse {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A framing or transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The stream failed or closed.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame announced more than [`MAX_FRAME_BYTES`].
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The frame is not the expected message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Nothing arrived in time.
+    #[error("no message within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Writes one message.
+pub async fn write_msg<T: Serialize>(io: &mut (impl AsyncWrite + Unpin), msg: &T) -> Result<(), WireError> {
+    let body = encode(msg);
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    io.write_all(&frame).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+/// Reads one message, waiting at most `timeout`.
+pub async fn read_msg<T: DeserializeOwned>(
+    io: &mut (impl AsyncRead + Unpin),
+    timeout: Duration,
+) -> Result<T, WireError> {
+    tokio::time::timeout(timeout, async {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(WireError::TooLarge(len));
+        }
+        let mut body = vec![0u8; len];
+        io.read_exact(&mut body).await?;
+        decode(&body).map_err(|e| WireError::Malformed(e.to_string()))
+    })
+    .await
+    .map_err(|_| WireError::Timeout(timeout))?
+}

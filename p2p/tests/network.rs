@@ -1,0 +1,259 @@
+//! Multi-node tests on loopback, in one process. Every wait is bounded and panics with
+//! what it was waiting for.
+
+mod util;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use attrinet_market::{ModelAdvert, Price, Seq, Store, Wei, encode};
+use attrinet_p2p::{ErrorCode, InferError, Limits, Prompt};
+use util::*;
+
+/// Stated bound: with 300 ms gossipsub heartbeats and 1 s republishing, 10 nodes bootstrapped
+/// from one know every advert within 30 s (typically 3–6 s here).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_see_every_advert_and_expired_ones_disappear() {
+    let mut nodes = Vec::new();
+    let boot = Node::start(0, &[], fast_config(Duration::from_secs(4))).await;
+    let boot_addr = boot.tcp_addr().await;
+    nodes.push(boot);
+    for i in 1..10 {
+        nodes.push(Node::start(i, &[boot_addr.clone()], fast_config(Duration::from_secs(4))).await);
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.serve(vec![offer(model(i as u8), 10, 20, TestEngine::new(0))], Limits::default());
+    }
+    let start = std::time::Instant::now();
+    for n in &nodes {
+        let client = n.client.clone();
+        wait_for(PROPAGATION_BOUND, "every node lists all 10 adverts", || {
+            let client = client.clone();
+            async move { client.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == 10 }
+        })
+        .await;
+    }
+    println!("10 nodes: every advert everywhere after {:?}", start.elapsed());
+
+    // Node 9 goes away: its last advert expires (TTL 4 s) and drops out of every view.
+    let gone = nodes.pop().unwrap();
+    let gone_key = gone.identity.public_key();
+    drop(gone);
+    for n in &nodes {
+        let client = n.client.clone();
+        wait_for(Duration::from_secs(15), "the stopped node's advert expires", || {
+            let client = client.clone();
+            async move {
+                let all = client.market().await.unwrap().all(attrinet_p2p::unix_now());
+                all.iter().all(|a| a.node_key != gone_key)
+            }
+        })
+        .await;
+    }
+    // The DHT knows providers too.
+    let providers = nodes[3].client.dht_providers(model(5)).await.unwrap();
+    assert!(providers.contains(&nodes[5].client.peer_id()), "DHT providers of model 5: {providers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_streams_and_both_sides_store_identical_receipts() {
+    let (client, providers) = market_of(3, Limits::default(), 0).await;
+    let mut streamed = String::new();
+    let answer = client
+        .payer
+        .infer(&client.client, &ask("test-model", "tell me a story", 12), |t| streamed.push_str(t))
+        .await
+        .expect("answer");
+    assert_eq!(answer.tokens.len(), 12);
+    assert_eq!(streamed, answer.text);
+    assert_eq!(answer.tokens, TestEngine::expected(&Prompt::Text("tell me a story".into()), 12));
+    let provider = providers.iter().find(|p| p.identity.public_key() == answer.provider.node_key).unwrap();
+    let id = answer.receipt.receipt.channel;
+    let mine = client.store.receipts_after(&id, Seq::ZERO).unwrap();
+    let theirs = provider.store.receipts_after(&id, Seq::ZERO).unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(encode(&mine), encode(&theirs), "stores differ");
+    mine[0].receipt.verify().unwrap();
+    mine[0].voucher.verify(client.identity.address()).unwrap();
+    // The stand-in engine counts words: 4 prompt tokens, 12 generated.
+    assert_eq!(mine[0].receipt.receipt.input_tokens, 4);
+    let expected = answer.provider.price.value(4, 12).unwrap();
+    assert_eq!(mine[0].receipt.receipt.value, expected);
+
+    // A second query on the same channel continues the sequence.
+    let again = client.payer.infer(&client.client, &ask("test-model", "and another", 5), |_| {}).await.unwrap();
+    if again.receipt.receipt.channel == id {
+        assert_eq!(again.receipt.receipt.seq, Seq(2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fails_over_when_its_provider_dies_mid_stream() {
+    // Provider 0 is cheapest, so it is chosen first; tokens come every 20 ms.
+    let (client, mut providers) = market_of(3, Limits::default(), 20).await;
+    let first = providers[0].identity.public_key();
+    let killer = providers[0].kill_switch();
+    let mut seen = 0;
+    let answer = client
+        .payer
+        .infer(&client.client, &ask("test-model", "a long answer please", 30), |_| {
+            seen += 1;
+            if seen == 5 {
+                killer.kill();
+            }
+        })
+        .await
+        .expect("fails over and completes");
+    assert_eq!(answer.failed.len(), 1, "{:?}", answer.failed);
+    assert_eq!(answer.failed[0].0.node_key, first);
+    assert_ne!(answer.provider.node_key, first);
+    assert_eq!(answer.tokens.len(), 30);
+    // No receipt for the aborted request anywhere; one for the completed one.
+    let dead = providers.remove(0);
+    for c in dead.store.channels().unwrap() {
+        assert_eq!(c.last_seq, Seq::ZERO);
+        assert!(client.store.receipts_after(&c.params.id, Seq::ZERO).unwrap().is_empty());
+    }
+    let paid: usize = client.store.channels().unwrap().iter().map(|c| c.last_seq.0 as usize).sum();
+    assert_eq!(paid, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_adverts_are_rejected_and_their_sender_penalised() {
+    let a = Node::start(0, &[], fast_config(Duration::from_secs(60))).await;
+    let a_addr = a.tcp_addr().await;
+    let mut honest = Node::start(1, &[a_addr.clone()], fast_config(Duration::from_secs(60))).await;
+    honest.serve(vec![offer(model(1), 10, 20, TestEngine::new(0))], Limits::default());
+    let evil = Node::start(2, &[a_addr.clone()], fast_config(Duration::from_secs(60))).await;
+    wait_for(Duration::from_secs(20), "a sees the honest advert", || {
+        let c = a.client.clone();
+        async move { c.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == 1 }
+    })
+    .await;
+    let now = attrinet_p2p::unix_now();
+    let advert = |node_key, seq, expires_at| ModelAdvert {
+        node_key,
+        evm_address: evil.identity.address(),
+        model: model(9),
+        model_name: "evil".into(),
+        price: Price { per_1k_input: Wei(1), per_1k_output: Wei(1) },
+        context_length: 2048,
+        free_capacity: 1,
+        decode_tokens_per_s: 1000,
+        ttft_ms: 1,
+        expires_at,
+        seq,
+    };
+    let score = || async { a.client.peer_score(evil.client.peer_id()).await.unwrap().unwrap_or(0.0) };
+    let base = score().await;
+
+    // 1. Forged: claims to be the honest node, signed by the evil one.
+    let forged = advert(honest.identity.public_key(), now + 10, now + 60).sign(&evil.identity.ed25519);
+    evil.publish_until_seen(&a, encode(&forged)).await;
+    // 2. Oversized.
+    let mut big = advert(evil.identity.public_key(), now + 11, now + 60);
+    big.model_name = "x".repeat(3000);
+    evil.publish_until_seen(&a, encode(&big.sign(&evil.identity.ed25519))).await;
+    // 3. A replay of an old, expired advert.
+    let old = advert(evil.identity.public_key(), 1, now - 10).sign(&evil.identity.ed25519);
+    evil.publish_until_seen(&a, encode(&old)).await;
+
+    wait_for(Duration::from_secs(10), "the evil peer's score drops", || async { score().await < base - 1.0 }).await;
+    let view = a.client.market().await.unwrap().all(attrinet_p2p::unix_now());
+    assert_eq!(view.len(), 1, "only the honest advert is in the view: {view:?}");
+    assert_eq!(view[0].node_key, honest.identity.public_key());
+    let honest_score = a.client.peer_score(honest.client.peer_id()).await.unwrap().unwrap_or(0.0);
+    assert!(honest_score >= 0.0, "the honest peer is not penalised: {honest_score}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dishonest_receipts_and_oversized_prompts_are_refused_and_nothing_stored() {
+    let (client, providers) = market_of(1, Limits { max_prompt_bytes: 64, ..Limits::default() }, 0).await;
+    let provider = &providers[0];
+    let id = client.store.channels().unwrap()[0].params.id;
+
+    // Oversized prompt: a clear error, nothing stored.
+    let err = client.payer.infer(&client.client, &ask("test-model", &"word ".repeat(40), 4), |_| {}).await.unwrap_err();
+    assert!(matches!(&err, InferError::Remote(r) if r.code == ErrorCode::TooLarge), "{err}");
+
+    // One honest query, so that there is something to replay.
+    client.payer.infer(&client.client, &ask("test-model", "hello", 4), |_| {}).await.unwrap();
+    assert_eq!(client.store.channel(&id).unwrap().unwrap().last_seq, Seq(1));
+
+    // A rogue provider proposes, after one honest receipt: a wrong value, a wrong seq, and
+    // a replay of its receipt 1. The client refuses each and stores nothing.
+    let tampers = [Tamper::Value, Tamper::Seq, Tamper::Replay];
+    for (tamper, err) in tampers.iter().zip(rogue_rounds(&client, &tampers).await) {
+        assert!(matches!(err, InferError::BadReceipt(_)), "{tamper:?}: {err}");
+    }
+    // A rogue client pays the real provider with a tampered co-signed receipt.
+    let code = rogue_payment(&client, provider).await;
+    assert_eq!(code, ErrorCode::BadPayment);
+
+    for s in [client.store.as_ref(), provider.store.as_ref()] {
+        let c = s.channel(&id).unwrap().unwrap();
+        assert_eq!(c.last_seq, Seq(1), "nothing but the honest receipt is stored");
+        assert_eq!(s.receipts_after(&id, Seq::ZERO).unwrap().len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_respect_the_limit() {
+    let limits = Limits { capacity: 4, max_per_peer: 50, ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 2).await;
+    let engine = providers[0].engine.clone().unwrap();
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (payer, net, advert) = (client.payer.clone(), client.client.clone(), advert.clone());
+        let channel = client.channel_with(&advert).await;
+        tasks.push(tokio::spawn(async move {
+            payer.infer_with(&net, &advert, channel, &ask("test-model", &format!("request {i}"), 8), &mut |_| {}).await
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(60), t).await.expect("bounded").unwrap() {
+            Ok(a) => {
+                a.receipt.verify().unwrap();
+                ok += 1;
+            }
+            Err(InferError::Remote(r)) if r.code == ErrorCode::Busy => busy += 1,
+            Err(e) => panic!("neither a receipt nor busy: {e}"),
+        }
+    }
+    println!("50 concurrent: {ok} served, {busy} busy, peak concurrency {}", engine.peak.load(Ordering::SeqCst));
+    assert_eq!(ok + busy, 50);
+    assert!(ok >= 4, "at least the first 4 are served");
+    assert!(engine.peak.load(Ordering::SeqCst) <= 4, "never more than 4 generating");
+    let id = client.store.channels().unwrap()[0].params.id;
+    let mine = client.store.receipts_after(&id, Seq::ZERO).unwrap();
+    let theirs = providers[0].store.receipts_after(&id, Seq::ZERO).unwrap();
+    assert_eq!(mine.len(), ok);
+    assert_eq!(encode(&mine), encode(&theirs));
+    for (i, r) in mine.iter().enumerate() {
+        assert_eq!(r.receipt.receipt.seq, Seq(i as u64 + 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_carries_a_query() {
+    let quic = || attrinet_p2p::NetConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        ..fast_config(Duration::from_secs(60))
+    };
+    let mut provider = Node::start_with(1, &[], quic()).await;
+    provider.serve(vec![offer(model(1), 1000, 2000, TestEngine::new(0))], Limits::default());
+    let addr = provider.addr_with("/quic-v1").await;
+    let client = Node::start_with(2, &[addr], quic()).await;
+    open_channel(&client, &provider, Wei(10u128.pow(18)));
+    wait_for(Duration::from_secs(20), "client sees the advert over QUIC", || {
+        let c = client.client.clone();
+        async move { !c.market().await.unwrap().all(attrinet_p2p::unix_now()).is_empty() }
+    })
+    .await;
+    let answer = client.payer.infer(&client.client, &ask("test-model", "over quic", 6), |_| {}).await.unwrap();
+    assert_eq!(answer.tokens.len(), 6);
+}

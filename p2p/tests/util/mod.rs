@@ -1,0 +1,372 @@
+//! Test nodes on loopback, a deterministic stand-in engine, and bounded waits.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use attrinet_market::{
+    ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelAdvert, ModelId, PayerChannel, Price,
+    ProviderChannel, Quote, Seq, Store, Usage, Wei, encode, request_hash, response_hash,
+};
+use attrinet_p2p::{
+    Ask, ClientMsg, Client, ErrorCode, Generator, INFER_PROTOCOL, InferError, InferRequest, Limits, Multiaddr, NetConfig,
+    Offer, Payer, Prompt, Provider, Sampling, ServerMsg, read_msg, write_msg,
+};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+pub fn model(i: u8) -> ModelId {
+    ModelId::from([i; 32])
+}
+
+/// Stands in for a model in these tests only: the tokens are a function of the prompt, each
+/// takes `delay_ms`, and it records how many generations ever ran at once.
+#[derive(Debug, Default)]
+pub struct TestEngine {
+    delay_ms: u64,
+    running: AtomicUsize,
+    pub peak: AtomicUsize,
+}
+
+impl TestEngine {
+    pub fn new(delay_ms: u64) -> Arc<TestEngine> {
+        Arc::new(TestEngine { delay_ms, ..Default::default() })
+    }
+
+    pub fn expected(prompt: &Prompt, n: u32) -> Vec<u32> {
+        let seed = request_hash(&encode(prompt));
+        (0..n).map(|i| u32::from(seed[(i % 32) as usize]) * 1000 + i).collect()
+    }
+}
+
+impl Generator for TestEngine {
+    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String> {
+        match prompt {
+            Prompt::Text(t) => Ok(t.split_whitespace().count() as u32),
+            Prompt::Chat(m) => Ok(m.iter().map(|m| m.content.split_whitespace().count() as u32 + 2).sum()),
+        }
+    }
+
+    fn generate(&self, prompt: &Prompt, max_tokens: u32, _: &Sampling, on_token: &mut dyn FnMut(u32, String) -> bool) -> Result<(), String> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        for id in TestEngine::expected(prompt, max_tokens) {
+            if self.delay_ms > 0 {
+                std::thread::sleep(Duration::from_millis(self.delay_ms));
+            }
+            if !on_token(id, format!(" t{id}")) {
+                break;
+            }
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+pub fn offer(model: ModelId, price_in: u128, price_out: u128, engine: Arc<TestEngine>) -> Offer {
+    Offer {
+        model,
+        name: "test-model".into(),
+        price: Price { per_1k_input: Wei(price_in), per_1k_output: Wei(price_out) },
+        context_length: 2048,
+        decode_tokens_per_s: 50,
+        ttft_ms: 20,
+        generator: engine,
+    }
+}
+
+pub fn fast_config(ttl: Duration) -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: Vec::new(),
+        // Republish four times per lifetime so a slow scheduler never lets a live advert lapse.
+        republish_every: Duration::from_secs(2).min(ttl / 4),
+        advert_ttl: ttl,
+        heartbeat: Duration::from_millis(300),
+    }
+}
+
+pub fn ask(model: &str, prompt: &str, max_tokens: u32) -> Ask {
+    Ask { model: model.into(), prompt: Prompt::Text(prompt.into()), max_tokens, sampling: Sampling::default(), max_cost: None }
+}
+
+/// Polls `check` every 100 ms; panics naming `what` if it is not true within `bound`.
+pub async fn wait_for<F: Future<Output = bool>>(bound: Duration, what: &str, mut check: impl FnMut() -> F) {
+    let start = tokio::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < bound, "timed out after {bound:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Aborts a node's tasks: what a crash looks like to its peers.
+#[derive(Clone)]
+pub struct KillSwitch(Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>);
+
+impl KillSwitch {
+    pub fn kill(&self) {
+        for h in self.0.lock().unwrap().iter() {
+            h.abort();
+        }
+    }
+}
+
+pub struct Node {
+    pub identity: Identity,
+    pub client: Client,
+    pub store: Arc<MemStore>,
+    pub payer: Payer,
+    pub engine: Option<Arc<TestEngine>>,
+    tasks: KillSwitch,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.tasks.kill();
+    }
+}
+
+impl Node {
+    pub async fn start(i: u8, bootstrap: &[Multiaddr], config: NetConfig) -> Node {
+        Node::start_with(i, bootstrap, config).await
+    }
+
+    pub async fn start_with(i: u8, bootstrap: &[Multiaddr], mut config: NetConfig) -> Node {
+        let identity = Identity::from_secrets([i.wrapping_add(1); 32], [i.wrapping_add(1) % 0x7f + 1; 32]).unwrap();
+        config.bootstrap = bootstrap.to_vec();
+        let (client, event_loop) = attrinet_p2p::new(identity.clone(), config).expect("network starts");
+        let handle = tokio::spawn(event_loop.run());
+        let store = Arc::new(MemStore::new());
+        let payer = Payer::new(identity.clone(), store.clone(), Duration::from_secs(10));
+        Node { identity, client, store, payer, engine: None, tasks: KillSwitch(Arc::new(std::sync::Mutex::new(vec![handle.abort_handle()]))) }
+    }
+
+    pub fn serve(&mut self, offers: Vec<Offer>, limits: Limits) {
+        self.engine = None;
+        let provider = Provider::new(self.identity.clone(), self.store.clone(), offers, limits);
+        let h: JoinHandle<_> = tokio::spawn(provider.serve(self.client.clone()));
+        self.tasks.0.lock().unwrap().push(h.abort_handle());
+    }
+
+    pub fn kill_switch(&self) -> KillSwitch {
+        self.tasks.clone()
+    }
+
+    pub async fn tcp_addr(&self) -> Multiaddr {
+        self.addr_with("/tcp/").await
+    }
+
+    /// The first listen address containing `part`, once the listener is up.
+    pub async fn addr_with(&self, part: &str) -> Multiaddr {
+        for _ in 0..100 {
+            if let Some(a) = self.client.listen_addrs().await.unwrap().into_iter().find(|a| a.to_string().contains(part)) {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node never listened");
+    }
+
+    /// Publishes raw advert bytes, retrying while gossipsub has no peer to send them to.
+    pub async fn publish_until_seen(&self, _to: &Node, bytes: Vec<u8>) {
+        for _ in 0..100 {
+            if self.client.publish_raw_advert(bytes.clone()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not publish");
+    }
+
+    pub async fn channel_with(&self, advert: &ModelAdvert) -> Arc<tokio::sync::Mutex<PayerChannel>> {
+        self.payer.channel_with(advert).unwrap().expect("channel open")
+    }
+}
+
+pub const DOMAIN: Domain = Domain { chain_id: 31337, verifying_contract: alloy_primitives::Address::ZERO };
+
+/// Opens a channel between `client` and `provider` in both stores (what the chain
+/// follower will do when it sees the channel opened on chain).
+pub fn open_channel(client: &Node, provider: &Node, deposit: Wei) -> ChannelId {
+    let id = ChannelId(request_hash(&[client.identity.public_key().0, provider.identity.public_key().0].concat()));
+    let state = ChannelState::open(
+        ChannelParams {
+            domain: DOMAIN,
+            id,
+            payer: client.identity.address(),
+            provider: provider.identity.address(),
+            payer_key: client.identity.public_key(),
+            provider_key: provider.identity.public_key(),
+        },
+        deposit,
+    );
+    client.store.put_channel(&state).unwrap();
+    provider.store.put_channel(&state).unwrap();
+    id
+}
+
+/// `n` providers of "test-model" (provider 0 cheapest) and a client with a channel to each,
+/// once the client sees every advert.
+pub async fn market_of(n: u8, limits: Limits, delay_ms: u64) -> (Node, Vec<Node>) {
+    let mut providers = Vec::new();
+    let mut boot = Vec::new();
+    for i in 0..n {
+        let mut p = Node::start(10 + i, &boot, fast_config(Duration::from_secs(60))).await;
+        let engine = TestEngine::new(delay_ms);
+        let price = 1000 * (u128::from(i) + 1);
+        p.serve(vec![offer(model(1), price, 2 * price, engine.clone())], limits);
+        p.engine = Some(engine);
+        if boot.is_empty() {
+            boot.push(p.tcp_addr().await);
+        }
+        providers.push(p);
+    }
+    let client = Node::start(50, &boot, fast_config(Duration::from_secs(60))).await;
+    for p in &providers {
+        open_channel(&client, p, Wei(10u128.pow(18)));
+    }
+    let c = client.client.clone();
+    wait_for(Duration::from_secs(30), "the client sees every provider's advert", || {
+        let c = c.clone();
+        async move { c.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == n as usize }
+    })
+    .await;
+    (client, providers)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    Value,
+    Seq,
+    Replay,
+}
+
+/// A provider that serves one honest request (so there is a receipt to replay), then one
+/// request per tamper with a dishonest receipt; returns what the honest client said of each.
+pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> {
+    let rogue = Node::start(60, &[], fast_config(Duration::from_secs(60))).await;
+    open_channel(client, &rogue, Wei(10u128.pow(18)));
+    client.client.dial(rogue.tcp_addr().await).await.unwrap();
+    let advert = ModelAdvert {
+        node_key: rogue.identity.public_key(),
+        evm_address: rogue.identity.address(),
+        model: model(1),
+        model_name: "test-model".into(),
+        price: Price { per_1k_input: Wei(1000), per_1k_output: Wei(2000) },
+        context_length: 2048,
+        free_capacity: 1,
+        decode_tokens_per_s: 50,
+        ttft_ms: 20,
+        expires_at: u64::MAX,
+        seq: 1,
+    };
+    let mut incoming = rogue.client.streams().accept(INFER_PROTOCOL).unwrap();
+    let (store, me) = (rogue.store.clone(), rogue.identity.clone());
+    let plan: Vec<Option<Tamper>> = std::iter::once(None).chain(tampers.iter().copied().map(Some)).collect();
+    let server = tokio::spawn(async move {
+        for tamper in plan {
+            let (_, mut s) = incoming.next().await.unwrap();
+            let req: InferRequest = read_msg(&mut s, Duration::from_secs(5)).await.unwrap();
+            let state = store.channel(&req.channel).unwrap().unwrap();
+            let receipts = store.receipts_after(&req.channel, Seq::ZERO).unwrap();
+            let mut ch = ProviderChannel::restore(state, &receipts, Wei(u128::MAX));
+            write_msg(&mut s, &ServerMsg::Started { input_tokens: 1 }).await.unwrap();
+            let tokens = TestEngine::expected(&req.prompt, req.max_tokens);
+            for id in &tokens {
+                write_msg(&mut s, &ServerMsg::Token { id: *id, text: "x".into() }).await.unwrap();
+            }
+            let quote = Quote { max_input_tokens: 1, ..req.quote };
+            let r = ch.reserve(quote).unwrap();
+            let usage = Usage {
+                request_hash: request_hash(&encode(&req)),
+                response_hash: response_hash(&tokens),
+                input_tokens: 1,
+                output_tokens: tokens.len() as u32,
+                attribution_root: Default::default(),
+            };
+            let (honest, start) = ch.propose(r, &usage, attrinet_p2p::unix_now(), &me).unwrap();
+            let proposal = match tamper {
+                None => honest,
+                Some(Tamper::Value) => {
+                    let mut r = honest.receipt;
+                    r.value = Wei(r.value.0 + 1);
+                    r.cumulative = Wei(r.cumulative.0 + 1);
+                    r.propose(&me.ed25519)
+                }
+                Some(Tamper::Seq) => {
+                    let mut r = honest.receipt;
+                    r.seq = Seq(r.seq.0 + 1);
+                    r.propose(&me.ed25519)
+                }
+                Some(Tamper::Replay) => receipts[0].receipt.proposal(),
+            };
+            write_msg(&mut s, &ServerMsg::Propose { proposal, batch_start: start }).await.unwrap();
+            match read_msg::<ClientMsg>(&mut s, Duration::from_secs(5)).await {
+                Ok(ClientMsg::Pay { receipt, voucher }) => {
+                    ch.check_cosigned(&receipt, &voucher).unwrap();
+                    let stored = store.record_receipt(&receipt, &voucher).unwrap();
+                    ch.commit(&stored, &receipt);
+                    write_msg(&mut s, &ServerMsg::Ack { seq: receipt.receipt.seq }).await.unwrap();
+                }
+                Ok(ClientMsg::Refuse { .. }) | Err(_) => {}
+            }
+        }
+    });
+    let channel = client.channel_with(&advert).await;
+    let first = client.payer.infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "honest one", 3), &mut |_| {}).await;
+    assert!(first.is_ok(), "the honest round works: {first:?}");
+    let mut errors = Vec::new();
+    for _ in tampers {
+        let r = client.payer.infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "again", 3), &mut |_| {}).await;
+        errors.push(r.expect_err("a dishonest receipt is refused"));
+    }
+    server.await.unwrap();
+    // Only the honest receipt is stored, on both sides.
+    let id = channel.lock().await.state().params.id;
+    assert_eq!(client.store.channel(&id).unwrap().unwrap().last_seq, Seq(1));
+    assert_eq!(rogue.store.channel(&id).unwrap().unwrap().last_seq, Seq(1));
+    errors
+}
+
+/// Pays the real provider with a co-signed receipt tampered after signing; returns the
+/// provider's error code.
+pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let channel = client.channel_with(&advert).await;
+    let id = channel.lock().await.state().params.id;
+    let req = InferRequest {
+        model: advert.model,
+        prompt: Prompt::Text("pay me".into()),
+        max_tokens: 3,
+        sampling: Sampling::default(),
+        channel: id,
+        quote: Quote { model: advert.model, price: advert.price, max_input_tokens: 2048, max_output_tokens: 3 },
+    };
+    let peer = attrinet_p2p::key_peer(&provider.identity.public_key()).unwrap();
+    let mut s = client.client.open_stream(peer, INFER_PROTOCOL).await.unwrap();
+    write_msg(&mut s, &req).await.unwrap();
+    loop {
+        match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
+            ServerMsg::Propose { proposal, .. } => {
+                let mut signed = proposal.cosign(&client.identity.ed25519);
+                signed.receipt.value = Wei(signed.receipt.value.0.saturating_sub(1));
+                let voucher = attrinet_market::Voucher {
+                    domain: DOMAIN,
+                    channel: id,
+                    seq: signed.receipt.seq,
+                    cumulative: signed.receipt.cumulative,
+                    receipts_root: Default::default(),
+                }
+                .sign(&client.identity.evm);
+                write_msg(&mut s, &ClientMsg::Pay { receipt: signed, voucher }).await.unwrap();
+            }
+            ServerMsg::Error(e) => return e.code,
+            ServerMsg::Ack { .. } => panic!("a tampered payment was acknowledged"),
+            _ => {}
+        }
+    }
+}
