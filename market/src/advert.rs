@@ -17,6 +17,8 @@ use crate::types::{ModelId, Price};
 pub const MAX_ADVERT_BYTES: usize = 1024;
 /// Longest model name, in bytes.
 pub const MAX_MODEL_NAME: usize = 128;
+/// Most network addresses an advert may carry.
+pub const MAX_ADVERT_ADDRS: usize = 4;
 /// Longest lifetime an advert may claim, in seconds: nodes republish well before this.
 pub const MAX_ADVERT_TTL_SECS: u64 = 600;
 
@@ -49,6 +51,10 @@ pub struct ModelAdvert {
     pub expires_at: u64,
     /// Increases with every new advert of this node for this model.
     pub seq: u64,
+    /// Where the node can be reached (multiaddrs as text, at most [`MAX_ADVERT_ADDRS`]).
+    /// Signed with the rest, so a client can dial a provider it knows only from gossip
+    /// without trusting whoever relayed the advert.
+    pub addrs: Vec<String>,
 }
 
 /// An advert with its node's signature.
@@ -69,6 +75,9 @@ pub enum AdvertError {
     /// The bytes are not an advert.
     #[error("advert does not decode: {0}")]
     Malformed(String),
+    /// More than [`MAX_ADVERT_ADDRS`] addresses.
+    #[error("advert carries {0} addresses, the limit is {MAX_ADVERT_ADDRS}")]
+    TooManyAddrs(usize),
     /// Model name longer than [`MAX_MODEL_NAME`].
     #[error("model name is {0} bytes, the limit is {MAX_MODEL_NAME}")]
     NameTooLong(usize),
@@ -139,6 +148,9 @@ impl SignedAdvert {
         let a = &signed.advert;
         if a.model_name.len() > MAX_MODEL_NAME {
             return Err(AdvertError::NameTooLong(a.model_name.len()));
+        }
+        if a.addrs.len() > MAX_ADVERT_ADDRS {
+            return Err(AdvertError::TooManyAddrs(a.addrs.len()));
         }
         if a.node_key != *publisher {
             return Err(AdvertError::WrongPublisher);

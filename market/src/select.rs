@@ -113,6 +113,7 @@ mod tests {
             ttft_ms: ttft,
             expires_at: 10,
             seq: 1,
+            addrs: vec![],
         }
     }
 

@@ -486,6 +486,7 @@ fn advert_by(node: &Identity, seq: u64, expires_at: u64) -> SignedAdvert {
         ttft_ms: 40,
         expires_at,
         seq,
+        addrs: vec![],
     }
     .sign(&node.ed25519)
 }

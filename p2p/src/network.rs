@@ -389,8 +389,22 @@ impl EventLoop {
         }
         let now = unix_now();
         self.advert_seq = self.advert_seq.max(now).saturating_add(1);
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<String> = self
+            .swarm
+            .external_addresses()
+            .chain(self.swarm.listeners())
+            .filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())))
+            .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me)).to_string())
+            .fold(Vec::new(), |mut v, a| {
+                if !v.contains(&a) && v.len() < attrinet_market::MAX_ADVERT_ADDRS {
+                    v.push(a);
+                }
+                v
+            });
         for offer in self.offers.clone() {
             let mut advert = offer.advert;
+            advert.addrs = addrs.clone();
             advert.seq = self.advert_seq;
             advert.expires_at = now + self.config.advert_ttl.as_secs().max(1);
             let signed = advert.clone().sign(&self.identity.ed25519);
@@ -546,9 +560,17 @@ impl EventLoop {
         let now = unix_now();
         let verdict = match message.source.as_ref().and_then(peer_key) {
             None => Err(AdvertError::WrongPublisher),
-            Some(publisher) => {
-                SignedAdvert::from_gossip(&message.data, &publisher, now).and_then(|advert| self.view.insert(advert))
-            }
+            Some(publisher) => SignedAdvert::from_gossip(&message.data, &publisher, now).and_then(|advert| {
+                let addrs = advert.advert.addrs.clone();
+                self.view.insert(advert)?;
+                // The advert is signed by the node itself: its addresses are its own word.
+                if let Some(peer) = message.source {
+                    for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    }
+                }
+                Ok(())
+            }),
         };
         let acceptance = match &verdict {
             Ok(()) => MessageAcceptance::Accept,

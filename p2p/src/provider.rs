@@ -175,6 +175,7 @@ impl Provider {
                     ttft_ms: o.ttft_ms,
                     expires_at: 0,
                     seq: 0,
+                    addrs: vec![],
                 },
             })
             .collect()

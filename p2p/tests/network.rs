@@ -145,6 +145,7 @@ async fn bad_adverts_are_rejected_and_their_sender_penalised() {
         ttft_ms: 1,
         expires_at,
         seq,
+        addrs: vec![],
     };
     let score = || async { a.client.peer_score(evil.client.peer_id()).await.unwrap().unwrap_or(0.0) };
     let base = score().await;
@@ -256,4 +257,46 @@ async fn quic_carries_a_query() {
     .await;
     let answer = client.payer.infer(&client.client, &ask("test-model", "over quic", 6), |_| {}).await.unwrap();
     assert_eq!(answer.tokens.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_that_does_not_cosign_is_refused_at_the_exposure_limit() {
+    // Each request is worth (2 × 1000 + 3 × 2000) / 1000 = 8 wei at most; the limit allows
+    // 20 wei unpaid: two refused receipts (16 wei written off), then no more service.
+    let limits = Limits { exposure_limit: Wei(20), ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 0).await;
+    assert_eq!(refusing_round(&client, &providers[0]).await, Ok(()));
+    assert_eq!(refusing_round(&client, &providers[0]).await, Ok(()));
+    assert_eq!(refusing_round(&client, &providers[0]).await, Err(ErrorCode::Unpaid));
+    // Even an honest request on that channel is now refused, and nothing was stored.
+    let err = client.payer.infer(&client.client, &ask("test-model", "pay me", 3), |_| {}).await.unwrap_err();
+    assert!(matches!(&err, InferError::AllFailed(f) if f[0].1.contains("Unpaid")), "{err}");
+    let id = client.store.channels().unwrap()[0].params.id;
+    assert_eq!(providers[0].store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
+}
+
+#[test]
+fn wire_messages_roundtrip() {
+    use attrinet_market::{ChannelId, ModelId, Quote, decode};
+    use attrinet_p2p::{ChatMessage, ClientMsg, ErrorReply, InferRequest, Sampling, ServerMsg};
+    let req = InferRequest {
+        model: ModelId::from([1; 32]),
+        prompt: Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "hi ✓".into() }]),
+        max_tokens: 7,
+        sampling: Sampling { temperature_milli: 800, top_p_milli: 950, seed: u64::MAX },
+        channel: ChannelId::from([2; 32]),
+        quote: Quote { model: ModelId::from([1; 32]), price: Price::default(), max_input_tokens: 1, max_output_tokens: 7 },
+    };
+    assert_eq!(decode::<InferRequest>(&encode(&req)).unwrap(), req);
+    for m in [
+        ServerMsg::Started { input_tokens: 3 },
+        ServerMsg::Token { id: 42, text: " Paris".into() },
+        ServerMsg::Ack { seq: Seq(9) },
+        ServerMsg::Error(ErrorReply { code: ErrorCode::Busy, message: "full".into() }),
+    ] {
+        assert_eq!(decode::<ServerMsg>(&encode(&m)).unwrap(), m);
+    }
+    let refuse = ClientMsg::Refuse { reason: "no".into() };
+    assert_eq!(decode::<ClientMsg>(&encode(&refuse)).unwrap(), refuse);
+    assert!(decode::<InferRequest>(&encode(&req)[..10]).is_err());
 }

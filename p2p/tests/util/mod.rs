@@ -263,6 +263,7 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
         ttft_ms: 20,
         expires_at: u64::MAX,
         seq: 1,
+        addrs: vec![],
     };
     let mut incoming = rogue.client.streams().accept(INFER_PROTOCOL).unwrap();
     let (store, me) = (rogue.store.clone(), rogue.identity.clone());
@@ -366,6 +367,35 @@ pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
             }
             ServerMsg::Error(e) => return e.code,
             ServerMsg::Ack { .. } => panic!("a tampered payment was acknowledged"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends a request to `provider` and, when the receipt is proposed, refuses to sign it.
+/// Returns `Ok(())` if a receipt was proposed (and refused), or the provider's error code.
+pub async fn refusing_round(client: &Node, provider: &Node) -> Result<(), ErrorCode> {
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let channel = client.channel_with(&advert).await;
+    let id = channel.lock().await.state().params.id;
+    let req = InferRequest {
+        model: advert.model,
+        prompt: Prompt::Text("pay me".into()),
+        max_tokens: 3,
+        sampling: Sampling::default(),
+        channel: id,
+        quote: Quote { model: advert.model, price: advert.price, max_input_tokens: 2048, max_output_tokens: 3 },
+    };
+    let peer = attrinet_p2p::key_peer(&provider.identity.public_key()).unwrap();
+    let mut s = client.client.open_stream(peer, INFER_PROTOCOL).await.unwrap();
+    write_msg(&mut s, &req).await.unwrap();
+    loop {
+        match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
+            ServerMsg::Propose { .. } => {
+                write_msg(&mut s, &ClientMsg::Refuse { reason: "not paying".into() }).await.unwrap();
+                return Ok(());
+            }
+            ServerMsg::Error(e) => return Err(e.code),
             _ => {}
         }
     }
