@@ -1,10 +1,131 @@
 //! # attrinet-compute
 //!
-//! Inference for attrinet nodes. This crate will own:
+//! Inference for attrinet nodes: GGUF llama-family models, a tokenizer built from the GGUF
+//! metadata, the model's chat template, and an [`Engine`] trait with two backends:
 //!
-//! - GGUF loading (through candle-core) of llama-family models, the tokenizer built from the
-//!   GGUF metadata and the model's chat template; a model's id is the SHA-256 of its file;
-//! - the `Engine` trait (prefill, decode, generate with seeded sampling, streaming tokens)
-//!   with a wgpu backend (WGSL kernels, KV cache and sampling on the device) and a candle
-//!   CPU backend that is both the reference and the fallback;
-//! - the hash of generated tokens that receipts commit to.
+//! - [`WgpuEngine`]: WGSL kernels through wgpu (Vulkan, Metal, DX12). Weights stay
+//!   quantized on the device and are dequantized inside the matrix kernels; the KV cache
+//!   and sampling live on the device; each decode step is one queue submission that reads
+//!   back one token id.
+//! - [`CandleEngine`]: candle-transformers' quantized llama on the CPU, the reference the
+//!   wgpu kernels are tested against and the fallback where no GPU exists.
+//!
+//! A model's id is the SHA-256 of its file ([`ModelId`]); a generation's output is committed
+//! to by [`TokensHash`], which receipts carry.
+//!
+//! ```
+//! use attrinet_compute::testing::{write_random_llama, TinyLlamaSpec};
+//! use attrinet_compute::{open_engine, Backend, GenerateParams, Model, SamplingParams};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("tiny.gguf");
+//! write_random_llama(&path, &TinyLlamaSpec::default())?;
+//!
+//! let model = Model::load(&path)?;
+//! let mut engine = open_engine(&model, Backend::Candle)?;
+//! let prompt = model.chat_prompt("Hello there")?;
+//! let params = GenerateParams {
+//!     max_tokens: 8,
+//!     sampling: SamplingParams { temperature: 0.8, top_p: 0.95, seed: 42 },
+//!     stop_tokens: model.tokenizer().stop_tokens().to_vec(),
+//! };
+//! let first = engine.generate(&prompt, &params, &mut |_token| {})?;
+//! let again = engine.generate(&prompt, &params, &mut |_token| {})?;
+//! assert_eq!(first.tokens, again.tokens); // same seed, same tokens
+//! assert_eq!(first.tokens_hash, again.tokens_hash);
+//! println!("{}", model.tokenizer().decode(&first.tokens)?);
+//! # Ok(())
+//! # }
+//! ```
+
+mod candle_backend;
+mod chat;
+mod engine;
+mod error;
+mod gguf_check;
+mod model;
+mod sampling;
+pub mod testing;
+mod tokenizer;
+mod wgpu_backend;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use candle_backend::CandleEngine;
+pub use candle_core::quantized::GgmlDType;
+pub use chat::ChatTemplate;
+pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, TokensHash};
+pub use error::{Error, Result};
+pub use model::{LlamaConfig, Model, ModelId};
+pub use sampling::SamplingParams;
+pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use wgpu_backend::{KernelStyle, WgpuEngine, WgpuOptions};
+
+/// Which backend to run a model on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// wgpu on a real GPU adapter if there is one, else candle on the CPU. A software
+    /// adapter (lavapipe, llvmpipe) is slower than candle, so `auto` never picks one.
+    #[default]
+    Auto,
+    /// wgpu, on whatever adapter exists, software ones included (how CI tests the kernels).
+    Wgpu,
+    /// candle on the CPU.
+    Candle,
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "wgpu" => Ok(Backend::Wgpu),
+            "candle" => Ok(Backend::Candle),
+            other => Err(format!(
+                "unknown backend `{other}`: expected auto, wgpu or candle"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Wgpu => "wgpu",
+            Backend::Candle => "candle",
+        })
+    }
+}
+
+/// Opens an engine for `model` on the chosen backend.
+pub fn open_engine(model: &Model, backend: Backend) -> Result<Box<dyn Engine>> {
+    match backend {
+        Backend::Candle => Ok(Box::new(CandleEngine::new(model)?)),
+        Backend::Wgpu => Ok(Box::new(WgpuEngine::new(
+            model,
+            &WgpuOptions {
+                allow_software: true,
+                ..Default::default()
+            },
+        )?)),
+        Backend::Auto => {
+            match WgpuEngine::new(
+                model,
+                &WgpuOptions {
+                    allow_software: false,
+                    ..Default::default()
+                },
+            ) {
+                Ok(engine) => Ok(Box::new(engine)),
+                Err(error) => {
+                    tracing::info!(target: "compute", %error, "no usable GPU; using candle on the CPU");
+                    Ok(Box::new(CandleEngine::new(model)?))
+                }
+            }
+        }
+    }
+}

@@ -1,9 +1,17 @@
 //! # attrinet-node
 //!
-//! Composition of attrinet: the `attrinet` binary's CLI and configuration, the durable
-//! sled-backed [`SledStore`], and (as the other crates land) the gateway, the settlement
-//! loop and the wiring of network, engine and chain.
+//! Composition of attrinet: the `attrinet` binary's pieces. The durable sled-backed
+//! [`SledStore`]; the node's keys on disk; the compute engine as the network's
+//! [`EngineGenerator`]; the OpenAI-compatible [`gateway`]; Prometheus [`Metrics`]; and the
+//! one-command [`devnet`].
 
+pub mod devnet;
+mod engine;
+pub mod gateway;
+pub mod keys;
+mod metrics;
 mod store;
 
+pub use engine::EngineGenerator;
+pub use metrics::Metrics;
 pub use store::{Audit, SledStore, audit};

@@ -1,27 +1,81 @@
 //! `attrinet`: the command-line entry point.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use attrinet_compute::Backend;
+use clap::{Args, Parser, Subcommand};
 
 /// attrinet: a peer-to-peer marketplace for AI inference where the model itself earns.
+///
+/// GPU owners serve models and are paid per token through co-signed receipts; model
+/// owners and data contributors get their split of every payment on chain. Start with
+/// `attrinet devnet`: the whole marketplace on this machine, in one command.
 #[derive(Debug, Parser)]
-#[command(name = "attrinet", version, about, long_about = None)]
+#[command(name = "attrinet", version, long_about)]
 struct Cli {
     /// Where keys, receipts and channel state live.
     #[arg(long, global = true, default_value = "./attrinet-data", env = "ATTRINET_DATA_DIR")]
     data_dir: PathBuf,
+    /// Log as JSON lines (for log collectors) instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole marketplace locally: chain, contracts, provider nodes, a client and a
+    /// watcher; send queries, settle (one settlement dishonest, disputed by the watcher)
+    /// and print who earned what.
+    Devnet(DevnetArgs),
+    /// Manage this node's keys (ed25519 for the network and receipts, secp256k1 for the
+    /// chain).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Inspect the local receipt store.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Debug, Args)]
+struct DevnetArgs {
+    /// Provider nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: u16,
+    /// Queries the client sends.
+    #[arg(long, default_value_t = 20)]
+    queries: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 24)]
+    max_tokens: u32,
+    /// The GGUF model the nodes serve (`scripts/fetch-model` downloads SmolLM2).
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct-Q4_1.gguf")]
+    model: PathBuf,
+    /// Inference backend: auto (a GPU through wgpu if present, else CPU), wgpu, cpu.
+    #[arg(long, default_value = "auto", value_parser = parse_backend)]
+    backend: Backend,
+    /// Seconds during which a settlement can be disputed.
+    #[arg(long, default_value_t = 3)]
+    challenge_window: u64,
+    /// Stay up afterwards and serve the OpenAI-compatible gateway until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+    /// Where the gateway listens with --keep.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create keys in the data dir (refuses to overwrite).
+    New,
+    /// Print the public key, peer id and EVM address.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,7 +85,14 @@ enum StoreCommand {
     Audit,
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "cpu" | "candle" => Ok(Backend::Candle),
+        other => other.parse(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Store(StoreCommand::Audit) => {
             let dir = cli.data_dir.join("store");
@@ -39,14 +100,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = attrinet_node::SledStore::open(&dir)?;
             let audit = attrinet_node::audit(&store).context("store audit failed")?;
             println!("ok: {} channels, {} receipts, all consistent", audit.channels, audit.receipts);
-            Ok(())
+        }
+        Command::Keys(KeysCommand::New) => {
+            let id = attrinet_node::keys::create(&cli.data_dir)?;
+            print_identity(&id);
+            println!("keys written to {} (mode 0600)", attrinet_node::keys::key_path(&cli.data_dir).display());
+        }
+        Command::Keys(KeysCommand::Show) => print_identity(&attrinet_node::keys::load(&cli.data_dir)?),
+        Command::Devnet(a) => {
+            let config = attrinet_node::devnet::DevnetConfig {
+                nodes: usize::from(a.nodes),
+                queries: a.queries,
+                max_tokens: a.max_tokens,
+                model: a.model,
+                backend: a.backend,
+                data_dir: cli.data_dir,
+                challenge_window: a.challenge_window,
+            };
+            let (summary, live) = attrinet_node::devnet::run(&config).await?;
+            println!("{}", summary.render());
+            anyhow::ensure!(summary.consistent(), "on-chain credits differ from the receipts");
+            if a.keep {
+                let live = live.expect("devnet keeps its client");
+                let gateway = attrinet_node::gateway::Gateway {
+                    network: live.network.clone(),
+                    payer: live.payer.clone(),
+                    metrics: Arc::new(attrinet_node::Metrics::default()),
+                };
+                let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+                println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.", a.listen);
+                axum::serve(listener, attrinet_node::gateway::router(gateway))
+                    .with_graceful_shutdown(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await?;
+                drop(live);
+                println!("stopped");
+            }
         }
     }
+    Ok(())
+}
+
+fn print_identity(id: &attrinet_market::Identity) {
+    println!("ed25519 public key: {:?}", id.public_key());
+    if let Some(peer) = attrinet_p2p::key_peer(&id.public_key()) {
+        println!("peer id:            {peer}");
+    }
+    println!("EVM address:        {}", id.address());
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { builder.json().init() } else { builder.init() }
 }
 
 /// Exit codes: 0 success, 1 a command failed (the message says why), 2 bad usage (clap).
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logs(cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -60,10 +181,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_store_audit_with_data_dir() {
+    fn parses_commands_and_refuses_bad_input() {
         let cli = Cli::try_parse_from(["attrinet", "--data-dir", "/x", "store", "audit"]).unwrap();
         assert_eq!(cli.data_dir, PathBuf::from("/x"));
         assert!(matches!(cli.command, Command::Store(StoreCommand::Audit)));
+        let cli = Cli::try_parse_from(["attrinet", "devnet", "--nodes", "2", "--queries", "4", "--backend", "cpu", "--keep"]).unwrap();
+        let Command::Devnet(d) = cli.command else { panic!("devnet") };
+        assert_eq!((d.nodes, d.queries, d.backend, d.keep), (2, 4, Backend::Candle, true));
+        assert!(Cli::try_parse_from(["attrinet", "devnet", "--nodes", "0"]).is_err());
+        assert!(Cli::try_parse_from(["attrinet", "devnet", "--backend", "tpu"]).is_err());
         assert!(Cli::try_parse_from(["attrinet", "store", "bogus"]).is_err());
+        assert!(matches!(Cli::try_parse_from(["attrinet", "keys", "show"]).unwrap().command, Command::Keys(KeysCommand::Show)));
     }
 }

@@ -1,0 +1,163 @@
+//! A bounds-checking walk over a GGUF header, run before candle's parser.
+//!
+//! candle's `gguf_file::Content::read` trusts the lengths it reads: a damaged file claiming
+//! a string of 2^60 bytes makes it try to allocate that much and abort the process, which no
+//! `Result` can report. This walk checks every length against the bytes that remain, so a
+//! corrupt file becomes an [`Error::InvalidGguf`](crate::Error::InvalidGguf) instead.
+
+const MAGIC: u32 = 0x4655_4747; // "GGUF", little-endian
+const MAX_DEPTH: usize = 4;
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    /// GGUF version 1 wrote counts and lengths as u32, later versions as u64.
+    wide: bool,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&[u8], String> {
+        let remaining = (self.bytes.len() - self.pos) as u64;
+        if n > remaining {
+            return Err(format!(
+                "{what} needs {n} bytes at offset {} but only {remaining} remain",
+                self.pos
+            ));
+        }
+        let start = self.pos;
+        self.pos += n as usize;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn len(&mut self, what: &str) -> Result<u64, String> {
+        if self.wide {
+            self.u64(what)
+        } else {
+            self.u32(what).map(u64::from)
+        }
+    }
+
+    fn string(&mut self, what: &str) -> Result<(), String> {
+        let n = self.len(what)?;
+        self.take(n, what).map(|_| ())
+    }
+
+    fn value(&mut self, ty: u32, depth: usize, key: &str) -> Result<(), String> {
+        let fixed = match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => return self.string(&format!("string value of `{key}`")),
+            9 => {
+                if depth >= MAX_DEPTH {
+                    return Err(format!("arrays nested deeper than {MAX_DEPTH} in `{key}`"));
+                }
+                let elem_ty = self.u32(&format!("array type of `{key}`"))?;
+                let n = self.len(&format!("array length of `{key}`"))?;
+                // Every element takes at least one byte, so a longer array cannot fit.
+                let remaining = (self.bytes.len() - self.pos) as u64;
+                if n > remaining {
+                    return Err(format!(
+                        "array `{key}` claims {n} elements but only {remaining} bytes remain"
+                    ));
+                }
+                for _ in 0..n {
+                    self.value(elem_ty, depth + 1, key)?;
+                }
+                return Ok(());
+            }
+            other => return Err(format!("unknown value type {other} for `{key}`")),
+        };
+        self.take(fixed, &format!("value of `{key}`")).map(|_| ())
+    }
+}
+
+/// Checks that the header's lengths and counts are consistent with the file's size.
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
+    let mut r = Reader {
+        bytes,
+        pos: 0,
+        wide: true,
+    };
+    let magic = r.u32("magic")?;
+    if magic != MAGIC {
+        return Err(format!(
+            "bad magic {magic:#010x} (expected {MAGIC:#010x}, \"GGUF\")"
+        ));
+    }
+    let version = r.u32("version")?;
+    if !(1..=3).contains(&version) {
+        return Err(format!("unsupported GGUF version {version}"));
+    }
+    r.wide = version >= 2;
+    let n_tensors = r.len("tensor count")?;
+    let n_kv = r.len("metadata count")?;
+    for i in 0..n_kv {
+        let key_len = r.len(&format!("key #{i} length"))?;
+        let key = String::from_utf8_lossy(r.take(key_len, &format!("key #{i}"))?).into_owned();
+        let ty = r.u32(&format!("type of `{key}`"))?;
+        r.value(ty, 0, &key)?;
+    }
+    for i in 0..n_tensors {
+        let name_len = r.len(&format!("tensor #{i} name length"))?;
+        let name =
+            String::from_utf8_lossy(r.take(name_len, &format!("tensor #{i} name"))?).into_owned();
+        let n_dims = r.u32(&format!("dimension count of `{name}`"))?;
+        if n_dims > 4 {
+            return Err(format!(
+                "tensor `{name}` has {n_dims} dimensions (at most 4)"
+            ));
+        }
+        let mut elems: u64 = 1;
+        for _ in 0..n_dims {
+            let d = r.len(&format!("dimension of `{name}`"))?;
+            elems = elems
+                .checked_mul(d)
+                .filter(|&e| e <= bytes.len() as u64 * 2)
+                .ok_or_else(|| format!("tensor `{name}` is larger than the file"))?;
+        }
+        r.u32(&format!("type of `{name}`"))?;
+        r.u64(&format!("offset of `{name}`"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_a_huge_string_length_instead_of_allocating() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&1u64.to_le_bytes()); // kv
+        b.extend_from_slice(&(1u64 << 60).to_le_bytes()); // key length
+        let err = check_header(&b).unwrap_err();
+        assert!(err.contains("1152921504606846976 bytes"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_magic_and_truncation() {
+        assert!(
+            check_header(b"GGML\x03\0\0\0")
+                .unwrap_err()
+                .contains("bad magic")
+        );
+        assert!(check_header(b"GGUF").unwrap_err().contains("version"));
+    }
+}

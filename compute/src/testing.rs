@@ -1,0 +1,332 @@
+//! Tiny llama models with random weights, written as GGUF files: for tests, examples and
+//! benchmarks that must not depend on a downloaded model.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// The shape and storage of a random llama model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyLlamaSpec {
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Residual width (a multiple of 32 for quantized types).
+    pub hidden: usize,
+    /// SwiGLU width (a multiple of 32 for quantized types).
+    pub ffn: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Context length written to the metadata.
+    pub context_length: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// Type of the attention and feed-forward matrices.
+    pub weight_type: GgmlDType,
+    /// Type of the embedding (and output, when untied).
+    pub embedding_type: GgmlDType,
+    /// Whether the output projection reuses the embedding (no `output.weight`).
+    pub tied_embeddings: bool,
+    /// Seed of the weights.
+    pub seed: u64,
+    /// Which kind of tokenizer the file carries.
+    pub tokenizer: TinyTokenizer,
+}
+
+/// The tokenizer of a tiny model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TinyTokenizer {
+    /// Byte-level BPE with ChatML special tokens (like SmolLM2).
+    #[default]
+    ByteLevel,
+    /// SentencePiece with `<0xXX>` byte fallback, BOS and a Zephyr template (like TinyLlama).
+    SentencePiece,
+}
+
+impl Default for TinyLlamaSpec {
+    fn default() -> Self {
+        TinyLlamaSpec {
+            n_layers: 2,
+            hidden: 64,
+            ffn: 128,
+            n_heads: 4,
+            n_kv_heads: 2,
+            context_length: 256,
+            rope_theta: 10_000.0,
+            weight_type: GgmlDType::Q4_1,
+            embedding_type: GgmlDType::Q8_0,
+            tied_embeddings: false,
+            seed: 1,
+            tokenizer: TinyTokenizer::ByteLevel,
+        }
+    }
+}
+
+/// Merges of the tiny tokenizer: enough to exercise BPE on English-looking text.
+const MERGES: &[(&str, &str)] = &[
+    ("h", "e"),
+    ("Ġ", "t"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("e", "r"),
+    ("a", "n"),
+    ("Ġ", "a"),
+    ("o", "n"),
+    ("l", "l"),
+    ("Ġ", "s"),
+];
+
+/// Special tokens of the tiny tokenizer, ChatML-style.
+const SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Vocabulary of the tiny models: 256 byte tokens, the merged tokens, then the specials.
+fn tiny_vocab() -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let c = if printable {
+            b as char
+        } else {
+            n += 1;
+            char::from_u32(255 + n).expect("valid")
+        };
+        v.push(c.to_string());
+    }
+    for (a, b) in MERGES {
+        v.push(format!("{a}{b}"));
+    }
+    v.extend(SPECIALS.iter().map(|s| s.to_string()));
+    v
+}
+
+fn byte_level_metadata() -> (usize, Vec<(&'static str, Value)>) {
+    let vocab = tiny_vocab();
+    let n = vocab.len();
+    let token_types: Vec<Value> = (0..n)
+        .map(|i| Value::I32(if i >= n - SPECIALS.len() { 3 } else { 1 }))
+        .collect();
+    let merges: Vec<Value> = MERGES
+        .iter()
+        .map(|(a, b)| Value::String(format!("{a} {b}")))
+        .collect();
+    let im_end = (n - 1) as u32;
+    let md = vec![
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(vocab.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.token_type", Value::Array(token_types)),
+        ("tokenizer.ggml.merges", Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(im_end - 2)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(im_end)),
+        (
+            "tokenizer.chat_template",
+            Value::String(
+                "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + \
+                 message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+                    .into(),
+            ),
+        ),
+    ];
+    (n, md)
+}
+
+/// SentencePiece pieces after the letters, best (highest score) first.
+const PIECES: &[&str] = &[
+    "▁t", "he", "▁the", "▁a", "in", "er", "at", "▁c", "▁cat", "▁s", "on", "an", "▁m", "▁mat",
+];
+
+/// A llama-style SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens,
+/// `▁`, the lowercase letters and [`PIECES`].
+fn sentencepiece_metadata() -> (usize, Vec<(&'static str, Value)>) {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    let mut scores = vec![0.0f32; 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+        scores.push(0.0);
+    }
+    let singles = std::iter::once("▁".to_owned()).chain(('a'..='z').map(String::from));
+    for (i, t) in singles.enumerate() {
+        tokens.push(t);
+        types.push(1);
+        scores.push(-1000.0 - i as f32);
+    }
+    for (i, p) in PIECES.iter().enumerate() {
+        tokens.push((*p).to_owned());
+        types.push(1);
+        scores.push(-(i as f32));
+    }
+    let n = tokens.len();
+    let md = vec![
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.scores", Value::Array(scores.into_iter().map(Value::F32).collect())),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+        (
+            "tokenizer.chat_template",
+            Value::String(
+                "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + \
+                 message['content'] + eos_token }}{% endif %}{% if loop.last %}{{ '<|assistant|>' }}\
+                 {% endif %}{% endfor %}"
+                    .into(),
+            ),
+        ),
+    ];
+    (n, md)
+}
+
+/// xorshift64*: reproducible random numbers without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        // Uniform in [-1, 1).
+        (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn tensor(&mut self, rows: usize, cols: usize, scale: f32, offset: f32) -> Result<Tensor> {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| offset + scale * self.next_f32())
+            .collect();
+        let shape: Vec<usize> = if rows == 1 {
+            vec![cols]
+        } else {
+            vec![rows, cols]
+        };
+        Tensor::from_vec(data, shape, &Device::Cpu)
+            .map_err(Error::candle("building a random tensor"))
+    }
+}
+
+/// Writes a random llama model to `path`.
+pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
+    let (n_vocab, tokenizer_md) = match spec.tokenizer {
+        TinyTokenizer::ByteLevel => byte_level_metadata(),
+        TinyTokenizer::SentencePiece => sentencepiece_metadata(),
+    };
+    let head_dim = spec.hidden / spec.n_heads;
+    let kv = spec.n_kv_heads * head_dim;
+    let mut rng = Rng(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+
+    let quantize = |t: Tensor, dtype: GgmlDType| {
+        QTensor::quantize(&t, dtype).map_err(Error::candle(format!("quantizing to {dtype:?}")))
+    };
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let h = spec.hidden;
+    // Scales keep activations of order 1 through the layers and give the logits a spread
+    // wide enough that greedy decoding is not a coin toss between near-equal tokens.
+    let s_in = 1.0 / (h as f32).sqrt();
+    // Tied embeddings are kept small and the final norm large: otherwise the residual
+    // stream is dominated by the current token's embedding, and a model whose output
+    // matrix is that embedding predicts its input token forever.
+    let (embd_scale, out_norm) = if spec.tied_embeddings {
+        (0.15, 3.0)
+    } else {
+        (0.5, 1.0)
+    };
+    tensors.push((
+        "token_embd.weight".into(),
+        quantize(
+            rng.tensor(n_vocab, h, embd_scale, 0.0)?,
+            spec.embedding_type,
+        )?,
+    ));
+    tensors.push((
+        "output_norm.weight".into(),
+        quantize(rng.tensor(1, h, 0.2, out_norm)?, GgmlDType::F32)?,
+    ));
+    if !spec.tied_embeddings {
+        tensors.push((
+            "output.weight".into(),
+            quantize(rng.tensor(n_vocab, h, 0.5, 0.0)?, spec.embedding_type)?,
+        ));
+    }
+    for l in 0..spec.n_layers {
+        let p = format!("blk.{l}");
+        let w = spec.weight_type;
+        tensors.push((
+            format!("{p}.attn_norm.weight"),
+            quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?,
+        ));
+        tensors.push((
+            format!("{p}.attn_q.weight"),
+            quantize(rng.tensor(h, h, 2.0 * s_in, 0.0)?, w)?,
+        ));
+        tensors.push((
+            format!("{p}.attn_k.weight"),
+            quantize(rng.tensor(kv, h, 2.0 * s_in, 0.0)?, w)?,
+        ));
+        tensors.push((
+            format!("{p}.attn_v.weight"),
+            quantize(rng.tensor(kv, h, s_in, 0.0)?, w)?,
+        ));
+        tensors.push((
+            format!("{p}.attn_output.weight"),
+            quantize(rng.tensor(h, h, s_in, 0.0)?, w)?,
+        ));
+        tensors.push((
+            format!("{p}.ffn_norm.weight"),
+            quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?,
+        ));
+        tensors.push((
+            format!("{p}.ffn_gate.weight"),
+            quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?,
+        ));
+        tensors.push((
+            format!("{p}.ffn_up.weight"),
+            quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?,
+        ));
+        let s_ffn = 1.0 / (spec.ffn as f32).sqrt();
+        tensors.push((
+            format!("{p}.ffn_down.weight"),
+            quantize(rng.tensor(h, spec.ffn, s_ffn, 0.0)?, w)?,
+        ));
+    }
+
+    let u32v = |x: usize| Value::U32(x as u32);
+    let mut metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        (
+            "general.name",
+            Value::String(format!("tiny random llama (seed {})", spec.seed)),
+        ),
+        ("llama.block_count", u32v(spec.n_layers)),
+        ("llama.context_length", u32v(spec.context_length)),
+        ("llama.embedding_length", u32v(h)),
+        ("llama.feed_forward_length", u32v(spec.ffn)),
+        ("llama.attention.head_count", u32v(spec.n_heads)),
+        ("llama.attention.head_count_kv", u32v(spec.n_kv_heads)),
+        ("llama.rope.freq_base", Value::F32(spec.rope_theta)),
+        ("llama.rope.dimension_count", u32v(head_dim)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+    ];
+    metadata.extend(tokenizer_md);
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    gguf_file::write(&mut file, &md, &ts).map_err(Error::candle("writing the GGUF file"))?;
+    std::io::Write::flush(&mut file).map_err(io)?;
+    Ok(())
+}

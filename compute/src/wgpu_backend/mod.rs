@@ -1,0 +1,908 @@
+//! The wgpu backend: the llama forward pass as WGSL compute kernels.
+//!
+//! Weights are uploaded once in their GGUF block formats (repacked so every block's data is
+//! 4-byte aligned) and dequantized inside the matrix kernels. Activations, the KV cache, the
+//! logits and the sampler's state stay on the device. A forward pass over a chunk of tokens
+//! is recorded as one compute pass in one command buffer, submitted once; a decode step
+//! reads back a single u32, the chosen token.
+//!
+//! Dispatches per decoded token: 1 (embedding) + 10 per layer (two RMSNorms and the SwiGLU
+//! that also quantize their output for the next product, the quantization of the attention
+//! output, four matrix-vector products: q/k/v stacked into one, the attention output,
+//! gate/up stacked into one, down; RoPE with the KV-cache write, attention) + 3 (final
+//! norm, output projection, sampling); for SmolLM2-135M's 30 layers, 304. Layers whose
+//! weights are F32/F16 skip the quantization; q/k/v (or gate/up) of different types take
+//! one product each.
+
+mod kernels;
+mod weights;
+
+use std::sync::{Arc, Mutex};
+
+use crate::engine::{BackendKind, Engine, check_input};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::sampling::SamplingParams;
+use kernels::{Kernel, Pipelines, is_quantized};
+use weights::{WeightBuffer, upload_f32, upload_stacked, upload_weight};
+
+/// Prompt tokens per prefill submission: bounds the activation and attention-score buffers.
+const PREFILL_CHUNK: usize = 64;
+/// Context used when the model's own is longer, unless [`WgpuOptions::max_context`] says
+/// otherwise: the KV cache is allocated up front for the whole context.
+const DEFAULT_MAX_CONTEXT: usize = 4096;
+
+/// How to open a [`WgpuEngine`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Accept a software adapter (lavapipe, llvmpipe) when no GPU is present; tests and CI
+    /// set this to run the kernels on the CPU.
+    pub allow_software: bool,
+    /// The most tokens the KV cache holds (default: the model's context, at most 4096).
+    pub max_context: Option<usize>,
+    /// How the matrix kernels spread work (default: chosen by the adapter's type).
+    pub kernels: KernelStyle,
+}
+
+/// How the matrix kernels map rows onto invocations.
+///
+/// GPUs want many lanes cooperating on a row and workgroup-memory tiles for prefill;
+/// software rasterizers (lavapipe) vectorize across invocations but implement workgroup
+/// barriers slowly, so there one invocation per row is several times faster. Both compute
+/// the same products; tests run both on lavapipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KernelStyle {
+    /// `PerRow` on CPU adapters, `Cooperative` on GPUs.
+    #[default]
+    Auto,
+    /// 32 lanes per row for decode, 32x32 tiles for prefill.
+    Cooperative,
+    /// One lane per row for decode and prefill.
+    PerRow,
+}
+
+/// A model running on a wgpu device.
+pub struct WgpuEngine {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_name: String,
+    context_length: usize,
+    vocab_size: usize,
+    position: usize,
+    ops: Vec<Op>,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    step_buf: wgpu::Buffer,
+    tokens_buf: wgpu::Buffer,
+    out_buf: wgpu::Buffer,
+    logits_buf: wgpu::Buffer,
+    token_readback: wgpu::Buffer,
+    logits_readback: wgpu::Buffer,
+    /// The first error the device reported outside an error scope.
+    device_error: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for WgpuEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuEngine")
+            .field("adapter", &self.adapter_name)
+            .field("context_length", &self.context_length)
+            .field("position", &self.position)
+            .field("dispatches_per_token", &self.dispatches_per_token())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a recorded dispatch is sized for a chunk of `n` tokens.
+#[derive(Debug, Clone, Copy)]
+enum Size {
+    /// One workgroup per token.
+    PerToken,
+    /// A fixed grid.
+    Fixed(u32),
+    /// A matrix product with `rows` output rows: matrix-vector (`rows_per_wg` rows per
+    /// workgroup) for one token, the `alt` matrix-matrix pipeline for more, tiled 32x32
+    /// or one row per invocation.
+    Rows {
+        rows: u32,
+        rows_per_wg: u32,
+        tiled: bool,
+    },
+    /// `per_token * n` invocations in workgroups of `wg`.
+    Elems { per_token: u32, wg: u32 },
+    /// One workgroup row of `x` per token.
+    GridPerToken(u32),
+}
+
+#[derive(Debug)]
+struct Op {
+    kernel: Kernel,
+    alt_kernel: Option<Kernel>,
+    pipeline: usize,
+    /// The matrix-matrix pipeline used instead when a chunk has several tokens.
+    alt: Option<usize>,
+    bind_group: wgpu::BindGroup,
+    size: Size,
+    /// Part of the tail that turns the last position into logits.
+    final_only: bool,
+}
+
+impl Op {
+    /// The pipeline and workgroup grid for a chunk of `n` tokens.
+    fn grid(&self, n: u32) -> (usize, (u32, u32)) {
+        match self.size {
+            Size::PerToken => (self.pipeline, (n, 1)),
+            Size::Fixed(x) => (self.pipeline, (x, 1)),
+            Size::GridPerToken(x) => (self.pipeline, (x, n)),
+            Size::Elems { per_token, wg } => (self.pipeline, ((per_token * n).div_ceil(wg), 1)),
+            Size::Rows {
+                rows,
+                rows_per_wg,
+                tiled,
+            } => match self.alt {
+                Some(alt) if n > 1 && tiled => (alt, (rows.div_ceil(32), n.div_ceil(32))),
+                Some(alt) if n > 1 => (alt, (rows.div_ceil(64), 1)),
+                _ => {
+                    let groups = rows.div_ceil(rows_per_wg);
+                    (self.pipeline, (groups.min(32768), groups.div_ceil(32768)))
+                }
+            },
+        }
+    }
+
+    fn kernel_for(&self, n: u32) -> Kernel {
+        match (self.alt_kernel, self.alt) {
+            (Some(k), Some(_)) if n > 1 => k,
+            _ => self.kernel,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepUniform {
+    pos: u32,
+    n_tok: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    greedy: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+/// Builds the ops of the forward pass; holds what recording needs.
+struct Builder<'a> {
+    device: &'a wgpu::Device,
+    cache: Pipelines,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    index: std::collections::HashMap<Kernel, usize>,
+    ops: Vec<Op>,
+    step_buf: &'a wgpu::Buffer,
+    dummy: wgpu::Buffer,
+    per_row: bool,
+}
+
+impl Builder<'_> {
+    fn pipeline(&mut self, kernel: Kernel) -> usize {
+        if let Some(&i) = self.index.get(&kernel) {
+            return i;
+        }
+        let p = self.cache.get(self.device, kernel);
+        self.pipelines.push(p);
+        self.index.insert(kernel, self.pipelines.len() - 1);
+        self.pipelines.len() - 1
+    }
+
+    fn params(&self, words: &[u32]) -> wgpu::Buffer {
+        let mut data = words.to_vec();
+        // Uniform structs are at least 16 bytes.
+        data.resize(words.len().max(4).next_multiple_of(4), 0);
+        wgpu::util::DeviceExt::create_buffer_init(
+            self.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(&data),
+                usage: wgpu::BufferUsages::UNIFORM,
+            },
+        )
+    }
+
+    fn push(
+        &mut self,
+        kernel: Kernel,
+        alt: Option<Kernel>,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        size: Size,
+    ) {
+        let alt_kernel = alt;
+        let pipeline = self.pipeline(kernel);
+        let alt = alt.map(|k| self.pipeline(k));
+        let params = self.params(params);
+        let layout = self.cache.layout(self.device, kernel.signature());
+        let mut entries = vec![
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: self.step_buf.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: params.as_entire_binding(),
+            },
+        ];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 2 + i as u32,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("op"),
+            layout: &layout,
+            entries: &entries,
+        });
+        self.ops.push(Op {
+            kernel,
+            alt_kernel,
+            pipeline,
+            alt,
+            bind_group,
+            size,
+            final_only: false,
+        });
+    }
+
+    /// `y[t * y_stride + y_off + r] (+)= (W x[t])[r]`, reading `x` quantized (`xq`/`xs`,
+    /// which the caller fills once for the products sharing `x`) when `W` is quantized.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &mut self,
+        w: &WeightBuffer,
+        x: &wgpu::Buffer,
+        xq: &wgpu::Buffer,
+        xs: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        (y_stride, y_off): (usize, usize),
+        accumulate: bool,
+    ) {
+        let params = [
+            w.rows,
+            w.blocks_per_row,
+            accumulate as u32,
+            y_stride as u32,
+            y_off as u32,
+        ];
+        let scales = w.scales.as_ref().unwrap_or(&self.dummy).clone();
+        let (tpr, prefill) = if self.per_row {
+            (1, Kernel::MatRows(w.dtype))
+        } else {
+            (32, Kernel::MatMul(w.dtype))
+        };
+        let size = Size::Rows {
+            rows: w.rows,
+            rows_per_wg: 64 / tpr,
+            tiled: !self.per_row,
+        };
+        let kernel = Kernel::MatVec(w.dtype, tpr);
+        if is_quantized(w.dtype) {
+            self.push(
+                kernel,
+                Some(prefill),
+                &params,
+                &[&w.data, &scales, xq, xs, y],
+                size,
+            );
+        } else {
+            self.push(
+                kernel,
+                Some(prefill),
+                &params,
+                &[&w.data, &scales, x, y],
+                size,
+            );
+        }
+    }
+
+    /// Products of `x` by several matrices written side by side into `y`: one stacked
+    /// product when the matrices share a type, else one each.
+    #[allow(clippy::too_many_arguments)]
+    fn stacked(
+        &mut self,
+        model: &Model,
+        names: &[&str],
+        x: &wgpu::Buffer,
+        xq: &wgpu::Buffer,
+        xs: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_stride: usize,
+    ) -> Result<()> {
+        if let Some(w) = upload_stacked(self.device, model, names)? {
+            self.matmul(&w, x, xq, xs, y, (y_stride, 0), false);
+            return Ok(());
+        }
+        let mut off = 0;
+        for name in names {
+            let w = upload_weight(self.device, model, name)?;
+            self.matmul(&w, x, xq, xs, y, (y_stride, off), false);
+            off += w.rows as usize;
+        }
+        Ok(())
+    }
+
+    fn quantize(&mut self, x: &wgpu::Buffer, dim: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) {
+        let blocks = (dim / 32) as u32;
+        let size = Size::Elems {
+            per_token: blocks,
+            wg: 64,
+        };
+        self.push(Kernel::Quantize, None, &[blocks], &[x, xq, xs], size);
+    }
+}
+
+fn storage(device: &wgpu::Device, label: &str, bytes: usize) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(16).next_multiple_of(16) as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+fn readback(device: &wgpu::Device, label: &str, bytes: usize) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(16).next_multiple_of(16) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+fn pick_adapter(allow_software: bool) -> Result<(wgpu::Adapter, wgpu::AdapterInfo)> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::VULKAN;
+    // No Vulkan validation layers: they are for debugging wgpu itself and slow every call.
+    desc.flags = wgpu::InstanceFlags::empty().with_env();
+    let instance = wgpu::Instance::new(desc);
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    let rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let mut found: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> = adapters
+        .into_iter()
+        .map(|a| {
+            let i = a.get_info();
+            (a, i)
+        })
+        .collect();
+    found.sort_by_key(|(_, i)| rank(i.device_type));
+    let names: Vec<String> = found
+        .iter()
+        .map(|(_, i)| format!("{} ({:?})", i.name, i.device_type))
+        .collect();
+    match found.into_iter().next() {
+        None => Err(Error::NoAdapter {
+            detail: " (no Vulkan adapter)".to_owned(),
+        }),
+        Some((_, info)) if info.device_type == wgpu::DeviceType::Cpu && !allow_software => {
+            Err(Error::NoAdapter {
+                detail: format!(
+                    " other than software ones ({}), which `auto` does not use",
+                    names.join(", ")
+                ),
+            })
+        }
+        Some(found) => Ok(found),
+    }
+}
+
+impl WgpuEngine {
+    /// Uploads the model to a wgpu device and builds its kernels.
+    pub fn new(model: &Model, options: &WgpuOptions) -> Result<Self> {
+        let c = model.config().clone();
+        // Check types before touching a device, so the error is the same everywhere.
+        for (name, _) in
+            crate::model::expected_shapes(&c, model.tensor_type("output.weight").is_some())
+        {
+            let dtype = model.tensor_type(&name).expect("validated at load");
+            let is_matrix = !name.ends_with("norm.weight");
+            if is_matrix && !kernels::SUPPORTED.contains(&dtype) {
+                return Err(Error::UnsupportedTensorType {
+                    tensor: name,
+                    dtype: format!("{dtype:?}"),
+                    backend: "wgpu",
+                    supported: kernels::SUPPORTED_NAMES,
+                });
+            }
+        }
+        let bad_shape = |reason: String| Error::BadTensor {
+            tensor: "token_embd.weight".to_owned(),
+            reason,
+        };
+        if !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) {
+            return Err(bad_shape(format!(
+                "the wgpu kernels need widths that are multiples of 32 (embedding {}, feed-forward {})",
+                c.hidden, c.ffn
+            )));
+        }
+        if c.head_dim > 256 {
+            return Err(bad_shape(format!(
+                "head width {} is over the wgpu kernels' 256",
+                c.head_dim
+            )));
+        }
+
+        let (adapter, info) = pick_adapter(options.allow_software)?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("attrinet-compute"),
+            required_features: wgpu::Features::empty(),
+            // Everything the adapter offers: large models need big storage buffers.
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device(format!("requesting a device from {}: {e}", info.name)))?;
+        let device_error = Arc::new(Mutex::new(None::<String>));
+        {
+            let sink = device_error.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| e.to_string());
+            }));
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+
+        let context_length = c
+            .context_length
+            .min(options.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
+        let limits = device.limits();
+        let kvd = c.n_kv_heads * c.head_dim;
+        let max_binding = limits.max_storage_buffer_binding_size as usize;
+        let kv_bytes = context_length * kvd * 4;
+        let scratch_bytes = PREFILL_CHUNK * c.n_heads * context_length * 4;
+        if kv_bytes > max_binding || scratch_bytes > max_binding {
+            return Err(Error::Device(format!(
+                "a context of {context_length} tokens needs buffers of {} bytes, over the adapter's limit of {max_binding}; \
+                 lower max_context",
+                kv_bytes.max(scratch_bytes)
+            )));
+        }
+
+        let ch = PREFILL_CHUNK;
+        let d = c.hidden;
+        let f = c.ffn;
+        let x = storage(&device, "x", ch * d * 4);
+        let xn = storage(&device, "xn", ch * d * 4);
+        let qkv_width = d + 2 * kvd;
+        let qkv = storage(&device, "q|k|v", ch * qkv_width * 4);
+        let att = storage(&device, "att", ch * d * 4);
+        let gu = storage(&device, "gate|up", ch * 2 * f * 4);
+        let h = storage(&device, "swiglu", ch * f * 4);
+        let kmax = d.max(f);
+        let xq = storage(&device, "xq", ch * kmax / 32 * 32);
+        let xs = storage(&device, "xs", ch * kmax / 32 * 8);
+        let last = storage(&device, "last", d * 4);
+        let scratch = storage(&device, "scores", scratch_bytes);
+        let logits_buf = storage(&device, "logits", c.vocab_size * 4);
+        let probs = storage(&device, "probs", c.vocab_size * 4);
+        let tokens_buf = storage(&device, "tokens", ch * 4);
+        let out_buf = storage(&device, "next token", 4);
+        let token_readback = readback(&device, "token readback", 4);
+        let logits_readback = readback(&device, "logits readback", c.vocab_size * 4);
+        let step_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step"),
+            size: std::mem::size_of::<StepUniform>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        // RoPE table, computed as candle computes it (f32 throughout).
+        let half = c.head_dim / 2;
+        let mut cs = Vec::with_capacity(context_length * half * 2);
+        let theta: Vec<f32> = (0..c.head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / c.rope_theta.powf(i as f32 / c.head_dim as f32))
+            .collect();
+        for pos in 0..context_length {
+            for th in &theta {
+                let a = pos as f32 * th;
+                cs.push(a.cos());
+                cs.push(a.sin());
+            }
+        }
+        let cs_buf = upload_f32(&device, "rope table", &cs);
+
+        let mut b = Builder {
+            device: &device,
+            cache: Pipelines::default(),
+            pipelines: Vec::new(),
+            index: Default::default(),
+            ops: Vec::new(),
+            step_buf: &step_buf,
+            dummy: storage(&device, "dummy", 16),
+            per_row: match options.kernels {
+                KernelStyle::Auto => info.device_type == wgpu::DeviceType::Cpu,
+                KernelStyle::Cooperative => false,
+                KernelStyle::PerRow => true,
+            },
+        };
+
+        let embd = upload_weight(&device, model, "token_embd.weight")?;
+        let dummy = b.dummy.clone();
+        b.push(
+            Kernel::Embed(embd.dtype),
+            None,
+            &[embd.blocks_per_row, d as u32],
+            &[
+                &embd.data,
+                embd.scales.as_ref().unwrap_or(&dummy),
+                &tokens_buf,
+                &x,
+            ],
+            Size::PerToken,
+        );
+        let norm = |name: &str| -> Result<wgpu::Buffer> {
+            let (dtype, _, data) = model.tensor_data(name)?;
+            let values = weights::dequantize_norm(name, dtype, data)?;
+            Ok(upload_f32(&device, name, &values))
+        };
+        let eps = c.rms_eps.to_bits();
+        for l in 0..c.n_layers {
+            let p = format!("blk.{l}");
+            let name = |n: &str| format!("{p}.{n}.weight");
+            let (q_name, k_name, v_name) = (name("attn_q"), name("attn_k"), name("attn_v"));
+            let (gate_name, up_name) = (name("ffn_gate"), name("ffn_up"));
+            let wo = upload_weight(&device, model, &name("attn_output"))?;
+            let wd = upload_weight(&device, model, &name("ffn_down"))?;
+            let quantized = |n: &str| model.tensor_type(n).is_some_and(is_quantized);
+            let attn_norm = norm(&format!("{p}.attn_norm.weight"))?;
+            let ffn_norm = norm(&format!("{p}.ffn_norm.weight"))?;
+            let kc = storage(&device, "k cache", kv_bytes);
+            let vc = storage(&device, "v cache", kv_bytes);
+
+            let q = [&q_name, &k_name, &v_name].iter().any(|n| quantized(n));
+            b.push(
+                Kernel::RmsNorm,
+                None,
+                &[d as u32, eps, 0, q as u32],
+                &[&x, &attn_norm, &xn, &xq, &xs],
+                Size::PerToken,
+            );
+            b.stacked(
+                model,
+                &[&q_name, &k_name, &v_name],
+                &xn,
+                &xq,
+                &xs,
+                &qkv,
+                qkv_width,
+            )?;
+            let rope_items = ((c.n_heads + c.n_kv_heads) * half + kvd) as u32;
+            b.push(
+                Kernel::Rope,
+                None,
+                &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32],
+                &[&qkv, &kc, &vc, &cs_buf],
+                Size::GridPerToken(rope_items.div_ceil(64)),
+            );
+            let scale = (1.0 / (c.head_dim as f32).sqrt()).to_bits();
+            b.push(
+                Kernel::Attention,
+                None,
+                &[
+                    c.n_heads as u32,
+                    c.n_kv_heads as u32,
+                    c.head_dim as u32,
+                    context_length as u32,
+                    scale,
+                ],
+                &[&qkv, &kc, &vc, &scratch, &att],
+                Size::GridPerToken(c.n_heads as u32),
+            );
+            if is_quantized(wo.dtype) {
+                b.quantize(&att, d, &xq, &xs);
+            }
+            b.matmul(&wo, &att, &xq, &xs, &x, (d, 0), true);
+            let q = quantized(&gate_name) || quantized(&up_name);
+            b.push(
+                Kernel::RmsNorm,
+                None,
+                &[d as u32, eps, 0, q as u32],
+                &[&x, &ffn_norm, &xn, &xq, &xs],
+                Size::PerToken,
+            );
+            b.stacked(model, &[&gate_name, &up_name], &xn, &xq, &xs, &gu, 2 * f)?;
+            b.push(
+                Kernel::SwiGlu,
+                None,
+                &[f as u32, is_quantized(wd.dtype) as u32],
+                &[&gu, &h, &xq, &xs],
+                Size::Elems {
+                    per_token: (f / 32) as u32,
+                    wg: 64,
+                },
+            );
+            b.matmul(&wd, &h, &xq, &xs, &x, (d, 0), true);
+        }
+        let out_norm = norm("output_norm.weight")?;
+        let first_final = b.ops.len();
+        let out_w = if model.output_tensor_name() == "token_embd.weight" {
+            embd
+        } else {
+            upload_weight(&device, model, "output.weight")?
+        };
+        b.push(
+            Kernel::RmsNorm,
+            None,
+            &[d as u32, eps, 1, is_quantized(out_w.dtype) as u32],
+            &[&x, &out_norm, &last, &xq, &xs],
+            Size::Fixed(1),
+        );
+        b.matmul(
+            &out_w,
+            &last,
+            &xq,
+            &xs,
+            &logits_buf,
+            (c.vocab_size, 0),
+            false,
+        );
+        // The final norm, quantization and output projection see one row (the last
+        // position's): the projection is forced to the matrix-vector kernel by leaving out
+        // the tiled alternative, and intermediate prompt chunks skip all three.
+        for op in &mut b.ops[first_final..] {
+            op.alt = None;
+            op.final_only = true;
+        }
+        b.push(
+            Kernel::Sample,
+            None,
+            &[c.vocab_size as u32],
+            &[&logits_buf, &probs, &out_buf],
+            Size::Fixed(1),
+        );
+        let Builder { pipelines, ops, .. } = b;
+
+        let oom_error = pollster::block_on(oom.pop());
+        let validation_error = pollster::block_on(scope.pop());
+        if let Some(e) = oom_error.or(validation_error) {
+            return Err(Error::Device(format!(
+                "building the model on {}: {e}",
+                info.name
+            )));
+        }
+        tracing::info!(
+            target: "compute::wgpu",
+            adapter = %info.name,
+            device_type = ?info.device_type,
+            context_length,
+            dispatches = ops.len(),
+            "model uploaded"
+        );
+        Ok(WgpuEngine {
+            device,
+            queue,
+            adapter_name: format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend),
+            context_length,
+            vocab_size: c.vocab_size,
+            position: 0,
+            ops,
+            pipelines,
+            step_buf,
+            tokens_buf,
+            out_buf,
+            logits_buf,
+            token_readback,
+            logits_readback,
+            device_error,
+        })
+    }
+
+    /// Device time per kernel for a forward pass over `n_tok` tokens, measured by
+    /// submitting each dispatch alone and waiting for it (so it includes per-submission
+    /// overhead): for finding what to optimise, not a benchmark. Leaves the cache as it was.
+    pub fn profile_kernels(&mut self, n_tok: usize) -> Result<Vec<(String, std::time::Duration)>> {
+        let n = n_tok.clamp(1, PREFILL_CHUNK) as u32;
+        let tokens = vec![0u32; n as usize];
+        let uniform = StepUniform {
+            pos: 0,
+            n_tok: n,
+            seed_lo: 0,
+            seed_hi: 0,
+            step: 0,
+            greedy: 1,
+            temperature: 0.0,
+            top_p: 1.0,
+        };
+        self.queue
+            .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
+        self.queue
+            .write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(&tokens));
+        let mut totals: Vec<(String, std::time::Duration)> = Vec::new();
+        for op in &self.ops {
+            let (pipeline, grid) = op.grid(if op.final_only { 1 } else { n });
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&self.pipelines[pipeline]);
+                pass.set_bind_group(0, &op.bind_group, &[]);
+                pass.dispatch_workgroups(grid.0, grid.1, 1);
+            }
+            let start = std::time::Instant::now();
+            self.queue.submit([encoder.finish()]);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Device(format!("waiting for the device: {e}")))?;
+            let name = format!("{:?}", op.kernel_for(n));
+            match totals.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, t)) => *t += start.elapsed(),
+                None => totals.push((name, start.elapsed())),
+            }
+        }
+        totals.sort_by_key(|t| std::cmp::Reverse(t.1));
+        Ok(totals)
+    }
+
+    /// Compute dispatches recorded for one decode step.
+    pub fn dispatches_per_token(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Records and submits the forward pass over `tokens` (at most one chunk), ending with
+    /// either the sampled token or the logits copied for readback.
+    fn submit_chunk(
+        &mut self,
+        tokens: &[u32],
+        sampling: Option<(&SamplingParams, u32)>,
+        want_logits: bool,
+        last: bool,
+    ) {
+        let n = tokens.len() as u32;
+        let (temperature, top_p, seed, step, greedy) = match sampling {
+            Some((s, step)) => (s.temperature, s.top_p, s.seed, step, s.is_greedy() as u32),
+            None => (0.0, 1.0, 0, 0, 1),
+        };
+        let uniform = StepUniform {
+            pos: self.position as u32,
+            n_tok: n,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            step,
+            greedy,
+            temperature,
+            top_p,
+        };
+        self.queue
+            .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
+        self.queue
+            .write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(tokens));
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
+            let n_ops = self.ops.len();
+            for (i, op) in self.ops.iter().enumerate() {
+                // Intermediate chunks of a long prompt only fill the KV cache.
+                if !last && op.final_only {
+                    continue;
+                }
+                let is_sample = i == n_ops - 1;
+                if is_sample && (!last || sampling.is_none()) {
+                    continue;
+                }
+                let (pipeline, grid) = op.grid(n);
+                pass.set_pipeline(&self.pipelines[pipeline]);
+                pass.set_bind_group(0, &op.bind_group, &[]);
+                pass.dispatch_workgroups(grid.0, grid.1, 1);
+            }
+        }
+        if last {
+            if sampling.is_some() {
+                encoder.copy_buffer_to_buffer(&self.out_buf, 0, &self.token_readback, 0, 4);
+            }
+            if want_logits {
+                let bytes = (self.vocab_size * 4) as u64;
+                encoder.copy_buffer_to_buffer(&self.logits_buf, 0, &self.logits_readback, 0, bytes);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        self.position += tokens.len();
+    }
+
+    /// Runs `tokens` through the model in chunks; the last chunk samples or keeps logits.
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        sampling: Option<(&SamplingParams, u32)>,
+        want_logits: bool,
+    ) -> Result<()> {
+        check_input(tokens, self.vocab_size, self.position, self.context_length)?;
+        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.submit_chunk(chunk, sampling, want_logits, i + 1 == chunks.len());
+        }
+        Ok(())
+    }
+
+    fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = buffer.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the device: {e}")))?;
+        let mapped = rx
+            .recv()
+            .map_err(|_| Error::Device("the readback was dropped".to_owned()))?;
+        if let Some(e) = self
+            .device_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(Error::Device(e));
+        }
+        mapped.map_err(|e| Error::Device(format!("mapping the readback buffer: {e}")))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Device(format!("reading the readback buffer: {e}")))?
+            .to_vec();
+        buffer.unmap();
+        Ok(data)
+    }
+}
+
+impl Engine for WgpuEngine {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Wgpu
+    }
+
+    fn device_name(&self) -> String {
+        self.adapter_name.clone()
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn reset(&mut self) {
+        // Positions past `position` are never read, so the cache needs no clearing.
+        self.position = 0;
+    }
+
+    fn prefill(&mut self, tokens: &[u32], sampling: &SamplingParams, step: u32) -> Result<u32> {
+        sampling.validate()?;
+        self.run(tokens, Some((sampling, step)), false)?;
+        let bytes = self.read(&self.token_readback, 4)?;
+        let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if token as usize >= self.vocab_size {
+            return Err(Error::Device(format!(
+                "the sampler returned token {token} (vocabulary {})",
+                self.vocab_size
+            )));
+        }
+        Ok(token)
+    }
+
+    fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.run(tokens, None, true)?;
+        let bytes = self.read(&self.logits_readback, (self.vocab_size * 4) as u64)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+}

@@ -1,0 +1,37 @@
+// Shared by every kernel: the per-submission step uniform and packing helpers.
+
+struct Step {
+    // Tokens already in the KV cache before this submission.
+    pos: u32,
+    // Tokens processed by this submission.
+    n_tok: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    // Generation step, which with the seed selects the sampler's random number.
+    step: u32,
+    greedy: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+@group(0) @binding(0) var<uniform> st: Step;
+
+// Eight values: one quarter of a 32-value GGML block.
+struct Q8 { a: vec4<i32>, b: vec4<i32> }
+struct F8 { a: vec4<f32>, b: vec4<f32> }
+
+// Four signed bytes packed little-endian in a u32.
+fn i8x4(w: u32) -> vec4<i32> {
+    return vec4<i32>(
+        bitcast<i32>(w << 24u) >> 24u,
+        bitcast<i32>(w << 16u) >> 24u,
+        bitcast<i32>(w << 8u) >> 24u,
+        bitcast<i32>(w) >> 24u,
+    );
+}
+
+// Four 4-bit values: the nibble at `shift` in each byte of a u32.
+fn nib4(w: u32, shift: u32) -> vec4<i32> {
+    let s = vec4<u32>(shift, shift + 8u, shift + 16u, shift + 24u);
+    return vec4<i32>((vec4<u32>(w) >> s) & vec4<u32>(15u));
+}

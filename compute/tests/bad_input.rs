@@ -1,0 +1,133 @@
+//! Every kind of bad input gives its typed error, never a panic.
+
+use attrinet_compute::testing::TinyLlamaSpec;
+use attrinet_compute::{CandleEngine, Engine, Error, GgmlDType, Model};
+
+use crate::util::{greedy, tiny};
+
+#[test]
+fn missing_file() {
+    let err = Model::load("/nonexistent/model.gguf").unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+}
+
+#[test]
+fn not_a_gguf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.gguf");
+    std::fs::write(&path, b"this is not a model, just some text").unwrap();
+    let err = Model::load(&path).unwrap_err();
+    assert!(matches!(err, Error::InvalidGguf { .. }), "{err}");
+    assert!(err.to_string().contains("bad magic"), "{err}");
+}
+
+#[test]
+fn truncated_gguf() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let bytes = std::fs::read(&t.path).unwrap();
+    for len in [10, 200, bytes.len() / 2, bytes.len() - 1] {
+        let err = Model::from_bytes("cut.gguf".into(), bytes[..len].to_vec()).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidGguf { .. }),
+            "cut at {len}: {err}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_header_bytes_never_panic() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let bytes = std::fs::read(&t.path).unwrap();
+    // Flip bytes all over the header: each must load or fail with an error, never abort.
+    let mut state = 0x1234_5678_u32;
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        for _ in 0..4 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let i = (state as usize >> 4) % 4096.min(b.len());
+            b[i] ^= (state >> 24) as u8 | 1;
+        }
+        let _ = Model::from_bytes("flipped.gguf".into(), b);
+    }
+}
+
+#[test]
+fn unsupported_architecture() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let mut bytes = std::fs::read(&t.path).unwrap();
+    // Rename the architecture in place: "llama" -> "gemma" keeps every length the same.
+    let needle = b"\x05\x00\x00\x00\x00\x00\x00\x00llama";
+    let i = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    bytes[i + 8..i + 13].copy_from_slice(b"gemma");
+    let err = Model::from_bytes("gemma.gguf".into(), bytes).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedArchitecture { architecture } if architecture == "gemma"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_tensor_type() {
+    let spec = TinyLlamaSpec {
+        weight_type: GgmlDType::Q5_0,
+        ..TinyLlamaSpec::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q5.gguf");
+    attrinet_compute::testing::write_random_llama(&path, &spec).unwrap();
+    let err = Model::load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedTensorType { dtype, .. } if dtype == "Q5_0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let t = tiny(&TinyLlamaSpec {
+        context_length: 32,
+        ..TinyLlamaSpec::default()
+    });
+    let mut engine = CandleEngine::new(&t.model).unwrap();
+    let prompt = vec![5u32; 40];
+    let err = engine
+        .generate(&prompt, &greedy(4), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PromptTooLong {
+                prompt_tokens: 40,
+                context_length: 32
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_max_tokens() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let mut engine = CandleEngine::new(&t.model).unwrap();
+    let err = engine
+        .generate(&[5, 6], &greedy(0), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::ZeroMaxTokens), "{err}");
+}
+
+#[test]
+fn token_outside_the_vocabulary_and_empty_prompt() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let mut engine = CandleEngine::new(&t.model).unwrap();
+    let vocab = t.model.config().vocab_size;
+    let err = engine
+        .generate(&[5, vocab as u32], &greedy(2), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::TokenOutOfRange { .. }), "{err}");
+    let err = engine.generate(&[], &greedy(2), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::EmptyPrompt), "{err}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests of attrinet-compute (one binary; helpers in `util`).
+
+mod util;
+
+mod bad_input;
+mod candle_engine;
+mod tokenizer;
+mod wgpu_engine;

@@ -1,0 +1,408 @@
+//! `attrinet devnet`: the whole marketplace on one machine. A local L2 (anvil), the
+//! contracts, provider nodes serving a real model over libp2p, a client paying through
+//! channels, a watcher; queries, settlement (one of them dishonest, which the watcher
+//! disputes), and a summary checked against the chain's state.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, B256, U256};
+use anyhow::{Context, bail};
+use attrinet_chain::{
+    Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
+    SettlementPolicy, StoreSource, Watcher, payout_runs, payout_totals,
+};
+use attrinet_compute::{Backend, Model, open_engine};
+use attrinet_market::{
+    ChannelParams, ChannelState, Identity, ModelId, Payout, Price, Seq, Split, Store, Wei,
+};
+use attrinet_p2p::{Ask, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling};
+use tracing::info;
+
+use crate::engine::EngineGenerator;
+use crate::store::SledStore;
+
+/// 1 ether in wei.
+pub const ETH: u128 = 1_000_000_000_000_000_000;
+
+/// What the devnet runs.
+#[derive(Clone, Debug)]
+pub struct DevnetConfig {
+    /// Provider nodes.
+    pub nodes: usize,
+    /// Queries the client sends.
+    pub queries: usize,
+    /// Tokens per answer.
+    pub max_tokens: u32,
+    /// The model file.
+    pub model: PathBuf,
+    /// Engine backend.
+    pub backend: Backend,
+    /// Where stores live (a fresh subfolder per run).
+    pub data_dir: PathBuf,
+    /// Challenge window in seconds.
+    pub challenge_window: u64,
+}
+
+/// One answered query.
+#[derive(Clone, Debug)]
+pub struct QueryLine {
+    /// The question.
+    pub prompt: String,
+    /// The answer.
+    pub answer: String,
+    /// Which node answered (index).
+    pub node: usize,
+    /// Receipt seq and value.
+    pub seq: Seq,
+    /// Its value.
+    pub value: Wei,
+}
+
+/// What the run did, with every figure read back from the chain.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Answers.
+    pub queries: Vec<QueryLine>,
+    /// Co-signed receipts in the client's store.
+    pub receipts: u64,
+    /// Total value of those receipts.
+    pub paid: Wei,
+    /// Gas of each settlement and of the dispute.
+    pub gas: Vec<(String, u64)>,
+    /// Who is owed what on chain after finalisation: (role, address, credited).
+    pub earnings: Vec<(String, Address, Wei)>,
+    /// What the receipts say each should have been credited (same order).
+    pub expected: Vec<Wei>,
+    /// The dishonest settlement's dispute: (fraud class, bond moved to the watcher).
+    pub dispute: Option<(String, Wei)>,
+    /// Engine and device.
+    pub device: String,
+}
+
+const PROMPTS: [&str; 8] = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "What is 12 plus 30?",
+    "Give one tip for writing clear code.",
+    "What does a GPU do?",
+    "Say hello in Spanish.",
+    "What is the largest planet in the solar system?",
+    "Why is the sky blue? Answer in one sentence.",
+];
+
+fn dev_identity(role: u8, index: u8) -> Identity {
+    // Fixed, public development keys: the devnet is reproducible and never holds real money.
+    Identity::from_secrets([role.wrapping_mul(16).wrapping_add(index).max(1); 32], [role.wrapping_add(index * 3 + 1); 32])
+        .expect("small constant secrets are valid")
+}
+
+struct NodeHandle {
+    identity: Identity,
+    chain: ChainClient,
+    store: Arc<SledStore>,
+    _network: attrinet_p2p::Client,
+}
+
+fn progress(msg: &str) {
+    eprintln!("devnet: {msg}");
+}
+
+/// Runs the devnet to its summary. With `keep`, returns the live client too, for the
+/// gateway.
+pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>)> {
+    if config.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let started = Instant::now();
+    let run_dir = config.data_dir.join(format!("devnet-{}", attrinet_p2p::unix_now()));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+
+    progress("starting the local L2 (anvil --optimism)");
+    let anvil = Anvil::spawn(AnvilConfig::default()).context("cannot start anvil: run scripts/setup-chain-tools")?;
+    let endpoint = anvil.endpoint();
+    let deployer = dev_identity(1, 0);
+    let owner = dev_identity(2, 0);
+    let watcher_id = dev_identity(3, 0);
+    let client_id = dev_identity(4, 0);
+    let data_pool = Address::repeat_byte(0xda);
+    for who in [&deployer, &owner, &watcher_id, &client_id] {
+        anvil.fund(who.address(), U256::from(1000 * ETH)).await?;
+    }
+    let deployment = ChainClient::deploy(
+        &endpoint,
+        deployer.evm.clone(),
+        DeployConfig {
+            treasury: deployer.address(),
+            challenge_window: config.challenge_window,
+            thaw_delay: 60,
+            unbond_delay: 60,
+            min_bond: Wei(ETH / 10),
+        },
+    )
+    .await?;
+    progress(&format!("contracts deployed: Registry {}, Channels {}", deployment.registry, deployment.channels));
+
+    progress(&format!("loading {}", config.model.display()));
+    let model = Model::load(&config.model).with_context(|| format!("cannot load {}: run scripts/fetch-model", config.model.display()))?;
+    let model_id = ModelId::from(model.id().0);
+    let name = model.name().unwrap_or("model").to_string();
+    let price = Price { per_1k_input: Wei(ETH / 10_000), per_1k_output: Wei(ETH / 2_500) };
+    let split = Split::new(7000, 2000, 500, 500)?;
+    let owner_chain = ChainClient::connect(&endpoint, owner.evm.clone(), deployment)?;
+    owner_chain.register_model(model_id, price, split, B256::ZERO, data_pool).await?;
+    progress(&format!("model {name} ({model_id}) registered by its owner {}", owner.address()));
+
+    // Providers.
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    let mut boot: Vec<attrinet_p2p::Multiaddr> = Vec::new();
+    let mut device = String::new();
+    for i in 0..config.nodes {
+        let id = dev_identity(5, i as u8);
+        anvil.fund(id.address(), U256::from(100 * ETH)).await?;
+        let chain = ChainClient::connect(&endpoint, id.evm.clone(), deployment)?;
+        chain.register_node(&id.public_key(), Wei(ETH)).await?;
+        let engine = open_engine(&model, config.backend)?;
+        let generator = EngineGenerator::new(Model::load(&config.model)?, engine);
+        device = generator.device();
+        let store = Arc::new(SledStore::open(&run_dir.join(format!("node-{i}")))?);
+        let net = NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), republish_every: Duration::from_secs(5), ..NetConfig::default() };
+        let (network, event_loop) = attrinet_p2p::new(id.clone(), net)?;
+        tokio::spawn(event_loop.run());
+        let offer = Offer {
+            model: model_id,
+            name: name.clone(),
+            price,
+            context_length: model.config().context_length as u32,
+            decode_tokens_per_s: 20,
+            ttft_ms: 200,
+            generator: Arc::new(generator),
+        };
+        let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() });
+        tokio::spawn(provider.serve(network.clone()));
+        if boot.is_empty() {
+            boot = wait_addrs(&network).await?;
+        }
+        progress(&format!("node {i} serving as {} ({})", id.address(), network.peer_id()));
+        nodes.push(NodeHandle { identity: id, chain, store, _network: network });
+    }
+
+    // The client: channels opened on chain, mirrored into both parties' stores (what a
+    // chain follower does in a long-running node).
+    let client_store = Arc::new(SledStore::open(&run_dir.join("client"))?);
+    let client_chain = ChainClient::connect(&endpoint, client_id.evm.clone(), deployment)?;
+    let net = NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), ..NetConfig::default() };
+    let (client_net, event_loop) = attrinet_p2p::new(client_id.clone(), net)?;
+    tokio::spawn(event_loop.run());
+    let deposit = Wei(10 * ETH);
+    for n in &nodes {
+        let (channel, _) = client_chain.open(n.identity.address(), deposit).await?;
+        let state = ChannelState::open(
+            ChannelParams {
+                domain: deployment.domain(),
+                id: channel,
+                payer: client_id.address(),
+                provider: n.identity.address(),
+                payer_key: client_id.public_key(),
+                provider_key: n.identity.public_key(),
+            },
+            client_chain.channel(channel).await?.deposit,
+        );
+        client_store.put_channel(&state)?;
+        n.store.put_channel(&state)?;
+    }
+    progress(&format!("client {} opened {} channels of {deposit} each", client_id.address(), nodes.len()));
+    let payer = Payer::new(client_id.clone(), client_store.clone(), Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client_net.market().await?.all(attrinet_p2p::unix_now()).len() < nodes.len() {
+        if Instant::now() > deadline {
+            bail!("the client did not see every provider's advert within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Queries.
+    let offers = client_net.market().await?.all(attrinet_p2p::unix_now());
+    let mut lines = Vec::new();
+    for q in 0..config.queries {
+        let prompt = PROMPTS[q % PROMPTS.len()];
+        let ask = Ask {
+            model: name.clone(),
+            prompt: Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: prompt.into() }]),
+            max_tokens: config.max_tokens,
+            sampling: Sampling::default(),
+            max_cost: None,
+        };
+        // Round robin over the providers (rather than the client's ranking, which would send
+        // everything to the first of equal offers) so that every node has receipts to settle.
+        let node = q % nodes.len();
+        let advert = offers
+            .iter()
+            .find(|a| a.node_key == nodes[node].identity.public_key())
+            .with_context(|| format!("no advert from node {node}"))?;
+        let channel = payer.channel_with(advert)?.with_context(|| format!("no channel with node {node}"))?;
+        let answer = payer
+            .infer_with(&client_net, advert, channel, &ask, &mut |_| {})
+            .await
+            .with_context(|| format!("query {q} failed"))?;
+        eprintln!("  [{q:>2}] node {node}: {prompt} → {}", answer.text.trim().replace('\n', " "));
+        lines.push(QueryLine { prompt: prompt.into(), answer: answer.text.clone(), node, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
+    }
+
+    // Settlement: every node settles honestly, except the last, which first tries to
+    // settle with a split that favours itself; the watcher disputes it and takes its bond.
+    let policy = SettlementPolicy { threshold: Wei(0), max_age_secs: 0, max_gas_bps: 10_000 };
+    let mut gas = Vec::new();
+    let watcher_chain = ChainClient::connect(&endpoint, watcher_id.evm.clone(), deployment)?;
+    let follower = EventFollower::new(watcher_chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
+    let mut watcher: Watcher<MemCheckpoint, SledStore> = Watcher::new(watcher_chain.clone(), follower, Arc::new(StoreSource(client_store.clone())), None);
+    let mut dispute = None;
+    // The last node that has receipts to settle is the dishonest one.
+    let cheat = (nodes.len() - 1).min(config.queries.saturating_sub(1));
+    for (i, n) in nodes.iter().enumerate() {
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy);
+        let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
+        if channel.last_seq == Seq::ZERO {
+            continue;
+        }
+        if i == cheat {
+            let receipts: Vec<_> = n.store.receipts_after(&channel.params.id, channel.settled_seq)?.into_iter().map(|r| r.receipt.receipt).collect();
+            let voucher = n.store.receipt(&channel.params.id, channel.last_seq)?.expect("stored").voucher;
+            let mut runs = payout_runs(&receipts, |_| Some(split))?;
+            // One wei moved from the owner's part to the node's: a split that differs
+            // from the registered one.
+            if let Some(r) = runs.first_mut() {
+                if r.parts.owner.0 > 0 {
+                    r.parts.owner.0 -= 1;
+                    r.parts.node.0 += 1;
+                }
+            }
+            let bond_before = n.chain.bond(n.identity.address()).await?;
+            let out = n.chain.settle(&voucher, &runs).await?;
+            gas.push((format!("settle (dishonest, node {i})"), out.gas_used));
+            progress(&format!("node {i} settled with a tampered split; the watcher checks it"));
+            let report = watcher.step().await?;
+            let Some((_, class, tx)) = report.disputed.first().cloned() else {
+                bail!("the watcher did not dispute the dishonest settlement: {report:?}");
+            };
+            gas.push((format!("dispute ({class})"), tx.gas_used));
+            let bond_after = n.chain.bond(n.identity.address()).await?;
+            dispute = Some((class.to_string(), Wei(bond_before.0 - bond_after.0)));
+            progress(&format!("the watcher disputed ({class}); node {i}'s bond went from {bond_before} to {bond_after}"));
+            // The node re-bonds and settles honestly.
+            n.chain.add_bond(Wei(ETH)).await?;
+        }
+        match settler.settle_channel(channel.params.id, true).await? {
+            SettleAction::Settled { outcome, seq, amount } => {
+                gas.push((format!("settle (node {i}, {} receipts)", seq.0), outcome.gas_used));
+                info!(target: "devnet", node = i, %amount, "settled");
+            }
+            other => bail!("node {i} could not settle: {other:?}"),
+        }
+    }
+    // The honest settlements pass the watcher, then finalise after the window.
+    let report = watcher.step().await?;
+    if !report.disputed.is_empty() {
+        bail!("the watcher disputed an honest settlement: {report:?}");
+    }
+    anvil.advance(config.challenge_window + 1).await?;
+    for (i, n) in nodes.iter().enumerate() {
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy);
+        let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
+        if channel.last_seq == Seq::ZERO {
+            continue;
+        }
+        match settler.settle_channel(channel.params.id, true).await? {
+            SettleAction::Finalized { .. } => {}
+            other => bail!("node {i} could not finalise: {other:?}"),
+        }
+    }
+
+    // What the receipts say, against what the chain credited.
+    let mut expected_by: BTreeMap<Address, Wei> = BTreeMap::new();
+    let mut receipts = 0u64;
+    let mut paid = Wei::ZERO;
+    for (i, n) in nodes.iter().enumerate() {
+        let Some(c) = client_store.channels()?.into_iter().find(|c| c.params.provider == n.identity.address()) else { continue };
+        let all: Vec<_> = client_store.receipts_after(&c.params.id, Seq::ZERO)?.into_iter().map(|r| r.receipt.receipt).collect();
+        receipts += all.len() as u64;
+        let total: Payout = payout_totals(&payout_runs(&all, |_| Some(split))?)?;
+        paid = paid.checked_add(total.total()?)?;
+        for (who, amount) in [(n.identity.address(), total.node), (owner.address(), total.owner), (data_pool, total.data), (deployer.address(), total.protocol)] {
+            let e = expected_by.entry(who).or_default();
+            *e = e.checked_add(amount)?;
+        }
+        let _ = i;
+    }
+    let mut earnings = Vec::new();
+    let mut expected = Vec::new();
+    let mut roles: Vec<(String, Address)> = nodes.iter().enumerate().map(|(i, n)| (format!("node {i}"), n.identity.address())).collect();
+    roles.push(("model owner".into(), owner.address()));
+    roles.push(("data pool".into(), data_pool));
+    roles.push(("protocol".into(), deployer.address()));
+    for (role, who) in roles {
+        earnings.push((role, who, watcher_chain.credited(who).await?));
+        expected.push(expected_by.get(&who).copied().unwrap_or_default());
+    }
+    let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device };
+    progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+    let live = Live { _anvil: anvil, network: client_net, payer, _nodes: nodes.into_iter().map(|n| n._network).collect() };
+    Ok((summary, Some(live)))
+}
+
+/// The running devnet, kept for `--keep` (the gateway runs on its client).
+pub struct Live {
+    _anvil: Anvil,
+    /// The client's network handle.
+    pub network: attrinet_p2p::Client,
+    /// The client.
+    pub payer: Payer,
+    _nodes: Vec<attrinet_p2p::Client>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish()
+    }
+}
+
+async fn wait_addrs(network: &attrinet_p2p::Client) -> anyhow::Result<Vec<attrinet_p2p::Multiaddr>> {
+    for _ in 0..100 {
+        let addrs = network.listen_addrs().await?;
+        if !addrs.is_empty() {
+            return Ok(addrs);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the first node never started listening")
+}
+
+impl Summary {
+    /// Whether every credited amount equals what the receipts say.
+    pub fn consistent(&self) -> bool {
+        self.earnings.iter().zip(&self.expected).all(|((_, _, got), want)| got == want)
+    }
+
+    /// The summary as text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let eth = |w: Wei| format!("{:.6} ETH", w.0 as f64 / ETH as f64);
+        s += &format!("\n== attrinet devnet summary ({}) ==\n", self.device);
+        s += &format!("answers: {}  receipts: {}  paid: {} ({} wei)\n", self.queries.len(), self.receipts, eth(self.paid), self.paid.0);
+        s += "gas:\n";
+        for (what, g) in &self.gas {
+            s += &format!("  {what:<40} {g:>9}\n");
+        }
+        if let Some((class, bond)) = &self.dispute {
+            s += &format!("dispute: fraud class '{class}', {} of bond moved to the watcher\n", eth(*bond));
+        }
+        s += "earned (credited on chain | from receipts):\n";
+        for ((role, who, got), want) in self.earnings.iter().zip(&self.expected) {
+            let mark = if got == want { "ok" } else { "MISMATCH" };
+            s += &format!("  {role:<12} {who}  {:>22} | {:>22} wei  {mark}\n", got.0, want.0);
+        }
+        s
+    }
+}

@@ -1,0 +1,110 @@
+//! The compute engine as the network's [`Generator`]: tokenise the request (with the
+//! model's chat template for chats), generate, and stream each token's text.
+
+use std::sync::Mutex;
+
+use attrinet_compute::{Engine, GenerateParams, Model, SamplingParams};
+use attrinet_p2p::{Generator, Prompt, Sampling};
+
+/// One model on one engine. Generation is serialised: an engine holds one KV cache.
+pub struct EngineGenerator {
+    model: Model,
+    engine: Mutex<Box<dyn Engine>>,
+}
+
+impl std::fmt::Debug for EngineGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineGenerator").field("model", &self.model.name()).finish()
+    }
+}
+
+impl EngineGenerator {
+    /// Wraps an engine opened on `model`.
+    pub fn new(model: Model, engine: Box<dyn Engine>) -> EngineGenerator {
+        EngineGenerator { model, engine: Mutex::new(engine) }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The device the engine runs on.
+    pub fn device(&self) -> String {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner()).device_name()
+    }
+
+    /// Prompt tokens: raw text as is (special tokens written in it are parsed, as
+    /// llama.cpp does), chats through the model's template.
+    pub fn tokens(&self, prompt: &Prompt) -> Vec<u32> {
+        let tok = self.model.tokenizer();
+        match prompt {
+            Prompt::Text(t) => tok.encode_prompt(t),
+            Prompt::Chat(messages) => {
+                let mut out: Vec<u32> = tok.bos_token().filter(|_| tok.add_bos()).into_iter().collect();
+                // ChatML, the template of SmolLM2 and most small instruct models; a model
+                // without a known template gets its messages one per line.
+                let chatml = self.model.chat_template().is_some();
+                let mut parts: Vec<(String, bool)> = Vec::new();
+                for m in messages {
+                    if chatml {
+                        parts.push((format!("<|im_start|>{}\n", m.role), true));
+                        parts.push((m.content.clone(), false));
+                        parts.push(("<|im_end|>\n".into(), true));
+                    } else {
+                        parts.push((format!("{}: {}\n", m.role, m.content), false));
+                    }
+                }
+                if chatml {
+                    parts.push(("<|im_start|>assistant\n".into(), true));
+                }
+                let borrowed: Vec<(&str, bool)> = parts.iter().map(|(s, b)| (s.as_str(), *b)).collect();
+                out.extend(tok.encode_parts(&borrowed));
+                out
+            }
+        }
+    }
+}
+
+impl Generator for EngineGenerator {
+    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String> {
+        Ok(self.tokens(prompt).len() as u32)
+    }
+
+    fn generate(
+        &self,
+        prompt: &Prompt,
+        max_tokens: u32,
+        sampling: &Sampling,
+        on_token: &mut dyn FnMut(u32, String) -> bool,
+    ) -> Result<(), String> {
+        let tokens = self.tokens(prompt);
+        let tok = self.model.tokenizer();
+        let stops = tok.stop_tokens().to_vec();
+        let params = GenerateParams {
+            max_tokens: max_tokens as usize,
+            sampling: SamplingParams {
+                temperature: sampling.temperature_milli as f32 / 1000.0,
+                top_p: if sampling.top_p_milli == 0 { 1.0 } else { sampling.top_p_milli as f32 / 1000.0 },
+                seed: sampling.seed,
+            },
+            stop_tokens: stops.clone(),
+        };
+        let mut decoder = tok.stream_decoder();
+        let mut open = true;
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        engine
+            .generate(&tokens, &params, &mut |id| {
+                // A stop token ends the answer; it is neither delivered nor billed.
+                if !open || stops.contains(&id) {
+                    return;
+                }
+                let text = decoder.push(id).unwrap_or_default();
+                // The engine cannot be interrupted mid-call; once the client is gone the
+                // remaining tokens are dropped.
+                open = on_token(id, text);
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

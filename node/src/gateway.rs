@@ -1,0 +1,333 @@
+//! An OpenAI-compatible HTTP API over the network: `GET /v1/models`,
+//! `POST /v1/chat/completions` (plain or `stream: true` as server-sent events),
+//! `POST /v1/completions`, and `GET /metrics`. Every answer is paid through a channel
+//! with a co-signed receipt before the response completes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use attrinet_p2p::{Answer, Ask, ChatMessage, Client, ErrorCode, InferError, Payer, Prompt, Sampling};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Tokens generated when a request names no `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// What the gateway needs: the network, the paying client, and the counters.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// The network.
+    pub network: Client,
+    /// Pays for answers.
+    pub payer: Payer,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The routes.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/metrics", get(metrics))
+        .with_state(gateway)
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, kind, code, message: message.into() }
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> ApiError {
+        use StatusCode as S;
+        let message = e.to_string();
+        match &e {
+            InferError::NoProvider(_) => ApiError::new(S::NOT_FOUND, "invalid_request_error", "model_not_found", message),
+            InferError::NoChannel(_) => ApiError::new(S::PAYMENT_REQUIRED, "insufficient_quota", "no_channel", message),
+            _ if is_unpaid(&e) => ApiError::new(S::PAYMENT_REQUIRED, "insufficient_quota", "insufficient_deposit", message),
+            InferError::Remote(r) if matches!(r.code, ErrorCode::TooLarge | ErrorCode::BadRequest) => {
+                ApiError::new(S::BAD_REQUEST, "invalid_request_error", "bad_request", message)
+            }
+            InferError::Remote(_) | InferError::AllFailed(_) => {
+                ApiError::new(S::SERVICE_UNAVAILABLE, "server_error", "no_provider_available", message)
+            }
+            _ => ApiError::new(S::BAD_GATEWAY, "server_error", "upstream_error", message),
+        }
+    }
+}
+
+/// Whether every provider refused for lack of deposit or exposure room.
+fn is_unpaid(e: &InferError) -> bool {
+    match e {
+        InferError::AllFailed(f) => !f.is_empty() && f.iter().all(|(_, why)| why.contains("Unpaid")),
+        InferError::Remote(r) => r.code == ErrorCode::Unpaid,
+        _ => false,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn metrics(State(g): State<Gateway>) -> impl IntoResponse {
+    if let Ok(peers) = g.network.peers().await {
+        g.metrics.peers.store(peers.len() as u64, Ordering::Relaxed);
+    }
+    ([("content-type", "text/plain; version=0.0.4")], g.metrics.render())
+}
+
+async fn models(State(g): State<Gateway>) -> Result<axum::Json<Value>, ApiError> {
+    let view = g.network.market().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "network", e.to_string()))?;
+    let mut by_name: std::collections::BTreeMap<String, Vec<attrinet_market::ModelAdvert>> = Default::default();
+    for a in view.all(attrinet_p2p::unix_now()) {
+        by_name.entry(a.model_name.clone()).or_default().push(a);
+    }
+    let data: Vec<Value> = by_name
+        .into_iter()
+        .map(|(name, offers)| {
+            let cheapest = offers.iter().map(|a| a.price.per_1k_output.0).min().unwrap_or(0);
+            json!({
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "attrinet",
+                "attrinet": {
+                    "model_id": offers[0].model.to_string(),
+                    "providers": offers.len(),
+                    "min_price_per_1k_output_wei": cheapest.to_string(),
+                },
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessageIn>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct ChatMessageIn {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct CompletionRequest {
+    model: String,
+    prompt: String,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", format!("invalid request body: {e}")))
+}
+
+fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> Result<Sampling, ApiError> {
+    let t = temperature.unwrap_or(0.0);
+    let p = top_p.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&t) || !(0.0..=1.0).contains(&p) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "temperature must be in [0, 2] and top_p in [0, 1]"));
+    }
+    Ok(Sampling { temperature_milli: (t * 1000.0).round() as u32, top_p_milli: (p * 1000.0).round() as u32, seed: seed.unwrap_or(0) })
+}
+
+async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+    g.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let req: ChatRequest = parse(&body).inspect_err(|_| count_error(&g))?;
+    let ask = Ask {
+        model: req.model.clone(),
+        prompt: Prompt::Chat(req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect()),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
+        sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
+        max_cost: None,
+    };
+    respond(g, ask, req.stream, true).await
+}
+
+async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+    g.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let req: CompletionRequest = parse(&body).inspect_err(|_| count_error(&g))?;
+    let ask = Ask {
+        model: req.model.clone(),
+        prompt: Prompt::Text(req.prompt),
+        max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
+        max_cost: None,
+    };
+    respond(g, ask, req.stream, false).await
+}
+
+fn count_error(g: &Gateway) {
+    g.metrics.request_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+fn record(g: &Gateway, answer: &Answer) {
+    g.metrics.tokens.fetch_add(answer.tokens.len() as u64, Ordering::Relaxed);
+    g.metrics.receipts.fetch_add(1, Ordering::Relaxed);
+    g.metrics.paid_wei.fetch_add(answer.receipt.receipt.value.0 as u64, Ordering::Relaxed);
+}
+
+fn finish_reason(answer: &Answer, ask: &Ask) -> &'static str {
+    if answer.tokens.len() as u32 >= ask.max_tokens { "length" } else { "stop" }
+}
+
+fn usage_and_receipt(answer: &Answer) -> (Value, Value) {
+    let r = &answer.receipt.receipt;
+    (
+        json!({"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens}),
+        json!({
+            "provider": answer.provider.evm_address.to_string(),
+            "channel": r.channel.to_string(),
+            "seq": r.seq.0,
+            "value_wei": r.value.0.to_string(),
+            "cumulative_wei": r.cumulative.0.to_string(),
+            "failed_over": answer.failed.len(),
+        }),
+    )
+}
+
+async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Response, ApiError> {
+    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now());
+    let created = now();
+    if !stream {
+        let answer = g.payer.infer(&g.network, &ask, |_| {}).await.map_err(|e| {
+            count_error(&g);
+            ApiError::from(e)
+        })?;
+        record(&g, &answer);
+        let (usage, receipt) = usage_and_receipt(&answer);
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": finish_reason(&answer, &ask)})
+        } else {
+            json!({"index": 0, "text": answer.text, "finish_reason": finish_reason(&answer, &ask)})
+        };
+        let object = if chat { "chat.completion" } else { "text_completion" };
+        let body = json!({"id": id, "object": object, "created": created, "model": ask.model, "choices": [choice], "usage": usage, "attrinet": receipt});
+        return Ok(axum::Json(body).into_response());
+    }
+
+    // Streaming: the answer runs on its own task and its tokens become events. The first
+    // token is awaited before answering, so that a refusal is still an HTTP error rather
+    // than an event in a 200 stream.
+    let (token_tx, mut tokens) = mpsc::unbounded_channel::<String>();
+    let (g2, ask2) = (g.clone(), ask.clone());
+    let job = tokio::spawn(async move {
+        g2.payer.infer(&g2.network, &ask2, move |t| {
+            let _ = token_tx.send(t.to_string());
+        })
+        .await
+    });
+    let first = match tokens.recv().await {
+        Some(t) => Some(t),
+        None => {
+            // No token at all: either a refusal or an empty answer.
+            match job.await {
+                Ok(Err(e)) => {
+                    count_error(&g);
+                    return Err(ApiError::from(e));
+                }
+                Ok(Ok(answer)) => return Ok(Sse::new(futures::stream::iter(final_events(&g, &answer, &ask, &id, created, chat))).into_response()),
+                Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string())),
+            }
+        }
+    };
+    let (event_tx, events) = mpsc::unbounded_channel::<Event>();
+    let model = ask.model.clone();
+    tokio::spawn(async move {
+        let send = |e: Event| event_tx.send(e).is_ok();
+        if let Some(t) = first {
+            send(Event::default().data(chunk(&id, created, &model, chat, &t, None).to_string()));
+        }
+        while let Some(t) = tokens.recv().await {
+            if !send(Event::default().data(chunk(&id, created, &model, chat, &t, None).to_string())) {
+                break;
+            }
+        }
+        match job.await {
+            Ok(Ok(answer)) => {
+                for e in final_events(&g, &answer, &ask, &id, created, chat) {
+                    let _ = event_tx.send(e.unwrap_or_else(|never| match never {}));
+                }
+            }
+            Ok(Err(e)) => {
+                // An error after streaming began: said in the stream, OpenAI-style.
+                count_error(&g);
+                let _ = event_tx.send(Event::default().data(ApiError::from(e).body().to_string()));
+                let _ = event_tx.send(Event::default().data("[DONE]"));
+            }
+            Err(_) => {}
+        }
+    });
+    let stream = futures::stream::unfold(events, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(stream).into_response())
+}
+
+fn chunk(id: &str, created: u64, model: &str, chat: bool, text: &str, finish: Option<&str>) -> Value {
+    let (object, choice) = if chat {
+        let delta = if text.is_empty() { json!({}) } else { json!({"role": "assistant", "content": text}) };
+        ("chat.completion.chunk", json!({"index": 0, "delta": delta, "finish_reason": finish}))
+    } else {
+        ("text_completion", json!({"index": 0, "text": text, "finish_reason": finish}))
+    };
+    json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+}
+
+/// The closing chunk (finish reason, usage, receipt) and the `[DONE]` terminator.
+fn final_events(g: &Gateway, answer: &Answer, ask: &Ask, id: &str, created: u64, chat: bool) -> Vec<Result<Event, Infallible>> {
+    record(g, answer);
+    let mut last = chunk(id, created, &ask.model, chat, "", Some(finish_reason(answer, ask)));
+    let (usage, receipt) = usage_and_receipt(answer);
+    last["usage"] = usage;
+    last["attrinet"] = receipt;
+    vec![Ok(Event::default().data(last.to_string())), Ok(Event::default().data("[DONE]"))]
+}

@@ -1,0 +1,36 @@
+//! `attrinet devnet` with small numbers, against the real model and a real anvil: every
+//! figure of its summary is checked against the chain's state.
+
+use attrinet_compute::Backend;
+use attrinet_node::devnet::{DevnetConfig, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_summary_matches_the_chain() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct-Q4_1.gguf");
+    assert!(model.exists(), "{} missing: scripts/test runs scripts/fetch-model first", model.display());
+    let dir = tempfile::tempdir().unwrap();
+    let config = DevnetConfig {
+        nodes: 2,
+        queries: 3,
+        max_tokens: 10,
+        model,
+        backend: Backend::Candle,
+        data_dir: dir.path().to_path_buf(),
+        challenge_window: 3,
+    };
+    let (summary, _live) = run(&config).await.expect("devnet runs");
+    println!("{}", summary.render());
+
+    assert_eq!(summary.queries.len(), 3);
+    assert!(summary.queries[0].answer.contains("Paris"), "first answer: {:?}", summary.queries[0].answer);
+    assert_eq!(summary.receipts, 3);
+    // Credited on chain == the exact splits of the receipts, for every beneficiary.
+    assert!(summary.consistent(), "{}", summary.render());
+    let credited: u128 = summary.earnings.iter().map(|(_, _, w)| w.0).sum();
+    assert_eq!(credited, summary.paid.0, "everything paid was credited, nothing more");
+    assert!(summary.earnings.iter().take(2).all(|(_, _, w)| w.0 > 0), "both nodes earned");
+    // The dishonest settlement was disputed and the cheating node's whole bond moved.
+    let (class, bond) = summary.dispute.clone().expect("a dispute happened");
+    assert_eq!(class, "split");
+    assert_eq!(bond.0, attrinet_node::devnet::ETH);
+}

@@ -1,0 +1,194 @@
+//! The OpenAI-compatible gateway over real HTTP, in front of a real network: a provider
+//! node serving a (tiny, randomly initialised) GGUF model on the candle engine, and a
+//! client paying through a channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attrinet_compute::testing::{TinyLlamaSpec, write_random_llama};
+use attrinet_compute::{Backend, Model, open_engine};
+use attrinet_market::{ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Seq, Store, Wei};
+use attrinet_node::gateway::{Gateway, router};
+use attrinet_node::{EngineGenerator, Metrics};
+use attrinet_p2p::{Limits, NetConfig, Offer, Payer, Provider};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Setup {
+    base: std::net::SocketAddr,
+    provider_store: Arc<MemStore>,
+    client_store: Arc<MemStore>,
+    kill_provider: Vec<tokio::task::AbortHandle>,
+    _dir: tempfile::TempDir,
+}
+
+fn net() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![],
+        republish_every: Duration::from_secs(1),
+        advert_ttl: Duration::from_secs(60),
+        heartbeat: Duration::from_millis(300),
+    }
+}
+
+async fn setup(deposit: Wei) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_random_llama(&path, &TinyLlamaSpec::default()).unwrap();
+    let model = Model::load(&path).unwrap();
+    let model_id = ModelId::from(model.id().0);
+    let engine = open_engine(&model, Backend::Candle).unwrap();
+    let generator = EngineGenerator::new(Model::load(&path).unwrap(), engine);
+
+    let node = Identity::from_secrets([1; 32], [2; 32]).unwrap();
+    let client = Identity::from_secrets([3; 32], [4; 32]).unwrap();
+    let (pnet, ploop) = attrinet_p2p::new(node.clone(), net()).unwrap();
+    let h1 = tokio::spawn(ploop.run());
+    let provider_store = Arc::new(MemStore::new());
+    let offer = Offer {
+        model: model_id,
+        name: "tiny".into(),
+        price: Price { per_1k_input: Wei(1_000), per_1k_output: Wei(3_000) },
+        context_length: 256,
+        decode_tokens_per_s: 100,
+        ttft_ms: 5,
+        generator: Arc::new(generator),
+    };
+    let h2 = tokio::spawn(Provider::new(node.clone(), provider_store.clone(), vec![offer], Limits::default()).serve(pnet.clone()));
+    let mut addr = None;
+    while addr.is_none() {
+        addr = pnet.listen_addrs().await.unwrap().into_iter().next();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (cnet, cloop) = attrinet_p2p::new(client.clone(), NetConfig { bootstrap: vec![addr.unwrap()], ..net() }).unwrap();
+    tokio::spawn(cloop.run());
+    let client_store = Arc::new(MemStore::new());
+    let state = ChannelState::open(
+        ChannelParams {
+            domain: Domain { chain_id: 31337, verifying_contract: Default::default() },
+            id: ChannelId::from([9; 32]),
+            payer: client.address(),
+            provider: node.address(),
+            payer_key: client.public_key(),
+            provider_key: node.public_key(),
+        },
+        deposit,
+    );
+    client_store.put_channel(&state).unwrap();
+    provider_store.put_channel(&state).unwrap();
+    for _ in 0..300 {
+        if !cnet.market().await.unwrap().all(attrinet_p2p::unix_now()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gateway = Gateway { network: cnet, payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)), metrics: Arc::new(Metrics::default()) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(gateway)).await.unwrap() });
+    Setup { base, provider_store, client_store, kill_provider: vec![h1.abort_handle(), h2.abort_handle()], _dir: dir }
+}
+
+/// One HTTP/1.0 exchange (no chunked encoding: the body ends when the connection does).
+async fn http(base: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(base).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut out)).await.expect("response in time").unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn error_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_over_http() {
+    let s = setup(Wei(10u128.pow(18))).await;
+
+    let (status, body) = http(s.base, "GET", "/v1/models", "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][0]["id"], "tiny");
+    assert_eq!(v["data"][0]["attrinet"]["providers"], 1);
+
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&completion), "{body}");
+    assert_eq!(v["attrinet"]["seq"], 1);
+
+    // Streaming: chunks as server-sent events, a closing chunk with usage, then [DONE].
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stream please"}], "max_tokens": 6, "stream": true});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]", "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let last = chunks.last().unwrap();
+    assert!(last["choices"][0]["finish_reason"].is_string());
+    let streamed_tokens = last["usage"]["completion_tokens"].as_u64().unwrap();
+    let content_chunks = chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].is_string()).count() as u64;
+    assert_eq!(content_chunks, streamed_tokens, "one chunk per token: {body}");
+    assert_eq!(last["attrinet"]["seq"], 2);
+
+    let req = json!({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 5});
+    let (status, body) = http(s.base, "POST", "/v1/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["choices"][0]["text"].is_string());
+
+    // Error cases, in OpenAI's shape.
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", "{not json").await;
+    assert_eq!((status, error_code(&body).as_str()), (400, "invalid_json"));
+    let req = json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((status, error_code(&body).as_str()), (404, "model_not_found"));
+    let req = json!({"model": "tiny", "messages": [], "temperature": 9.0});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((status, error_code(&body).as_str()), (400, "invalid_value"));
+
+    // Both sides hold the same three receipts.
+    let id = ChannelId::from([9; 32]);
+    let mine = s.client_store.receipts_after(&id, Seq::ZERO).unwrap();
+    assert_eq!(mine.len(), 3);
+    assert_eq!(mine, s.provider_store.receipts_after(&id, Seq::ZERO).unwrap());
+
+    let (status, body) = http(s.base, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("attrinet_receipts_total 3"), "{body}");
+    assert!(body.contains("attrinet_request_errors_total 3"), "{body}");
+
+    // No provider: the only one goes away; its advert is still known, but nobody answers.
+    for h in &s.kill_provider {
+        h.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "anyone?"}], "max_tokens": 4});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((status, error_code(&body).as_str()), (503, "no_provider_available"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_deposit_is_payment_required() {
+    // 5 wei cannot cover even the smallest request at these prices.
+    let s = setup(Wei(5)).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((status, error_code(&body).as_str()), (402, "insufficient_deposit"), "{body}");
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": true});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((status, error_code(&body).as_str()), (402, "insufficient_deposit"), "{body}");
+    assert!(s.client_store.receipts_after(&ChannelId::from([9; 32]), Seq::ZERO).unwrap().is_empty());
+}
