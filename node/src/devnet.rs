@@ -80,6 +80,8 @@ pub struct Summary {
     pub dispute: Option<(String, Wei)>,
     /// Engine and device.
     pub device: String,
+    /// A second settlement (after the first was finalised) was verified honest.
+    pub second_batch_verified: bool,
 }
 
 const PROMPTS: [&str; 8] = [
@@ -320,6 +322,41 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         }
     }
 
+    // Business goes on after a settlement: one more paid query to node 0, whose voucher
+    // commits to a batch starting after the settled seq; the watcher must find that
+    // second batch honest.
+    let second_batch = {
+        let n = &nodes[0];
+        let advert = offers.iter().find(|a| a.node_key == n.identity.public_key()).context("no advert from node 0")?;
+        let channel = payer.channel_with(advert)?.context("no channel with node 0")?;
+        let ask = Ask {
+            model: name.clone(),
+            prompt: Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: PROMPTS[0].into() }]),
+            max_tokens: config.max_tokens,
+            sampling: Sampling::default(),
+            max_cost: None,
+        };
+        let answer = payer.infer_with(&client_net, advert, channel, &ask, &mut |_| {}).await.context("query after settlement failed")?;
+        lines.push(QueryLine { prompt: PROMPTS[0].into(), answer: answer.text.clone(), node: 0, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy);
+        let id = answer.receipt.receipt.channel;
+        match settler.settle_channel(id, true).await? {
+            SettleAction::Settled { outcome, seq, .. } => gas.push((format!("settle (node 0, second batch to seq {})", seq.0), outcome.gas_used)),
+            other => bail!("node 0 could not settle its second batch: {other:?}"),
+        }
+        let report = watcher.step().await?;
+        if !report.disputed.is_empty() {
+            bail!("the watcher disputed the honest second batch: {report:?}");
+        }
+        anvil.advance(config.challenge_window + 1).await?;
+        match settler.settle_channel(id, true).await? {
+            SettleAction::Finalized { .. } => {}
+            other => bail!("node 0 could not finalise its second batch: {other:?}"),
+        }
+        report.verified.iter().any(|(c, _)| *c == id)
+    };
+    progress(&format!("second batch on node 0 settled, verified by the watcher: {second_batch}"));
+
     // What the receipts say, against what the chain credited.
     let mut expected_by: BTreeMap<Address, Wei> = BTreeMap::new();
     let mut receipts = 0u64;
@@ -346,7 +383,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         earnings.push((role, who, watcher_chain.credited(who).await?));
         expected.push(expected_by.get(&who).copied().unwrap_or_default());
     }
-    let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device };
+    let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device, second_batch_verified: second_batch };
     progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
     let live = Live { _anvil: anvil, network: client_net, payer, _nodes: nodes.into_iter().map(|n| n._network).collect() };
     Ok((summary, Some(live)))
@@ -395,6 +432,7 @@ impl Summary {
         for (what, g) in &self.gas {
             s += &format!("  {what:<40} {g:>9}\n");
         }
+        s += &format!("second batch after a settlement verified by the watcher: {}\n", self.second_batch_verified);
         if let Some((class, bond)) = &self.dispute {
             s += &format!("dispute: fraud class '{class}', {} of bond moved to the watcher\n", eth(*bond));
         }

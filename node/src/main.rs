@@ -40,6 +40,19 @@ enum Command {
     /// Inspect the local receipt store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// List what the network offers now: models, providers, prices, speeds.
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelsArgs {
+    /// A peer to join through, `/ip4/.../tcp/PORT/p2p/PEER_ID` (`attrinet devnet --keep`
+    /// prints one).
+    #[arg(long, required = true)]
+    bootstrap: Vec<attrinet_p2p::Multiaddr>,
+    /// How long to listen for adverts.
+    #[arg(long, default_value_t = 5)]
+    wait_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +119,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_identity(&id);
             println!("keys written to {} (mode 0600)", attrinet_node::keys::key_path(&cli.data_dir).display());
         }
+        Command::Models(m) => {
+            let id = match attrinet_node::keys::load(&cli.data_dir) {
+                Ok(id) => id,
+                // Listing needs no identity of its own: a throwaway one will do.
+                Err(_) => attrinet_market::Identity::from_secrets(rand32()?, [7; 32])?,
+            };
+            let config = attrinet_p2p::NetConfig { listen: vec!["/ip4/0.0.0.0/tcp/0".parse()?], bootstrap: m.bootstrap, ..Default::default() };
+            let (net, event_loop) = attrinet_p2p::new(id, config)?;
+            tokio::spawn(event_loop.run());
+            let bar = indicatif::ProgressBar::new_spinner().with_message("listening for adverts");
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            tokio::time::sleep(std::time::Duration::from_secs(m.wait_secs)).await;
+            bar.finish_and_clear();
+            let offers = net.market().await?.all(attrinet_p2p::unix_now());
+            if offers.is_empty() {
+                println!("no adverts seen in {} s", m.wait_secs);
+            }
+            println!("{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}", "model", "provider", "wei/1k in", "wei/1k out", "tok/s", "free");
+            for a in offers {
+                println!(
+                    "{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}",
+                    a.model_name, a.evm_address.to_string(), a.price.per_1k_input.0, a.price.per_1k_output.0, a.decode_tokens_per_s, a.free_capacity
+                );
+            }
+        }
         Command::Keys(KeysCommand::Show) => print_identity(&attrinet_node::keys::load(&cli.data_dir)?),
         Command::Devnet(a) => {
             let config = attrinet_node::devnet::DevnetConfig {
@@ -129,6 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
                 println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.", a.listen);
+                if let Some(addr) = live.network.listen_addrs().await?.into_iter().next() {
+                    println!("join the network: attrinet models --bootstrap {addr}");
+                }
                 axum::serve(listener, attrinet_node::gateway::router(gateway))
                     .with_graceful_shutdown(async {
                         let _ = tokio::signal::ctrl_c().await;
@@ -140,6 +181,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn rand32() -> anyhow::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
 }
 
 fn print_identity(id: &attrinet_market::Identity) {
@@ -192,5 +240,9 @@ mod tests {
         assert!(Cli::try_parse_from(["attrinet", "devnet", "--backend", "tpu"]).is_err());
         assert!(Cli::try_parse_from(["attrinet", "store", "bogus"]).is_err());
         assert!(matches!(Cli::try_parse_from(["attrinet", "keys", "show"]).unwrap().command, Command::Keys(KeysCommand::Show)));
+        assert!(Cli::try_parse_from(["attrinet", "models"]).is_err(), "models needs a bootstrap peer");
+        assert!(Cli::try_parse_from(["attrinet", "models", "--bootstrap", "not-an-address"]).is_err());
+        let cli = Cli::try_parse_from(["attrinet", "models", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWE44BGKWaa2TbxruLPku6zmMh4t1cXJn3uRPfqTg9NYcS"]).unwrap();
+        assert!(matches!(cli.command, Command::Models(ModelsArgs { wait_secs: 5, .. })));
     }
 }

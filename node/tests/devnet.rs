@@ -21,9 +21,11 @@ async fn devnet_summary_matches_the_chain() {
     let (summary, _live) = run(&config).await.expect("devnet runs");
     println!("{}", summary.render());
 
-    assert_eq!(summary.queries.len(), 3);
+    // 3 queries, then one more after the first settlement.
+    assert_eq!(summary.queries.len(), 4);
+    assert!(summary.second_batch_verified, "the second batch was verified honest");
     assert!(summary.queries[0].answer.contains("Paris"), "first answer: {:?}", summary.queries[0].answer);
-    assert_eq!(summary.receipts, 3);
+    assert_eq!(summary.receipts, 4);
     // Credited on chain == the exact splits of the receipts, for every beneficiary.
     assert!(summary.consistent(), "{}", summary.render());
     let credited: u128 = summary.earnings.iter().map(|(_, _, w)| w.0).sum();

@@ -226,6 +226,20 @@ impl Provider {
         Ok(ch)
     }
 
+    /// Takes in what changed in the store behind the ledger's back: a settlement (the
+    /// next voucher's batch starts after it) or a new deposit, both recorded by the
+    /// settlement loop or the chain follower.
+    fn refresh(&self, ch: &mut ProviderChannel) -> Result<(), ErrorReply> {
+        let id = ch.state().params.id;
+        let stored = self.inner.store.channel(&id).map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+        if let Some(s) = stored {
+            if s.last_seq == ch.state().last_seq && (s.settled_seq != ch.state().settled_seq || s.deposit != ch.state().deposit) {
+                ch.settled(&s);
+            }
+        }
+        Ok(())
+    }
+
     async fn exchange(&self, peer: PeerId, stream: &mut Stream) -> Result<(), ErrorReply> {
         let limits = self.inner.limits;
         let request: InferRequest = read_msg(stream, limits.idle_timeout).await.map_err(|e| match e {
@@ -281,6 +295,7 @@ impl Provider {
         let channel = self.channel(&request.channel)?;
         let reservation = {
             let mut ch = channel.lock().await;
+            self.refresh(&mut ch)?;
             let p = &ch.state().params;
             if Some(p.payer_key) != peer_key(&peer) || p.provider != self.inner.identity.address() {
                 return Err(reply(ErrorCode::UnknownChannel, format!("channel {} does not belong to you and this node", request.channel)));
