@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {Registry, Terms} from "./Registry.sol";
+import {DataDisputes} from "./DataDisputes.sol";
 
 /// @title attrinet payment channels: deposits, optimistic settlement, fraud proofs.
 /// @notice A payer opens a channel to a provider (a registered node) with a deposit. The
@@ -20,6 +21,16 @@ import {Registry, Terms} from "./Registry.sol";
 /// into node / owner / data / protocol parts, which must be the model's registered split of
 /// the run's value. Sums over runs are checked at settle; everything that needs the
 /// receipts is left to disputes.
+///
+/// Data rewards (docs/protocol.md, "Attribution"). Each receipt commits to its attribution
+/// weights; a run's data share is divided between the receipts by value and each receipt's
+/// part by its weights. The provider declares, per run, the root of a Merkle-sum tree of
+/// the resulting entries sorted by (contributor, leaf), their number, and their total
+/// (`distributed`); at finalize the run's model's data pool is credited the rest of the
+/// data share, and each contributor later claims its entries as one range of the tree
+/// (`claimData`). Settle stays one check per run; the entries are checked by watchers and
+/// reach the chain only in disputes, which live in `DataDisputes` (deployed by this
+/// contract's constructor: together they would pass the 24,576-byte code size limit).
 contract Channels {
     // ------------------------------------------------------------ types
 
@@ -57,6 +68,33 @@ contract Channels {
         uint128 owner;
         uint128 data;
         uint128 protocol;
+        bytes32 dataRoot; // Merkle-sum root of the run's data entries; zero when there are none
+        uint64 dataEntries; // how many entries the tree holds (fixes its shape)
+        uint128 distributed; // their total, paid to contributors by claims; the rest of `data` goes to the pool
+    }
+
+    /// One contributor's part of one receipt's data share: a leaf of a run's data tree,
+    /// hashed as keccak256(contributor, leaf, weightIndex) with `amount` as its value.
+    struct DataEntry {
+        address contributor;
+        uint64 leaf; // the receipt's leaf index in the batch
+        uint32 weightIndex; // the contributor's position in the receipt's weights
+        uint128 amount;
+    }
+
+    /// A leaf of a receipt's weights tree (its attributionRoot): keccak256(contributor,
+    /// ppm, count). Each leaf names the tree's size, which binds proofs to positions.
+    struct Weight {
+        address contributor;
+        uint32 ppm;
+        uint32 count;
+    }
+
+    /// A path in a plain Merkle tree (docs/protocol.md, "Proofs").
+    struct PlainProof {
+        uint64 index;
+        uint64 count;
+        bytes32[] siblings;
     }
 
     /// A Merkle-sum tree node: its hash and the sum of the values below it.
@@ -98,7 +136,12 @@ contract Channels {
         Split, // a payout run whose parts are not the model's registered split of its value
         Attribution, // a receipt of another model inside a payout run
         RunSum, // a payout run whose value is not the sum of its receipts
-        Sum // a Merkle-sum node whose sum is not its children's, or a total that is not the claim
+        Sum, // a Merkle-sum node whose sum is not its children's, or a total that is not the claim
+        DataEntry, // a data entry that is not its receipt's weight of its receipt's data share
+        DataOrder, // two neighbouring data entries out of (contributor, leaf) order
+        DataMissing, // a receipt's weight owed a non-zero amount that has no data entry
+        DataNode, // a data tree node whose sum, total or kind is not what it must be
+        Weights // a receipt's weights that are unsorted, zero, of the wrong count or not whole
     }
 
     // ------------------------------------------------------------ constants and state
@@ -113,8 +156,12 @@ contract Channels {
     /// secp256k1's n / 2: a higher `s` is the malleable twin of a valid signature (EIP-2).
     uint256 internal constant HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
     uint256 internal constant BPS = 10_000;
+    /// Attribution weights are parts per million.
+    uint256 internal constant PPM = 1_000_000;
 
     Registry public immutable registry;
+    /// @notice The data-reward disputes, the only caller of `voidForFraud`.
+    DataDisputes public immutable dataDisputes;
     /// @notice Seconds a settlement can be disputed.
     uint64 public immutable challengeWindow;
     /// @notice Seconds between a payer's thaw and the withdrawal of its deposit.
@@ -131,6 +178,15 @@ contract Channels {
     mapping(address => uint256) public balanceOf;
     /// @notice Until when a node's bond must stay slashable (its last challenge window's end).
     mapping(address => uint64) public bondLockedUntil;
+    /// @notice For finalized settlements with data entries, keyed by keccak256(channel, seq):
+    /// the hash of their payouts, which claims present again.
+    mapping(bytes32 => bytes32) public finalizedPayouts;
+    /// @notice Whether a contributor claimed its entries of a run, keyed by
+    /// keccak256(settlement key, run, contributor).
+    mapping(bytes32 => bool) public dataClaimed;
+    /// @notice What has been claimed of a run, keyed by keccak256(settlement key, run): never
+    /// more than its `distributed`, whatever its tree says.
+    mapping(bytes32 => uint256) public runClaimed;
 
     // ------------------------------------------------------------ events and errors
 
@@ -155,6 +211,9 @@ contract Channels {
     event Finalized(bytes32 indexed channel, uint64 seq, uint128 cumulative);
     event Disputed(bytes32 indexed channel, address indexed disputer, Fraud fraud, uint256 slashed);
     event Withdrawn(address indexed account, uint256 amount);
+    event DataClaimed(
+        bytes32 indexed channel, uint64 seq, uint256 run, bytes32 indexed model, address indexed contributor, uint256 amount
+    );
 
     /// No channel has this id.
     error UnknownChannel(bytes32 channel);
@@ -200,6 +259,15 @@ contract Channels {
     error NotFraud();
     /// Sending ether failed.
     error TransferFailed();
+    /// A payout run whose data fields are inconsistent: more distributed than its data
+    /// share, or a root without entries (or the reverse).
+    error BadDataRun(uint256 run);
+    /// A claim of entries that are not the caller's.
+    error NotYourEntries(address contributor);
+    /// The contributor already claimed its entries of this run.
+    error AlreadyClaimed(address contributor);
+    /// Claims on a run would exceed what it distributes.
+    error ClaimExceedsRun(uint256 claimed, uint256 distributed);
 
     constructor(Registry registry_, uint64 challengeWindow_, uint64 thawDelay_, uint128 minBond_) {
         if (minBond_ == 0) revert BadAmount(0);
@@ -209,6 +277,7 @@ contract Channels {
         minBond = minBond_;
         cachedChainId = block.chainid;
         cachedDomainSeparator = _domainSeparator();
+        dataDisputes = new DataDisputes(this);
     }
 
     /// Accepts only slashed bonds, which Registry sends here to be credited to disputers.
@@ -339,17 +408,64 @@ contract Channels {
 
         uint256 nodeTotal;
         uint256 protocolTotal;
+        bool distributes;
         for (uint256 i = 0; i < payouts.length; i++) {
             Payout calldata po = payouts[i];
             (address owner, address dataPool) = registry.beneficiaries(po.model);
             nodeTotal += po.node;
             protocolTotal += po.protocol;
             balanceOf[owner] += po.owner;
-            if (po.data != 0) balanceOf[dataPool] += po.data;
+            // settle checked distributed <= data. The distributed part stays in the contract
+            // until its contributors claim it.
+            uint256 pool = po.data - po.distributed;
+            if (pool != 0) balanceOf[dataPool] += pool;
+            if (po.distributed != 0) distributes = true;
         }
         balanceOf[ch.provider] += nodeTotal;
         if (protocolTotal != 0) balanceOf[registry.treasury()] += protocolTotal;
+        if (distributes) finalizedPayouts[_settlementKey(id, p.seq)] = p.payoutsHash;
         emit Finalized(id, p.seq, p.cumulative);
+    }
+
+    /// @notice Credits the caller its data entries of run `k` of the finalized settlement
+    /// of `id` at `seq`: the entries from `first` to `last`, which must both be the caller's
+    /// (in a sorted tree, everything between them is too). The sum is read from the two
+    /// proofs' left sums, so a claim costs two paths whatever the number of entries.
+    function claimData(
+        bytes32 id,
+        uint64 seq,
+        Payout[] calldata payouts,
+        uint256 k,
+        DataEntry calldata first,
+        Proof calldata firstProof,
+        DataEntry calldata last,
+        Proof calldata lastProof
+    ) external returns (uint256 amount) {
+        bytes32 key = _settlementKey(id, seq);
+        bytes32 h = finalizedPayouts[key];
+        if (h == bytes32(0) || keccak256(abi.encode(payouts)) != h) revert PayoutsMismatch();
+        Payout calldata po = payouts[k];
+        // Only the contributor claims: a third party claiming part of its range would
+        // strand the rest.
+        if (first.contributor != msg.sender || last.contributor != msg.sender) revert NotYourEntries(msg.sender);
+        if (firstProof.count != po.dataEntries || lastProof.count != po.dataEntries) {
+            revert WrongPosition(firstProof.index, firstProof.count);
+        }
+        if (firstProof.index > lastProof.index) revert WrongPosition(lastProof.index, lastProof.count);
+        (uint256 leftOfFirst,) = _verifyData(po.dataRoot, first, firstProof);
+        (uint256 leftOfLast,) = _verifyData(po.dataRoot, last, lastProof);
+        amount = leftOfLast + last.amount - leftOfFirst;
+        bytes32 claimKey = keccak256(abi.encode(key, k, msg.sender));
+        if (dataClaimed[claimKey]) revert AlreadyClaimed(msg.sender);
+        dataClaimed[claimKey] = true;
+        // A bound that holds even for a tree nobody disputed in time: a run never pays its
+        // contributors more than it set aside, so no tree reaches other channels' deposits.
+        bytes32 runKey = keccak256(abi.encode(key, k));
+        uint256 claimed = runClaimed[runKey] + amount;
+        if (claimed > po.distributed) revert ClaimExceedsRun(claimed, po.distributed);
+        runClaimed[runKey] = claimed;
+        balanceOf[msg.sender] += amount;
+        emit DataClaimed(id, seq, k, po.model, msg.sender, amount);
     }
 
     /// @notice Sends the caller everything credited to it.
@@ -488,6 +604,14 @@ contract Channels {
         _conclude(id, ch, fraud, Fraud.Sum);
     }
 
+    /// @notice Voids the pending settlement of `id` and gives the provider's bond to
+    /// `disputer`, for a data fraud that DataDisputes has proven.
+    function voidForFraud(bytes32 id, address disputer, Fraud kind) external {
+        if (msg.sender != address(dataDisputes)) revert Unauthorized();
+        (, Channel storage ch) = _pending(id);
+        _void(id, ch, disputer, kind);
+    }
+
     // ------------------------------------------------------------ views
 
     function channel(bytes32 id) external view returns (Channel memory) {
@@ -496,6 +620,12 @@ contract Channels {
 
     function pending(bytes32 id) external view returns (Pending memory) {
         return pendings[id];
+    }
+
+    /// @notice Whether `contributor` claimed its entries of run `k` of the settlement of
+    /// `id` at `seq`.
+    function claimedData(bytes32 id, uint64 seq, uint256 k, address contributor) external view returns (bool) {
+        return dataClaimed[keccak256(abi.encode(_settlementKey(id, seq), k, contributor))];
     }
 
     // ------------------------------------------------------------ internals
@@ -532,6 +662,8 @@ contract Channels {
             total += uint256(po.node) + po.owner + po.data + po.protocol;
             (address owner,) = registry.beneficiaries(po.model);
             if (owner == address(0)) revert UnknownModel(po.model);
+            if (po.distributed > po.data || (po.dataEntries == 0) != (po.dataRoot == bytes32(0))) revert BadDataRun(i);
+            if (po.dataEntries == 0 && po.distributed != 0) revert BadDataRun(i);
         }
         if (leaves != expectedLeaves || total != amount) revert BadPayouts(leaves, expectedLeaves, total, amount);
     }
@@ -613,6 +745,23 @@ contract Channels {
         }
     }
 
+    function _settlementKey(bytes32 id, uint64 seq) internal pure returns (bytes32) {
+        return keccak256(abi.encode(id, seq));
+    }
+
+    /// Checks that data entry `e` is in the data tree `root` at the proof's position;
+    /// returns the sum of the entries to its left.
+    function _verifyData(bytes32 root, DataEntry calldata e, Proof calldata proof)
+        internal
+        pure
+        returns (uint256 left, bool overflow)
+    {
+        bytes32 digest = keccak256(abi.encodePacked(e.contributor, e.leaf, e.weightIndex));
+        bytes32 computed;
+        (computed,, left, overflow) = _walk(_leafHash(digest, e.amount), e.amount, proof.index, proof.count, proof.siblings);
+        if (computed != root) revert BadProof();
+    }
+
     function _leafHash(bytes32 digest, uint128 value) internal pure returns (bytes32) {
         return keccak256(abi.encodePacked(bytes1(0x00), digest, value));
     }
@@ -636,13 +785,17 @@ contract Channels {
 
     function _conclude(bytes32 id, Channel storage ch, bool fraud, Fraud kind) internal {
         if (!fraud) revert NotFraud();
+        _void(id, ch, msg.sender, kind);
+    }
+
+    function _void(bytes32 id, Channel storage ch, address disputer, Fraud kind) internal {
         // Voiding leaves the channel exactly as before the settlement (settled and
         // settledSeq are only written at finalize), so the provider, once re-bonded, can
         // settle the correct batch.
         delete pendings[id];
         uint256 slashed = registry.slash(ch.provider);
-        balanceOf[msg.sender] += slashed;
-        emit Disputed(id, msg.sender, kind, slashed);
+        balanceOf[disputer] += slashed;
+        emit Disputed(id, disputer, kind, slashed);
     }
 
     function _u128(uint256 x) internal pure returns (uint128) {

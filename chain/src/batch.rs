@@ -10,14 +10,18 @@
 use std::collections::BTreeMap;
 
 use alloy::primitives::{Address, B256, U256};
-use attrinet_market::{self as market, ChannelId, ModelId, Receipt, Seq, SignedReceipt, Split, SumNode, SumProof, Wei};
+use attrinet_market::{
+    self as market, ChannelId, ModelId, Receipt, Seq, SignedReceipt, Split, SumNode, SumProof, Wei, Weights,
+};
 
 use crate::bindings::Channels;
 use crate::client::ModelTerms;
+use crate::data::{CommittedData, DataCommitment, WeightLeaf, examine_data};
 use crate::error::{ChainError, Result};
 
 /// One run of consecutive receipts of one model in a batch, with the run's value split
-/// into its four shares. A batch's payouts are its runs, in order.
+/// into its four shares and what of its data share goes to contributors. A batch's payouts
+/// are its runs, in order.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PayoutRun {
     /// The model of every receipt in the run.
@@ -26,9 +30,17 @@ pub struct PayoutRun {
     pub leaves: u64,
     /// The run's value, split.
     pub parts: market::Payout,
+    /// The run's data entries; all zero when its receipts carry no weights.
+    pub data: DataCommitment,
 }
 
 impl PayoutRun {
+    /// A run that distributes nothing to contributors (its whole data share goes to the
+    /// model's data pool).
+    pub fn new(model: ModelId, leaves: u64, parts: market::Payout) -> PayoutRun {
+        PayoutRun { model, leaves, parts, data: DataCommitment::default() }
+    }
+
     /// The run's value: the sum of its parts.
     pub fn value(&self) -> Result<Wei> {
         Ok(self.parts.total()?)
@@ -42,6 +54,9 @@ impl PayoutRun {
             owner: self.parts.owner.0,
             data: self.parts.data.0,
             protocol: self.parts.protocol.0,
+            dataRoot: self.data.root,
+            dataEntries: self.data.entries,
+            distributed: self.data.distributed.0,
         }
     }
 
@@ -55,16 +70,23 @@ impl PayoutRun {
                 data: Wei(p.data),
                 protocol: Wei(p.protocol),
             },
+            data: DataCommitment { root: p.dataRoot, entries: p.dataEntries, distributed: Wei(p.distributed) },
         })
     }
 }
 
-/// The honest payouts of a batch: consecutive receipts of one model form a run, and each
-/// run's total value is split by the model's registered split (`split_of`).
+/// The honest payouts of a batch without attribution weights: consecutive receipts of one
+/// model form a run, and each run's total value is split by the model's registered split
+/// (`split_of`); the data shares go to the models' data pools. A receipt that commits to
+/// weights is an error ([`ChainError::WeightsMismatch`]): its contributors are owed entries,
+/// which [`crate::attributed_payout_runs`] makes.
 pub fn payout_runs(
     receipts: &[Receipt],
     mut split_of: impl FnMut(&ModelId) -> Option<Split>,
 ) -> Result<Vec<PayoutRun>> {
+    if let Some(r) = receipts.iter().find(|r| r.attribution_root != B256::ZERO) {
+        return Err(ChainError::WeightsMismatch { seq: r.seq });
+    }
     let mut runs: Vec<(ModelId, u64, Wei)> = Vec::new();
     for r in receipts {
         match runs.last_mut() {
@@ -78,7 +100,7 @@ pub fn payout_runs(
     runs.into_iter()
         .map(|(model, leaves, value)| {
             let split = split_of(&model).ok_or(ChainError::UnknownModel(model.0))?;
-            Ok(PayoutRun { model, leaves, parts: split.apply(value) })
+            Ok(PayoutRun::new(model, leaves, split.apply(value)))
         })
         .collect()
 }
@@ -269,6 +291,95 @@ pub enum FraudProof {
         /// Its path (count 1, no siblings, for the root).
         proof: SumProof,
     },
+    /// A data entry of run `run` that is not owed: outside the run, for a receipt without
+    /// weights, past its receipt's weights, another contributor's weight, or the wrong amount.
+    DataEntry {
+        /// The settlement's payouts.
+        payouts: Vec<PayoutRun>,
+        /// The run.
+        run: usize,
+        /// The entry.
+        entry: market::DataEntry,
+        /// Its path in the run's data tree.
+        entry_proof: SumProof,
+        /// The receipt at the entry's leaf (any receipt when the leaf is outside the run).
+        receipt: Receipt,
+        /// The value its leaf hashes.
+        leaf_value: Wei,
+        /// Its path in the batch.
+        receipt_proof: SumProof,
+        /// The weight at the entry's weight index (weight 0 when the index is past the end;
+        /// unused when the receipt has no weights).
+        weight: WeightLeaf,
+        /// Its path in the receipt's weights tree.
+        weight_proof: market::MerkleProof,
+    },
+    /// Two neighbouring data entries out of (contributor, leaf) order.
+    DataOrder {
+        /// The settlement's payouts.
+        payouts: Vec<PayoutRun>,
+        /// The run.
+        run: usize,
+        /// The first entry.
+        a: market::DataEntry,
+        /// Its path.
+        a_proof: SumProof,
+        /// The next one.
+        b: market::DataEntry,
+        /// Its path.
+        b_proof: SumProof,
+    },
+    /// A receipt's weight owed a non-zero amount without an entry: the entries around the
+    /// gap where it would be.
+    DataMissing {
+        /// The settlement's payouts.
+        payouts: Vec<PayoutRun>,
+        /// The run.
+        run: usize,
+        /// The receipt.
+        receipt: Receipt,
+        /// The value its leaf hashes.
+        leaf_value: Wei,
+        /// Its path in the batch.
+        receipt_proof: SumProof,
+        /// The weight without an entry.
+        weight: WeightLeaf,
+        /// Its path in the receipt's weights tree.
+        weight_proof: market::MerkleProof,
+        /// How many entries sort before the missing one.
+        gap: u64,
+        /// The entry at `gap - 1`, if any, and its path.
+        below: Option<(market::DataEntry, SumProof)>,
+        /// The entry at `gap`, if any, and its path.
+        above: Option<(market::DataEntry, SumProof)>,
+    },
+    /// A node of a run's data tree whose sum does not add up, whose total is not what the run
+    /// distributes, or whose kind (entry or inner node) is not the declared shape's.
+    DataNode {
+        /// The settlement's payouts.
+        payouts: Vec<PayoutRun>,
+        /// The run.
+        run: usize,
+        /// The node's level in the declared shape (0 = entries).
+        level: u64,
+        /// The node.
+        node: SumPreimage,
+        /// Its sum as its parent records it (ignored for the root).
+        recorded: Wei,
+        /// Its path under the declared shape.
+        proof: SumProof,
+    },
+    /// A receipt whose weights tree holds malformed weights, given in full.
+    Weights {
+        /// The receipt.
+        receipt: Receipt,
+        /// The value its leaf hashes.
+        leaf_value: Wei,
+        /// Its path in the batch.
+        proof: SumProof,
+        /// Every leaf of its weights tree, in order.
+        weights: Vec<WeightLeaf>,
+    },
 }
 
 impl FraudProof {
@@ -281,6 +392,11 @@ impl FraudProof {
             FraudProof::Attribution { .. } => "attribution",
             FraudProof::RunSum { .. } => "run-sum",
             FraudProof::Sum { .. } => "sum",
+            FraudProof::DataEntry { .. } => "data-entry",
+            FraudProof::DataOrder { .. } => "data-order",
+            FraudProof::DataMissing { .. } => "data-missing",
+            FraudProof::DataNode { .. } => "data-node",
+            FraudProof::Weights { .. } => "weights",
         }
     }
 }
@@ -318,6 +434,31 @@ pub struct Batch {
     /// The committed tree when the source has it; `None` means "the honest tree over
     /// these receipts" (what an honest payer signs).
     pub tree: Option<CommittedTree>,
+    /// Each receipt's weights, as the leaves of its `attributionRoot` (empty for a receipt
+    /// without); `None` when the source has no attribution data, which is enough only for
+    /// settlements that neither carry weights nor distribute anything.
+    pub weights: Option<Vec<Vec<WeightLeaf>>>,
+    /// The committed data entries of the payout runs, by data root. A run whose root is
+    /// missing here is checked against the honest entries.
+    pub data: BTreeMap<B256, CommittedData>,
+}
+
+impl Batch {
+    /// A batch of receipts without attribution data, under the honest tree.
+    pub fn new(receipts: Vec<SignedReceipt>) -> Batch {
+        Batch { receipts, tree: None, weights: None, data: BTreeMap::new() }
+    }
+
+    /// A batch of receipts with their weights and the runs' committed entries, under the
+    /// honest tree.
+    pub fn attributed(receipts: Vec<SignedReceipt>, weights: &[Weights], data: &[CommittedData]) -> Batch {
+        Batch {
+            receipts,
+            tree: None,
+            weights: Some(weights.iter().map(WeightLeaf::of).collect()),
+            data: data.iter().filter(|d| !d.entries.is_empty()).map(|d| (d.commitment().root, d.clone())).collect(),
+        }
+    }
 }
 
 /// What [`examine`] concluded.
@@ -491,7 +632,8 @@ pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, ModelTer
         }
         start = end;
     }
-    Ok(Verdict::Honest)
+    // 6. Data rewards: the runs' entries against the receipts' weights.
+    examine_data(s, &batch.receipts, &tree, batch.weights.as_deref(), &batch.data)
 }
 
 fn seq_wrong(s: &Settlement, r: &Receipt, index: u64) -> bool {
@@ -642,7 +784,7 @@ mod tests {
         let tree = CommittedTree::honest(&leaves(&rs)).unwrap();
         let payouts = payout_runs(&plain, |_| Some(split())).unwrap();
         let s = settlement(&rs, &tree, payouts.clone());
-        let batch = Batch { receipts: rs.clone(), tree: None };
+        let batch = Batch::new(rs.clone());
         assert_eq!(examine(&s, &batch, &terms()).unwrap(), Verdict::Honest);
 
         // Payouts one wei off the split.
@@ -657,7 +799,7 @@ mod tests {
         let bad = CommittedTree::with_recorded_sum(&l, 1, 1, Wei(l[2].1.0 + l[3].1.0 + 1)).unwrap();
         let mut s2 = settlement(&rs, &bad, payouts.clone());
         s2.amount = bad.root().sum;
-        let v = examine(&s2, &Batch { receipts: rs.clone(), tree: Some(bad) }, &terms()).unwrap();
+        let v = examine(&s2, &Batch { tree: Some(bad), ..Batch::new(rs.clone()) }, &terms()).unwrap();
         match v {
             Verdict::Fraud(p) => match *p {
                 FraudProof::Sum { node: SumPreimage::Inner { left, right }, recorded, proof } => {
@@ -691,7 +833,7 @@ mod tests {
         // The chain says 1..=4 are settled; the root still covers 1..=8.
         s.batch_start = Seq(4);
         s.amount = Wei(s.cumulative.0 - plain[3].cumulative.0);
-        match examine(&s, &Batch { receipts: rs, tree: None }, &terms()).unwrap() {
+        match examine(&s, &Batch::new(rs), &terms()).unwrap() {
             Verdict::Fraud(p) => match *p {
                 FraudProof::Seq { receipt, proof, .. } => {
                     assert_eq!((receipt.seq, proof.index, proof.leaf_count), (Seq(1), 0, 8));

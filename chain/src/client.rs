@@ -10,7 +10,9 @@ use alloy::sol_types::SolEvent;
 use attrinet_market::{ChannelId, Domain, ModelId, Price, PublicKey, Seq, SignedVoucher, Split, Wei};
 
 use crate::batch::{FraudProof, PayoutRun, SumPreimage};
-use crate::bindings::{Channels, Registry, leaf_abi, receipt_abi, sum_node_abi, voucher_abi};
+use crate::bindings::data_disputes::DataDisputes;
+use crate::bindings::{Channels, Registry, dd, entry_abi, leaf_abi, receipt_abi, sum_node_abi, voucher_abi};
+use crate::data::DataClaim;
 use crate::error::{ChainError, Result};
 
 /// Where the contracts live.
@@ -124,6 +126,8 @@ fn reverted(call: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainE
     move |e| {
         let reason = if let Some(c) = e.as_decoded_interface_error::<Channels::ChannelsErrors>() {
             format!("{c:?}")
+        } else if let Some(d) = e.as_decoded_interface_error::<DataDisputes::DataDisputesErrors>() {
+            format!("{d:?}")
         } else if let Some(r) = e.as_decoded_interface_error::<Registry::RegistryErrors>() {
             format!("{r:?}")
         } else {
@@ -251,6 +255,12 @@ impl ChainClient {
         send("Registry.registerModel", call).await
     }
 
+    /// Records a model's datanet commitment (`Datanet::root`) and the pool that receives
+    /// the data share no contributor is owed (owner only).
+    pub async fn set_datanet(&self, model: ModelId, datanet_root: B256, data_pool: Address) -> Result<TxOutcome> {
+        send("Registry.setDatanet", self.registry().setDatanet(model.0, datanet_root, data_pool)).await
+    }
+
     /// Replaces a model's prices and split (owner only).
     pub async fn update_terms(&self, model: ModelId, price: Price, split: Split) -> Result<TxOutcome> {
         send("Registry.updateTerms", self.registry().updateTerms(model.0, terms_abi(price, split))).await
@@ -333,6 +343,16 @@ impl ChainClient {
 
     /// Submits a fraud proof against a channel's pending settlement.
     pub async fn dispute(&self, channel: ChannelId, proof: &FraudProof) -> Result<TxOutcome> {
+        if matches!(
+            proof,
+            FraudProof::DataEntry { .. }
+                | FraudProof::DataOrder { .. }
+                | FraudProof::DataMissing { .. }
+                | FraudProof::DataNode { .. }
+                | FraudProof::Weights { .. }
+        ) {
+            return self.dispute_data(channel, proof).await;
+        }
         let c = self.channels();
         let id = channel.0;
         let runs = |p: &[PayoutRun]| p.iter().map(PayoutRun::abi).collect::<Vec<_>>();
@@ -380,7 +400,187 @@ impl ChainClient {
                 };
                 send("Channels.disputeSum", c.disputeSum(id, is_leaf, a, b, recorded.0, proof_abi(proof))).await
             }
+            _ => unreachable!("data frauds are sent to DataDisputes above"),
         }
+    }
+
+    /// The DataDisputes contract Channels deployed.
+    pub async fn data_disputes(&self) -> Result<Address> {
+        self.channels().dataDisputes().call().await.map_err(reverted("Channels.dataDisputes"))
+    }
+
+    async fn dispute_data(&self, channel: ChannelId, proof: &FraudProof) -> Result<TxOutcome> {
+        let d = DataDisputes::new(self.data_disputes().await?, self.provider.clone());
+        let id = channel.0;
+        match proof {
+            FraudProof::DataEntry {
+                payouts,
+                run,
+                entry,
+                entry_proof,
+                receipt,
+                leaf_value,
+                receipt_proof,
+                weight,
+                weight_proof,
+            } => {
+                let call = d.disputeDataEntry(
+                    id,
+                    dd::payouts(payouts),
+                    U256::from(*run),
+                    dd::entry(entry),
+                    dd::proof(entry_proof),
+                    dd::receipt(receipt),
+                    leaf_value.0,
+                    dd::proof(receipt_proof),
+                    dd::weight(weight),
+                    dd::plain_proof(weight_proof),
+                );
+                send("DataDisputes.disputeDataEntry", call).await
+            }
+            FraudProof::DataOrder { payouts, run, a, a_proof, b, b_proof } => {
+                let call = d.disputeDataOrder(
+                    id,
+                    dd::payouts(payouts),
+                    U256::from(*run),
+                    dd::entry(a),
+                    dd::proof(a_proof),
+                    dd::entry(b),
+                    dd::proof(b_proof),
+                );
+                send("DataDisputes.disputeDataOrder", call).await
+            }
+            FraudProof::DataMissing {
+                payouts,
+                run,
+                receipt,
+                leaf_value,
+                receipt_proof,
+                weight,
+                weight_proof,
+                gap,
+                below,
+                above,
+            } => {
+                let side = |n: &Option<(attrinet_market::DataEntry, attrinet_market::SumProof)>| match n {
+                    Some((e, p)) => (dd::entry(e), dd::proof(p)),
+                    None => dd::no_entry(),
+                };
+                let ((below, below_proof), (above, above_proof)) = (side(below), side(above));
+                let call = d.disputeDataMissing(
+                    id,
+                    dd::payouts(payouts),
+                    U256::from(*run),
+                    dd::receipt(receipt),
+                    leaf_value.0,
+                    dd::proof(receipt_proof),
+                    dd::weight(weight),
+                    dd::plain_proof(weight_proof),
+                    *gap,
+                    below,
+                    below_proof,
+                    above,
+                    above_proof,
+                );
+                send("DataDisputes.disputeDataMissing", call).await
+            }
+            FraudProof::DataNode { payouts, run, level, node, recorded, proof } => {
+                let zero = attrinet_market::SumNode::default();
+                let (is_leaf, a, b) = match node {
+                    SumPreimage::Leaf { digest, value } => {
+                        (true, attrinet_market::SumNode { hash: *digest, sum: *value }, zero)
+                    }
+                    SumPreimage::Inner { left, right } => (false, *left, *right),
+                };
+                let call = d.disputeDataNode(
+                    id,
+                    dd::payouts(payouts),
+                    U256::from(*run),
+                    U256::from(*level),
+                    is_leaf,
+                    dd::node(&a),
+                    dd::node(&b),
+                    recorded.0,
+                    dd::proof(proof),
+                );
+                send("DataDisputes.disputeDataNode", call).await
+            }
+            FraudProof::Weights { receipt, leaf_value, proof, weights } => {
+                let call = d.disputeWeights(
+                    id,
+                    dd::receipt(receipt),
+                    leaf_value.0,
+                    dd::proof(proof),
+                    weights.iter().map(dd::weight).collect(),
+                );
+                send("DataDisputes.disputeWeights", call).await
+            }
+            _ => unreachable!("only data frauds are sent here"),
+        }
+    }
+
+    /// Claims this account's data entries of run `run` of the finalized settlement of
+    /// `channel` at `seq` (whose payouts are `payouts`); they are credited to it, to
+    /// withdraw with [`ChainClient::withdraw`].
+    pub async fn claim_data(
+        &self,
+        channel: ChannelId,
+        seq: Seq,
+        payouts: &[PayoutRun],
+        run: usize,
+        claim: &DataClaim,
+    ) -> Result<TxOutcome> {
+        let channels = self.channels();
+        let call = channels.claimData(
+            channel.0,
+            seq.0,
+            payouts.iter().map(PayoutRun::abi).collect(),
+            U256::from(run),
+            entry_abi(&claim.first),
+            proof_abi(&claim.first_proof),
+            entry_abi(&claim.last),
+            proof_abi(&claim.last_proof),
+        );
+        send("Channels.claimData", call).await
+    }
+
+    /// Whether `contributor` has claimed its entries of run `run` of the settlement of
+    /// `channel` at `seq`.
+    pub async fn data_claimed(&self, channel: ChannelId, seq: Seq, run: usize, contributor: Address) -> Result<bool> {
+        self.channels()
+            .claimedData(channel.0, seq.0, U256::from(run), contributor)
+            .call()
+            .await
+            .map_err(reverted("Channels.claimedData"))
+    }
+
+    /// What `contributor` has claimed so far, per model, from the `DataClaimed` events
+    /// (for `attrinet earnings --contributor`).
+    pub async fn claimed_data_by_model(
+        &self,
+        contributor: Address,
+    ) -> Result<std::collections::BTreeMap<ModelId, Wei>> {
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.deployment.channels)
+            .event_signature(Channels::DataClaimed::SIGNATURE_HASH)
+            .topic3(contributor.into_word())
+            .from_block(self.deployment.deploy_block);
+        let logs = self.provider.get_logs(&filter).await.map_err(rpc("eth_getLogs"))?;
+        let mut out = std::collections::BTreeMap::new();
+        for log in &logs {
+            let Ok(e) = log.log_decode::<Channels::DataClaimed>() else { continue };
+            let amount = u128_of("claimed amount", e.inner.data.amount)?;
+            let t: &mut Wei = out.entry(ModelId(e.inner.data.model)).or_default();
+            *t = t.checked_add(Wei(amount))?;
+        }
+        Ok(out)
+    }
+
+    /// The data root a model is registered with (its datanet's commitment), or `None`
+    /// when the model is not registered.
+    pub async fn datanet_root(&self, model: ModelId) -> Result<Option<B256>> {
+        let m = self.registry().model(model.0).call().await.map_err(reverted("Registry.model"))?;
+        Ok((m.owner != Address::ZERO).then_some(m.datanetRoot))
     }
 
     /// A channel's on-chain state.

@@ -71,6 +71,20 @@ pub enum ChainError {
         /// What is wrong.
         reason: String,
     },
+    /// A receipt's weights are missing or are not the ones its `attributionRoot` commits to.
+    #[error("the weights of receipt {seq} are missing or do not match its attributionRoot")]
+    WeightsMismatch {
+        /// The receipt's seq.
+        seq: Seq,
+    },
+    /// A datanet could not be read, built or saved; the message says which file and why.
+    #[error("datanet {path}: {reason}")]
+    Datanet {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A model named by a receipt is not registered.
     #[error("model {0} is not registered")]
     UnknownModel(B256),

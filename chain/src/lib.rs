@@ -3,10 +3,14 @@
 //! attrinet on the EVM L2 (an OP Stack chain; anvil in `--optimism` mode locally):
 //!
 //! - the Solidity contracts in `chain/contracts/` — `Registry` (nodes, bonds, models and
-//!   their terms) and `Channels` (deposits, optimistic settlement, fraud proofs) — with
+//!   their terms), `Channels` (deposits, optimistic settlement, fraud proofs, data-reward
+//!   claims) and `DataDisputes` (fraud proofs about data entries and weights) — with
 //!   their committed build artifacts (`scripts/build-contracts`) and alloy bindings;
 //! - [`ChainClient`]: deploy, register, open / top up / thaw / withdraw, settle, dispute,
-//!   finalize, and read state;
+//!   finalize, claim data rewards, and read state;
+//! - data rewards ([`attributed_payout_runs`], [`CommittedData`], [`DataClaim`]): the
+//!   per-contributor entries a settlement commits to and claims against them, and the
+//!   datanet files ([`build_datanet_dir`], [`save_datanet`], [`load_datanet`]);
 //! - [`examine`]: the off-chain check of a settlement against the receipts behind it,
 //!   which builds the [`FraudProof`] the contract accepts;
 //! - [`EventFollower`]: the contract's events, N confirmations deep, resumable from a
@@ -43,15 +47,23 @@ mod anvil;
 mod batch;
 mod bindings;
 mod client;
+mod data;
+mod datanet;
 mod error;
 mod follower;
 mod settlement;
 mod watcher;
 
 pub use anvil::{Anvil, AnvilConfig};
+pub use data::{
+    AttributionSource, CommittedData, DataClaim, DataCommitment, MemAttribution, WeightLeaf, attributed_payout_runs,
+    contributor_totals, weights_of, weights_root,
+};
+pub use datanet::{build_datanet_dir, load_datanet, read_datanet_dir, save_datanet};
 pub use batch::{
     Batch, CommittedTree, FraudProof, PayoutRun, Settlement, SumPreimage, Verdict, examine, payout_runs, payout_totals,
 };
+pub use bindings::data_disputes::DataDisputes;
 pub use bindings::{Channels, Registry};
 pub use client::{ChainClient, ChannelInfo, DeployConfig, Deployment, ModelTerms, PendingInfo, TxOutcome};
 pub use error::{ChainError, Result};

@@ -11,6 +11,7 @@ use attrinet_market::{ChannelId, ModelId, Seq, Store, StoredReceipt, SumTree, We
 
 use crate::batch::{PayoutRun, payout_runs};
 use crate::client::{ChainClient, ModelTerms, TxOutcome};
+use crate::data::{AttributionSource, attributed_payout_runs, weights_of};
 use crate::error::{ChainError, Result};
 
 /// When the loop settles.
@@ -73,12 +74,21 @@ pub struct SettlementLoop<S> {
     client: ChainClient,
     store: Arc<S>,
     policy: SettlementPolicy,
+    attribution: Option<Arc<dyn AttributionSource>>,
 }
 
 impl<S: Store> SettlementLoop<S> {
     /// A loop settling as `client`'s account (the provider) from `store`.
     pub fn new(client: ChainClient, store: Arc<S>, policy: SettlementPolicy) -> SettlementLoop<S> {
-        SettlementLoop { client, store, policy }
+        SettlementLoop { client, store, policy, attribution: None }
+    }
+
+    /// Where the loop finds the weights its receipts committed to. Without it, a batch
+    /// holding a receipt with weights is not settled (its contributors' entries cannot be
+    /// made, and settling without them would be a provable fraud).
+    pub fn with_attribution(mut self, source: Arc<dyn AttributionSource>) -> SettlementLoop<S> {
+        self.attribution = Some(source);
+        self
     }
 
     /// The provider's account.
@@ -174,7 +184,18 @@ impl<S: Store> SettlementLoop<S> {
             }
         }
         let receipts: Vec<_> = batch.iter().map(|r| r.receipt.receipt.clone()).collect();
-        let payouts: Vec<PayoutRun> = payout_runs(&receipts, |m| terms.get(m).map(|t| t.split))?;
+        let split_of = |m: &ModelId| terms.get(m).map(|t| t.split);
+        let payouts: Vec<PayoutRun> = match (&self.attribution, receipts.iter().any(|r| !r.attribution_root.is_zero()))
+        {
+            (_, false) => payout_runs(&receipts, split_of)?,
+            (Some(source), true) => {
+                attributed_payout_runs(&receipts, &weights_of(&receipts, source.as_ref())?, split_of)?.0
+            }
+            (None, true) => {
+                let r = receipts.iter().find(|r| !r.attribution_root.is_zero()).expect("one has weights");
+                return Err(ChainError::WeightsMismatch { seq: r.seq });
+            }
+        };
         let value = voucher.voucher.cumulative.checked_sub(info.settled)?;
 
         if !force {

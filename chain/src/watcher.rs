@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
-use attrinet_market::{ChannelId, MemStore, ModelId, Seq, Store, SumTree};
+use attrinet_market::{ChannelId, Datanet, MemStore, ModelId, Seq, Store, SumTree, response_hash};
 
 use crate::batch::{Batch, FraudProof, Settlement, Verdict, examine};
 use crate::client::{ChainClient, ModelTerms, TxOutcome};
+use crate::data::{AttributionSource, WeightLeaf};
 use crate::error::Result;
 use crate::follower::{ChannelEvent, Checkpoint, Cursor, EventFollower};
 use crate::settlement::{SettleAction, SettlementLoop};
@@ -61,7 +62,7 @@ fn matching_suffix(
     for start in starts {
         if SumTree::new(&leaves[start..])?.root().hash == s.receipts_root {
             let receipts = upto[start..].iter().map(|r| r.receipt.clone()).collect();
-            return Ok(Some(Batch { receipts, tree: None }));
+            return Ok(Some(Batch::new(receipts)));
         }
     }
     Ok(None)
@@ -95,6 +96,10 @@ pub struct StepReport {
     pub settled_on_thaw: Vec<(ChannelId, Seq)>,
     /// Settlements the watcher could not check in time, or whose fraud no dispute can prove.
     pub failed: Vec<(ChannelId, String)>,
+    /// Receipts whose committed weights are not what the model's datanet gives for their
+    /// output. The chain cannot recompute attribution, so no dispute proves this; it is
+    /// reported (and logged at error) for people to act on.
+    pub misattributed: Vec<(ChannelId, Seq, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -121,6 +126,8 @@ pub struct Watcher<C, S = MemStore> {
     follower: EventFollower<C>,
     source: Arc<dyn ReceiptSource>,
     settler: Option<Arc<SettlementLoop<S>>>,
+    attribution: Option<Arc<dyn AttributionSource>>,
+    datanets: BTreeMap<ModelId, Arc<Datanet>>,
     unresolved: BTreeMap<Cursor, Watched>,
     seen: BTreeSet<Cursor>,
 }
@@ -141,7 +148,31 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
         source: Arc<dyn ReceiptSource>,
         settler: Option<Arc<SettlementLoop<S>>>,
     ) -> Watcher<C, S> {
-        Watcher { client, follower, source, settler, unresolved: BTreeMap::new(), seen: BTreeSet::new() }
+        Watcher {
+            client,
+            follower,
+            source,
+            settler,
+            attribution: None,
+            datanets: BTreeMap::new(),
+            unresolved: BTreeMap::new(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Where the watcher finds receipts' weights when the batch comes without them, and
+    /// their outputs for recomputing the weights.
+    pub fn with_attribution(mut self, source: Arc<dyn AttributionSource>) -> Watcher<C, S> {
+        self.attribution = Some(source);
+        self
+    }
+
+    /// Recomputes the weights of `model`'s receipts against `datanet` (when their outputs
+    /// are available) and reports those that differ. The datanet must be the one the
+    /// model is registered with; a different one is reported instead of used.
+    pub fn with_datanet(mut self, model: ModelId, datanet: Arc<Datanet>) -> Watcher<C, S> {
+        self.datanets.insert(model, datanet);
+        self
     }
 
     /// Reads new events, acts on every unresolved settlement and thaw, and commits the
@@ -251,10 +282,19 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
             deadline: *deadline,
             payouts: payouts.clone(),
         };
-        let Some(batch) = self.source.batch(&settlement)? else {
+        let Some(mut batch) = self.source.batch(&settlement)? else {
             tracing::warn!(target: "chain::watcher", %channel, %seq, "batch not available yet");
             return Ok(false);
         };
+        if batch.weights.is_none()
+            && let Some(source) = &self.attribution
+        {
+            let receipts: Vec<_> = batch.receipts.iter().map(|r| r.receipt.clone()).collect();
+            // Missing weights leave the batch without them: examine says what that means.
+            if let Ok(weights) = crate::data::weights_of(&receipts, source.as_ref()) {
+                batch.weights = Some(weights.iter().map(WeightLeaf::of).collect());
+            }
+        }
         let mut terms: BTreeMap<ModelId, ModelTerms> = BTreeMap::new();
         let models = batch.receipts.iter().map(|r| r.receipt.model).chain(settlement.payouts.iter().map(|p| p.model));
         for m in models {
@@ -268,6 +308,10 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
             Ok(Verdict::Honest) => {
                 tracing::info!(target: "chain::watcher", %channel, %seq, "settlement verified");
                 report.verified.push((channel, *seq));
+                for (s, reason) in self.recompute_weights(&batch).await? {
+                    tracing::error!(target: "chain::watcher", %channel, seq = %s, %reason, "misattributed receipt");
+                    report.misattributed.push((channel, s, reason));
+                }
                 Ok(true)
             }
             Ok(Verdict::Fraud(proof)) => {
@@ -286,6 +330,58 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
             // bring the right one before the deadline.
             Err(e) => Err(e),
         }
+    }
+
+    /// The receipts of `batch` whose committed weights differ from what the model's datanet
+    /// gives for their output, with why.
+    async fn recompute_weights(&self, batch: &Batch) -> Result<Vec<(Seq, String)>> {
+        let mut out = Vec::new();
+        let Some(source) = &self.attribution else { return Ok(out) };
+        let mut checked: BTreeMap<ModelId, bool> = BTreeMap::new();
+        for sr in &batch.receipts {
+            let r = &sr.receipt;
+            let Some(datanet) = self.datanets.get(&r.model) else { continue };
+            let same = match checked.get(&r.model) {
+                Some(same) => *same,
+                None => {
+                    let registered = self.client.datanet_root(r.model).await?;
+                    let same = registered == Some(datanet.root());
+                    if !same {
+                        out.push((
+                            r.seq,
+                            format!(
+                                "the watcher's datanet for model {} is {}, the registered one {:?}: not recomputed",
+                                r.model,
+                                datanet.root(),
+                                registered
+                            ),
+                        ));
+                    }
+                    checked.insert(r.model, same);
+                    same
+                }
+            };
+            if !same {
+                continue;
+            }
+            let Some(output) = source.output(&r.response_hash)? else { continue };
+            if response_hash(&output) != r.response_hash {
+                continue;
+            }
+            let weights = datanet.attribute(&output).weights;
+            if weights.root() != r.attribution_root {
+                out.push((
+                    r.seq,
+                    format!(
+                        "committed attribution root {} but the datanet gives {} ({} contributors)",
+                        r.attribution_root,
+                        weights.root(),
+                        weights.len()
+                    ),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     async fn dispute(&self, channel: ChannelId, proof: &FraudProof) -> Result<TxOutcome> {

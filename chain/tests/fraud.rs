@@ -46,7 +46,7 @@ async fn disputed_then_honest(w: &World, params: &ChannelParams, case: &str, kin
     let (settled_seq, settled) = (bad.settled_seq, bad.settled);
     let id = params.id;
     let source = Arc::new(MemSource::default());
-    source.publish(bad.tree.root().hash, Batch { receipts: bad.receipts.clone(), tree: Some(bad.tree.clone()) });
+    source.publish(bad.tree.root().hash, Batch { tree: Some(bad.tree.clone()), ..Batch::new(bad.receipts.clone()) });
     let mut watcher = watcher(w, source.clone());
     let watcher_credit = w.watcher.chain.credited(w.watcher.address()).await.unwrap();
 
@@ -72,7 +72,7 @@ async fn disputed_then_honest(w: &World, params: &ChannelParams, case: &str, kin
     let last = honest.last().unwrap().receipt.clone();
     let v = voucher(w, params, last.seq.0, last.cumulative, &tree);
     let payouts = honest_payouts(&honest, &[(w.model, w.split)]);
-    source.publish(tree.root().hash, Batch { receipts: honest, tree: None });
+    source.publish(tree.root().hash, Batch::new(honest));
     w.node.chain.settle(&v, &payouts).await.unwrap();
     let report = watcher.step().await.unwrap();
     assert!(report.disputed.is_empty(), "honest batch disputed: {report:?}");
@@ -119,7 +119,7 @@ pub(crate) async fn bad_case(w: &World, params: &ChannelParams, kind: &str) -> B
             let tree = tree_of(&all);
             let v = voucher(w, params, 8, cumulative_of(&all), &tree);
             let amount = Wei(cumulative_of(&all).0 - settled.0);
-            let payouts = vec![PayoutRun { model: w.model, leaves: 4, parts: w.split.apply(amount) }];
+            let payouts = vec![PayoutRun::new(w.model, 4, w.split.apply(amount))];
             Bad { receipts: all, tree, voucher: v, payouts, settled_seq: 4, settled }
         }
         // Receipt 4 charges 1,000 wei more than its tokens at the registered price.
@@ -149,7 +149,7 @@ pub(crate) async fn bad_case(w: &World, params: &ChannelParams, kind: &str) -> B
             let cumulative = Wei(cumulative_of(&receipts).0 + 7);
             assert_eq!(tree.root().sum, cumulative);
             let v = voucher(w, params, 6, cumulative, &tree);
-            let payouts = vec![PayoutRun { model: w.model, leaves: 6, parts: w.split.apply(cumulative) }];
+            let payouts = vec![PayoutRun::new(w.model, 6, w.split.apply(cumulative))];
             Bad { receipts, tree, voucher: v, payouts, settled_seq: 0, settled: Wei::ZERO }
         }
         // Four receipts of model A, then four of B. "attribution": run A claims five (the
@@ -164,8 +164,8 @@ pub(crate) async fn bad_case(w: &World, params: &ChannelParams, kind: &str) -> B
             let a = Wei(sum_values(&receipts[..a_leaves]).0 + shift);
             let b = Wei(sum_values(&receipts[a_leaves..]).0 - shift);
             let payouts = vec![
-                PayoutRun { model: w.model, leaves: a_leaves as u64, parts: w.split.apply(a) },
-                PayoutRun { model: model_b, leaves: 8 - a_leaves as u64, parts: split_b.apply(b) },
+                PayoutRun::new(w.model, a_leaves as u64, w.split.apply(a)),
+                PayoutRun::new(model_b, 8 - a_leaves as u64, split_b.apply(b)),
             ];
             simple(receipts, Some(payouts))
         }

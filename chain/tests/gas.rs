@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use attrinet_chain::{Batch, MemSource, payout_runs};
-use attrinet_market::Wei;
+use alloy::primitives::{Address, U256};
+use attrinet_chain::{Batch, ChainClient, MemSource, attributed_payout_runs, payout_runs};
+use attrinet_market::{Identity, PPM_WHOLE, Seq, Wei, Weight, Weights};
 
+use crate::attribution::bad_data_case;
 use crate::fraud::{bad_case, watcher};
 use crate::util::{BOND, ETH, WINDOW, World, forge_receipts, tree_of, voucher};
 
@@ -48,6 +50,40 @@ async fn measure() -> BTreeMap<String, u64> {
         }
     }
 
+    // The same with attribution weights on every receipt: the settlement carries one data
+    // root per run, so it stays flat too. Then finalize (crediting the pool the rest) and
+    // one contributor's claim.
+    let claimer = Identity::from_secrets([0x5c; 32], [0x5d; 32]).unwrap();
+    w.anvil.fund(claimer.address(), U256::from(ETH)).await.unwrap();
+    let weights = [
+        Weights::from_scores(&BTreeMap::from([(Address::repeat_byte(0x11), 3), (claimer.address(), 7)])),
+        Weights::none(),
+        Weights::new(vec![Weight { contributor: Address::repeat_byte(0x22), ppm: PPM_WHOLE }]).unwrap(),
+    ];
+    for (name, n) in [("settle/attributed-10", 10usize), ("settle/attributed-1000", 1000)] {
+        let (id, params) = w.open(Wei(10 * ETH)).await;
+        let now = w.now().await;
+        let receipts = forge_receipts(&w, &params, &[(w.model, w.price)], 1, Wei::ZERO, n, now, |i, r| {
+            r.attribution_root = weights[i % 3].root();
+        });
+        let tree = tree_of(&receipts);
+        let last = receipts.last().unwrap().receipt.clone();
+        let v = voucher(&w, &params, last.seq.0, last.cumulative, &tree);
+        let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
+        let ws: Vec<Weights> = (0..n).map(|i| weights[i % 3].clone()).collect();
+        let (payouts, data) = attributed_payout_runs(&plain, &ws, |_| Some(w.split)).unwrap();
+        w.anvil.advance(1).await.unwrap();
+        gas.insert(name.to_string(), w.node.chain.settle(&v, &payouts).await.unwrap().gas_used);
+        if n == 10 {
+            w.anvil.advance(WINDOW + 1).await.unwrap();
+            gas.insert("finalize/attributed".into(), w.node.chain.finalize(id, &payouts).await.unwrap().gas_used);
+            let client = ChainClient::connect(&w.anvil.endpoint(), claimer.evm.clone(), w.deployment).unwrap();
+            let claim = data[0].claim(&claimer.address()).unwrap();
+            let out = client.claim_data(id, Seq(n as u64), &payouts, 0, &claim).await.unwrap();
+            gas.insert("claim_data".into(), out.gas_used);
+        }
+    }
+
     let (id, _) = w.payer.chain.open(w.node.address(), Wei(ETH)).await.unwrap();
     let (id2, out) = w.payer.chain.open(w.node.address(), Wei(ETH)).await.unwrap();
     let _ = id2;
@@ -71,12 +107,26 @@ async fn measure() -> BTreeMap<String, u64> {
         let (_, params) = w.open(Wei(10 * ETH)).await;
         let bad = bad_case(&w, &params, case).await;
         let source = Arc::new(MemSource::default());
-        source.publish(bad.tree.root().hash, Batch { receipts: bad.receipts.clone(), tree: Some(bad.tree.clone()) });
+        source
+            .publish(bad.tree.root().hash, Batch { tree: Some(bad.tree.clone()), ..Batch::new(bad.receipts.clone()) });
         let mut watcher = watcher(&w, source);
         w.node.chain.settle(&bad.voucher, &bad.payouts).await.unwrap();
         let report = watcher.step().await.unwrap();
         assert_eq!(report.disputed.len(), 1, "{case}: {report:?}");
         assert_eq!(report.disputed[0].1, kind);
+        gas.insert(format!("dispute/{case}"), report.disputed[0].2.gas_used);
+        w.node.chain.add_bond(BOND).await.unwrap();
+    }
+    // The data disputes, on the same six-receipt batch with eight data entries.
+    for case in ["data-entry", "data-missing", "data-order", "data-sum", "data-shape", "weights"] {
+        let (_, params) = w.open(Wei(10 * ETH)).await;
+        let bad = bad_data_case(&w, &params, case).await;
+        let source = Arc::new(MemSource::default());
+        source.publish(bad.voucher.voucher.receipts_root, bad.batch.clone());
+        let mut watcher = watcher(&w, source);
+        w.node.chain.settle(&bad.voucher, &bad.payouts).await.unwrap();
+        let report = watcher.step().await.unwrap();
+        assert_eq!(report.disputed.len(), 1, "{case}: {report:?}");
         gas.insert(format!("dispute/{case}"), report.disputed[0].2.gas_used);
         w.node.chain.add_bond(BOND).await.unwrap();
     }
@@ -110,6 +160,8 @@ async fn gas_report_matches_the_committed_one_and_settlement_is_flat() {
     let (s10, s1000) = (gas["settle/10"], gas["settle/1000"]);
     // Flat: a thousand receipts cost what ten do, up to calldata noise.
     assert!(s1000.abs_diff(s10) * 100 <= s10, "settle gas grows with receipts: {s10} vs {s1000}");
+    let (a10, a1000) = (gas["settle/attributed-10"], gas["settle/attributed-1000"]);
+    assert!(a1000.abs_diff(a10) * 100 <= a10, "attributed settle gas grows with receipts: {a10} vs {a1000}");
     for n in [10u64, 100, 1000] {
         println!(
             "settle/{n}: {} gas, {} gas per receipt",

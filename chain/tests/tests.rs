@@ -4,6 +4,7 @@
 mod util;
 
 mod anvil;
+mod attribution;
 mod digest;
 mod follower;
 mod fraud;

@@ -37,7 +37,7 @@ async fn watcher_restarted_in_the_middle_of_a_window_still_disputes() {
     let tree = tree_of(&receipts);
     let last = receipts.last().unwrap().receipt.clone();
     let v = voucher(&w, &params, 4, last.cumulative, &tree);
-    let payouts = vec![PayoutRun { model: w.model, leaves: 4, parts: w.split.apply(last.cumulative) }];
+    let payouts = vec![PayoutRun::new(w.model, 4, w.split.apply(last.cumulative))];
 
     // The first watcher sees the settlement but cannot get its batch yet, then dies.
     let empty = Arc::new(MemSource::default());
@@ -56,7 +56,7 @@ async fn watcher_restarted_in_the_middle_of_a_window_still_disputes() {
 
     // A restarted watcher, from the same checkpoint, now with the batch, disputes in time.
     let source = Arc::new(MemSource::default());
-    source.publish(tree.root().hash, Batch { receipts, tree: Some(tree) });
+    source.publish(tree.root().hash, Batch { tree: Some(tree), ..Batch::new(receipts) });
     let mut second = file_watcher(&w, &checkpoint, source);
     let report = second.step().await.unwrap();
     assert_eq!(report.disputed.len(), 1, "{report:?} (checkpoint was {saved:?})");
@@ -121,8 +121,5 @@ async fn payer_thaw_with_an_unsettled_voucher_gets_the_provider_paid() {
     assert_eq!(before.0 - after.0, deposit.0 - cumulative.0);
     let expected = w.split.apply(cumulative);
     assert_eq!(w.node.chain.credited(w.node.address()).await.unwrap(), expected.node);
-    assert_eq!(
-        payout_totals(&[PayoutRun { model: w.model, leaves: 30, parts: expected }]).unwrap().total().unwrap(),
-        cumulative
-    );
+    assert_eq!(payout_totals(&[PayoutRun::new(w.model, 30, expected)]).unwrap().total().unwrap(), cumulative);
 }

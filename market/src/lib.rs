@@ -69,6 +69,7 @@
 //! ```
 
 mod advert;
+mod attribution;
 mod codec;
 mod eip712;
 mod error;
@@ -103,3 +104,7 @@ pub use split::{BPS_WHOLE, Payout, Split};
 pub use store::{ChannelParams, ChannelState, MemStore, Store, StoreError, StoredReceipt, merge_put};
 pub use types::{ChannelId, Domain, ModelId, Price, Seq, TOKENS_PER_PRICE_UNIT, Wei};
 pub use voucher::{EvmSignature, SignedVoucher, Voucher};
+pub use attribution::{
+    Attribution, AttributionError, Contribution, DEFAULT_MIN_SPAN, DataEntry, Datanet, Document, PPM_WHOLE, Span,
+    Weight, Weights, contributor_totals, datanet_root, ppm_of, receipt_data_share, run_data_entries, weight_digest,
+};
