@@ -42,6 +42,34 @@ enum Command {
     Store(StoreCommand),
     /// List what the network offers now: models, providers, prices, speeds.
     Models(ModelsArgs),
+    /// Datanets: the contributions a model's data share is paid to.
+    #[command(subcommand)]
+    Datanet(DatanetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DatanetCommand {
+    /// Tokenize a folder of contributions with the model's tokenizer, index it, save the
+    /// index and print its commitment root (which `model register` records on chain).
+    ///
+    /// Layout: DIR/<0xOWNER_ADDRESS>/**/*.txt — each file is one contribution owned by
+    /// the address of its top folder.
+    Build(DatanetBuildArgs),
+}
+
+#[derive(Debug, Args)]
+struct DatanetBuildArgs {
+    /// The folder of contributions.
+    dir: PathBuf,
+    /// The GGUF model whose tokenizer the index uses.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct-Q4_1.gguf")]
+    model: PathBuf,
+    /// Where to write the index.
+    #[arg(long, default_value = "datanet.idx")]
+    out: PathBuf,
+    /// Shortest span of tokens that counts as a match.
+    #[arg(long, default_value_t = attrinet_market::DEFAULT_MIN_SPAN)]
+    min_span: u32,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +172,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Datanet(DatanetCommand::Build(d)) => {
+            let model = attrinet_compute::Model::load(&d.model).with_context(|| format!("cannot load {}", d.model.display()))?;
+            let bar = indicatif::ProgressBar::new_spinner().with_message(format!("indexing {}", d.dir.display()));
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            let tok = model.tokenizer();
+            let datanet = attrinet_chain::build_datanet_dir(&d.dir, d.min_span, |text| tok.encode(text, false))?;
+            attrinet_chain::save_datanet(&datanet, &d.out)?;
+            bar.finish_and_clear();
+            let owners: std::collections::BTreeSet<_> = datanet.contributions().map(|(owner, _, _)| owner).collect();
+            println!("{} contributions from {} owners, {} tokens", datanet.contributions().count(), owners.len(), datanet.contributions().map(|(_, _, t)| t.len()).sum::<usize>());
+            println!("index written to {}", d.out.display());
+            println!("datanet root: {}", datanet.root());
+        }
         Command::Keys(KeysCommand::Show) => print_identity(&attrinet_node::keys::load(&cli.data_dir)?),
         Command::Devnet(a) => {
             let config = attrinet_node::devnet::DevnetConfig {
@@ -241,6 +282,10 @@ mod tests {
         assert!(Cli::try_parse_from(["attrinet", "store", "bogus"]).is_err());
         assert!(matches!(Cli::try_parse_from(["attrinet", "keys", "show"]).unwrap().command, Command::Keys(KeysCommand::Show)));
         assert!(Cli::try_parse_from(["attrinet", "models"]).is_err(), "models needs a bootstrap peer");
+        let cli = Cli::try_parse_from(["attrinet", "datanet", "build", "data/", "--min-span", "4"]).unwrap();
+        let Command::Datanet(DatanetCommand::Build(b)) = cli.command else { panic!("datanet build") };
+        assert_eq!((b.dir, b.min_span, b.out), (PathBuf::from("data/"), 4, PathBuf::from("datanet.idx")));
+        assert!(Cli::try_parse_from(["attrinet", "datanet", "build"]).is_err(), "a folder is required");
         assert!(Cli::try_parse_from(["attrinet", "models", "--bootstrap", "not-an-address"]).is_err());
         let cli = Cli::try_parse_from(["attrinet", "models", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWE44BGKWaa2TbxruLPku6zmMh4t1cXJn3uRPfqTg9NYcS"]).unwrap();
         assert!(matches!(cli.command, Command::Models(ModelsArgs { wait_secs: 5, .. })));
