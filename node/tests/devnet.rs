@@ -6,7 +6,10 @@ use attrinet_node::devnet::{DevnetConfig, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devnet_summary_matches_the_chain() {
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct-Q4_1.gguf");
+    // Cargo sets CARGO_MANIFEST_DIR when it runs the test too; prefer that over the value
+    // baked in at compile time, which is wrong for a binary built in another checkout.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let model = std::path::Path::new(&manifest).join("../models/SmolLM2-135M-Instruct-Q4_1.gguf");
     assert!(model.exists(), "{} missing: scripts/test runs scripts/fetch-model first", model.display());
     let dir = tempfile::tempdir().unwrap();
     let config = DevnetConfig {
