@@ -38,8 +38,21 @@ impl Anvil {
         if let Some(p) = std::env::var_os("ATTRINET_ANVIL") {
             return PathBuf::from(p);
         }
-        // This crate sits one level below the repository root.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/.bin/anvil")
+        // Where scripts/setup-chain-tools puts it: .tools/ at the repository root, found
+        // from the working directory (the `attrinet` binary run from a checkout), from the
+        // crate directory cargo names at run time (tests), or from the one this crate was
+        // compiled in (it sits one level below the root).
+        let tail = ".tools/node_modules/.bin/anvil";
+        let runtime_manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(|d| PathBuf::from(d).join("..").join(tail));
+        let candidates = [Some(PathBuf::from(tail)), runtime_manifest, Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(tail))];
+        let mut fallback = PathBuf::from(tail);
+        for c in candidates.into_iter().flatten() {
+            if c.exists() {
+                return c;
+            }
+            fallback = c;
+        }
+        fallback
     }
 
     /// Starts anvil with `--optimism` on a free loopback port and waits until it answers.
