@@ -718,7 +718,11 @@ async fn send_receipt<D: CallDecoder>(
     call: &'static str,
     builder: CallBuilder<&DynProvider, D, Ethereum>,
 ) -> Result<(TxOutcome, TransactionReceipt)> {
-    let pending = builder.send().await.map_err(reverted(call))?;
+    // The estimate is the least gas that succeeded against the state it was run on; a
+    // margin keeps a transaction from running out on a slightly different execution path
+    // (warm/cold storage, the 63/64 rule at calls), which mines as a bare failure.
+    let estimate = builder.estimate_gas().await.map_err(reverted(call))?;
+    let pending = builder.gas(estimate + estimate / 5).send().await.map_err(reverted(call))?;
     let receipt = pending
         // Never wait forever on a transaction the chain dropped.
         .with_timeout(Some(RECEIPT_TIMEOUT))

@@ -181,6 +181,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             decode_tokens_per_s: 20,
             ttft_ms: 200,
             generator: Arc::new(generator),
+            datanet: None,
         };
         let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() });
         tokio::spawn(provider.serve(network.clone()));

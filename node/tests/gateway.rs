@@ -54,6 +54,7 @@ async fn setup(deposit: Wei) -> Setup {
         decode_tokens_per_s: 100,
         ttft_ms: 5,
         generator: Arc::new(generator),
+        datanet: None,
     };
     let h2 = tokio::spawn(Provider::new(node.clone(), provider_store.clone(), vec![offer], Limits::default()).serve(pnet.clone()));
     let mut addr = None;

@@ -146,6 +146,7 @@ async fn main() {
         decode_tokens_per_s: 1000,
         ttft_ms: 1,
         generator: Arc::new(Fixed),
+        datanet: None,
     };
     let provider = Provider::new(node.clone(), ps, vec![offer], Limits { exposure_limit: Wei(u128::MAX / 8), ..Limits::default() });
     tokio::spawn(provider.serve(server.clone()));

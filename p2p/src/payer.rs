@@ -45,6 +45,8 @@ pub struct Answer {
     pub voucher: SignedVoucher,
     /// Providers tried before this one, and why they failed.
     pub failed: Vec<(ModelAdvert, String)>,
+    /// The attribution weights the receipt commits to (empty when none).
+    pub weights: attrinet_market::Weights,
 }
 
 /// Why a request failed.
@@ -248,7 +250,7 @@ impl Payer {
         let mut text = String::new();
         let mut input_tokens = None;
         let mut first = Some(first);
-        let (proposal, batch_start) = loop {
+        let (proposal, batch_start, weights) = loop {
             let msg = match first.take() {
                 Some(m) => m,
                 None => read_msg::<ServerMsg>(&mut stream, idle).await.map_err(|e| transport(&e))?,
@@ -263,7 +265,7 @@ impl Payer {
                     text.push_str(&t);
                     tokens.push(id);
                 }
-                ServerMsg::Propose { proposal, batch_start } => break (proposal, batch_start),
+                ServerMsg::Propose { proposal, batch_start, weights } => break (proposal, batch_start, weights),
                 ServerMsg::Error(e) => return Err(InferError::Remote(e)),
                 ServerMsg::Ack { .. } => return Err(InferError::Transport("acknowledgement before any receipt".into())),
             }
@@ -274,6 +276,13 @@ impl Payer {
             output_tokens: tokens.len() as u32,
             input_tokens: None,
         };
+        // The weights must be the ones the receipt commits to; whether they are right for
+        // the output is for whoever holds the datanet (the client, or a watcher) to check.
+        if weights.root() != proposal.receipt.attribution_root {
+            let reason = format!("attribution weights hash to {}, the receipt commits to {}", weights.root(), proposal.receipt.attribution_root);
+            let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: reason.clone() }).await;
+            return Err(InferError::BadReceipt(reason));
+        }
         let mut ch = channel.lock().await;
         // A settlement or top-up recorded in the store since the ledger was loaded.
         if let Some(s) = self.inner.store.channel(&channel_id).map_err(|e| InferError::Store(e.to_string()))? {
@@ -302,6 +311,6 @@ impl Payer {
             other => return Err(InferError::Transport(format!("expected an acknowledgement, got {other:?}"))),
         }
         info!(target: "p2p::payer", seq = %receipt.receipt.seq, value = %receipt.receipt.value, tokens = tokens.len(), "paid");
-        Ok(Answer { provider: provider.clone(), tokens, text, receipt, voucher, failed: Vec::new() })
+        Ok(Answer { provider: provider.clone(), tokens, text, receipt, voucher, failed: Vec::new(), weights })
     }
 }

@@ -54,6 +54,9 @@ pub struct Offer {
     pub ttft_ms: u32,
     /// The engine.
     pub generator: Arc<dyn Generator>,
+    /// The model's datanet: with one, every output is attributed to its contributors and
+    /// the receipt commits to the weights.
+    pub datanet: Option<Arc<attrinet_market::Datanet>>,
 }
 
 impl std::fmt::Debug for Offer {
@@ -103,6 +106,8 @@ struct Inner {
     slots: Semaphore,
     per_peer: Mutex<HashMap<PeerId, u32>>,
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<ProviderChannel>>>>,
+    /// Weights of proposed receipts, by root: what settlement needs to pay contributors.
+    weights: Mutex<HashMap<alloy_primitives::B256, attrinet_market::Weights>>,
 }
 
 /// The provider: serves inference requests arriving on the network.
@@ -152,6 +157,7 @@ impl Provider {
                 limits,
                 per_peer: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
+                weights: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -179,6 +185,11 @@ impl Provider {
                 },
             })
             .collect()
+    }
+
+    /// The attribution weights of a receipt this provider proposed, by their root.
+    pub fn weights(&self, root: &alloy_primitives::B256) -> Option<attrinet_market::Weights> {
+        self.inner.weights.lock().unwrap_or_else(|p| p.into_inner()).get(root).cloned()
     }
 
     /// Advertises the offers and serves requests until the network stops.
@@ -314,19 +325,24 @@ impl Provider {
 
         // Receipt exchange, one at a time per channel so seqs stay contiguous.
         let mut ch = channel.lock().await;
+        let weights = offer.datanet.as_ref().map(|d| d.attribute(&tokens).weights).unwrap_or_default();
+        let attribution_root = weights.root();
+        if !weights.is_empty() {
+            self.inner.weights.lock().unwrap_or_else(|p| p.into_inner()).insert(attribution_root, weights.clone());
+        }
         let usage = Usage {
             request_hash: req_hash,
             response_hash: response_hash(&tokens),
             input_tokens,
             output_tokens: tokens.len() as u32,
-            attribution_root: Default::default(),
+            attribution_root,
         };
         let (proposal, batch_start) = ch
             .propose(reservation, &usage, unix_now(), &self.inner.identity)
             .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
         let seq = proposal.receipt.seq;
         let answer = async {
-            write_msg(stream, &ServerMsg::Propose { proposal, batch_start }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+            write_msg(stream, &ServerMsg::Propose { proposal, batch_start, weights }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
             match read_msg::<ClientMsg>(stream, limits.idle_timeout).await {
                 Ok(ClientMsg::Pay { receipt, voucher }) => {
                     ch.check_cosigned(&receipt, &voucher).map_err(|e| reply(ErrorCode::BadPayment, e.to_string()))?;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use attrinet_market::{ChannelId, ModelId, ProposedReceipt, Quote, Seq, SignedReceipt, SignedVoucher, decode, encode};
+use attrinet_market::{ChannelId, ModelId, ProposedReceipt, Quote, Seq, SignedReceipt, SignedVoucher, Weights, decode, encode};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -134,6 +134,9 @@ pub enum ServerMsg {
         proposal: ProposedReceipt,
         /// Seq of the channel's last settlement, where the voucher's batch starts.
         batch_start: Seq,
+        /// The attribution weights the receipt's `attribution_root` commits to (empty when
+        /// the model has no datanet or nothing matched): they travel with the receipt.
+        weights: Weights,
     },
     /// The co-signed receipt is stored durably.
     Ack {

@@ -183,9 +183,9 @@ async fn dishonest_receipts_and_oversized_prompts_are_refused_and_nothing_stored
     client.payer.infer(&client.client, &ask("test-model", "hello", 4), |_| {}).await.unwrap();
     assert_eq!(client.store.channel(&id).unwrap().unwrap().last_seq, Seq(1));
 
-    // A rogue provider proposes, after one honest receipt: a wrong value, a wrong seq, and
-    // a replay of its receipt 1. The client refuses each and stores nothing.
-    let tampers = [Tamper::Value, Tamper::Seq, Tamper::Replay];
+    // A rogue provider proposes, after one honest receipt: a wrong value, a wrong seq, a
+    // replay of its receipt 1, and weights that are not the ones the receipt commits to. The client refuses each and stores nothing.
+    let tampers = [Tamper::Value, Tamper::Seq, Tamper::Replay, Tamper::Weights];
     for (tamper, err) in tampers.iter().zip(rogue_rounds(&client, &tampers).await) {
         assert!(matches!(err, InferError::BadReceipt(_)), "{tamper:?}: {err}");
     }
@@ -299,4 +299,48 @@ fn wire_messages_roundtrip() {
     let refuse = ClientMsg::Refuse { reason: "no".into() };
     assert_eq!(decode::<ClientMsg>(&encode(&refuse)).unwrap(), refuse);
     assert!(decode::<InferRequest>(&encode(&req)[..10]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribution_weights_travel_with_the_receipt() {
+    use attrinet_market::{Contribution, Datanet, PPM_WHOLE};
+    let copied = Prompt::Text("copy this please".into());
+    let owner_a = alloy_primitives::Address::repeat_byte(0xaa);
+    let owner_b = alloy_primitives::Address::repeat_byte(0xbb);
+    // Contributor A's text is exactly what the stand-in engine answers to that prompt;
+    // B's shares nothing with it.
+    let datanet = Datanet::build(
+        8,
+        vec![
+            Contribution { owner: owner_a, name: "a".into(), tokens: TestEngine::expected(&copied, 40) },
+            Contribution { owner: owner_b, name: "b".into(), tokens: (500_000..500_040).collect() },
+        ],
+    )
+    .unwrap();
+    let mut provider = Node::start(10, &[], fast_config(Duration::from_secs(60))).await;
+    let boot = provider.tcp_addr().await;
+    let mut o = offer(model(1), 1000, 2000, TestEngine::new(0));
+    o.datanet = Some(std::sync::Arc::new(datanet));
+    provider.serve(vec![o], Limits::default());
+    let client = Node::start(50, &[boot], fast_config(Duration::from_secs(60))).await;
+    open_channel(&client, &provider, Wei(10u128.pow(18)));
+    let c = client.client.clone();
+    wait_for(Duration::from_secs(20), "the client sees the advert", || {
+        let c = c.clone();
+        async move { !c.market().await.unwrap().all(attrinet_p2p::unix_now()).is_empty() }
+    })
+    .await;
+
+    let answer = client.payer.infer(&client.client, &ask("test-model", "copy this please", 12), |_| {}).await.unwrap();
+    assert_eq!(answer.weights.ppm_of(&owner_a), PPM_WHOLE, "A's passage was copied");
+    assert_eq!(answer.weights.ppm_of(&owner_b), 0);
+    let root = answer.receipt.receipt.attribution_root;
+    assert_eq!(root, answer.weights.root());
+    assert_ne!(root, alloy_primitives::B256::ZERO);
+    assert_eq!(provider.provider.as_ref().unwrap().weights(&root), Some(answer.weights.clone()));
+
+    // An output that shares nothing with the datanet carries no weights and a zero root.
+    let other = client.payer.infer(&client.client, &ask("test-model", "something else entirely", 12), |_| {}).await.unwrap();
+    assert!(other.weights.is_empty());
+    assert_eq!(other.receipt.receipt.attribution_root, alloy_primitives::B256::ZERO);
 }

@@ -75,6 +75,7 @@ pub fn offer(model: ModelId, price_in: u128, price_out: u128, engine: Arc<TestEn
         decode_tokens_per_s: 50,
         ttft_ms: 20,
         generator: engine,
+        datanet: None,
     }
 }
 
@@ -120,6 +121,7 @@ pub struct Node {
     pub store: Arc<MemStore>,
     pub payer: Payer,
     pub engine: Option<Arc<TestEngine>>,
+    pub provider: Option<Provider>,
     tasks: KillSwitch,
 }
 
@@ -141,12 +143,13 @@ impl Node {
         let handle = tokio::spawn(event_loop.run());
         let store = Arc::new(MemStore::new());
         let payer = Payer::new(identity.clone(), store.clone(), Duration::from_secs(10));
-        Node { identity, client, store, payer, engine: None, tasks: KillSwitch(Arc::new(std::sync::Mutex::new(vec![handle.abort_handle()]))) }
+        Node { identity, client, store, payer, engine: None, provider: None, tasks: KillSwitch(Arc::new(std::sync::Mutex::new(vec![handle.abort_handle()]))) }
     }
 
     pub fn serve(&mut self, offers: Vec<Offer>, limits: Limits) {
         self.engine = None;
         let provider = Provider::new(self.identity.clone(), self.store.clone(), offers, limits);
+        self.provider = Some(provider.clone());
         let h: JoinHandle<_> = tokio::spawn(provider.serve(self.client.clone()));
         self.tasks.0.lock().unwrap().push(h.abort_handle());
     }
@@ -243,6 +246,7 @@ pub enum Tamper {
     Value,
     Seq,
     Replay,
+    Weights,
 }
 
 /// A provider that serves one honest request (so there is a receipt to replay), then one
@@ -304,8 +308,18 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
                     r.propose(&me.ed25519)
                 }
                 Some(Tamper::Replay) => receipts[0].receipt.proposal(),
+                Some(Tamper::Weights) => honest,
             };
-            write_msg(&mut s, &ServerMsg::Propose { proposal, batch_start: start }).await.unwrap();
+            let weights = match tamper {
+                // Weights that are not the ones the receipt commits to (zero root).
+                Some(Tamper::Weights) => attrinet_market::Weights::new(vec![attrinet_market::Weight {
+                    contributor: alloy_primitives::Address::repeat_byte(0xee),
+                    ppm: attrinet_market::PPM_WHOLE,
+                }])
+                .unwrap(),
+                _ => attrinet_market::Weights::default(),
+            };
+            write_msg(&mut s, &ServerMsg::Propose { proposal, batch_start: start, weights }).await.unwrap();
             match read_msg::<ClientMsg>(&mut s, Duration::from_secs(5)).await {
                 Ok(ClientMsg::Pay { receipt, voucher }) => {
                     ch.check_cosigned(&receipt, &voucher).unwrap();
