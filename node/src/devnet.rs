@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, B256, U256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
-    SettlementPolicy, StoreSource, Watcher, payout_runs, payout_totals,
+    Anvil, AnvilConfig, AttributionSource, ChainClient, DeployConfig, EventFollower, MemAttribution, MemCheckpoint,
+    SettleAction, SettlementLoop, SettlementPolicy, StoreSource, Watcher, attributed_payout_runs,
 };
 use attrinet_compute::{Backend, Model, open_engine};
 use attrinet_market::{
-    ChannelParams, ChannelState, Identity, ModelId, Payout, Price, Seq, Split, Store, Wei,
+    ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt, Seq, Split, Store,
+    Wei, Weights,
 };
 use attrinet_p2p::{Ask, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling};
 use tracing::info;
@@ -82,6 +83,8 @@ pub struct Summary {
     pub device: String,
     /// A second settlement (after the first was finalised) was verified honest.
     pub second_batch_verified: bool,
+    /// Data contributors: (name, address, claimed on chain, owed by the settled batches).
+    pub contributors: Vec<(String, Address, Wei, Wei)>,
 }
 
 const PROMPTS: [&str; 8] = [
@@ -105,7 +108,30 @@ struct NodeHandle {
     identity: Identity,
     chain: ChainClient,
     store: Arc<SledStore>,
+    provider: Provider,
     _network: attrinet_p2p::Client,
+}
+
+/// A provider's weights, for its settlement loop.
+struct ProviderWeights(Provider);
+
+impl AttributionSource for ProviderWeights {
+    fn weights(&self, root: &B256) -> attrinet_chain::Result<Option<Weights>> {
+        Ok(self.0.weights(root))
+    }
+}
+
+/// The weights of each receipt (empty for a zero root), from `source`.
+fn weights_for(receipts: &[Receipt], source: &dyn AttributionSource) -> anyhow::Result<Vec<Weights>> {
+    receipts
+        .iter()
+        .map(|r| {
+            if r.attribution_root.is_zero() {
+                return Ok(Weights::default());
+            }
+            source.weights(&r.attribution_root)?.with_context(|| format!("no weights for root {}", r.attribution_root))
+        })
+        .collect()
 }
 
 fn progress(msg: &str) {
@@ -153,9 +179,29 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     let name = model.name().unwrap_or("model").to_string();
     let price = Price { per_1k_input: Wei(ETH / 10_000), per_1k_output: Wei(ETH / 2_500) };
     let split = Split::new(7000, 2000, 500, 500)?;
+    // The model's datanet: two contributors whose texts the model's answers to two of the
+    // demo questions reproduce. The minimum span is 4 tokens here (8 by default) because the
+    // demo's answers are short.
+    let contributors = [("geography notes", dev_identity(6, 0)), ("colour notes", dev_identity(6, 1))];
+    let texts = [
+        "Geography notes.\nThe capital of France is Paris. It lies on the Seine.\n",
+        "Colour notes.\n1. Red - The most common primary colour, which is found in many flags.\n",
+    ];
+    let tok = model.tokenizer();
+    let datanet = Arc::new(Datanet::build(
+        4,
+        contributors
+            .iter()
+            .zip(texts)
+            .map(|((name, id), text)| Contribution { owner: id.address(), name: (*name).into(), tokens: tok.encode(text, false) })
+            .collect(),
+    )?);
+    for (_, c) in &contributors {
+        anvil.fund(c.address(), U256::from(ETH)).await?;
+    }
     let owner_chain = ChainClient::connect(&endpoint, owner.evm.clone(), deployment)?;
-    owner_chain.register_model(model_id, price, split, B256::ZERO, data_pool).await?;
-    progress(&format!("model {name} ({model_id}) registered by its owner {}", owner.address()));
+    owner_chain.register_model(model_id, price, split, datanet.root(), data_pool).await?;
+    progress(&format!("model {name} ({model_id}) registered by its owner {}, datanet root {}", owner.address(), datanet.root()));
 
     // Providers.
     let mut nodes: Vec<NodeHandle> = Vec::new();
@@ -181,15 +227,15 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             decode_tokens_per_s: 20,
             ttft_ms: 200,
             generator: Arc::new(generator),
-            datanet: None,
+            datanet: Some(datanet.clone()),
         };
         let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() });
-        tokio::spawn(provider.serve(network.clone()));
+        tokio::spawn(provider.clone().serve(network.clone()));
         if boot.is_empty() {
             boot = wait_addrs(&network).await?;
         }
         progress(&format!("node {i} serving as {} ({})", id.address(), network.peer_id()));
-        nodes.push(NodeHandle { identity: id, chain, store, _network: network });
+        nodes.push(NodeHandle { identity: id, chain, store, provider, _network: network });
     }
 
     // The client: channels opened on chain, mirrored into both parties' stores (what a
@@ -226,7 +272,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Queries.
+    // Queries. The client keeps each answer's weights: the watcher checks them.
+    let client_weights = Arc::new(MemAttribution::default());
     let offers = client_net.market().await?.all(attrinet_p2p::unix_now());
     let mut lines = Vec::new();
     for q in 0..config.queries {
@@ -250,7 +297,16 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .infer_with(&client_net, advert, channel, &ask, &mut |_| {})
             .await
             .with_context(|| format!("query {q} failed"))?;
-        eprintln!("  [{q:>2}] node {node}: {prompt} → {}", answer.text.trim().replace('\n', " "));
+        if !answer.weights.is_empty() {
+            client_weights.insert_weights(answer.weights.clone());
+        }
+        let attributed: Vec<String> = contributors
+            .iter()
+            .filter(|(_, c)| answer.weights.ppm_of(&c.address()) > 0)
+            .map(|(n, c)| format!("{n} {}‰", answer.weights.ppm_of(&c.address()) / 1000))
+            .collect();
+        let attributed = if attributed.is_empty() { String::new() } else { format!("  [data: {}]", attributed.join(", ")) };
+        eprintln!("  [{q:>2}] node {node}: {prompt} → {}{attributed}", answer.text.trim().replace('\n', " "));
         lines.push(QueryLine { prompt: prompt.into(), answer: answer.text.clone(), node, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
     }
 
@@ -260,12 +316,17 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     let mut gas = Vec::new();
     let watcher_chain = ChainClient::connect(&endpoint, watcher_id.evm.clone(), deployment)?;
     let follower = EventFollower::new(watcher_chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
-    let mut watcher: Watcher<MemCheckpoint, SledStore> = Watcher::new(watcher_chain.clone(), follower, Arc::new(StoreSource(client_store.clone())), None);
+    let mut watcher: Watcher<MemCheckpoint, SledStore> =
+        Watcher::new(watcher_chain.clone(), follower, Arc::new(StoreSource(client_store.clone())), None)
+            .with_attribution(client_weights.clone())
+            .with_datanet(model_id, datanet.clone());
+    // Every settled batch, for the contributors' claims: (node, channel, batch start, seq).
+    let mut batches: Vec<(usize, ChannelId, Seq, Seq)> = Vec::new();
     let mut dispute = None;
     // The last node that has receipts to settle is the dishonest one.
     let cheat = (nodes.len() - 1).min(config.queries.saturating_sub(1));
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy);
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
         let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
         if channel.last_seq == Seq::ZERO {
             continue;
@@ -273,7 +334,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         if i == cheat {
             let receipts: Vec<_> = n.store.receipts_after(&channel.params.id, channel.settled_seq)?.into_iter().map(|r| r.receipt.receipt).collect();
             let voucher = n.store.receipt(&channel.params.id, channel.last_seq)?.expect("stored").voucher;
-            let mut runs = payout_runs(&receipts, |_| Some(split))?;
+            let weights = weights_for(&receipts, &ProviderWeights(n.provider.clone()))?;
+            let (mut runs, _) = attributed_payout_runs(&receipts, &weights, |_| Some(split))?;
             // One wei moved from the owner's part to the node's: a split that differs
             // from the registered one.
             if let Some(r) = runs.first_mut() {
@@ -299,6 +361,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         }
         match settler.settle_channel(channel.params.id, true).await? {
             SettleAction::Settled { outcome, seq, amount } => {
+                batches.push((i, channel.params.id, channel.settled_seq, seq));
                 gas.push((format!("settle (node {i}, {} receipts)", seq.0), outcome.gas_used));
                 info!(target: "devnet", node = i, %amount, "settled");
             }
@@ -312,7 +375,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     anvil.advance(config.challenge_window + 1).await?;
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy);
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
         let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
         if channel.last_seq == Seq::ZERO {
             continue;
@@ -338,11 +401,18 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             max_cost: None,
         };
         let answer = payer.infer_with(&client_net, advert, channel, &ask, &mut |_| {}).await.context("query after settlement failed")?;
+        if !answer.weights.is_empty() {
+            client_weights.insert_weights(answer.weights.clone());
+        }
         lines.push(QueryLine { prompt: PROMPTS[0].into(), answer: answer.text.clone(), node: 0, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy);
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
         let id = answer.receipt.receipt.channel;
+        let start = n.store.channel(&id)?.map(|c| c.settled_seq).unwrap_or_default();
         match settler.settle_channel(id, true).await? {
-            SettleAction::Settled { outcome, seq, .. } => gas.push((format!("settle (node 0, second batch to seq {})", seq.0), outcome.gas_used)),
+            SettleAction::Settled { outcome, seq, .. } => {
+                batches.push((0, id, start, seq));
+                gas.push((format!("settle (node 0, second batch to seq {})", seq.0), outcome.gas_used))
+            }
             other => bail!("node 0 could not settle its second batch: {other:?}"),
         }
         let report = watcher.step().await?;
@@ -358,21 +428,45 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     };
     progress(&format!("second batch on node 0 settled, verified by the watcher: {second_batch}"));
 
-    // What the receipts say, against what the chain credited.
+    // What the receipts say, batch by batch as they were settled, against what the chain
+    // credited; the data contributors claim their entries of each batch.
     let mut expected_by: BTreeMap<Address, Wei> = BTreeMap::new();
+    let mut owed: BTreeMap<Address, Wei> = BTreeMap::new();
     let mut receipts = 0u64;
     let mut paid = Wei::ZERO;
-    for (i, n) in nodes.iter().enumerate() {
-        let Some(c) = client_store.channels()?.into_iter().find(|c| c.params.provider == n.identity.address()) else { continue };
-        let all: Vec<_> = client_store.receipts_after(&c.params.id, Seq::ZERO)?.into_iter().map(|r| r.receipt.receipt).collect();
-        receipts += all.len() as u64;
-        let total: Payout = payout_totals(&payout_runs(&all, |_| Some(split))?)?;
-        paid = paid.checked_add(total.total()?)?;
-        for (who, amount) in [(n.identity.address(), total.node), (owner.address(), total.owner), (data_pool, total.data), (deployer.address(), total.protocol)] {
-            let e = expected_by.entry(who).or_default();
-            *e = e.checked_add(amount)?;
+    let contributor_chains: Vec<ChainClient> =
+        contributors.iter().map(|(_, c)| ChainClient::connect(&endpoint, c.evm.clone(), deployment)).collect::<Result<_, _>>()?;
+    for &(i, channel, start, seq) in &batches {
+        let n = &nodes[i];
+        let batch: Vec<Receipt> = client_store
+            .receipts_after(&channel, start)?
+            .into_iter()
+            .map(|r| r.receipt.receipt)
+            .filter(|r| r.seq <= seq)
+            .collect();
+        receipts += batch.len() as u64;
+        let weights = weights_for(&batch, client_weights.as_ref())?;
+        let (runs, data) = attributed_payout_runs(&batch, &weights, |_| Some(split))?;
+        let settled = watcher_chain.settled_payouts(channel, seq).await?.context("settled payouts not found")?;
+        for (k, run) in runs.iter().enumerate() {
+            paid = paid.checked_add(run.value()?)?;
+            let undistributed = run.parts.data.checked_sub(run.data.distributed)?;
+            for (who, amount) in [(n.identity.address(), run.parts.node), (owner.address(), run.parts.owner), (data_pool, undistributed), (deployer.address(), run.parts.protocol)] {
+                let e = expected_by.entry(who).or_default();
+                *e = e.checked_add(amount)?;
+            }
+            for ((_, c), chain) in contributors.iter().zip(&contributor_chains) {
+                if let Some(claim) = data[k].claim(&c.address()) {
+                    chain.claim_data(channel, seq, &settled, k, &claim).await?;
+                    let o = owed.entry(c.address()).or_default();
+                    *o = o.checked_add(claim.amount)?;
+                }
+            }
         }
-        let _ = i;
+    }
+    let mut contributor_lines = Vec::new();
+    for (name, c) in &contributors {
+        contributor_lines.push(((*name).to_string(), c.address(), watcher_chain.credited(c.address()).await?, owed.get(&c.address()).copied().unwrap_or_default()));
     }
     let mut earnings = Vec::new();
     let mut expected = Vec::new();
@@ -384,7 +478,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         earnings.push((role, who, watcher_chain.credited(who).await?));
         expected.push(expected_by.get(&who).copied().unwrap_or_default());
     }
-    let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device, second_batch_verified: second_batch };
+    let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device, second_batch_verified: second_batch, contributors: contributor_lines };
     progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
     let live = Live { _anvil: anvil, network: client_net, payer, _nodes: nodes.into_iter().map(|n| n._network).collect() };
     Ok((summary, Some(live)))
@@ -418,9 +512,11 @@ async fn wait_addrs(network: &attrinet_p2p::Client) -> anyhow::Result<Vec<attrin
 }
 
 impl Summary {
-    /// Whether every credited amount equals what the receipts say.
+    /// Whether every credited amount equals what the receipts say, contributors' claims
+    /// included.
     pub fn consistent(&self) -> bool {
         self.earnings.iter().zip(&self.expected).all(|((_, _, got), want)| got == want)
+            && self.contributors.iter().all(|(_, _, got, want)| got == want)
     }
 
     /// The summary as text.
@@ -441,6 +537,11 @@ impl Summary {
         for ((role, who, got), want) in self.earnings.iter().zip(&self.expected) {
             let mark = if got == want { "ok" } else { "MISMATCH" };
             s += &format!("  {role:<12} {who}  {:>22} | {:>22} wei  {mark}\n", got.0, want.0);
+        }
+        s += "data contributors (claimed on chain | owed by the settled batches):\n";
+        for (name, who, got, want) in &self.contributors {
+            let mark = if got == want { "ok" } else { "MISMATCH" };
+            s += &format!("  {name:<16} {who}  {:>18} | {:>18} wei  {mark}\n", got.0, want.0);
         }
         s
     }

@@ -31,8 +31,14 @@ async fn devnet_summary_matches_the_chain() {
     assert_eq!(summary.receipts, 4);
     // Credited on chain == the exact splits of the receipts, for every beneficiary.
     assert!(summary.consistent(), "{}", summary.render());
-    let credited: u128 = summary.earnings.iter().map(|(_, _, w)| w.0).sum();
+    let credited: u128 = summary.earnings.iter().map(|(_, _, w)| w.0).sum::<u128>()
+        + summary.contributors.iter().map(|(_, _, w, _)| w.0).sum::<u128>();
     assert_eq!(credited, summary.paid.0, "everything paid was credited, nothing more");
+    // The France answer copies the geography contributor's passage: it was attributed and
+    // that contributor claimed a non-zero share on chain.
+    let (name, _, claimed, owed) = &summary.contributors[0];
+    assert_eq!(name, "geography notes");
+    assert!(claimed.0 > 0 && claimed == owed, "{}", summary.render());
     assert!(summary.earnings.iter().take(2).all(|(_, _, w)| w.0 > 0), "both nodes earned");
     // The dishonest settlement was disputed and the cheating node's whole bond moved.
     let (class, bond) = summary.dispute.clone().expect("a dispute happened");
