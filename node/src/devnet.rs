@@ -480,12 +480,16 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device, second_batch_verified: second_batch, contributors: contributor_lines };
     progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
-    let live = Live { _anvil: anvil, network: client_net, payer, _nodes: nodes.into_iter().map(|n| n._network).collect() };
+    let live = Live { endpoint: endpoint.clone(), deployment, _anvil: anvil, network: client_net, payer, _nodes: nodes.into_iter().map(|n| n._network).collect() };
     Ok((summary, Some(live)))
 }
 
 /// The running devnet, kept for `--keep` (the gateway runs on its client).
 pub struct Live {
+    /// The chain's endpoint.
+    pub endpoint: String,
+    /// Where the contracts are.
+    pub deployment: attrinet_chain::Deployment,
     _anvil: Anvil,
     /// The client's network handle.
     pub network: attrinet_p2p::Client,

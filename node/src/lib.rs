@@ -6,12 +6,14 @@
 //! one-command [`devnet`].
 
 pub mod devnet;
+mod earnings;
 mod engine;
 pub mod gateway;
 pub mod keys;
 mod metrics;
 mod store;
 
+pub use earnings::{Earnings, earnings};
 pub use engine::EngineGenerator;
 pub use metrics::Metrics;
 pub use store::{Audit, SledStore, audit};

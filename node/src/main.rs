@@ -42,9 +42,33 @@ enum Command {
     Store(StoreCommand),
     /// List what the network offers now: models, providers, prices, speeds.
     Models(ModelsArgs),
+    /// What an address earned on chain: withdrawable balance and data claims per model.
+    Earnings(EarningsArgs),
     /// Datanets: the contributions a model's data share is paid to.
     #[command(subcommand)]
     Datanet(DatanetCommand),
+}
+
+#[derive(Debug, Args)]
+struct EarningsArgs {
+    /// The data contributor (or node, model owner, ...) to report on.
+    #[arg(long, alias = "address")]
+    contributor: alloy_primitives::Address,
+    /// The chain's JSON-RPC endpoint.
+    #[arg(long, env = "ATTRINET_RPC")]
+    rpc: String,
+    /// The chain id.
+    #[arg(long, default_value_t = 31337)]
+    chain_id: u64,
+    /// The Registry contract.
+    #[arg(long)]
+    registry: alloy_primitives::Address,
+    /// The Channels contract.
+    #[arg(long)]
+    channels: alloy_primitives::Address,
+    /// The block the contracts were deployed in (where event scans start).
+    #[arg(long, default_value_t = 0)]
+    from_block: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +196,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Earnings(e) => {
+            let deployment = attrinet_chain::Deployment { chain_id: e.chain_id, registry: e.registry, channels: e.channels, deploy_block: e.from_block };
+            let earned = attrinet_node::earnings(&e.rpc, deployment, e.contributor).await?;
+            print!("{}", earned.render(e.contributor));
+        }
         Command::Datanet(DatanetCommand::Build(d)) => {
             let model = attrinet_compute::Model::load(&d.model).with_context(|| format!("cannot load {}", d.model.display()))?;
             let bar = indicatif::ProgressBar::new_spinner().with_message(format!("indexing {}", d.dir.display()));
@@ -210,6 +239,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.", a.listen);
                 if let Some(addr) = live.network.listen_addrs().await?.into_iter().next() {
                     println!("join the network: attrinet models --bootstrap {addr}");
+                }
+                if let Some((_, who, _, _)) = summary.contributors.first() {
+                    println!(
+                        "a contributor's earnings: attrinet earnings --rpc {} --registry {} --channels {} --contributor {who}",
+                        live.endpoint, live.deployment.registry, live.deployment.channels
+                    );
                 }
                 axum::serve(listener, attrinet_node::gateway::router(gateway))
                     .with_graceful_shutdown(async {
@@ -286,6 +321,10 @@ mod tests {
         let Command::Datanet(DatanetCommand::Build(b)) = cli.command else { panic!("datanet build") };
         assert_eq!((b.dir, b.min_span, b.out), (PathBuf::from("data/"), 4, PathBuf::from("datanet.idx")));
         assert!(Cli::try_parse_from(["attrinet", "datanet", "build"]).is_err(), "a folder is required");
+        let a = "0x00000000000000000000000000000000000000aa";
+        let cli = Cli::try_parse_from(["attrinet", "earnings", "--rpc", "http://127.0.0.1:8545", "--registry", a, "--channels", a, "--contributor", a]).unwrap();
+        assert!(matches!(cli.command, Command::Earnings(EarningsArgs { chain_id: 31337, from_block: 0, .. })));
+        assert!(Cli::try_parse_from(["attrinet", "earnings", "--rpc", "x", "--registry", a, "--channels", a, "--contributor", "0xnope"]).is_err());
         assert!(Cli::try_parse_from(["attrinet", "models", "--bootstrap", "not-an-address"]).is_err());
         let cli = Cli::try_parse_from(["attrinet", "models", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWE44BGKWaa2TbxruLPku6zmMh4t1cXJn3uRPfqTg9NYcS"]).unwrap();
         assert!(matches!(cli.command, Command::Models(ModelsArgs { wait_secs: 5, .. })));

@@ -21,7 +21,7 @@ async fn devnet_summary_matches_the_chain() {
         data_dir: dir.path().to_path_buf(),
         challenge_window: 3,
     };
-    let (summary, _live) = run(&config).await.expect("devnet runs");
+    let (summary, live) = run(&config).await.expect("devnet runs");
     println!("{}", summary.render());
 
     // 3 queries, then one more after the first settlement.
@@ -39,6 +39,13 @@ async fn devnet_summary_matches_the_chain() {
     let (name, _, claimed, owed) = &summary.contributors[0];
     assert_eq!(name, "geography notes");
     assert!(claimed.0 > 0 && claimed == owed, "{}", summary.render());
+    // `attrinet earnings --contributor` reads the same from the chain, per model.
+    let live = live.expect("live devnet");
+    let who = summary.contributors[0].1;
+    let earned = attrinet_node::earnings(&live.endpoint, live.deployment, who).await.unwrap();
+    assert_eq!(earned.withdrawable, *claimed);
+    assert_eq!(earned.claimed_by_model.values().copied().map(|w| w.0).sum::<u128>(), claimed.0);
+    assert_eq!(earned.claimed_by_model.len(), 1, "one model");
     assert!(summary.earnings.iter().take(2).all(|(_, _, w)| w.0 > 0), "both nodes earned");
     // The dishonest settlement was disputed and the cheating node's whole bond moved.
     let (class, bond) = summary.dispute.clone().expect("a dispute happened");
