@@ -49,6 +49,14 @@ impl<S: Store> ReceiptSource for StoreSource<S> {
     }
 }
 
+/// Weights from the same store: the payer's and the provider's stores keep every
+/// receipt's weights (`Store::put_weights`) before the receipt is signed.
+impl<S: Store> crate::AttributionSource for StoreSource<S> {
+    fn weights(&self, root: &B256) -> Result<Option<attrinet_market::Weights>> {
+        Ok(self.0.weights(root)?)
+    }
+}
+
 /// The receipts up to the settled seq, from the first start whose batch hashes to the
 /// settled root (`only_first`: try the first start only).
 fn matching_suffix(

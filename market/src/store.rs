@@ -195,6 +195,13 @@ pub trait Store: Send + Sync {
 
     /// Receipts with seq greater than `after`, in seq order.
     fn receipts_after(&self, id: &ChannelId, after: Seq) -> Result<Vec<StoredReceipt>, StoreError>;
+
+    /// Keeps attribution weights under their root, durably: settling a receipt that
+    /// commits to them needs them, after a restart too. Idempotent.
+    fn put_weights(&self, weights: &crate::Weights) -> Result<(), StoreError>;
+
+    /// The weights whose root is `root`.
+    fn weights(&self, root: &alloy_primitives::B256) -> Result<Option<crate::Weights>, StoreError>;
 }
 
 /// A [`Store`] in memory, for tests and short-lived clients.
@@ -207,6 +214,7 @@ pub struct MemStore {
 struct MemInner {
     channels: BTreeMap<ChannelId, ChannelState>,
     receipts: BTreeMap<(ChannelId, Seq), StoredReceipt>,
+    weights: BTreeMap<alloy_primitives::B256, crate::Weights>,
 }
 
 impl MemStore {
@@ -261,6 +269,15 @@ impl Store for MemStore {
 
     fn receipt(&self, id: &ChannelId, seq: Seq) -> Result<Option<StoredReceipt>, StoreError> {
         Ok(self.lock().receipts.get(&(*id, seq)).cloned())
+    }
+
+    fn put_weights(&self, weights: &crate::Weights) -> Result<(), StoreError> {
+        self.lock().weights.insert(weights.root(), weights.clone());
+        Ok(())
+    }
+
+    fn weights(&self, root: &alloy_primitives::B256) -> Result<Option<crate::Weights>, StoreError> {
+        Ok(self.lock().weights.get(root).cloned())
     }
 
     fn receipts_after(&self, id: &ChannelId, after: Seq) -> Result<Vec<StoredReceipt>, StoreError> {

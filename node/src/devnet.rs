@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, B256, U256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    Anvil, AnvilConfig, AttributionSource, ChainClient, DeployConfig, EventFollower, MemAttribution, MemCheckpoint,
+    Anvil, AnvilConfig, AttributionSource, ChainClient, DeployConfig, EventFollower, MemCheckpoint,
     SettleAction, SettlementLoop, SettlementPolicy, StoreSource, Watcher, attributed_payout_runs,
 };
 use attrinet_compute::{Backend, Model, open_engine};
@@ -272,8 +272,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Queries. The client keeps each answer's weights: the watcher checks them.
-    let client_weights = Arc::new(MemAttribution::default());
+    // Queries. The client's store keeps each answer's weights; the watcher checks them.
+    let client_weights = Arc::new(StoreSource(client_store.clone()));
     let offers = client_net.market().await?.all(attrinet_p2p::unix_now());
     let mut lines = Vec::new();
     for q in 0..config.queries {
@@ -297,9 +297,6 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .infer_with(&client_net, advert, channel, &ask, &mut |_| {})
             .await
             .with_context(|| format!("query {q} failed"))?;
-        if !answer.weights.is_empty() {
-            client_weights.insert_weights(answer.weights.clone());
-        }
         let attributed: Vec<String> = contributors
             .iter()
             .filter(|(_, c)| answer.weights.ppm_of(&c.address()) > 0)
@@ -401,9 +398,6 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             max_cost: None,
         };
         let answer = payer.infer_with(&client_net, advert, channel, &ask, &mut |_| {}).await.context("query after settlement failed")?;
-        if !answer.weights.is_empty() {
-            client_weights.insert_weights(answer.weights.clone());
-        }
         lines.push(QueryLine { prompt: PROMPTS[0].into(), answer: answer.text.clone(), node: 0, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
         let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
         let id = answer.receipt.receipt.channel;

@@ -12,6 +12,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 const CHANNELS: &str = "channels";
 const RECEIPTS: &str = "receipts";
+const WEIGHTS: &str = "weights";
 
 /// A [`Store`] in a sled database directory.
 ///
@@ -24,6 +25,7 @@ pub struct SledStore {
     db: sled::Db,
     channels: sled::Tree,
     receipts: sled::Tree,
+    weights: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -49,7 +51,8 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(format!("cannot open store at {}: {e}", dir.display())))?;
         let channels = db.open_tree(CHANNELS).map_err(backend)?;
         let receipts = db.open_tree(RECEIPTS).map_err(backend)?;
-        Ok(SledStore { db, channels, receipts })
+        let weights = db.open_tree(WEIGHTS).map_err(backend)?;
+        Ok(SledStore { db, channels, receipts, weights })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -138,6 +141,15 @@ impl Store for SledStore {
 
     fn mark_settled(&self, id: &ChannelId, seq: Seq) -> Result<ChannelState, StoreError> {
         self.update_channel(id, |s| s.settled_at(seq))
+    }
+
+    fn put_weights(&self, weights: &attrinet_market::Weights) -> Result<(), StoreError> {
+        self.weights.insert(weights.root().as_slice(), encode(weights)).map_err(backend)?;
+        self.flush()
+    }
+
+    fn weights(&self, root: &alloy_primitives::B256) -> Result<Option<attrinet_market::Weights>, StoreError> {
+        self.weights.get(root.as_slice()).map_err(backend)?.map(|v| decode(&v).map_err(StoreError::from)).transpose()
     }
 
     fn receipt(&self, id: &ChannelId, seq: Seq) -> Result<Option<StoredReceipt>, StoreError> {

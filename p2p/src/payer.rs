@@ -299,6 +299,9 @@ impl Payer {
         };
         // Store what we signed before handing it over: our record of what we owe must never
         // be behind the provider's.
+        if !weights.is_empty() {
+            self.inner.store.put_weights(&weights).map_err(|e| InferError::Store(e.to_string()))?;
+        }
         let stored = self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| InferError::Store(e.to_string()))?;
         ch.commit(&stored, &receipt);
         drop(ch);

@@ -106,8 +106,6 @@ struct Inner {
     slots: Semaphore,
     per_peer: Mutex<HashMap<PeerId, u32>>,
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<ProviderChannel>>>>,
-    /// Weights of proposed receipts, by root: what settlement needs to pay contributors.
-    weights: Mutex<HashMap<alloy_primitives::B256, attrinet_market::Weights>>,
 }
 
 /// The provider: serves inference requests arriving on the network.
@@ -157,7 +155,6 @@ impl Provider {
                 limits,
                 per_peer: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
-                weights: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -187,9 +184,10 @@ impl Provider {
             .collect()
     }
 
-    /// The attribution weights of a receipt this provider proposed, by their root.
+    /// The attribution weights of a receipt this provider proposed, by their root (from
+    /// its store).
     pub fn weights(&self, root: &alloy_primitives::B256) -> Option<attrinet_market::Weights> {
-        self.inner.weights.lock().unwrap_or_else(|p| p.into_inner()).get(root).cloned()
+        self.inner.store.weights(root).ok().flatten()
     }
 
     /// Advertises the offers and serves requests until the network stops.
@@ -328,7 +326,8 @@ impl Provider {
         let weights = offer.datanet.as_ref().map(|d| d.attribute(&tokens).weights).unwrap_or_default();
         let attribution_root = weights.root();
         if !weights.is_empty() {
-            self.inner.weights.lock().unwrap_or_else(|p| p.into_inner()).insert(attribution_root, weights.clone());
+            // Stored before the receipt is proposed: settling it needs them, after a restart too.
+            self.inner.store.put_weights(&weights).map_err(|e| reply(ErrorCode::Internal, format!("could not store weights: {e}")))?;
         }
         let usage = Usage {
             request_hash: req_hash,

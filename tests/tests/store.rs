@@ -42,3 +42,22 @@ fn survives_reopen_and_refuses_replays() {
     let mut driver = Driver::resume(&store).unwrap();
     assert_eq!(driver.round(&store, 1).unwrap().receipt.seq, Seq(21));
 }
+
+#[test]
+fn weights_survive_reopen() {
+    use attrinet_market::{PPM_WHOLE, Weight, Weights};
+    let dir = tempfile::tempdir().unwrap();
+    let w = Weights::new(vec![
+        Weight { contributor: alloy_primitives::Address::repeat_byte(1), ppm: 400_000 },
+        Weight { contributor: alloy_primitives::Address::repeat_byte(2), ppm: PPM_WHOLE - 400_000 },
+    ])
+    .unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put_weights(&w).unwrap();
+        store.put_weights(&w).unwrap(); // idempotent
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.weights(&w.root()).unwrap(), Some(w));
+    assert_eq!(store.weights(&alloy_primitives::B256::ZERO).unwrap(), None);
+}
