@@ -94,7 +94,7 @@ fn main() {
         payer.commit(&state_c, &receipt);
         // Settle every 16 receipts so the batch (and its Merkle root) stays a realistic size.
         settled_every += 1;
-        if settled_every % 16 == 0 {
+        if settled_every.is_multiple_of(16) {
             state_p = state_p.settled_at(state_p.last_seq).expect("settles");
             state_c = state_c.settled_at(state_c.last_seq).expect("settles");
             provider.settled(&state_p);

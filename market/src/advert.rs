@@ -183,11 +183,10 @@ impl MarketView {
     /// Takes a checked advert if it is newer than what we hold for its node and model.
     pub fn insert(&mut self, advert: SignedAdvert) -> Result<(), AdvertError> {
         let key = (advert.advert.node_key, advert.advert.model);
-        if let Some(old) = self.adverts.get(&key) {
-            if advert.advert.seq <= old.advert.seq {
+        if let Some(old) = self.adverts.get(&key)
+            && advert.advert.seq <= old.advert.seq {
                 return Err(AdvertError::Stale { last: old.advert.seq, got: advert.advert.seq });
             }
-        }
         self.adverts.insert(key, advert);
         Ok(())
     }

@@ -335,12 +335,11 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             let (mut runs, _) = attributed_payout_runs(&receipts, &weights, |_| Some(split))?;
             // One wei moved from the owner's part to the node's: a split that differs
             // from the registered one.
-            if let Some(r) = runs.first_mut() {
-                if r.parts.owner.0 > 0 {
+            if let Some(r) = runs.first_mut()
+                && r.parts.owner.0 > 0 {
                     r.parts.owner.0 -= 1;
                     r.parts.node.0 += 1;
                 }
-            }
             let bond_before = n.chain.bond(n.identity.address()).await?;
             let out = n.chain.settle(&voucher, &runs).await?;
             gas.push((format!("settle (dishonest, node {i})"), out.gas_used));

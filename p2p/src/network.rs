@@ -522,8 +522,8 @@ impl EventLoop {
                 self.publish_offers();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. })) => {
-                if let kad::QueryResult::GetClosestPeers(result) = &result {
-                    if let Some(peer) = self.pending_lookup.remove(&id) {
+                if let kad::QueryResult::GetClosestPeers(result) = &result
+                    && let Some(peer) = self.pending_lookup.remove(&id) {
                         let found = match result {
                             Ok(ok) => ok.peers.iter().find(|p| p.peer_id == peer).map(|p| p.addrs.clone()),
                             Err(_) => None,
@@ -538,18 +538,15 @@ impl EventLoop {
                             }
                         }
                     }
-                }
                 if let kad::QueryResult::GetProviders(result) = result {
-                    if let Some((found, _)) = self.pending_providers.get_mut(&id) {
-                        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    if let Some((found, _)) = self.pending_providers.get_mut(&id)
+                        && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
                             found.extend(providers);
                         }
-                    }
-                    if step.last {
-                        if let Some((found, reply)) = self.pending_providers.remove(&id) {
+                    if step.last
+                        && let Some((found, reply)) = self.pending_providers.remove(&id) {
                             let _ = reply.send(found);
                         }
-                    }
                 }
             }
             _ => {}

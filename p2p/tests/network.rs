@@ -21,7 +21,7 @@ async fn ten_nodes_see_every_advert_and_expired_ones_disappear() {
     let boot_addr = boot.tcp_addr().await;
     nodes.push(boot);
     for i in 1..10 {
-        nodes.push(Node::start(i, &[boot_addr.clone()], fast_config(Duration::from_secs(4))).await);
+        nodes.push(Node::start(i, std::slice::from_ref(&boot_addr), fast_config(Duration::from_secs(4))).await);
     }
     for (i, n) in nodes.iter_mut().enumerate() {
         n.serve(vec![offer(model(i as u8), 10, 20, TestEngine::new(0))], Limits::default());
@@ -124,9 +124,9 @@ async fn the_client_fails_over_when_its_provider_dies_mid_stream() {
 async fn bad_adverts_are_rejected_and_their_sender_penalised() {
     let a = Node::start(0, &[], fast_config(Duration::from_secs(60))).await;
     let a_addr = a.tcp_addr().await;
-    let mut honest = Node::start(1, &[a_addr.clone()], fast_config(Duration::from_secs(60))).await;
+    let mut honest = Node::start(1, std::slice::from_ref(&a_addr), fast_config(Duration::from_secs(60))).await;
     honest.serve(vec![offer(model(1), 10, 20, TestEngine::new(0))], Limits::default());
-    let evil = Node::start(2, &[a_addr.clone()], fast_config(Duration::from_secs(60))).await;
+    let evil = Node::start(2, std::slice::from_ref(&a_addr), fast_config(Duration::from_secs(60))).await;
     wait_for(Duration::from_secs(20), "a sees the honest advert", || {
         let c = a.client.clone();
         async move { c.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == 1 }
