@@ -388,12 +388,12 @@ fn the_commitment_binds_owners_tokens_order_and_min_span_but_not_names() {
 }
 
 #[test]
-fn a_file_contributed_twice_indexes_fast() {
-    // Comparison sorting would be quadratic in the repeated length here.
+fn a_file_contributed_twice_is_shared_between_its_owners() {
+    // A long, highly repetitive text contributed twice: the worst case for suffix sorting
+    // (comparison sorting would be quadratic in the repeated length; the index build's
+    // speed is measured by the attribution bench, not asserted here).
     let long: Vec<u32> = (0..200_000u32).map(|i| i % 7).collect();
-    let start = std::time::Instant::now();
     let datanet = build(8, &[(owner(1), long.clone()), (owner(2), long)]);
-    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
     let a = datanet.attribute(&[0, 1, 2, 3, 4, 5, 6, 0, 1, 2]);
     assert_eq!(a.weights.ppm_of(&owner(1)), 500_000);
     assert_eq!(a.weights.ppm_of(&owner(2)), 500_000);

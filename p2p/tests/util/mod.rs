@@ -96,10 +96,14 @@ pub fn ask(model: &str, prompt: &str, max_tokens: u32) -> Ask {
 
 /// Polls `check` every 100 ms; panics naming `what` if it is not true within `bound`.
 pub async fn wait_for<F: Future<Output = bool>>(bound: Duration, what: &str, mut check: impl FnMut() -> F) {
-    let start = tokio::time::Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < bound, "timed out after {bound:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let polled = tokio::time::timeout(bound, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if polled.is_err() {
+        panic!("timed out after {bound:?} waiting until {what}");
     }
 }
 
