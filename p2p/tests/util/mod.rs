@@ -351,9 +351,9 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
     errors
 }
 
-/// Pays the real provider with a co-signed receipt tampered after signing; returns the
-/// provider's error code.
-pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
+/// Sends a small request on the client's channel with the first advertised provider,
+/// by hand (no payer logic), and returns the channel and the open stream.
+async fn send_raw_request(client: &Node, provider: &Node) -> (attrinet_market::ChannelId, libp2p::Stream) {
     let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
     let channel = client.channel_with(&advert).await;
     let id = channel.lock().await.state().params.id;
@@ -368,6 +368,13 @@ pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
     let peer = attrinet_p2p::key_peer(&provider.identity.public_key()).unwrap();
     let mut s = client.client.open_stream(peer, INFER_PROTOCOL).await.unwrap();
     write_msg(&mut s, &req).await.unwrap();
+    (id, s)
+}
+
+/// Pays the real provider with a co-signed receipt tampered after signing; returns the
+/// provider's error code.
+pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
+    let (id, mut s) = send_raw_request(client, provider).await;
     loop {
         match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
             ServerMsg::Propose { proposal, .. } => {
@@ -393,20 +400,7 @@ pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
 /// Sends a request to `provider` and, when the receipt is proposed, refuses to sign it.
 /// Returns `Ok(())` if a receipt was proposed (and refused), or the provider's error code.
 pub async fn refusing_round(client: &Node, provider: &Node) -> Result<(), ErrorCode> {
-    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
-    let channel = client.channel_with(&advert).await;
-    let id = channel.lock().await.state().params.id;
-    let req = InferRequest {
-        model: advert.model,
-        prompt: Prompt::Text("pay me".into()),
-        max_tokens: 3,
-        sampling: Sampling::default(),
-        channel: id,
-        quote: Quote { model: advert.model, price: advert.price, max_input_tokens: 2048, max_output_tokens: 3 },
-    };
-    let peer = attrinet_p2p::key_peer(&provider.identity.public_key()).unwrap();
-    let mut s = client.client.open_stream(peer, INFER_PROTOCOL).await.unwrap();
-    write_msg(&mut s, &req).await.unwrap();
+    let (id, mut s) = send_raw_request(client, provider).await;
     loop {
         match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
             ServerMsg::Propose { .. } => {
