@@ -400,7 +400,7 @@ pub async fn rogue_payment(client: &Node, provider: &Node) -> ErrorCode {
 /// Sends a request to `provider` and, when the receipt is proposed, refuses to sign it.
 /// Returns `Ok(())` if a receipt was proposed (and refused), or the provider's error code.
 pub async fn refusing_round(client: &Node, provider: &Node) -> Result<(), ErrorCode> {
-    let (id, mut s) = send_raw_request(client, provider).await;
+    let (_, mut s) = send_raw_request(client, provider).await;
     loop {
         match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
             ServerMsg::Propose { .. } => {
