@@ -356,8 +356,13 @@ impl PayerChannel {
         self.state = stored.clone();
     }
 
-    /// Records a settlement through `seq` seen on chain, and a new deposit.
+    /// Takes in a settlement or a new deposit from the stored state (`Store::mark_settled`,
+    /// `Store::put_channel`), so that the next voucher's batch starts after the settled seq.
+    /// A stored state at another receipt than this ledger's (a write in flight) is ignored.
     pub fn settled(&mut self, state: &ChannelState) {
+        if state.last_seq != self.state.last_seq {
+            return;
+        }
         self.unsettled.retain(|l| l.seq > state.settled_seq);
         self.state = state.clone();
     }
@@ -542,8 +547,13 @@ impl ProviderChannel {
         self.state = stored.clone();
     }
 
-    /// Records a settlement or a new deposit.
+    /// Takes in a settlement or a new deposit from the stored state (`Store::mark_settled`,
+    /// `Store::put_channel`), so that the next voucher's batch starts after the settled seq.
+    /// A stored state at another receipt than this ledger's (a write in flight) is ignored.
     pub fn settled(&mut self, state: &ChannelState) {
+        if state.last_seq != self.state.last_seq {
+            return;
+        }
         self.unsettled.retain(|l| l.seq > state.settled_seq);
         self.state = state.clone();
     }

@@ -285,10 +285,9 @@ impl Payer {
         }
         let mut ch = channel.lock().await;
         // A settlement or top-up recorded in the store since the ledger was loaded.
-        if let Some(s) = self.inner.store.channel(&channel_id).map_err(|e| InferError::Store(e.to_string()))?
-            && s.last_seq == ch.state().last_seq && (s.settled_seq != ch.state().settled_seq || s.deposit != ch.state().deposit) {
-                ch.settled(&s);
-            }
+        if let Some(s) = self.inner.store.channel(&channel_id).map_err(|e| InferError::Store(e.to_string()))? {
+            ch.settled(&s);
+        }
         let (receipt, voucher) = match ch.accept(proposal, batch_start, &request.quote, &delivered, unix_now(), &self.inner.identity) {
             Ok(signed) => signed,
             Err(e) => {

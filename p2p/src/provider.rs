@@ -241,10 +241,9 @@ impl Provider {
     fn refresh(&self, ch: &mut ProviderChannel) -> Result<(), ErrorReply> {
         let id = ch.state().params.id;
         let stored = self.inner.store.channel(&id).map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
-        if let Some(s) = stored
-            && s.last_seq == ch.state().last_seq && (s.settled_seq != ch.state().settled_seq || s.deposit != ch.state().deposit) {
-                ch.settled(&s);
-            }
+        if let Some(s) = stored {
+            ch.settled(&s);
+        }
         Ok(())
     }
 

@@ -82,11 +82,11 @@ async fn a_query_streams_and_both_sides_store_identical_receipts() {
     let expected = answer.provider.price.value(4, 12).unwrap();
     assert_eq!(mine[0].receipt.receipt.value, expected);
 
-    // A second query on the same channel continues the sequence.
+    // A second query goes to the same provider (still the best ranked: cheapest, and now
+    // with a success) and continues the channel's sequence.
     let again = client.payer.infer(&client.client, &ask("test-model", "and another", 5), |_| {}).await.unwrap();
-    if again.receipt.receipt.channel == id {
-        assert_eq!(again.receipt.receipt.seq, Seq(2));
-    }
+    assert_eq!(again.receipt.receipt.channel, id);
+    assert_eq!(again.receipt.receipt.seq, Seq(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
