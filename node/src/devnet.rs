@@ -278,25 +278,12 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     let mut lines = Vec::new();
     for q in 0..config.queries {
         let prompt = PROMPTS[q % PROMPTS.len()];
-        let ask = Ask {
-            model: name.clone(),
-            prompt: Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: prompt.into() }]),
-            max_tokens: config.max_tokens,
-            sampling: Sampling::default(),
-            max_cost: None,
-        };
         // Round robin over the providers (rather than the client's ranking, which would send
         // everything to the first of equal offers) so that every node has receipts to settle.
         let node = q % nodes.len();
-        let advert = offers
-            .iter()
-            .find(|a| a.node_key == nodes[node].identity.public_key())
-            .with_context(|| format!("no advert from node {node}"))?;
-        let channel = payer.channel_with(advert)?.with_context(|| format!("no channel with node {node}"))?;
-        let answer = payer
-            .infer_with(&client_net, advert, channel, &ask, &mut |_| {})
+        let answer = ask_node(&payer, &client_net, &offers, &nodes[node].identity, &name, prompt, config.max_tokens)
             .await
-            .with_context(|| format!("query {q} failed"))?;
+            .with_context(|| format!("query {q} to node {node} failed"))?;
         let attributed: Vec<String> = contributors
             .iter()
             .filter(|(_, c)| answer.weights.ppm_of(&c.address()) > 0)
@@ -387,16 +374,9 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     // second batch honest.
     let second_batch = {
         let n = &nodes[0];
-        let advert = offers.iter().find(|a| a.node_key == n.identity.public_key()).context("no advert from node 0")?;
-        let channel = payer.channel_with(advert)?.context("no channel with node 0")?;
-        let ask = Ask {
-            model: name.clone(),
-            prompt: Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: PROMPTS[0].into() }]),
-            max_tokens: config.max_tokens,
-            sampling: Sampling::default(),
-            max_cost: None,
-        };
-        let answer = payer.infer_with(&client_net, advert, channel, &ask, &mut |_| {}).await.context("query after settlement failed")?;
+        let answer = ask_node(&payer, &client_net, &offers, &n.identity, &name, PROMPTS[0], config.max_tokens)
+            .await
+            .context("query after settlement failed")?;
         lines.push(QueryLine { prompt: PROMPTS[0].into(), answer: answer.text.clone(), node: 0, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
         let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
         let id = answer.receipt.receipt.channel;
@@ -495,6 +475,28 @@ impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live").finish()
     }
+}
+
+/// Asks one chosen node (through the client's channel with it) a one-message chat.
+async fn ask_node(
+    payer: &Payer,
+    network: &attrinet_p2p::Client,
+    offers: &[attrinet_market::ModelAdvert],
+    node: &Identity,
+    model: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> anyhow::Result<attrinet_p2p::Answer> {
+    let advert = offers.iter().find(|a| a.node_key == node.public_key()).context("no advert from that node")?;
+    let channel = payer.channel_with(advert)?.context("no channel with that node")?;
+    let ask = Ask {
+        model: model.into(),
+        prompt: Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: prompt.into() }]),
+        max_tokens,
+        sampling: Sampling::default(),
+        max_cost: None,
+    };
+    Ok(payer.infer_with(network, advert, channel, &ask, &mut |_| {}).await?)
 }
 
 async fn wait_addrs(network: &attrinet_p2p::Client) -> anyhow::Result<Vec<attrinet_p2p::Multiaddr>> {
