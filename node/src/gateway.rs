@@ -93,7 +93,7 @@ impl From<InferError> for ApiError {
 /// Whether every provider refused for lack of deposit or exposure room.
 fn is_unpaid(e: &InferError) -> bool {
     match e {
-        InferError::AllFailed(f) => !f.is_empty() && f.iter().all(|(_, why)| why.contains("Unpaid")),
+        InferError::AllFailed(f) => !f.is_empty() && f.iter().all(|f| f.code == Some(ErrorCode::Unpaid)),
         InferError::Remote(r) => r.code == ErrorCode::Unpaid,
         _ => false,
     }

@@ -44,9 +44,20 @@ pub struct Answer {
     /// The voucher signed for it.
     pub voucher: SignedVoucher,
     /// Providers tried before this one, and why they failed.
-    pub failed: Vec<(ModelAdvert, String)>,
+    pub failed: Vec<Failure>,
     /// The attribution weights the receipt commits to (empty when none).
     pub weights: attrinet_market::Weights,
+}
+
+/// A provider that was tried and failed.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// Its offer.
+    pub provider: ModelAdvert,
+    /// The error code it replied with, if it replied.
+    pub code: Option<ErrorCode>,
+    /// What went wrong.
+    pub reason: String,
 }
 
 /// Why a request failed.
@@ -71,8 +82,8 @@ pub enum InferError {
     #[error("local store: {0}")]
     Store(String),
     /// Every provider tried failed.
-    #[error("all {} providers failed; last: {}", .0.len(), .0.last().map(|f| f.1.as_str()).unwrap_or(""))]
-    AllFailed(Vec<(ModelAdvert, String)>),
+    #[error("all {} providers failed; last: {}", .0.len(), .0.last().map(|f| f.reason.as_str()).unwrap_or(""))]
+    AllFailed(Vec<Failure>),
 }
 
 impl InferError {
@@ -179,7 +190,11 @@ impl Payer {
                     self.inner.book.lock().unwrap_or_else(|p| p.into_inner()).failure(provider.node_key);
                     warn!(target: "p2p::payer", provider = %provider.evm_address, %e, "provider failed");
                     let retry = e.try_next();
-                    failed.push((provider, e.to_string()));
+                    let code = match &e {
+                        InferError::Remote(r) => Some(r.code),
+                        _ => None,
+                    };
+                    failed.push(Failure { provider, code, reason: e.to_string() });
                     if !retry {
                         return Err(e);
                     }
