@@ -119,6 +119,7 @@ contract Channels {
         uint64 settledSeq; // seq of the last finalized settlement (the next batch's start)
         uint128 deposit;
         uint128 settled; // cumulative of the last finalized settlement
+        bytes32 payerKey; // the payer's ed25519 key, which co-signs its receipts
     }
 
     struct Pending {
@@ -221,6 +222,8 @@ contract Channels {
     error Unauthorized();
     /// The provider is not a registered node.
     error NotANode(address provider);
+    /// A channel must name the payer's ed25519 key.
+    error MissingKey();
     /// A deposit of zero, or an amount that does not fit in uint128.
     error BadAmount(uint256 amount);
     /// The channel's deposit was withdrawn.
@@ -303,8 +306,12 @@ contract Channels {
     // ------------------------------------------------------------ channel lifecycle
 
     /// @notice Opens a channel from the caller to `provider` with the value sent as deposit.
-    function open(address provider) external payable returns (bytes32 id) {
+    /// `payerKey` is the caller's ed25519 key: it binds the channel to the key that will
+    /// co-sign its receipts, so that a provider can serve a channel it learns of from the
+    /// chain alone.
+    function open(address provider, bytes32 payerKey) external payable returns (bytes32 id) {
         if (msg.value == 0) revert BadAmount(0);
+        if (payerKey == bytes32(0)) revert MissingKey();
         if (!registry.isNode(provider)) revert NotANode(provider);
         id = keccak256(abi.encode(block.chainid, address(this), msg.sender, provider, ++nonce));
         channels[id] = Channel({
@@ -314,7 +321,8 @@ contract Channels {
             provider: provider,
             settledSeq: 0,
             deposit: _u128(msg.value),
-            settled: 0
+            settled: 0,
+            payerKey: payerKey
         });
         emit Opened(id, msg.sender, provider, msg.value);
     }

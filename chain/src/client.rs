@@ -78,6 +78,8 @@ pub struct ChannelInfo {
     pub thaw_end: u64,
     /// The payer withdrew its deposit.
     pub closed: bool,
+    /// The payer's ed25519 key, named when it opened the channel.
+    pub payer_key: PublicKey,
 }
 
 /// A settlement in its challenge window.
@@ -225,6 +227,12 @@ impl ChainClient {
         send("Registry.registerNode", self.registry().registerNode(B256::from(key.0)).value(U256::from(bond.0))).await
     }
 
+    /// A registered node's ed25519 key, or `None` when `node` is not registered.
+    pub async fn node_key(&self, node: Address) -> Result<Option<PublicKey>> {
+        let n = self.registry().node(node).call().await.map_err(reverted("Registry.node"))?;
+        Ok((!n.key.is_zero()).then_some(PublicKey(n.key.0)))
+    }
+
     /// Adds to this node's bond (after a slash, before settling again).
     pub async fn add_bond(&self, amount: Wei) -> Result<TxOutcome> {
         send("Registry.addBond", self.registry().addBond().value(U256::from(amount.0))).await
@@ -291,10 +299,11 @@ impl ChainClient {
 
     // ------------------------------------------------------------ channels
 
-    /// Opens a channel from this account to `provider` with `deposit`.
-    pub async fn open(&self, provider: Address, deposit: Wei) -> Result<(ChannelId, TxOutcome)> {
+    /// Opens a channel from this account to `provider` with `deposit`; `payer_key` is this
+    /// account's ed25519 key, which will co-sign the channel's receipts.
+    pub async fn open(&self, provider: Address, payer_key: &PublicKey, deposit: Wei) -> Result<(ChannelId, TxOutcome)> {
         let channels = self.channels();
-        let call = channels.open(provider).value(U256::from(deposit.0));
+        let call = channels.open(provider, B256::from(payer_key.0)).value(U256::from(deposit.0));
         let (out, receipt) = send_receipt("Channels.open", call).await?;
         let opened = receipt
             .decoded_log::<Channels::Opened>()
@@ -597,6 +606,7 @@ impl ChainClient {
             settled_seq: Seq(c.settledSeq),
             thaw_end: c.thawEnd,
             closed: c.closed,
+            payer_key: PublicKey(c.payerKey.0),
         })
     }
 

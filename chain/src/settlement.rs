@@ -161,6 +161,9 @@ impl<S: Store> SettlementLoop<S> {
         if info.closed {
             return Ok(SettleAction::Closed);
         }
+        // A thawing payer takes back whatever is not settled when the thaw ends: settle
+        // now, whatever the policy says.
+        let force = force || info.thaw_end > 0;
         let state = self.store.channel(&id)?.ok_or(attrinet_market::StoreError::UnknownChannel(id))?;
         let Ok(unsettled) = state.cumulative.checked_sub(info.settled) else {
             return Ok(SettleAction::NothingToSettle);
@@ -208,6 +211,12 @@ impl<S: Store> SettlementLoop<S> {
                 return Ok(SettleAction::NotWorthIt { value, gas_cost });
             }
         }
+        // From now on the node proposes receipts whose vouchers commit to the batch after
+        // this one: a voucher committing to a batch that starts before the settled seq
+        // can never be settled. Recorded before the transaction, so no proposal slips in
+        // between. Should this settlement fail or be voided, the next pass settles from
+        // the chain's settled seq again, with this same voucher.
+        self.mark_settled(id, voucher.voucher.seq)?;
         let outcome = self.client.settle(voucher, &payouts).await?;
         tracing::info!(target: "chain::settlement", channel = %id, seq = %voucher.voucher.seq, %value, gas = outcome.gas_used, "settled");
         Ok(SettleAction::Settled { seq: voucher.voucher.seq, amount: value, outcome })
@@ -225,9 +234,9 @@ impl<S: Store> SettlementLoop<S> {
 }
 
 /// The longest prefix of `receipts` (those after the chain's settled seq) whose voucher
-/// commits to exactly that prefix. Vouchers signed while an earlier settlement was still
-/// pending commit to a batch that starts before the chain's settled seq; settling one of
-/// those would be a provable fraud, so they are skipped.
+/// commits to exactly that prefix. Vouchers that commit to a batch starting elsewhere
+/// (signed before a settlement was submitted, when the store had not recorded it) would
+/// be a provable fraud, so they are skipped.
 fn settleable(
     id: ChannelId,
     receipts: &[StoredReceipt],

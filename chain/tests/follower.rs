@@ -37,7 +37,7 @@ async fn waits_for_confirmations_resumes_from_its_checkpoint_and_replays_only_wh
     let path = dir.path().join("follower.checkpoint");
     let mut f = follower(&w, &path);
 
-    let (id, _) = w.payer.chain.open(w.node.address(), Wei(ETH)).await.unwrap();
+    let (id, _) = w.payer.chain.open(w.node.address(), &w.payer.id.public_key(), Wei(ETH)).await.unwrap();
     assert!(f.poll().await.unwrap().is_empty(), "0 confirmations is not enough");
     w.anvil.mine(1).await.unwrap();
     assert!(f.poll().await.unwrap().is_empty(), "1 confirmation is not enough");

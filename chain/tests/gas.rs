@@ -84,8 +84,8 @@ async fn measure() -> BTreeMap<String, u64> {
         }
     }
 
-    let (id, _) = w.payer.chain.open(w.node.address(), Wei(ETH)).await.unwrap();
-    let (id2, out) = w.payer.chain.open(w.node.address(), Wei(ETH)).await.unwrap();
+    let (id, _) = w.payer.chain.open(w.node.address(), &w.payer.id.public_key(), Wei(ETH)).await.unwrap();
+    let (id2, out) = w.payer.chain.open(w.node.address(), &w.payer.id.public_key(), Wei(ETH)).await.unwrap();
     let _ = id2;
     gas.insert("open".into(), out.gas_used);
     gas.insert("top_up".into(), w.payer.chain.top_up(id, Wei(ETH)).await.unwrap().gas_used);

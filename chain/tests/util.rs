@@ -87,7 +87,7 @@ impl World {
     }
 
     pub(crate) async fn open(&self, deposit: Wei) -> (ChannelId, ChannelParams) {
-        let (id, _) = self.payer.chain.open(self.node.address(), deposit).await.unwrap();
+        let (id, _) = self.payer.chain.open(self.node.address(), &self.payer.id.public_key(), deposit).await.unwrap();
         let params = ChannelParams {
             domain: self.deployment.domain(),
             id,

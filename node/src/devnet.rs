@@ -229,7 +229,10 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             generator: Arc::new(generator),
             datanet: Some(datanet.clone()),
         };
-        let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() });
+        // Channels opened later (by `attrinet query` against a `--keep` devnet) are looked
+        // up on chain.
+        let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() })
+            .with_lookup(Arc::new(crate::serve::ChainLookup { chain: chain.clone(), identity: id.clone() }));
         tokio::spawn(provider.clone().serve(network.clone()));
         if boot.is_empty() {
             boot = wait_addrs(&network).await?;
@@ -247,7 +250,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     tokio::spawn(event_loop.run());
     let deposit = Wei(10 * ETH);
     for n in &nodes {
-        let (channel, _) = client_chain.open(n.identity.address(), deposit).await?;
+        let (channel, _) = client_chain.open(n.identity.address(), &client_id.public_key(), deposit).await?;
         let state = ChannelState::open(
             ChannelParams {
                 domain: deployment.domain(),
@@ -469,6 +472,40 @@ pub struct Live {
     /// The client.
     pub payer: Payer,
     _nodes: Vec<attrinet_p2p::Client>,
+}
+
+impl Live {
+    /// Writes `<data_dir>/devnet.toml`, a config file with this devnet's chain and a
+    /// bootstrap peer, so that `attrinet --config … query|gateway|channel|models|earnings`
+    /// work against it; funds this data dir's account (creating its keys if it has none)
+    /// so that it can open channels. Returns the file's path.
+    pub async fn write_config(&self, data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+        let mut file = crate::config::FileConfig::default();
+        file.chain.rpc = Some(self.endpoint.clone());
+        file.chain.chain_id = Some(self.deployment.chain_id);
+        file.chain.registry = Some(self.deployment.registry);
+        file.chain.channels = Some(self.deployment.channels);
+        file.chain.deploy_block = Some(self.deployment.deploy_block);
+        let mut bootstrap = Vec::new();
+        if let Some(n) = self._nodes.first() {
+            bootstrap.extend(n.listen_addrs().await?.into_iter().map(|a| a.to_string()));
+        }
+        file.network.bootstrap = Some(bootstrap);
+        file.client.deposit = Some("0.1eth".into());
+        let path = data_dir.join("devnet.toml");
+        file.save(&path)?;
+        let identity = match crate::keys::load(data_dir) {
+            Ok(id) => id,
+            Err(_) => {
+                let id = crate::keys::create(data_dir)?;
+                progress(&format!("created keys for {} in {}", id.address(), data_dir.display()));
+                id
+            }
+        };
+        self._anvil.fund(identity.address(), U256::from(100 * ETH)).await?;
+        progress(&format!("funded this data dir's account {} with 100 ETH on the devnet", identity.address()));
+        Ok(path)
+    }
 }
 
 impl std::fmt::Debug for Live {

@@ -34,6 +34,9 @@ pub struct Gateway {
     pub payer: Payer,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Opens a channel with the best provider of a model when the client has none with
+    /// any of them; without it, such requests fail with `no_channel`.
+    pub opener: Option<crate::client::ChannelOpener>,
 }
 
 /// The routes.
@@ -239,6 +242,12 @@ fn usage_and_receipt(answer: &Answer) -> (Value, Value) {
 async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Response, ApiError> {
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now());
     let created = now();
+    if let Some(opener) = &g.opener {
+        opener.ensure(&g.network, &ask.model, ask.max_tokens, ask.max_cost).await.map_err(|e| {
+            count_error(&g);
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", "channel_open_failed", format!("cannot open a channel: {e:#}"))
+        })?;
+    }
     if !stream {
         let answer = g.payer.infer(&g.network, &ask, |_| {}).await.map_err(|e| {
             count_error(&g);

@@ -5,12 +5,15 @@
 //! [`EngineGenerator`]; the OpenAI-compatible [`gateway`]; Prometheus [`Metrics`]; and the
 //! one-command [`devnet`].
 
+pub mod client;
+pub mod config;
 pub mod devnet;
 mod earnings;
 mod engine;
 pub mod gateway;
 pub mod keys;
 mod metrics;
+pub mod serve;
 mod store;
 
 pub use earnings::{Earnings, earnings};

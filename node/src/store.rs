@@ -55,7 +55,9 @@ impl SledStore {
         Ok(SledStore { db, channels, receipts, weights })
     }
 
-    fn flush(&self) -> Result<(), StoreError> {
+    /// Writes everything to disk (each money-moving write already did; this is for a
+    /// clean stop).
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)
     }
 

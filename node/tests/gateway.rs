@@ -84,7 +84,7 @@ async fn setup(deposit: Wei) -> Setup {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let gateway = Gateway { network: cnet, payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)), metrics: Arc::new(Metrics::default()) };
+    let gateway = Gateway { network: cnet, payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)), metrics: Arc::new(Metrics::default()), opener: None };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(gateway)).await.unwrap() });

@@ -2,14 +2,15 @@
 //! receipt, persisting it before acknowledging.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, Identity, ModelAdvert, ModelId, Price, ProviderChannel, Quote, Store, Usage, Wei, encode, request_hash,
+    ChannelId, ChannelState, Identity, LedgerError, ModelAdvert, ModelId, Price, ProviderChannel, Quote, Store, Usage, Wei, encode, request_hash,
     response_hash,
 };
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
@@ -98,8 +99,19 @@ impl Default for Limits {
     }
 }
 
+/// Where a provider learns of a channel it has not stored yet, and of a channel's new
+/// deposit: in a node, the chain. A client opens a channel on chain and queries at once;
+/// the provider looks the channel up on the first request instead of waiting for a
+/// follower to catch up.
+pub trait ChannelLookup: Send + Sync + 'static {
+    /// The channel's parameters and current deposit, or `None` when there is no such open
+    /// channel. The provider checks that it names this provider and its key.
+    fn lookup(&self, id: ChannelId) -> BoxFuture<'static, Result<Option<ChannelState>, String>>;
+}
+
 struct Inner {
     identity: Identity,
+    lookup: OnceLock<Arc<dyn ChannelLookup>>,
     store: Arc<dyn Store>,
     offers: HashMap<ModelId, Offer>,
     limits: Limits,
@@ -149,6 +161,7 @@ impl Provider {
         Provider {
             inner: Arc::new(Inner {
                 identity,
+                lookup: OnceLock::new(),
                 store,
                 offers: offers.into_iter().map(|o| (o.model, o)).collect(),
                 slots: Semaphore::new(limits.capacity),
@@ -157,6 +170,13 @@ impl Provider {
                 channels: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Looks channels up with `lookup` when they are not in the store, and their deposit
+    /// when a request would pass it. Set once, before serving; later calls are ignored.
+    pub fn with_lookup(self, lookup: Arc<dyn ChannelLookup>) -> Provider {
+        let _ = self.inner.lookup.set(lookup);
+        self
     }
 
     /// The adverts for this provider's offers (seq and expiry are set when published).
@@ -218,21 +238,42 @@ impl Provider {
         let _ = write_msg(&mut stream, &ServerMsg::Error(error)).await;
     }
 
-    fn channel(&self, id: &ChannelId) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
-        let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(id) {
+    async fn channel(&self, id: &ChannelId) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
+        if let Some(c) = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(c.clone());
         }
         let store = &self.inner.store;
         let internal = |e: attrinet_market::StoreError| reply(ErrorCode::Internal, e.to_string());
-        let state = store
-            .channel(id)
-            .map_err(internal)?
-            .ok_or_else(|| reply(ErrorCode::UnknownChannel, format!("channel {id} is not open with this node")))?;
+        let state = match store.channel(id).map_err(internal)? {
+            Some(s) => s,
+            None => self.look_up(id).await?,
+        };
         let receipts = store.receipts_after(id, state.settled_seq).map_err(internal)?;
-        let ch = Arc::new(tokio::sync::Mutex::new(ProviderChannel::restore(state, &receipts, self.inner.limits.exposure_limit)));
-        map.insert(*id, ch.clone());
-        Ok(ch)
+        let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        // Another request may have restored it meanwhile: keep the first.
+        let ch = map
+            .entry(*id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ProviderChannel::restore(state, &receipts, self.inner.limits.exposure_limit))));
+        Ok(ch.clone())
+    }
+
+    /// Asks the lookup for a channel and stores what it says, when the channel is this
+    /// provider's.
+    async fn look_up(&self, id: &ChannelId) -> Result<ChannelState, ErrorReply> {
+        let unknown = || reply(ErrorCode::UnknownChannel, format!("channel {id} is not open with this node"));
+        let lookup = self.inner.lookup.get().ok_or_else(unknown)?;
+        let state = lookup
+            .lookup(*id)
+            .await
+            .map_err(|e| reply(ErrorCode::Internal, format!("cannot look channel {id} up: {e}")))?
+            .ok_or_else(unknown)?;
+        let me = &self.inner.identity;
+        if state.params.id != *id || state.params.provider != me.address() || state.params.provider_key != me.public_key() {
+            return Err(reply(ErrorCode::UnknownChannel, format!("channel {id} is not with this node")));
+        }
+        // put_channel keeps stored progress and takes the new deposit.
+        self.inner.store.put_channel(&state).map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+        Ok(self.inner.store.channel(id).map_err(|e| reply(ErrorCode::Internal, e.to_string()))?.unwrap_or(state))
     }
 
     /// Takes in what changed in the store behind the ledger's back: a settlement (the
@@ -299,7 +340,7 @@ impl Provider {
         let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: request.max_tokens, ..quote };
 
         // The requester must be the channel's payer: only it can co-sign.
-        let channel = self.channel(&request.channel)?;
+        let channel = self.channel(&request.channel).await?;
         let reservation = {
             let mut ch = channel.lock().await;
             self.refresh(&mut ch)?;
@@ -307,7 +348,16 @@ impl Provider {
             if Some(p.payer_key) != peer_key(&peer) || p.provider != self.inner.identity.address() {
                 return Err(reply(ErrorCode::UnknownChannel, format!("channel {} does not belong to you and this node", request.channel)));
             }
-            ch.reserve(quote).map_err(|e| reply(ErrorCode::Unpaid, e.to_string()))?
+            match ch.reserve(quote) {
+                // The payer may have topped the deposit up since it was last seen.
+                Err(LedgerError::DepositExceeded { .. }) if self.inner.lookup.get().is_some() => {
+                    self.look_up(&request.channel).await?;
+                    self.refresh(&mut ch)?;
+                    ch.reserve(quote)
+                }
+                r => r,
+            }
+            .map_err(|e| reply(ErrorCode::Unpaid, e.to_string()))?
         };
 
         write_msg(stream, &ServerMsg::Started { input_tokens }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
@@ -334,6 +384,9 @@ impl Provider {
             output_tokens: tokens.len() as u32,
             attribution_root,
         };
+        // A settlement submitted while this request ran moves the batch start: take it in
+        // now, so that this voucher commits to the batch after it.
+        self.refresh(&mut ch)?;
         let (proposal, batch_start) = ch
             .propose(reservation, &usage, unix_now(), &self.inner.identity)
             .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;

@@ -1,0 +1,247 @@
+//! `attrinet serve`: a provider node. Loads the model (with progress), registers the node
+//! and the model on chain when they are not yet, advertises, serves queries on channels it
+//! learns of from the chain, persists receipts in sled and settles them.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::Address;
+use anyhow::{Context, bail};
+use attrinet_chain::{ChainClient, Deployment, SettleAction, SettlementLoop, SettlementPolicy, StoreSource};
+use attrinet_compute::{Backend, Model, open_engine};
+use attrinet_market::{ChannelId, ChannelParams, ChannelState, Identity, ModelId, Price, Split, Wei};
+use attrinet_p2p::{ChannelLookup, Limits, Multiaddr, NetConfig, Offer, Provider};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::engine::EngineGenerator;
+use crate::metrics::Metrics;
+use crate::store::SledStore;
+
+/// Everything `serve` runs with, after flags, environment and file are merged.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The GGUF file.
+    pub model: PathBuf,
+    /// Prices per 1,000 tokens.
+    pub price: Price,
+    /// Engine backend.
+    pub backend: Backend,
+    /// Requests generated at once.
+    pub capacity: usize,
+    /// Most unpaid value per channel.
+    pub exposure_limit: Wei,
+    /// Bond posted when the node is not registered yet.
+    pub bond: Wei,
+    /// The split registered with the model when it is not registered yet.
+    pub split: Split,
+    /// A datanet index (`attrinet datanet build`) to attribute answers to.
+    pub datanet: Option<PathBuf>,
+    /// Where the unclaimed data share goes when the model is registered here (default:
+    /// this node, its owner).
+    pub data_pool: Option<Address>,
+    /// Settlement checks.
+    pub settle_every: Duration,
+    /// Settlement policy.
+    pub policy: SettlementPolicy,
+    /// JSON-RPC endpoint and contracts.
+    pub rpc: String,
+    /// The deployment.
+    pub deployment: Deployment,
+    /// Network listen addresses and bootstrap peers.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers.
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+/// Reads a model file with a byte progress bar (reading dominates loading), then parses
+/// and validates it.
+pub fn load_model_with_progress(path: &std::path::Path) -> anyhow::Result<Model> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open model {} (run scripts/fetch-model?)", path.display()))?;
+    let len = file.metadata()?.len();
+    let bar = indicatif::ProgressBar::new(len).with_message(format!("loading {}", path.display()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+            .expect("constant template")
+            .progress_chars("=> "),
+    );
+    let mut bytes = Vec::with_capacity(len as usize);
+    bar.wrap_read(file).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(Model::from_bytes(path.to_path_buf(), bytes)?)
+}
+
+/// Looks channels up on chain for the provider: a channel the chain holds with this node
+/// as provider, not closed, with the payer's key as the payer named it.
+#[derive(Clone, Debug)]
+pub struct ChainLookup {
+    /// A chain client (any account: it only reads).
+    pub chain: ChainClient,
+    /// This provider.
+    pub identity: Identity,
+}
+
+impl ChannelLookup for ChainLookup {
+    fn lookup(&self, id: ChannelId) -> BoxFuture<'static, Result<Option<ChannelState>, String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let info = match this.chain.channel(id).await {
+                Ok(i) => i,
+                Err(attrinet_chain::ChainError::UnknownChannel(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            if info.closed || info.provider != this.identity.address() {
+                return Ok(None);
+            }
+            let params = ChannelParams {
+                domain: this.chain.deployment().domain(),
+                id,
+                payer: info.payer,
+                provider: info.provider,
+                payer_key: info.payer_key,
+                provider_key: this.identity.public_key(),
+            };
+            Ok(Some(ChannelState::open(params, info.deposit)))
+        })
+    }
+}
+
+/// What `serve` reports once it is up.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    /// The model's id.
+    pub model: ModelId,
+    /// Its name in adverts.
+    pub name: String,
+    /// The device.
+    pub device: String,
+    /// Where the node listens.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// Runs the node until `shutdown` turns true; `ready` is called once it serves.
+pub async fn serve(
+    identity: Identity,
+    store: Arc<SledStore>,
+    opts: ServeOptions,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(&Serving),
+) -> anyhow::Result<()> {
+    let model = load_model_with_progress(&opts.model)?;
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("opening the {:?} engine", opts.backend));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let engine = open_engine(&model, opts.backend)?;
+    spinner.finish_and_clear();
+    let model_id = ModelId::from(model.id().0);
+    let name = model.name().unwrap_or("model").to_string();
+    let context_length = model.config().context_length as u32;
+    let datanet = match &opts.datanet {
+        Some(p) => Some(Arc::new(attrinet_chain::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?)),
+        None => None,
+    };
+
+    let chain = ChainClient::connect(&opts.rpc, identity.evm.clone(), opts.deployment)?;
+    register(&chain, &identity, &opts, model_id, datanet.as_ref().map(|d| d.root())).await?;
+
+    let generator = EngineGenerator::new(model, engine);
+    let device = generator.device();
+    let (network, event_loop) = attrinet_p2p::new(identity.clone(), NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() })?;
+    tokio::spawn(event_loop.run());
+    let offer = Offer {
+        model: model_id,
+        name: name.clone(),
+        price: opts.price,
+        context_length,
+        // Advertised speed: a conservative figure until measured ones are published.
+        decode_tokens_per_s: 20,
+        ttft_ms: 500,
+        generator: Arc::new(generator),
+        datanet,
+    };
+    let limits = Limits { capacity: opts.capacity, exposure_limit: opts.exposure_limit, ..Limits::default() };
+    let provider = Provider::new(identity.clone(), store.clone(), vec![offer], limits)
+        .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
+    let serving = tokio::spawn(provider.clone().serve(network.clone()));
+    let mut addrs = Vec::new();
+    for _ in 0..100 {
+        addrs = network.listen_addrs().await?;
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    metrics.peers.store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
+    ready(&Serving { model: model_id, name, device, addrs });
+
+    let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy).with_attribution(Arc::new(StoreSource(store.clone())));
+    loop {
+        match settler.tick().await {
+            Ok(actions) => {
+                for (channel, action) in actions {
+                    match action {
+                        Ok(SettleAction::Settled { seq, amount, outcome }) => {
+                            info!(target: "serve", %channel, seq = seq.0, amount = amount.0, gas = outcome.gas_used, "settled");
+                            eprintln!("settled channel {channel} to seq {} ({} wei, {} gas)", seq.0, amount.0, outcome.gas_used);
+                        }
+                        Ok(SettleAction::Finalized { seq }) => eprintln!("finalized channel {channel} at seq {}", seq.0),
+                        Ok(SettleAction::NotWorthIt { value, gas_cost }) => {
+                            info!(target: "serve", %channel, value = value.0, gas_cost = gas_cost.0, "not worth settling yet")
+                        }
+                        // Failures are logged by the loop and retried next pass.
+                        Ok(_) | Err(_) => {}
+                    }
+                }
+            }
+            Err(e) => warn!(target: "serve", %e, "settlement pass failed"),
+        }
+        if let Ok(p) = network.peers().await {
+            metrics.peers.store(p.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.settle_every) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() || serving.is_finished() {
+            break;
+        }
+    }
+    serving.abort();
+    store.flush()?;
+    Ok(())
+}
+
+/// Registers the node (with its bond) and the model (with this node's account as owner)
+/// when the chain does not know them; checks that a registered node has this key.
+async fn register(chain: &ChainClient, identity: &Identity, opts: &ServeOptions, model: ModelId, datanet_root: Option<alloy_primitives::B256>) -> anyhow::Result<()> {
+    match chain.node_key(identity.address()).await? {
+        Some(key) if key == identity.public_key() => {}
+        Some(_) => bail!("{} is registered with another ed25519 key: these are not that node's keys", identity.address()),
+        None => {
+            chain.register_node(&identity.public_key(), opts.bond).await.context("registering the node (is the account funded?)")?;
+            eprintln!("registered node {} with a bond of {} wei", identity.address(), opts.bond.0);
+        }
+    }
+    match chain.terms(model).await? {
+        Some(terms) => {
+            if terms.price != opts.price {
+                bail!(
+                    "model {model} is registered at {:?}, not at the prices given ({:?}): receipts would be disputed; use the registered prices",
+                    terms.price,
+                    opts.price
+                );
+            }
+        }
+        None => {
+            let root = datanet_root.unwrap_or_default();
+            // Without contributors to claim it, the data share goes to the owner.
+            let pool = opts.data_pool.unwrap_or(identity.address());
+            chain.register_model(model, opts.price, opts.split, root, pool).await.context("registering the model")?;
+            eprintln!("registered model {model}, owned by {}", identity.address());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The `attrinet` binary as users run it, against a real anvil and the real model: a
+//! provider started with `attrinet serve` (which registers itself and the model), a client
+//! that asks with `attrinet query` (opening a channel on the first query and reusing it
+//! after), `channel status`, the provider's settlement checked by `attrinet watch`, and
+//! the client leaving with `channel thaw` and `channel withdraw`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy_primitives::U256;
+use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig, Deployment};
+use attrinet_market::{Identity, ModelId, Wei};
+use attrinet_node::config::FileConfig;
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+const THAW_DELAY: u64 = 30;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_attrinet")
+}
+
+fn model_path() -> PathBuf {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let model = Path::new(&manifest).join("../models/SmolLM2-135M-Instruct-Q4_1.gguf");
+    assert!(model.exists(), "{} missing: scripts/test runs scripts/fetch-model first", model.display());
+    model
+}
+
+/// Runs `attrinet --data-dir DIR ARGS…` to completion.
+fn attrinet(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(bin()).arg("--data-dir").arg(dir).args(args).output().expect("run attrinet");
+    eprintln!(
+        "$ attrinet {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Kills the server process however the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A data dir with new keys, funded, and a config file naming the chain.
+async fn participant(root: &Path, name: &str, anvil: &Anvil, deployment: Deployment, bootstrap: Option<String>) -> (PathBuf, Identity) {
+    let dir = root.join(name);
+    assert!(attrinet(&dir, &["keys", "new"]).status.success());
+    let id = attrinet_node::keys::load(&dir).unwrap();
+    anvil.fund(id.address(), U256::from(100 * ETH)).await.unwrap();
+    let mut file = FileConfig::default();
+    file.chain.rpc = Some(anvil.endpoint());
+    file.chain.registry = Some(deployment.registry);
+    file.chain.channels = Some(deployment.channels);
+    file.chain.deploy_block = Some(deployment.deploy_block);
+    file.network.listen = Some(vec!["/ip4/127.0.0.1/tcp/0".into()]);
+    file.network.bootstrap = bootstrap.map(|b| vec![b]);
+    file.client.deposit = Some("0.05eth".into());
+    file.save(&attrinet_node::config::default_path(&dir)).unwrap();
+    (dir, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_query_settle_watch_and_leave_through_the_cli() {
+    let model = model_path();
+    let root = tempfile::tempdir().unwrap();
+    // A block every second, as on a live L2: chain time moves, so challenge windows end
+    // without the test pushing the clock.
+    let anvil = Anvil::spawn(AnvilConfig { block_time: Some(1), ..AnvilConfig::default() }).expect("anvil (scripts/setup-chain-tools)");
+    let deployer = Identity::from_secrets([9; 32], [9; 32]).unwrap();
+    anvil.fund(deployer.address(), U256::from(100 * ETH)).await.unwrap();
+    let deployment = ChainClient::deploy(
+        &anvil.endpoint(),
+        deployer.evm.clone(),
+        DeployConfig { treasury: deployer.address(), challenge_window: 5, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
+    )
+    .await
+    .unwrap();
+    let reader = ChainClient::connect(&anvil.endpoint(), deployer.evm.clone(), deployment).unwrap();
+
+    // The provider: everything from its config file and a few flags.
+    let (node_dir, node) = participant(root.path(), "node", &anvil, deployment, None).await;
+    let mut serve = Killed(
+        Command::new(bin())
+            .arg("--data-dir")
+            .arg(&node_dir)
+            .args(["serve", "--model"])
+            .arg(&model)
+            .args(["--price-in", "0.01eth", "--price-out", "0.1eth", "--backend", "cpu"])
+            // Settle at once whatever the amount and gas: the test's few tokens are worth
+            // less than a settlement's gas.
+            .args(["--settle-every", "1", "--settle-threshold", "1", "--settle-max-gas-bps", "10000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = serve.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("serve> {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let bootstrap = loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("serve prints its address");
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+
+    // serve registered the node (with its key) and the model (at the given prices).
+    assert_eq!(reader.node_key(node.address()).await.unwrap(), Some(node.public_key()));
+    let model_id = ModelId::from(attrinet_compute::Model::load(&model).unwrap().id().0);
+    let terms = reader.terms(model_id).await.unwrap().expect("serve registered the model");
+    assert_eq!((terms.price.per_1k_input, terms.price.per_1k_output), (Wei(ETH / 100), Wei(ETH / 10)));
+
+    // The client: the first query opens a channel, the second reuses it.
+    let (client_dir, client) = participant(root.path(), "client", &anvil, deployment, Some(bootstrap)).await;
+    let first = attrinet(&client_dir, &["query", "What is the capital of France?", "--max-tokens", "8"]);
+    assert!(first.status.success());
+    assert!(text(&first.stdout).contains("Paris"), "answer: {}", text(&first.stdout));
+    let err = text(&first.stderr);
+    assert!(err.contains("opened channel") && err.contains("seq 1:"), "{err}");
+    let second = attrinet(&client_dir, &["query", "Say hello in Spanish.", "--max-tokens", "6"]);
+    assert!(second.status.success());
+    let err = text(&second.stderr);
+    assert!(!err.contains("opened channel") && err.contains("seq 2:"), "{err}");
+
+    // A price cap below every offer: a clear error, exit status 1, nothing paid.
+    let capped = attrinet(&client_dir, &["query", "Hi", "--max-tokens", "4", "--max-price", "1"]);
+    assert_eq!(capped.status.code(), Some(1));
+    assert!(text(&capped.stderr).contains("error:"), "{}", text(&capped.stderr));
+
+    let status = attrinet(&client_dir, &["channel", "status"]);
+    assert!(status.status.success());
+    let status = text(&status.stdout);
+    assert!(status.contains("(payer)") && status.contains("last seq 2"), "{status}");
+    let channel = status.split_whitespace().nth(1).unwrap().to_string();
+    let id = attrinet_node::client::parse_channel(&channel).unwrap();
+    let info = reader.channel(id).await.unwrap();
+    assert_eq!((info.payer, info.provider, info.deposit, info.payer_key), (client.address(), node.address(), Wei(ETH / 20), client.public_key()));
+    // The client's store holds exactly what it paid, and it audits clean.
+    let audit = attrinet(&client_dir, &["store", "audit"]);
+    assert!(audit.status.success() && text(&audit.stdout).contains("1 channels, 2 receipts"), "{}", text(&audit.stdout));
+
+    // The provider settles what it holds (threshold 1 wei: the first settlement may come
+    // before the second query), and the client's watcher, holding the receipts, verifies
+    // it within its window.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pending = loop {
+        if let Some(p) = reader.pending(id).await.unwrap() {
+            break p;
+        }
+        assert!(reader.channel(id).await.unwrap().settled_seq.0 == 0, "finalized before this poll saw it pending");
+        assert!(Instant::now() < deadline, "the provider did not settle within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!((1..=2).contains(&pending.seq.0));
+    let watch = attrinet(&client_dir, &["watch", "--steps", "1"]);
+    assert!(watch.status.success());
+    let expected = format!("verified channel {channel} settlement to seq {}", pending.seq.0);
+    assert!(text(&watch.stdout).contains(&expected), "{}", text(&watch.stdout));
+
+    // Everything is finalised by the provider, window after window; then the client leaves.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while reader.channel(id).await.unwrap().settled_seq.0 != 2 {
+        assert!(Instant::now() < deadline, "the provider did not settle and finalize both receipts within 90 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let settled = reader.channel(id).await.unwrap().settled;
+    assert!(settled > Wei::ZERO);
+    assert!(reader.credited(node.address()).await.unwrap() > Wei::ZERO, "the node was credited its share");
+    assert!(attrinet(&client_dir, &["channel", "thaw", &channel]).status.success());
+    let early = attrinet(&client_dir, &["channel", "withdraw", &channel]);
+    assert_eq!(early.status.code(), Some(1), "withdrawing before the thaw ends is refused");
+    anvil.advance(THAW_DELAY + 1).await.unwrap();
+    let before = reader.native_balance(client.address()).await.unwrap();
+    let withdraw = attrinet(&client_dir, &["channel", "withdraw", &channel]);
+    assert!(withdraw.status.success());
+    let info = reader.channel(id).await.unwrap();
+    assert!(info.closed);
+    let after = reader.native_balance(client.address()).await.unwrap();
+    // Back: the deposit less what was settled, less the withdrawal's gas (well under 0.001 ETH).
+    let back = after.0 - before.0;
+    let unspent = ETH / 20 - settled.0;
+    assert!(back <= unspent && unspent - back < ETH / 1000, "got back {back}, unspent {unspent}");
+    drop(serve);
+}
