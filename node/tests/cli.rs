@@ -1,7 +1,7 @@
 //! The `attrinet` binary as users run it, against a real anvil and the real model: a
 //! provider started with `attrinet serve` (which registers itself and the model), a client
 //! that asks with `attrinet query` (opening a channel on the first query and reusing it
-//! after), `channel status`, the provider's settlement checked by `attrinet watch`, and
+//! after, running out of deposit and topping it up), `channel status`, the provider's settlement checked by `attrinet watch`, and
 //! the client leaving with `channel thaw` and `channel withdraw`.
 
 use std::io::{BufRead, BufReader};
@@ -132,7 +132,8 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
 
     // The client: the first query opens a channel, the second reuses it.
     let (client_dir, client) = participant(root.path(), "client", &anvil, deployment, Some(bootstrap)).await;
-    let first = attrinet(&client_dir, &["query", "What is the capital of France?", "--max-tokens", "8"]);
+    // A small deposit, so that it runs out below.
+    let first = attrinet(&client_dir, &["query", "What is the capital of France?", "--max-tokens", "8", "--deposit", "0.002eth"]);
     assert!(first.status.success());
     assert!(text(&first.stdout).contains("Paris"), "answer: {}", text(&first.stdout));
     let err = text(&first.stderr);
@@ -154,10 +155,22 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let channel = status.split_whitespace().nth(1).unwrap().to_string();
     let id = attrinet_node::client::parse_channel(&channel).unwrap();
     let info = reader.channel(id).await.unwrap();
-    assert_eq!((info.payer, info.provider, info.deposit, info.payer_key), (client.address(), node.address(), Wei(ETH / 20), client.public_key()));
+    assert_eq!((info.payer, info.provider, info.deposit, info.payer_key), (client.address(), node.address(), Wei(ETH / 500), client.public_key()));
+
+    // The deposit cannot cover a third answer at 8 tokens: refused before any work.
+    let broke = attrinet(&client_dir, &["query", "Name three primary colours.", "--max-tokens", "8"]);
+    assert_eq!(broke.status.code(), Some(1));
+    assert!(text(&broke.stderr).contains("deposit"), "{}", text(&broke.stderr));
+    // Topped up on chain, the provider sees the new deposit on the next request.
+    let top_up = attrinet(&client_dir, &["channel", "top-up", &channel, "--amount", "0.048eth"]);
+    assert!(top_up.status.success() && text(&top_up.stdout).contains(&format!("deposit now {} wei", ETH / 20)), "{}", text(&top_up.stdout));
+    let third = attrinet(&client_dir, &["query", "Name three primary colours.", "--max-tokens", "8"]);
+    assert!(third.status.success());
+    assert!(text(&third.stderr).contains("seq 3:"), "{}", text(&third.stderr));
+
     // The client's store holds exactly what it paid, and it audits clean.
     let audit = attrinet(&client_dir, &["store", "audit"]);
-    assert!(audit.status.success() && text(&audit.stdout).contains("1 channels, 2 receipts"), "{}", text(&audit.stdout));
+    assert!(audit.status.success() && text(&audit.stdout).contains("1 channels, 3 receipts"), "{}", text(&audit.stdout));
 
     // The provider settles what it holds (threshold 1 wei: the first settlement may come
     // before the second query), and the client's watcher, holding the receipts, verifies
@@ -171,7 +184,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
         assert!(Instant::now() < deadline, "the provider did not settle within 60 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!((1..=2).contains(&pending.seq.0));
+    assert!((1..=3).contains(&pending.seq.0));
     let watch = attrinet(&client_dir, &["watch", "--steps", "1"]);
     assert!(watch.status.success());
     let expected = format!("verified channel {channel} settlement to seq {}", pending.seq.0);
@@ -179,8 +192,8 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
 
     // Everything is finalised by the provider, window after window; then the client leaves.
     let deadline = Instant::now() + Duration::from_secs(90);
-    while reader.channel(id).await.unwrap().settled_seq.0 != 2 {
-        assert!(Instant::now() < deadline, "the provider did not settle and finalize both receipts within 90 s");
+    while reader.channel(id).await.unwrap().settled_seq.0 != 3 {
+        assert!(Instant::now() < deadline, "the provider did not settle and finalize every receipt within 90 s");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let settled = reader.channel(id).await.unwrap().settled;
