@@ -18,5 +18,5 @@ mod store;
 
 pub use earnings::{Earnings, earnings};
 pub use engine::EngineGenerator;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, provider_metrics};
 pub use store::{Audit, SledStore, audit};

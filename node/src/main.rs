@@ -619,8 +619,16 @@ async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: ServeArgs) -> a
     let metrics = Arc::new(attrinet_node::Metrics::default());
     if let Some(addr) = a.metrics {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let m = metrics.clone();
-        let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { m.render() }));
+        let (m, st, me) = (metrics.clone(), store.clone(), identity.address());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                match attrinet_node::provider_metrics(st.as_ref(), me) {
+                    Ok(p) => (axum::http::StatusCode::OK, m.render() + &p),
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("store unreadable: {e}\n")),
+                }
+            }),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     let address = identity.address();

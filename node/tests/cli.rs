@@ -44,6 +44,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `GET path` over plain HTTP/1.1; the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
 /// Kills the server process however the test ends.
 struct Killed(Child);
 
@@ -92,6 +103,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
 
     // The provider: everything from its config file and a few flags.
     let (node_dir, node) = participant(root.path(), "node", &anvil, deployment, None).await;
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut serve = Killed(
         Command::new(bin())
             .arg("--data-dir")
@@ -102,6 +114,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
             // Settle at once whatever the amount and gas: the test's few tokens are worth
             // less than a settlement's gas.
             .args(["--settle-every", "1", "--settle-threshold", "1", "--settle-max-gas-bps", "10000"])
+            .args(["--metrics", &metrics_addr.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -167,6 +180,13 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let third = attrinet(&client_dir, &["query", "Name three primary colours.", "--max-tokens", "8"]);
     assert!(third.status.success());
     assert!(text(&third.stderr).contains("seq 3:"), "{}", text(&third.stderr));
+
+    // The provider's metrics are read from its store: three receipts, worth what the
+    // client's last receipt says the channel owes.
+    let metrics = get(metrics_addr, "/metrics").await;
+    let cumulative = text(&third.stderr).split("channel total ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    assert!(metrics.contains("attrinet_provider_receipts_total 3\n"), "{metrics}");
+    assert!(metrics.contains(&format!("attrinet_provider_earned_wei_total {cumulative}\n")), "{metrics}");
 
     // The client's store holds exactly what it paid, and it audits clean.
     let audit = attrinet(&client_dir, &["store", "audit"]);
