@@ -143,8 +143,26 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let terms = reader.terms(model_id).await.unwrap().expect("serve registered the model");
     assert_eq!((terms.price.per_1k_input, terms.price.per_1k_output), (Wei(ETH / 100), Wei(ETH / 10)));
 
+    // A model owner registers another model with `model register`: its id is the file's
+    // hash, its terms what the flags say; registering it twice is refused.
+    let tiny = root.path().join("tiny.gguf");
+    attrinet_compute::testing::write_random_llama(&tiny, &attrinet_compute::testing::TinyLlamaSpec::default()).unwrap();
+    let tiny_id = ModelId::from(attrinet_compute::Model::load(&tiny).unwrap().id().0);
+    let args = ["model", "register", "--model", tiny.to_str().unwrap(), "--price-in", "3gwei", "--price-out", "7gwei", "--split", "6000,3000,1000,0"];
+    let registered = attrinet(&node_dir, &args);
+    assert!(registered.status.success());
+    let t = reader.terms(tiny_id).await.unwrap().expect("registered");
+    assert_eq!((t.price.per_1k_input, t.price.per_1k_output, t.split), (Wei(3_000_000_000), Wei(7_000_000_000), attrinet_market::Split::new(6000, 3000, 1000, 0).unwrap()));
+    assert_eq!(reader.beneficiaries(tiny_id).await.unwrap().0, node.address(), "the registering account owns it");
+    assert_eq!(attrinet(&node_dir, &args).status.code(), Some(1), "a second registration is refused");
+
     // The client: the first query opens a channel, the second reuses it.
     let (client_dir, client) = participant(root.path(), "client", &anvil, deployment, Some(bootstrap)).await;
+    let models = attrinet(&client_dir, &["models", "--wait-secs", "2"]);
+    assert!(models.status.success());
+    let listed = text(&models.stdout);
+    assert!(listed.contains("Smollm2") && listed.contains(&node.address().to_string()) && listed.contains("100000000000000000"), "{listed}");
+
     // A small deposit, so that it runs out below.
     let first = attrinet(&client_dir, &["query", "What is the capital of France?", "--max-tokens", "8", "--deposit", "0.002eth"]);
     assert!(first.status.success());
@@ -218,7 +236,11 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     }
     let settled = reader.channel(id).await.unwrap().settled;
     assert!(settled > Wei::ZERO);
-    assert!(reader.credited(node.address()).await.unwrap() > Wei::ZERO, "the node was credited its share");
+    let credited = reader.credited(node.address()).await.unwrap();
+    assert!(credited > Wei::ZERO, "the node was credited its share");
+    // `earnings` reports it (default: this data dir's own account).
+    let earnings = attrinet(&node_dir, &["earnings"]);
+    assert!(text(&earnings.stdout).contains(&format!("withdrawable now: {} wei", credited.0)), "{}", text(&earnings.stdout));
     assert!(attrinet(&client_dir, &["channel", "thaw", &channel]).status.success());
     let early = attrinet(&client_dir, &["channel", "withdraw", &channel]);
     assert_eq!(early.status.code(), Some(1), "withdrawing before the thaw ends is refused");
