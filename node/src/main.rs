@@ -25,15 +25,15 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     /// Where keys, receipts, channel state and `config.toml` live. Use one data dir per
     /// running process: its store is locked while in use.
-    #[arg(long, global = true, default_value = "./attrinet-data", env = "ATTRINET_DATA_DIR")]
+    #[arg(long, global = true, help_heading = "Global", default_value = "./attrinet-data", env = "ATTRINET_DATA_DIR")]
     data_dir: PathBuf,
     /// A TOML configuration file (default: `<data-dir>/config.toml` when it exists).
     /// Flags win over environment variables, which win over the file.
-    #[arg(long, global = true, env = "ATTRINET_CONFIG")]
+    #[arg(long, global = true, help_heading = "Global", env = "ATTRINET_CONFIG")]
     config: Option<PathBuf>,
     /// Log as JSON lines (for log collectors) instead of human-readable text. The level
     /// comes from RUST_LOG (default `warn`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global")]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -82,6 +82,7 @@ enum Command {
 /// Where the chain and contracts are. Each falls back to the environment, then to the
 /// `[chain]` table of the config file.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Chain (else ATTRINET_* variables, else [chain] in the config file)")]
 struct ChainArgs {
     /// The chain's JSON-RPC endpoint.
     #[arg(long, env = "ATTRINET_RPC")]
@@ -115,6 +116,7 @@ impl ChainArgs {
 
 /// The peer-to-peer network. Each falls back to the `[network]` table of the config file.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Network (else ATTRINET_* variables, else [network] in the config file)")]
 struct NetArgs {
     /// Address to listen on (repeatable), e.g. `/ip4/0.0.0.0/tcp/4001`.
     #[arg(long, env = "ATTRINET_P2P_LISTEN", value_delimiter = ',')]
@@ -186,8 +188,8 @@ struct QueryArgs {
     /// The question.
     prompt: String,
     /// Model name or id (hex); the first advertised one when omitted.
-    #[arg(long, default_value = "")]
-    model: String,
+    #[arg(long)]
+    model: Option<String>,
     /// Refuse providers whose price for this request (at --max-tokens) is above this.
     #[arg(long, value_parser = config::parse_wei)]
     max_price: Option<Wei>,
@@ -312,6 +314,7 @@ struct ModelRegisterArgs {
 
 /// A model's terms on chain, besides its prices.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Model terms")]
 struct TermsArgs {
     /// Split in basis points: node,owner,data,protocol (must add up to 10000).
     #[arg(long, default_value = "7000,2000,500,500", value_parser = parse_split)]
@@ -656,12 +659,13 @@ async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> a
     };
     let bar = indicatif::ProgressBar::new_spinner().with_message("looking for providers");
     bar.enable_steady_tick(Duration::from_millis(100));
-    let offers = attrinet_node::client::wait_for_offers(&network, &q.model, Duration::from_secs(q.wait_secs)).await?;
+    let wanted = q.model.clone().unwrap_or_default();
+    let offers = attrinet_node::client::wait_for_offers(&network, &wanted, Duration::from_secs(q.wait_secs)).await?;
     bar.finish_and_clear();
     let Some(first) = offers.first() else {
-        anyhow::bail!("no provider advertises {} (waited {} s)", if q.model.is_empty() { "any model" } else { &q.model }, q.wait_secs)
+        anyhow::bail!("no provider advertises {} (waited {} s)", q.model.as_deref().unwrap_or("any model"), q.wait_secs)
     };
-    let model = if q.model.is_empty() { first.model_name.clone() } else { q.model.clone() };
+    let model = q.model.clone().unwrap_or_else(|| first.model_name.clone());
     let chain = attrinet_chain::ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
     let opener = ChannelOpener { identity: identity.clone(), chain, store: store.clone(), deposit };
     if let Some(opened) = opener.ensure(&network, &model, q.max_tokens, q.max_price).await? {
@@ -939,7 +943,7 @@ mod tests {
         // query: the prompt is positional; the rest have defaults.
         let cli = Cli::try_parse_from(["attrinet", "query", "hello there", "--max-price", "0.01eth"]).unwrap();
         let Command::Query(q) = cli.command else { panic!("query") };
-        assert_eq!((q.prompt.as_str(), q.model.as_str(), q.max_tokens, q.max_price), ("hello there", "", 128, Some(Wei(10_000_000_000_000_000))));
+        assert_eq!((q.prompt.as_str(), q.model.as_deref(), q.max_tokens, q.max_price), ("hello there", None, 128, Some(Wei(10_000_000_000_000_000))));
         assert!(Cli::try_parse_from(["attrinet", "query"]).is_err(), "a prompt is required");
 
         // channel: ids are checked; open needs a provider and a deposit.
