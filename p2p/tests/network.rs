@@ -3,11 +3,12 @@
 
 mod util;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use attrinet_market::{ModelAdvert, Price, Seq, Store, Wei, encode};
-use attrinet_p2p::{ErrorCode, InferError, Limits, Prompt};
+use attrinet_market::{ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
+use attrinet_p2p::{ErrorCode, InferError, Limits, Payer, Prompt};
 use util::*;
 
 /// Stated bound: with 300 ms gossipsub heartbeats and 1 s republishing, 10 nodes bootstrapped
@@ -273,6 +274,80 @@ async fn a_payer_that_does_not_cosign_is_refused_at_the_exposure_limit() {
     assert!(matches!(&err, InferError::AllFailed(f) if f[0].code == Some(ErrorCode::Unpaid)), "{err}");
     let id = client.store.channels().unwrap()[0].params.id;
     assert_eq!(providers[0].store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
+}
+
+/// A provider learns of channels through its lookup (the chain, in a node): a channel it
+/// has never stored is served; one whose params name another provider, or whose payer key
+/// is not the requester's, is refused and nothing is stored; a deposit topped up since it
+/// was last seen is read again when a request would pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_learnt_through_the_lookup_and_checked() {
+    let lookup = Arc::new(TableLookup::default());
+    let mut provider = Node::start(70, &[], fast_config(Duration::from_secs(60))).await;
+    provider.serve_with_lookup(vec![offer(model(1), 1000, 2000, TestEngine::new(0))], Limits::default(), lookup.clone());
+    let boot = [provider.tcp_addr().await];
+    let client = Node::start(71, &boot, fast_config(Duration::from_secs(60))).await;
+    let other = Node::start(72, &boot, fast_config(Duration::from_secs(60))).await;
+    let c = client.client.clone();
+    wait_for(Duration::from_secs(30), "the client sees the advert", || {
+        let c = c.clone();
+        async move { c.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == 1 }
+    })
+    .await;
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let remote_code = |e: InferError| match e {
+        InferError::Remote(r) => r.code,
+        other => panic!("expected a refusal, got {other}"),
+    };
+
+    // Each request is worth at most (4 × 1000 + 5 × 2000) / 1000 = 14 wei: a deposit of
+    // 20 covers one.
+    let state = channel_state(&client, &provider, Wei(20));
+    let id = state.params.id;
+    client.store.put_channel(&state).unwrap();
+
+    // The lookup does not know it yet: refused, nothing stored.
+    let err = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(err), ErrorCode::UnknownChannel);
+    assert!(provider.store.channel(&id).unwrap().is_none());
+
+    // The chain says the channel belongs to another provider: refused, nothing stored.
+    let mut foreign = state.clone();
+    foreign.params.provider = other.identity.address();
+    lookup.0.lock().unwrap().insert(id, foreign);
+    let err = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(err), ErrorCode::UnknownChannel);
+    assert!(provider.store.channel(&id).unwrap().is_none());
+
+    // A channel whose record on chain names another payer key than the requester's
+    // (here: a third node's channel, bound to `other`'s key): refused, nothing served.
+    let third = Node::start(73, &boot, fast_config(Duration::from_secs(60))).await;
+    let theirs = channel_state(&third, &provider, Wei(20));
+    third.store.put_channel(&theirs).unwrap();
+    let mut bound = theirs.clone();
+    bound.params.payer_key = other.identity.public_key();
+    lookup.0.lock().unwrap().insert(theirs.params.id, bound);
+    let err = third.payer.infer_with(&third.client, &advert, third.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(err), ErrorCode::UnknownChannel);
+    assert_eq!(provider.store.channel(&theirs.params.id).unwrap().map(|c| c.last_seq), Some(Seq::ZERO), "nothing served");
+
+    // The true channel: served, and both stores agree.
+    lookup.0.lock().unwrap().insert(id, state.clone());
+    let answer = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap();
+    assert_eq!(answer.receipt.receipt.seq, Seq(1));
+    assert_eq!(provider.store.channel(&id).unwrap().unwrap().last_seq, Seq(1));
+
+    // The deposit cannot cover a second request; once topped up on "chain" it can.
+    let err = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(err), ErrorCode::Unpaid);
+    let topped = ChannelState { deposit: Wei(100), ..state.clone() };
+    lookup.0.lock().unwrap().insert(id, topped.clone());
+    client.store.put_channel(&topped).unwrap();
+    let client2 = Payer::new(client.identity.clone(), client.store.clone(), Duration::from_secs(10));
+    let channel = client2.channel_with(&advert).unwrap().unwrap();
+    let again = client2.infer_with(&client.client, &advert, channel, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap();
+    assert_eq!(again.receipt.receipt.seq, Seq(2));
+    assert_eq!(provider.store.channel(&id).unwrap().unwrap().deposit, Wei(100));
 }
 
 #[test]

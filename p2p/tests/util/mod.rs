@@ -158,6 +158,14 @@ impl Node {
         self.tasks.0.lock().unwrap().push(h.abort_handle());
     }
 
+    /// Serves with `lookup` telling of channels the store does not hold.
+    pub fn serve_with_lookup(&mut self, offers: Vec<Offer>, limits: Limits, lookup: Arc<dyn attrinet_p2p::ChannelLookup>) {
+        let provider = Provider::new(self.identity.clone(), self.store.clone(), offers, limits).with_lookup(lookup);
+        self.provider = Some(provider.clone());
+        let h: JoinHandle<_> = tokio::spawn(provider.serve(self.client.clone()));
+        self.tasks.0.lock().unwrap().push(h.abort_handle());
+    }
+
     pub fn kill_switch(&self) -> KillSwitch {
         self.tasks.clone()
     }
@@ -199,8 +207,16 @@ pub const DOMAIN: Domain = Domain { chain_id: 31337, verifying_contract: alloy_p
 /// Opens a channel between `client` and `provider` in both stores (what the chain
 /// follower will do when it sees the channel opened on chain).
 pub fn open_channel(client: &Node, provider: &Node, deposit: Wei) -> ChannelId {
+    let state = channel_state(client, provider, deposit);
+    client.store.put_channel(&state).unwrap();
+    provider.store.put_channel(&state).unwrap();
+    state.params.id
+}
+
+/// The state of a new channel from `client` to `provider`.
+pub fn channel_state(client: &Node, provider: &Node, deposit: Wei) -> ChannelState {
     let id = ChannelId(request_hash(&[client.identity.public_key().0, provider.identity.public_key().0].concat()));
-    let state = ChannelState::open(
+    ChannelState::open(
         ChannelParams {
             domain: DOMAIN,
             id,
@@ -210,10 +226,18 @@ pub fn open_channel(client: &Node, provider: &Node, deposit: Wei) -> ChannelId {
             provider_key: provider.identity.public_key(),
         },
         deposit,
-    );
-    client.store.put_channel(&state).unwrap();
-    provider.store.put_channel(&state).unwrap();
-    id
+    )
+}
+
+/// What a chain would answer a provider's lookup: whatever the test put there.
+#[derive(Default)]
+pub struct TableLookup(pub std::sync::Mutex<std::collections::HashMap<ChannelId, ChannelState>>);
+
+impl attrinet_p2p::ChannelLookup for TableLookup {
+    fn lookup(&self, id: ChannelId) -> futures::future::BoxFuture<'static, Result<Option<ChannelState>, String>> {
+        let found = self.0.lock().unwrap().get(&id).cloned();
+        Box::pin(async move { Ok(found) })
+    }
 }
 
 /// `n` providers of "test-model" (provider 0 cheapest) and a client with a channel to each,
