@@ -227,6 +227,11 @@ impl ChainClient {
         send("Registry.registerNode", self.registry().registerNode(B256::from(key.0)).value(U256::from(bond.0))).await
     }
 
+    /// Where the protocol's share goes.
+    pub async fn treasury(&self) -> Result<Address> {
+        self.registry().treasury().call().await.map_err(reverted("Registry.treasury"))
+    }
+
     /// A registered node's ed25519 key, or `None` when `node` is not registered.
     pub async fn node_key(&self, node: Address) -> Result<Option<PublicKey>> {
         let n = self.registry().node(node).call().await.map_err(reverted("Registry.node"))?;

@@ -1,10 +1,22 @@
-//! `attrinet earnings`: what an address is owed on chain, read from the contracts.
+//! `attrinet earnings`: what an address is owed on chain, per model and per role (node,
+//! model owner, data pool, protocol), finalised and still in a challenge window, read from
+//! the contracts' events; plus its withdrawable balance and its data claims.
 
 use std::collections::BTreeMap;
 
 use alloy_primitives::Address;
-use attrinet_chain::{ChainClient, Deployment};
-use attrinet_market::{ModelId, Wei};
+use attrinet_chain::{ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, PayoutRun};
+use attrinet_market::{ChannelId, ModelId, Wei};
+
+/// What an address earned in one role for one model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    /// Credited by finalised settlements.
+    pub finalized: Wei,
+    /// In settlements still in their challenge window (credited when they finalise,
+    /// unless a watcher proves them wrong).
+    pub pending: Wei,
+}
 
 /// An address's earnings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +24,8 @@ pub struct Earnings {
     /// Credited and not yet withdrawn (node, owner, data pool and protocol shares after
     /// finalisation, and data claims).
     pub withdrawable: Wei,
+    /// Per model and role ("node", "model owner", "data pool", "protocol").
+    pub by_model: BTreeMap<(ModelId, &'static str), Share>,
     /// Data-contributor claims made so far, per model.
     pub claimed_by_model: BTreeMap<ModelId, Wei>,
 }
@@ -20,7 +34,60 @@ pub struct Earnings {
 pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> anyhow::Result<Earnings> {
     // Reading needs no key of ours; a fixed throwaway one signs nothing.
     let chain = ChainClient::connect(endpoint, reader().evm, deployment)?;
-    Ok(Earnings { withdrawable: chain.credited(who).await?, claimed_by_model: chain.claimed_data_by_model(who).await? })
+    let (head, _) = chain.head().await?;
+    let mut follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
+    // Each channel has at most one settlement in its window; a dispute voids it.
+    let mut open: BTreeMap<ChannelId, (Address, Vec<PayoutRun>)> = BTreeMap::new();
+    let mut finalized: Vec<(Address, Vec<PayoutRun>)> = Vec::new();
+    loop {
+        let events = follower.poll().await?;
+        for e in events {
+            match e.event {
+                ChannelEvent::Settled { channel, provider, payouts, .. } => {
+                    open.insert(channel, (provider, payouts));
+                }
+                ChannelEvent::Finalized { channel, .. } => finalized.extend(open.remove(&channel)),
+                ChannelEvent::Disputed { channel, .. } => {
+                    open.remove(&channel);
+                }
+                _ => {}
+            }
+        }
+        if follower.position().block >= head {
+            break;
+        }
+    }
+    let treasury = chain.treasury().await?;
+    let mut beneficiaries: BTreeMap<ModelId, (Address, Address)> = BTreeMap::new();
+    let mut by_model: BTreeMap<(ModelId, &'static str), Share> = BTreeMap::new();
+    let settlements = finalized.iter().map(|s| (s, true)).chain(open.values().map(|s| (s, false)));
+    for ((provider, runs), done) in settlements {
+        for run in runs {
+            let (owner, pool) = match beneficiaries.get(&run.model) {
+                Some(b) => *b,
+                None => {
+                    let b = chain.beneficiaries(run.model).await?;
+                    beneficiaries.insert(run.model, b);
+                    b
+                }
+            };
+            let undistributed = run.parts.data.checked_sub(run.data.distributed)?;
+            for (role, account, amount) in [
+                ("node", *provider, run.parts.node),
+                ("model owner", owner, run.parts.owner),
+                ("data pool", pool, undistributed),
+                ("protocol", treasury, run.parts.protocol),
+            ] {
+                if account != who || amount == Wei::ZERO {
+                    continue;
+                }
+                let share = by_model.entry((run.model, role)).or_default();
+                let slot = if done { &mut share.finalized } else { &mut share.pending };
+                *slot = slot.checked_add(amount)?;
+            }
+        }
+    }
+    Ok(Earnings { withdrawable: chain.credited(who).await?, by_model, claimed_by_model: chain.claimed_data_by_model(who).await? })
 }
 
 fn reader() -> attrinet_market::Identity {
@@ -28,9 +95,15 @@ fn reader() -> attrinet_market::Identity {
 }
 
 impl Earnings {
-    /// As text, one model per line.
+    /// As text, one model and role per line.
     pub fn render(&self, who: Address) -> String {
         let mut s = format!("{who}\n  withdrawable now: {} wei\n", self.withdrawable.0);
+        if self.by_model.is_empty() {
+            s += "  settlements: nothing for this address yet\n";
+        }
+        for ((model, role), share) in &self.by_model {
+            s += &format!("  model {model} as {role}: {} wei finalized, {} wei pending\n", share.finalized.0, share.pending.0);
+        }
         if self.claimed_by_model.is_empty() {
             s += "  data claims: none yet\n";
         }

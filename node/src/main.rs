@@ -72,7 +72,8 @@ enum Command {
     Store(StoreCommand),
     /// List what the network offers now: models, providers, prices, speeds.
     Models(ModelsArgs),
-    /// What an address earned on chain: withdrawable balance and data claims per model.
+    /// What an address earned on chain, per model and role (node, model owner, data pool,
+    /// protocol), finalised and still pending; its withdrawable balance; its data claims.
     Earnings(EarningsArgs),
     /// Datanets: the contributions a model's data share is paid to.
     #[command(subcommand)]

@@ -95,7 +95,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let deployment = ChainClient::deploy(
         &anvil.endpoint(),
         deployer.evm.clone(),
-        DeployConfig { treasury: deployer.address(), challenge_window: 5, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
+        DeployConfig { treasury: deployer.address(), challenge_window: 8, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
     )
     .await
     .unwrap();
@@ -223,6 +223,11 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!((1..=3).contains(&pending.seq.0));
+    // `earnings` shows the node's share of it as pending, exactly as declared on chain.
+    let runs = reader.settled_payouts(id, pending.seq).await.unwrap().expect("Settled event");
+    let node_share: u128 = runs.iter().map(|r| r.parts.node.0).sum();
+    let earned = text(&attrinet(&node_dir, &["earnings"]).stdout);
+    assert!(earned.contains(&format!("model {model_id} as node: 0 wei finalized, {node_share} wei pending")), "{earned}");
     let watch = attrinet(&client_dir, &["watch", "--steps", "1"]);
     assert!(watch.status.success());
     let expected = format!("verified channel {channel} settlement to seq {}", pending.seq.0);
@@ -239,8 +244,20 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let credited = reader.credited(node.address()).await.unwrap();
     assert!(credited > Wei::ZERO, "the node was credited its share");
     // `earnings` reports it (default: this data dir's own account).
-    let earnings = attrinet(&node_dir, &["earnings"]);
-    assert!(text(&earnings.stdout).contains(&format!("withdrawable now: {} wei", credited.0)), "{}", text(&earnings.stdout));
+    let earned = text(&attrinet(&node_dir, &["earnings"]).stdout);
+    assert!(earned.contains(&format!("withdrawable now: {} wei", credited.0)), "{earned}");
+    // The node registered the model, so it is its owner and data pool too: its three
+    // finalised shares are exactly what it was credited, and nothing is pending.
+    let finalized: u128 = ["node", "model owner", "data pool"]
+        .iter()
+        .map(|role| {
+            let prefix = format!("model {model_id} as {role}: ");
+            let line = earned.lines().find_map(|l| l.trim().strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {role} line: {earned}"));
+            assert!(line.ends_with(", 0 wei pending"), "{line}");
+            line.split(' ').next().unwrap().parse::<u128>().unwrap()
+        })
+        .sum();
+    assert_eq!(finalized, credited.0, "{earned}");
     assert!(attrinet(&client_dir, &["channel", "thaw", &channel]).status.success());
     let early = attrinet(&client_dir, &["channel", "withdraw", &channel]);
     assert_eq!(early.status.code(), Some(1), "withdrawing before the thaw ends is refused");
