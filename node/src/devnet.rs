@@ -267,6 +267,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     progress(&format!("client {} opened {} channels of {deposit} each", client_id.address(), nodes.len()));
     let payer = Payer::new(client_id.clone(), client_store.clone(), Duration::from_secs(120));
+    // The client holds the datanet too: it co-signs only the weights the datanet gives.
+    payer.check_attribution(model_id, datanet.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     while client_net.market().await?.all(attrinet_p2p::unix_now()).len() < nodes.len() {
         if Instant::now() > deadline {

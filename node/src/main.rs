@@ -206,6 +206,10 @@ struct QueryArgs {
     /// Seconds to wait for the model's adverts.
     #[arg(long, default_value_t = 15)]
     wait_secs: u64,
+    /// A model's datanet index, MODEL_ID=PATH (repeatable): answers' attribution is
+    /// recomputed and a receipt with other weights is refused before paying.
+    #[arg(long, value_parser = parse_datanet_arg)]
+    datanet: Vec<(attrinet_market::ModelId, PathBuf)>,
     #[command(flatten)]
     chain: ChainArgs,
     #[command(flatten)]
@@ -220,6 +224,10 @@ struct GatewayArgs {
     /// Deposit of a channel opened on demand (default 0.01eth).
     #[arg(long, value_parser = config::parse_wei)]
     deposit: Option<Wei>,
+    /// A model's datanet index, MODEL_ID=PATH (repeatable): answers' attribution is
+    /// recomputed and a receipt with other weights is refused before paying.
+    #[arg(long, value_parser = parse_datanet_arg)]
+    datanet: Vec<(attrinet_market::ModelId, PathBuf)>,
     #[command(flatten)]
     chain: ChainArgs,
     #[command(flatten)]
@@ -439,6 +447,16 @@ fn parse_datanet_arg(s: &str) -> Result<(attrinet_market::ModelId, PathBuf), Str
     Ok((attrinet_market::ModelId::from(id.0), PathBuf::from(path)))
 }
 
+/// A payer that checks the attribution of the given models against their datanets.
+fn payer_with_datanets(identity: Identity, store: Arc<SledStore>, datanets: &[(attrinet_market::ModelId, PathBuf)]) -> anyhow::Result<attrinet_p2p::Payer> {
+    let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
+    for (model, path) in datanets {
+        let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        payer.check_attribution(*model, Arc::new(d));
+    }
+    Ok(payer)
+}
+
 /// The store of a data dir, with a hint when another process holds it.
 fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<SledStore>> {
     let dir = data_dir.join("store");
@@ -541,7 +559,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let chain = attrinet_chain::ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
             let gateway = attrinet_node::gateway::Gateway {
                 network,
-                payer: attrinet_p2p::Payer::new(identity.clone(), store.clone(), Duration::from_secs(120)),
+                payer: payer_with_datanets(identity.clone(), store.clone(), &g.datanet)?,
                 metrics: Arc::new(attrinet_node::Metrics::default()),
                 opener: Some(ChannelOpener { identity, chain, store: store.clone(), deposit }),
             };
@@ -672,7 +690,7 @@ async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> a
     if let Some(opened) = opener.ensure(&network, &model, q.max_tokens, q.max_price).await? {
         eprintln!("opened channel {} with {} ({} wei deposit)", opened.params.id, opened.params.provider, opened.deposit.0);
     }
-    let payer = attrinet_p2p::Payer::new(identity, store.clone(), Duration::from_secs(120));
+    let payer = payer_with_datanets(identity, store.clone(), &q.datanet)?;
     let ask = attrinet_p2p::Ask {
         model,
         prompt: attrinet_p2p::Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: q.prompt }]),
@@ -946,6 +964,10 @@ mod tests {
         let Command::Query(q) = cli.command else { panic!("query") };
         assert_eq!((q.prompt.as_str(), q.model.as_deref(), q.max_tokens, q.max_price), ("hello there", None, 128, Some(Wei(10_000_000_000_000_000))));
         assert!(Cli::try_parse_from(["attrinet", "query"]).is_err(), "a prompt is required");
+        let id = "0x1111111111111111111111111111111111111111111111111111111111111111";
+        let cli = Cli::try_parse_from(["attrinet", "query", "hi", "--datanet", &format!("{id}=a.idx"), "--datanet", &format!("{id}=b.idx")]).unwrap();
+        let Command::Query(q) = cli.command else { panic!("query") };
+        assert_eq!(q.datanet.iter().map(|(_, p)| p.to_str().unwrap()).collect::<Vec<_>>(), ["a.idx", "b.idx"]);
 
         // channel: ids are checked; open needs a provider and a deposit.
         let id = "0x1111111111111111111111111111111111111111111111111111111111111111";

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, Delivered, Demand, Identity, ModelAdvert, PayerChannel, ProviderBook, Quote, SignedReceipt,
+    ChannelId, Datanet, Delivered, Demand, Identity, ModelAdvert, ModelId, PayerChannel, ProviderBook, Quote, SignedReceipt,
     SignedVoucher, Store, encode, rank, request_hash, response_hash,
 };
 use libp2p::Stream;
@@ -103,6 +103,7 @@ struct Inner {
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<PayerChannel>>>>,
     book: Mutex<ProviderBook>,
     idle_timeout: Duration,
+    datanets: Mutex<HashMap<ModelId, Arc<Datanet>>>,
 }
 
 /// The client: pays for inference through its channels.
@@ -127,8 +128,17 @@ impl Payer {
                 channels: Mutex::new(HashMap::new()),
                 book: Mutex::new(ProviderBook::new()),
                 idle_timeout,
+                datanets: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Recomputes the attribution of `model`'s answers against `datanet` (the one the
+    /// model is registered with) before co-signing, and refuses receipts whose weights
+    /// differ: the client, who holds the output, need not take the node's word for who
+    /// shaped it.
+    pub fn check_attribution(&self, model: ModelId, datanet: Arc<Datanet>) {
+        self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).insert(model, datanet);
     }
 
     /// The open channel with a provider (from the store), if any.
@@ -291,10 +301,19 @@ impl Payer {
             output_tokens: tokens.len() as u32,
             input_tokens: None,
         };
-        // The weights must be the ones the receipt commits to; whether they are right for
-        // the output is for whoever holds the datanet (the client, or a watcher) to check.
-        if weights.root() != proposal.receipt.attribution_root {
-            let reason = format!("attribution weights hash to {}, the receipt commits to {}", weights.root(), proposal.receipt.attribution_root);
+        // The weights must be the ones the receipt commits to, and, when this client holds
+        // the model's datanet, the ones the datanet gives for this output; otherwise whoever
+        // holds it (a watcher) checks them later.
+        let datanet = self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).get(&request.model).cloned();
+        let wrong = if weights.root() != proposal.receipt.attribution_root {
+            Some(format!("attribution weights hash to {}, the receipt commits to {}", weights.root(), proposal.receipt.attribution_root))
+        } else {
+            datanet
+                .map(|d| d.attribute(&tokens).weights)
+                .filter(|expected| *expected != weights)
+                .map(|expected| format!("attribution weights are not the datanet's for this output (root {}, expected {})", weights.root(), expected.root()))
+        };
+        if let Some(reason) = wrong {
             let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: reason.clone() }).await;
             return Err(InferError::BadReceipt(reason));
         }

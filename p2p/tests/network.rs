@@ -395,7 +395,8 @@ async fn attribution_weights_travel_with_the_receipt() {
     let mut provider = Node::start(10, &[], fast_config(Duration::from_secs(60))).await;
     let boot = provider.tcp_addr().await;
     let mut o = offer(model(1), 1000, 2000, TestEngine::new(0));
-    o.datanet = Some(std::sync::Arc::new(datanet));
+    let datanet = std::sync::Arc::new(datanet);
+    o.datanet = Some(datanet.clone());
     provider.serve(vec![o], Limits::default());
     let client = Node::start(50, &[boot], fast_config(Duration::from_secs(60))).await;
     open_channel(&client, &provider, Wei(10u128.pow(18)));
@@ -418,4 +419,32 @@ async fn attribution_weights_travel_with_the_receipt() {
     let other = client.payer.infer(&client.client, &ask("test-model", "something else entirely", 12), |_| {}).await.unwrap();
     assert!(other.weights.is_empty());
     assert_eq!(other.receipt.receipt.attribution_root, alloy_primitives::B256::ZERO);
+
+    // A node that attributes with another datanet (B claims A's passage): its weights are
+    // consistent with its receipt, so only a client holding the true datanet can tell.
+    // That client refuses to co-sign and nothing is stored on either side.
+    let forged = Datanet::build(8, vec![Contribution { owner: owner_b, name: "b".into(), tokens: TestEngine::expected(&copied, 40) }]).unwrap();
+    let mut cheat = Node::start(11, &[], fast_config(Duration::from_secs(60))).await;
+    let mut o = offer(model(1), 1000, 2000, TestEngine::new(0));
+    o.datanet = Some(std::sync::Arc::new(forged));
+    cheat.serve(vec![o], Limits::default());
+    let careful = Node::start(51, &[cheat.tcp_addr().await], fast_config(Duration::from_secs(60))).await;
+    careful.payer.check_attribution(model(1), datanet);
+    let id = open_channel(&careful, &cheat, Wei(10u128.pow(18)));
+    let c = careful.client.clone();
+    wait_for(Duration::from_secs(20), "the careful client sees the advert", || {
+        let c = c.clone();
+        async move { !c.market().await.unwrap().all(attrinet_p2p::unix_now()).is_empty() }
+    })
+    .await;
+    let advert = careful.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let channel = careful.channel_with(&advert).await;
+    let err = careful.payer.infer_with(&careful.client, &advert, channel, &ask("test-model", "copy this please", 12), &mut |_| {}).await.unwrap_err();
+    assert!(matches!(&err, InferError::BadReceipt(r) if r.contains("not the datanet's")), "{err}");
+    assert_eq!(careful.store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
+    assert_eq!(cheat.store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
+    // The same node's honest answers (nothing attributed) are paid as usual.
+    let channel = careful.channel_with(&advert).await;
+    let fine = careful.payer.infer_with(&careful.client, &advert, channel, &ask("test-model", "something else entirely", 12), &mut |_| {}).await.unwrap();
+    assert_eq!(fine.receipt.receipt.seq, Seq(1));
 }
