@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod keys;
 mod metrics;
 pub mod serve;
+pub mod watch;
 mod store;
 
 pub use earnings::{Earnings, earnings};

@@ -245,8 +245,14 @@ struct WatchArgs {
     /// Stop after this many checks (default: until Ctrl-C).
     #[arg(long)]
     steps: Option<u64>,
+    /// Check only the settlements whose receipts are in this data dir's store (those of
+    /// its own channels), without joining the network to fetch others' batches.
+    #[arg(long)]
+    offline: bool,
     #[command(flatten)]
     chain: ChainArgs,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -722,24 +728,34 @@ async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> a
 }
 
 async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: WatchArgs) -> anyhow::Result<()> {
-    use attrinet_chain::{ChainClient, EventFollower, FileCheckpoint, StoreSource, Watcher};
+    use attrinet_chain::{ChainClient, EventFollower, FileCheckpoint, Watcher};
+    use attrinet_node::watch::{BatchFetcher, Evidence};
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = w.chain.resolve(file)?;
     let store = open_store(data_dir)?;
     let chain = ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
     // The checkpoint makes a restarted watcher resume where it was, without missing a
     // settlement still in its window.
-    let follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, FileCheckpoint::new(data_dir.join("watcher.checkpoint")))?;
-    let mut watcher: Watcher<FileCheckpoint, SledStore> =
-        Watcher::new(chain, follower, Arc::new(StoreSource(store.clone())), None).with_attribution(Arc::new(StoreSource(store.clone())));
+    let checkpoint = data_dir.join("watcher.checkpoint");
+    let follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, FileCheckpoint::new(&checkpoint))?;
+    let evidence = Arc::new(Evidence::new(store.clone()));
+    let mut fetcher = if w.offline { None } else { Some(BatchFetcher::new(client_network(&identity, &w.net, file).await?, chain.clone(), &checkpoint, evidence.clone())?) };
+    let mut watcher: Watcher<FileCheckpoint, SledStore> = Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
     for (model, path) in &w.datanet {
         let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
         watcher = watcher.with_datanet(*model, Arc::new(d));
     }
-    println!("watching Channels {} as {} every {} s. Ctrl-C stops.", deployment.channels, identity.address(), w.interval);
+    let source = if fetcher.is_some() { "its store and the providers' batches" } else { "its store only" };
+    println!("watching Channels {} as {} every {} s, with {source}. Ctrl-C stops.", deployment.channels, identity.address(), w.interval);
     let mut stop = ctrl_c();
     let mut steps = 0u64;
     loop {
+        if let Some(f) = fetcher.as_mut() {
+            match f.fetch_new().await {
+                Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                Err(e) => eprintln!("fetching batches failed (retrying): {e:#}"),
+            }
+        }
         match watcher.step().await {
             Ok(r) => {
                 for (c, seq) in &r.verified {

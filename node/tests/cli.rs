@@ -1,8 +1,10 @@
 //! The `attrinet` binary as users run it, against a real anvil and the real model: a
 //! provider started with `attrinet serve` (which registers itself and the model), a client
 //! that asks with `attrinet query` (opening a channel on the first query and reusing it
-//! after, running out of deposit and topping it up), `channel status`, the provider's settlement checked by `attrinet watch`, and
-//! the client leaving with `channel thaw` and `channel withdraw`.
+//! after, running out of deposit and topping it up), `channel status`, `models`,
+//! `model register`, `earnings`, the provider's settlement checked by `attrinet watch` (the
+//! client's, and a third party's that fetches the batch from the provider over the
+//! network), and the client leaving with `channel thaw` and `channel withdraw`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -95,7 +97,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let deployment = ChainClient::deploy(
         &anvil.endpoint(),
         deployer.evm.clone(),
-        DeployConfig { treasury: deployer.address(), challenge_window: 8, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
+        DeployConfig { treasury: deployer.address(), challenge_window: 10, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
     )
     .await
     .unwrap();
@@ -157,7 +159,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert_eq!(attrinet(&node_dir, &args).status.code(), Some(1), "a second registration is refused");
 
     // The client: the first query opens a channel, the second reuses it.
-    let (client_dir, client) = participant(root.path(), "client", &anvil, deployment, Some(bootstrap)).await;
+    let (client_dir, client) = participant(root.path(), "client", &anvil, deployment, Some(bootstrap.clone())).await;
     let models = attrinet(&client_dir, &["models", "--wait-secs", "2"]);
     assert!(models.status.success());
     let listed = text(&models.stdout);
@@ -228,10 +230,16 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let node_share: u128 = runs.iter().map(|r| r.parts.node.0).sum();
     let earned = text(&attrinet(&node_dir, &["earnings"]).stdout);
     assert!(earned.contains(&format!("model {model_id} as node: 0 wei finalized, {node_share} wei pending")), "{earned}");
-    let watch = attrinet(&client_dir, &["watch", "--steps", "1"]);
+    let watch = attrinet(&client_dir, &["watch", "--steps", "1", "--offline"]);
     assert!(watch.status.success());
     let expected = format!("verified channel {channel} settlement to seq {}", pending.seq.0);
     assert!(text(&watch.stdout).contains(&expected), "{}", text(&watch.stdout));
+    // A watcher that is party to nothing fetches the batch from the provider over the
+    // network, checks it against the root on chain, and verifies the settlement too.
+    let (watcher_dir, _) = participant(root.path(), "watcher", &anvil, deployment, Some(bootstrap.clone())).await;
+    let third = text(&attrinet(&watcher_dir, &["watch", "--steps", "1"]).stdout);
+    assert!(third.contains(&format!("channel {channel}: fetched {} receipts to seq {}", pending.seq.0, pending.seq.0)), "{third}");
+    assert!(third.contains(&expected), "{third}");
 
     // Everything is finalised by the provider, window after window; then the client leaves.
     let deadline = Instant::now() + Duration::from_secs(90);

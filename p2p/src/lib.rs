@@ -8,6 +8,8 @@
 //! - signed model adverts on the gossipsub topic [`ADVERT_TOPIC`], validated before they
 //!   are forwarded (accept, reject and penalise, or ignore), building each node's
 //!   [`attrinet_market::MarketView`];
+//! - the batch protocol [`BATCH_PROTOCOL`]: a provider hands out the co-signed receipts
+//!   behind its settlements, so that any watcher can check them;
 //! - the inference protocol [`INFER_PROTOCOL`]: a [`Provider`] admits requests within its
 //!   [`Limits`], streams tokens from a [`Generator`] and exchanges the receipt (propose,
 //!   co-sign, persist, acknowledge); a [`Payer`] ranks providers, checks and co-signs, and
@@ -15,11 +17,13 @@
 //!
 //! The rules (ledgers, receipts, selection) are `attrinet-market`'s; this crate moves them.
 
+mod batches;
 mod network;
 mod payer;
 mod provider;
 mod wire;
 
+pub use batches::{BATCH_PROTOCOL, BatchMsg, BatchRequest, FetchError, FetchedBatch, MAX_BATCH_RECEIPTS, fetch_batch};
 pub use network::{ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now};
 pub use payer::{Answer, Ask, Failure, InferError, Payer};
 pub use provider::{ChannelLookup, Generator, Limits, Offer, Provider};

@@ -216,6 +216,12 @@ impl Provider {
             .streams()
             .accept(INFER_PROTOCOL)
             .map_err(|e| crate::NetError::Setup(format!("cannot accept {INFER_PROTOCOL}: {e}")))?;
+        tokio::spawn(crate::batches::serve_batches(
+            network.clone(),
+            self.inner.store.clone(),
+            self.inner.identity.address(),
+            self.inner.limits.idle_timeout,
+        ));
         network.advertise(self.adverts()).await?;
         info!(target: "p2p::provider", offers = self.inner.offers.len(), "serving");
         while let Some((peer, stream)) = incoming.next().await {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use attrinet_market::{ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
-use attrinet_p2p::{ErrorCode, InferError, Limits, Payer, Prompt};
+use attrinet_p2p::{BatchRequest, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, fetch_batch};
 use util::*;
 
 /// Stated bound: with 300 ms gossipsub heartbeats and 1 s republishing, 10 nodes bootstrapped
@@ -88,6 +88,25 @@ async fn a_query_streams_and_both_sides_store_identical_receipts() {
     let again = client.payer.infer(&client.client, &ask("test-model", "and another", 5), |_| {}).await.unwrap();
     assert_eq!(again.receipt.receipt.channel, id);
     assert_eq!(again.receipt.receipt.seq, Seq(2));
+
+    // Anyone may ask the provider for the receipts behind a settlement: they are its
+    // stored ones; a channel it does not serve, or an empty range, is refused.
+    let peer = provider.client.peer_id();
+    let req = BatchRequest { channel: id, after: Seq::ZERO, upto: Seq(2) };
+    let fetched = fetch_batch(&client.client, peer, req, Duration::from_secs(5)).await.unwrap();
+    let stored: Vec<_> = provider.store.receipts_after(&id, Seq::ZERO).unwrap().into_iter().map(|r| r.receipt).collect();
+    assert_eq!(fetched.receipts, stored);
+    let one = fetch_batch(&client.client, peer, BatchRequest { after: Seq(1), ..req }, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(one.receipts, stored[1..]);
+    let refused = |e: FetchError| match e {
+        FetchError::Refused(r) => r.code,
+        other => panic!("expected a refusal, got {other}"),
+    };
+    let other = attrinet_market::ChannelId(alloy_primitives::B256::repeat_byte(7));
+    let err = fetch_batch(&client.client, peer, BatchRequest { channel: other, ..req }, Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(refused(err), ErrorCode::UnknownChannel);
+    let err = fetch_batch(&client.client, peer, BatchRequest { upto: Seq::ZERO, ..req }, Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(refused(err), ErrorCode::BadRequest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,166 @@
+//! `/attrinet/batch/1`: a provider hands out the co-signed receipts (and their attribution
+//! weights) behind its settlements, so that any watcher, not only the payer, can check a
+//! settlement within its challenge window. The receipts are signed by both parties and
+//! must hash to the root on chain, so a provider cannot answer with anything but the
+//! truth; it can only refuse, which leaves the settlement unchecked (and the payer, who
+//! holds the receipts too, still able to dispute).
+//!
+//! One stream per request: the watcher writes a [`BatchRequest`]; the provider answers with
+//! [`BatchMsg::Receipts`] and [`BatchMsg::Weights`] frames, then [`BatchMsg::End`], or with
+//! [`BatchMsg::Error`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attrinet_market::{ChannelId, Seq, SignedReceipt, Store, Weights};
+use futures::StreamExt;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::network::Client;
+use crate::wire::{ErrorCode, ErrorReply, WireError, read_msg, write_msg};
+
+/// The batch protocol.
+pub const BATCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/attrinet/batch/1");
+
+/// Most receipts one request may ask for: a settlement's batch is bounded by how often a
+/// node settles; this bounds what one request costs the provider.
+pub const MAX_BATCH_RECEIPTS: u64 = 100_000;
+
+/// Receipts per frame (a signed receipt encodes to well under 1 KiB, so a frame stays far
+/// below the frame limit).
+const RECEIPTS_PER_FRAME: usize = 128;
+/// Weights per frame (each at most a few hundred contributors).
+const WEIGHTS_PER_FRAME: usize = 16;
+
+/// The watcher's request: the channel's receipts with seq in `(after, upto]`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The seq the batch starts after (the chain's settled seq before the settlement).
+    pub after: Seq,
+    /// The settled voucher's seq.
+    pub upto: Seq,
+}
+
+/// Provider → watcher.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum BatchMsg {
+    /// The next receipts, in seq order.
+    Receipts(Vec<SignedReceipt>),
+    /// Weights of receipts with a non-zero attribution root.
+    Weights(Vec<Weights>),
+    /// That was all.
+    End,
+    /// Refused.
+    Error(ErrorReply),
+}
+
+/// What a provider handed out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchedBatch {
+    /// The receipts, in seq order.
+    pub receipts: Vec<SignedReceipt>,
+    /// Their weights (one per distinct non-zero root the provider has).
+    pub weights: Vec<Weights>,
+}
+
+/// Why fetching a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The stream could not be opened.
+    #[error("cannot reach the provider: {0}")]
+    Unreachable(String),
+    /// The stream failed, timed out or carried nonsense.
+    #[error("batch stream: {0}")]
+    Wire(#[from] WireError),
+    /// The provider refused.
+    #[error("provider refused ({:?}): {}", .0.code, .0.message)]
+    Refused(ErrorReply),
+    /// The provider sent more than was asked for.
+    #[error("provider sent {0} receipts for a batch of at most {1}")]
+    TooMany(usize, u64),
+}
+
+/// Serves batch requests from `store` until the network stops.
+pub(crate) async fn serve_batches(network: Client, store: Arc<dyn Store>, me: alloy_primitives::Address, idle: Duration) {
+    let Ok(mut incoming) = network.streams().accept(BATCH_PROTOCOL) else { return };
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let reply = match answer(&mut stream, store.as_ref(), me, idle).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            debug!(target: "p2p::batch", %peer, code = ?reply.code, message = %reply.message, "batch request refused");
+            let _ = write_msg(&mut stream, &BatchMsg::Error(reply)).await;
+        });
+    }
+}
+
+async fn answer(stream: &mut libp2p::Stream, store: &dyn Store, me: alloy_primitives::Address, idle: Duration) -> Result<(), ErrorReply> {
+    let err = |code, message: String| ErrorReply { code, message };
+    let req: BatchRequest = read_msg(stream, idle).await.map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+    if req.upto <= req.after || req.upto.0 - req.after.0 > MAX_BATCH_RECEIPTS {
+        return Err(err(ErrorCode::BadRequest, format!("ask for 1..={MAX_BATCH_RECEIPTS} receipts after a seq")));
+    }
+    let internal = |e: attrinet_market::StoreError| err(ErrorCode::Internal, e.to_string());
+    match store.channel(&req.channel).map_err(internal)? {
+        Some(c) if c.params.provider == me => {}
+        _ => return Err(err(ErrorCode::UnknownChannel, format!("channel {} is not served here", req.channel))),
+    }
+    let receipts: Vec<SignedReceipt> = store
+        .receipts_after(&req.channel, req.after)
+        .map_err(internal)?
+        .into_iter()
+        .map(|r| r.receipt)
+        .take_while(|r| r.receipt.seq <= req.upto)
+        .collect();
+    let send = |e: WireError| err(ErrorCode::Internal, e.to_string());
+    for chunk in receipts.chunks(RECEIPTS_PER_FRAME) {
+        write_msg(stream, &BatchMsg::Receipts(chunk.to_vec())).await.map_err(send)?;
+    }
+    let roots: BTreeSet<_> = receipts.iter().map(|r| r.receipt.attribution_root).filter(|r| !r.is_zero()).collect();
+    let mut weights = Vec::new();
+    for root in roots {
+        if let Some(w) = store.weights(&root).map_err(internal)? {
+            weights.push(w);
+        }
+    }
+    for chunk in weights.chunks(WEIGHTS_PER_FRAME) {
+        write_msg(stream, &BatchMsg::Weights(chunk.to_vec())).await.map_err(send)?;
+    }
+    write_msg(stream, &BatchMsg::End).await.map_err(send)
+}
+
+/// Asks `peer` for the receipts of `req`. Nothing here is trusted: the caller checks them
+/// against the settlement on chain.
+pub async fn fetch_batch(network: &Client, peer: PeerId, req: BatchRequest, idle: Duration) -> Result<FetchedBatch, FetchError> {
+    network.connect(peer).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    let mut stream = network.open_stream(peer, BATCH_PROTOCOL).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    write_msg(&mut stream, &req).await?;
+    let max = req.upto.0.saturating_sub(req.after.0);
+    let mut out = FetchedBatch::default();
+    loop {
+        match read_msg::<BatchMsg>(&mut stream, idle).await? {
+            BatchMsg::Receipts(r) => {
+                out.receipts.extend(r);
+                if out.receipts.len() as u64 > max {
+                    return Err(FetchError::TooMany(out.receipts.len(), max));
+                }
+            }
+            BatchMsg::Weights(w) => {
+                out.weights.extend(w);
+                // Weights are one per distinct receipt: more than receipts is nonsense.
+                if out.weights.len() as u64 > max {
+                    return Err(FetchError::TooMany(out.weights.len(), max));
+                }
+            }
+            BatchMsg::End => return Ok(out),
+            BatchMsg::Error(e) => return Err(FetchError::Refused(e)),
+        }
+    }
+}
