@@ -66,6 +66,35 @@ impl EngineGenerator {
     }
 }
 
+/// What a node advertises about its speed, measured on its own engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Speed {
+    /// Decode throughput after the first token.
+    pub decode_tokens_per_s: u32,
+    /// Time to the first token (prefill included), in milliseconds.
+    pub ttft_ms: u32,
+}
+
+impl EngineGenerator {
+    /// Generates `tokens` greedy tokens from a fixed prompt and times them: the figures a
+    /// node advertises, so that clients rank it by what it does rather than by a claim.
+    pub fn measure(&self, tokens: u32) -> Result<Speed, String> {
+        let prompt = Prompt::Text("The history of the printing press begins".into());
+        let start = std::time::Instant::now();
+        let mut stamps = Vec::new();
+        self.generate(&prompt, tokens.max(2), &Sampling::default(), &mut |_, _| {
+            stamps.push(start.elapsed());
+            true
+        })?;
+        let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
+            return Err("the engine produced no token".into());
+        };
+        let decode = last.saturating_sub(*first).as_secs_f64();
+        let per_s = if stamps.len() > 1 && decode > 0.0 { (stamps.len() - 1) as f64 / decode } else { 0.0 };
+        Ok(Speed { decode_tokens_per_s: per_s.round().max(1.0) as u32, ttft_ms: first.as_millis().max(1) as u32 })
+    }
+}
+
 impl Generator for EngineGenerator {
     fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String> {
         Ok(self.tokens(prompt).len() as u32)

@@ -18,6 +18,6 @@ pub mod watch;
 mod store;
 
 pub use earnings::{Earnings, earnings};
-pub use engine::EngineGenerator;
+pub use engine::{EngineGenerator, Speed};
 pub use metrics::{Metrics, provider_metrics};
 pub use store::{Audit, SledStore, audit};

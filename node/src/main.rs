@@ -662,6 +662,7 @@ async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: ServeArgs) -> a
     let address = identity.address();
     attrinet_node::serve::serve(identity, store, opts, metrics, ctrl_c(), |s| {
         println!("serving {} ({}) on {} as {address}", s.name, s.model, s.device);
+        println!("measured {} tokens/s, first token in {} ms (advertised)", s.speed.decode_tokens_per_s, s.speed.ttft_ms);
         for addr in &s.addrs {
             println!("listening on {addr}");
         }

@@ -120,6 +120,8 @@ pub struct Serving {
     pub device: String,
     /// Where the node listens.
     pub addrs: Vec<Multiaddr>,
+    /// What it measured and advertises.
+    pub speed: crate::engine::Speed,
 }
 
 /// Runs the node until `shutdown` turns true; `ready` is called once it serves.
@@ -149,6 +151,10 @@ pub async fn serve(
 
     let generator = EngineGenerator::new(model, engine);
     let device = generator.device();
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("measuring speed on {device}"));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let speed = generator.measure(16).map_err(|e| anyhow::anyhow!("the engine failed its first generation: {e}"))?;
+    spinner.finish_and_clear();
     let (network, event_loop) = attrinet_p2p::new(identity.clone(), NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() })?;
     tokio::spawn(event_loop.run());
     let offer = Offer {
@@ -156,9 +162,8 @@ pub async fn serve(
         name: name.clone(),
         price: opts.price,
         context_length,
-        // Advertised speed: a conservative figure until measured ones are published.
-        decode_tokens_per_s: 20,
-        ttft_ms: 500,
+        decode_tokens_per_s: speed.decode_tokens_per_s,
+        ttft_ms: speed.ttft_ms,
         generator: Arc::new(generator),
         datanet,
     };
@@ -175,7 +180,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     metrics.peers.store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
-    ready(&Serving { model: model_id, name, device, addrs });
+    ready(&Serving { model: model_id, name, device, addrs, speed });
 
     let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy).with_attribution(Arc::new(StoreSource(store.clone())));
     loop {

@@ -132,12 +132,18 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
             }
         }
     });
+    let mut measured = None;
     let bootstrap = loop {
         let line = rx.recv_timeout(Duration::from_secs(120)).expect("serve prints its address");
+        if let Some(rest) = line.strip_prefix("measured ") {
+            measured = rest.split(' ').next().and_then(|n| n.parse::<u32>().ok());
+        }
         if let Some(addr) = line.strip_prefix("listening on ") {
             break addr.to_string();
         }
     };
+    let measured = measured.expect("serve prints the speed it measured");
+    assert!(measured > 0);
 
     // serve registered the node (with its key) and the model (at the given prices).
     assert_eq!(reader.node_key(node.address()).await.unwrap(), Some(node.public_key()));
@@ -164,6 +170,9 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert!(models.status.success());
     let listed = text(&models.stdout);
     assert!(listed.contains("Smollm2") && listed.contains(&node.address().to_string()) && listed.contains("100000000000000000"), "{listed}");
+    // The advert carries the speed the node measured on its engine.
+    let row = listed.lines().find(|l| l.contains(&node.address().to_string())).unwrap();
+    assert_eq!(row.split_whitespace().rev().nth(1), Some(measured.to_string().as_str()), "{row}");
 
     // A small deposit, so that it runs out below.
     let first = attrinet(&client_dir, &["query", "What is the capital of France?", "--max-tokens", "8", "--deposit", "0.002eth"]);
