@@ -2,7 +2,7 @@
 //! installed by scripts/setup-chain-tools), started in OP Stack mode on a free loopback port
 //! and killed when its guard is dropped, even when a test panics.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,33 +61,44 @@ impl Anvil {
         if !binary.exists() {
             return Err(ChainError::AnvilNotFound { path: binary.display().to_string() });
         }
-        // Another process may take the port between our probe and anvil's bind; a retry
-        // with a fresh port covers that race.
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = free_port()?;
-            let mut cmd = Command::new(&binary);
-            cmd.args(["--optimism", "--quiet", "--host", "127.0.0.1", "--port", &port.to_string()]);
-            if let Some(id) = config.chain_id {
-                cmd.args(["--chain-id", &id.to_string()]);
-            }
-            if let Some(t) = config.block_time {
-                cmd.args(["--block-time", &t.to_string()]);
-            }
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            let child = cmd.spawn().map_err(|e| ChainError::AnvilStart(format!("{}: {e}", binary.display())))?;
-            // The guard exists from here on, so an early return still kills the process.
-            let url = format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses");
-            let mut anvil = Anvil { child, port, provider: ProviderBuilder::new().connect_http(url).erased() };
-            match anvil.wait_listening(Duration::from_secs(30)) {
-                Ok(()) => {
-                    tracing::info!(target: "chain::anvil", port, "anvil started");
-                    return Ok(anvil);
-                }
-                Err(e) => last = e,
-            }
+        // Anvil picks its own port (0) and says which: probing for a free port first
+        // raced with parallel tests, two of which could end up talking to one anvil.
+        let mut cmd = Command::new(&binary);
+        cmd.args(["--optimism", "--host", "127.0.0.1", "--port", "0"]);
+        if let Some(id) = config.chain_id {
+            cmd.args(["--chain-id", &id.to_string()]);
         }
-        Err(ChainError::AnvilStart(last))
+        if let Some(t) = config.block_time {
+            cmd.args(["--block-time", &t.to_string()]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| ChainError::AnvilStart(format!("{}: {e}", binary.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // The reader drains anvil's output for as long as it runs (a full pipe would stall
+        // it), handing over the port from its "Listening on 127.0.0.1:PORT" line.
+        let (tx, rx) = std::sync::mpsc::channel::<u16>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+                if let Some(port) = line.trim().strip_prefix("Listening on ").and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()) {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => port,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ChainError::AnvilStart("anvil did not report a listening port within 30 s".into()));
+            }
+        };
+        // The guard exists from here on, so an early return still kills the process.
+        let url = format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses");
+        let mut anvil = Anvil { child, port, provider: ProviderBuilder::new().connect_http(url).erased() };
+        anvil.wait_listening(Duration::from_secs(30)).map_err(ChainError::AnvilStart)?;
+        tracing::info!(target: "chain::anvil", port, "anvil started");
+        Ok(anvil)
     }
 
     fn wait_listening(&mut self, timeout: Duration) -> std::result::Result<(), String> {
@@ -167,9 +178,3 @@ impl Drop for Anvil {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| ChainError::AnvilStart(format!("no free port: {e}")))?;
-    let port = listener.local_addr().map_err(|e| ChainError::AnvilStart(e.to_string()))?.port();
-    Ok(port)
-}
