@@ -142,7 +142,8 @@ contract Channels {
         DataOrder, // two neighbouring data entries out of (contributor, leaf) order
         DataMissing, // a receipt's weight owed a non-zero amount that has no data entry
         DataNode, // a data tree node whose sum, total or kind is not what it must be
-        Weights // a receipt's weights that are unsorted, zero, of the wrong count or not whole
+        Weights, // a receipt's weights that are unsorted, zero, of the wrong count or not whole
+        Outsider // a weight paying an address that owns no contribution of the model's datanet
     }
 
     // ------------------------------------------------------------ constants and state

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {Channels} from "./Channels.sol";
+import {Registry} from "./Registry.sol";
 
 /// @title attrinet data-reward disputes.
 /// @notice The fraud proofs about a settlement's data entries and its receipts' attribution
@@ -29,6 +30,23 @@ contract DataDisputes {
     error WrongPosition(uint256 index, uint256 count);
     /// The evidence is valid but shows no fraud.
     error NotFraud();
+    /// The receipt predates the model's current datanet, so that datanet cannot judge it.
+    error DatanetChanged(uint64 receiptTime, uint64 datanetSince);
+
+    /// A neighbour of an address in a datanet's ascending owners tree.
+    struct Neighbour {
+        bool present;
+        address owner;
+        Channels.PlainProof proof;
+    }
+
+    /// What a proof needs of a datanet's commitment (docs/protocol.md, "Datanet").
+    struct DatanetParts {
+        uint32 minSpan;
+        bytes32 contributionsRoot;
+        bytes32 ownersRoot;
+        uint32 ownerCount;
+    }
 
     constructor(Channels channels_) {
         channels = channels_;
@@ -223,6 +241,55 @@ contract DataDisputes {
         _conclude(id, fraud || sum != PPM, Channels.Fraud.Weights);
     }
 
+    /// @notice A receipt of the batch whose weights pay `w.contributor`, which owns no
+    /// contribution of the model's datanet: its neighbours `lo` < contributor < `hi` in the
+    /// datanet's ascending owners tree are adjacent (or one is absent at an end). A model
+    /// registered without a datanet pays no weights at all, so any weight of its receipts
+    /// is such a fraud. Only receipts made since the datanet was last set are judged.
+    function disputeOutsider(
+        bytes32 id,
+        Channels.Receipt calldata r,
+        uint128 leafValue,
+        Channels.Proof calldata rProof,
+        Channels.Weight calldata w,
+        Channels.PlainProof calldata wProof,
+        DatanetParts calldata d,
+        Neighbour calldata lo,
+        Neighbour calldata hi
+    ) external {
+        (Channels.Pending memory p,) = _pending(id);
+        _verifyLeaf(p, channels.receiptDigest(r), leafValue, rProof);
+        _verifyWeight(r.attributionRoot, w, wProof);
+        Registry.Model memory m = channels.registry().model(r.model);
+        if (r.timestamp < m.datanetSince) revert DatanetChanged(r.timestamp, m.datanetSince);
+        if (m.datanetRoot != bytes32(0)) {
+            bytes32 committed =
+                keccak256(abi.encodePacked("attrinet/datanet/v2", d.minSpan, d.contributionsRoot, d.ownersRoot));
+            if (committed != m.datanetRoot) revert BadProof();
+            address c = w.contributor;
+            if (lo.present) {
+                _verifyOwner(d, lo);
+                if (lo.owner >= c) revert NotFraud();
+            }
+            if (hi.present) {
+                _verifyOwner(d, hi);
+                if (hi.owner <= c) revert NotFraud();
+            }
+            // Adjacent neighbours, or the first / last owner alone: nothing lies between.
+            bool adjacent = lo.present && hi.present
+                ? hi.proof.index == lo.proof.index + 1
+                : lo.present ? lo.proof.index + 1 == d.ownerCount : hi.present && hi.proof.index == 0;
+            if (!adjacent) revert WrongPosition(hi.present ? hi.proof.index : lo.proof.index, d.ownerCount);
+        }
+        _conclude(id, true, Channels.Fraud.Outsider);
+    }
+
+    /// Checks that `n.owner` is a leaf of the datanet's owners tree at its proof's position.
+    function _verifyOwner(DatanetParts calldata d, Neighbour calldata n) internal pure {
+        if (n.proof.count != d.ownerCount) revert BadProof();
+        _verifyPlain(d.ownersRoot, keccak256(abi.encodePacked(n.owner, d.ownerCount)), n.proof);
+    }
+
     function _weightDigest(Channels.Weight calldata w) internal pure returns (bytes32) {
         return keccak256(abi.encodePacked(w.contributor, w.ppm, w.count));
     }
@@ -230,10 +297,17 @@ contract DataDisputes {
     /// Checks that `w` is a leaf of the weights tree `root` at the proof's position, the
     /// proof's count being the one the leaf names.
     function _verifyWeight(bytes32 root, Channels.Weight calldata w, Channels.PlainProof calldata proof) internal pure {
+        if (proof.count != w.count) revert BadProof();
+        _verifyPlain(root, _weightDigest(w), proof);
+    }
+
+    /// Checks that `digest` is the leaf at the proof's position of the plain Merkle tree
+    /// `root` of `proof.count` leaves.
+    function _verifyPlain(bytes32 root, bytes32 digest, Channels.PlainProof calldata proof) internal pure {
         uint256 index = proof.index;
         uint256 count = proof.count;
-        if (count != w.count || index >= count) revert BadProof();
-        bytes32 h = keccak256(abi.encodePacked(bytes1(0x00), _weightDigest(w)));
+        if (index >= count) revert BadProof();
+        bytes32 h = keccak256(abi.encodePacked(bytes1(0x00), digest));
         uint256 k;
         while (count > 1) {
             if (index & 1 == 1 || index != count - 1) {

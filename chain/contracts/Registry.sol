@@ -33,7 +33,10 @@ contract Registry {
     struct Model {
         address owner; // zero = not registered
         address dataPool; // receives the data share; required when dataBps > 0
-        bytes32 datanetRoot; // Merkle root of the model's datanet, zero when none
+        // When the datanet was last set: a receipt made before it was attributed against
+        // the previous datanet, so disputes judge only later receipts by this one.
+        uint64 datanetSince;
+        bytes32 datanetRoot; // commitment to the model's datanet, zero when none
         Terms terms;
         // The terms before the last update. Receipts and settlements made under them may
         // still be in a challenge window when the owner changes the terms, so a dispute
@@ -189,6 +192,7 @@ contract Registry {
         m.owner = msg.sender;
         m.dataPool = dataPool;
         m.datanetRoot = datanetRoot;
+        m.datanetSince = uint64(block.timestamp);
         m.terms = initial;
         m.previous = initial;
         emit ModelRegistered(id, msg.sender, initial, datanetRoot, dataPool);
@@ -208,6 +212,7 @@ contract Registry {
         Model storage m = _ownedModel(id);
         _checkTerms(m.terms, dataPool);
         m.datanetRoot = datanetRoot;
+        m.datanetSince = uint64(block.timestamp);
         m.dataPool = dataPool;
         emit DatanetUpdated(id, datanetRoot, dataPool);
     }

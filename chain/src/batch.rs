@@ -380,6 +380,23 @@ pub enum FraudProof {
         /// Every leaf of its weights tree, in order.
         weights: Vec<WeightLeaf>,
     },
+    /// A receipt's weight paying an address that owns no contribution of the model's
+    /// datanet (any weight, when the model has none).
+    Outsider {
+        /// The receipt.
+        receipt: Receipt,
+        /// The value its leaf hashes.
+        leaf_value: Wei,
+        /// Its path in the batch.
+        proof: SumProof,
+        /// The weight.
+        weight: WeightLeaf,
+        /// Its path in the receipt's weights tree.
+        weight_proof: market::MerkleProof,
+        /// The address's neighbours among the datanet's owners; `None` when the model has
+        /// no datanet.
+        datanet: Option<market::OutsiderProof>,
+    },
 }
 
 impl FraudProof {
@@ -397,6 +414,7 @@ impl FraudProof {
             FraudProof::DataMissing { .. } => "data-missing",
             FraudProof::DataNode { .. } => "data-node",
             FraudProof::Weights { .. } => "weights",
+            FraudProof::Outsider { .. } => "outsider",
         }
     }
 }

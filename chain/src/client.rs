@@ -364,6 +364,7 @@ impl ChainClient {
                 | FraudProof::DataMissing { .. }
                 | FraudProof::DataNode { .. }
                 | FraudProof::Weights { .. }
+                | FraudProof::Outsider { .. }
         ) {
             return self.dispute_data(channel, proof).await;
         }
@@ -529,6 +530,47 @@ impl ChainClient {
                 );
                 send("DataDisputes.disputeWeights", call).await
             }
+            FraudProof::Outsider { receipt, leaf_value, proof, weight, weight_proof, datanet } => {
+                use crate::bindings::data_disputes::DataDisputes::{DatanetParts, Neighbour};
+                let side = |s: Option<&(Address, attrinet_market::MerkleProof)>| match s {
+                    Some((owner, p)) => Neighbour { present: true, owner: *owner, proof: dd::plain_proof(p) },
+                    None => Neighbour {
+                        present: false,
+                        owner: Address::ZERO,
+                        proof: dd::plain_proof(&attrinet_market::MerkleProof { index: 0, leaf_count: 0, siblings: Vec::new() }),
+                    },
+                };
+                let (parts, lo, hi) = match datanet {
+                    Some(o) => (
+                        DatanetParts {
+                            minSpan: o.min_span,
+                            contributionsRoot: o.contributions_root,
+                            ownersRoot: o.owners_root,
+                            ownerCount: o.owner_count,
+                        },
+                        side(o.below.as_ref()),
+                        side(o.above.as_ref()),
+                    ),
+                    // A model without a datanet: the contract ignores the rest.
+                    None => (
+                        DatanetParts { minSpan: 0, contributionsRoot: B256::ZERO, ownersRoot: B256::ZERO, ownerCount: 0 },
+                        side(None),
+                        side(None),
+                    ),
+                };
+                let call = d.disputeOutsider(
+                    id,
+                    dd::receipt(receipt),
+                    leaf_value.0,
+                    dd::proof(proof),
+                    dd::weight(weight),
+                    dd::plain_proof(weight_proof),
+                    parts,
+                    lo,
+                    hi,
+                );
+                send("DataDisputes.disputeOutsider", call).await
+            }
             _ => unreachable!("only data frauds are sent here"),
         }
     }
@@ -595,6 +637,13 @@ impl ChainClient {
     pub async fn datanet_root(&self, model: ModelId) -> Result<Option<B256>> {
         let m = self.registry().model(model.0).call().await.map_err(reverted("Registry.model"))?;
         Ok((m.owner != Address::ZERO).then_some(m.datanetRoot))
+    }
+
+    /// When the model's datanet was last set (chain time), or `None` when the model is not
+    /// registered: receipts made before it are not judged by the current datanet.
+    pub async fn datanet_since(&self, model: ModelId) -> Result<Option<u64>> {
+        let m = self.registry().model(model.0).call().await.map_err(reverted("Registry.model"))?;
+        Ok((m.owner != Address::ZERO).then_some(m.datanetSince))
     }
 
     /// A channel's on-chain state.

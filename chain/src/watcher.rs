@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
-use attrinet_market::{ChannelId, Datanet, MemStore, ModelId, Seq, Store, SumTree, response_hash};
+use attrinet_market::{ChannelId, Datanet, MemStore, MerkleTree, ModelId, Seq, Store, SumTree, Wei, response_hash};
 
-use crate::batch::{Batch, FraudProof, Settlement, Verdict, examine};
+use crate::batch::{Batch, CommittedTree, FraudProof, Settlement, Verdict, examine};
 use crate::client::{ChainClient, ModelTerms, TxOutcome};
 use crate::data::{AttributionSource, WeightLeaf};
 use crate::error::Result;
@@ -312,7 +312,16 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
                 slot.insert(t);
             }
         }
-        match examine(&settlement, &batch, &terms) {
+        let verdict = match examine(&settlement, &batch, &terms) {
+            // Honest by the batch's own rules: then are its weights paid to contributors
+            // of the model's datanet at all?
+            Ok(Verdict::Honest) => match self.outsider(&batch).await? {
+                Some(proof) => Ok(Verdict::Fraud(Box::new(proof))),
+                None => Ok(Verdict::Honest),
+            },
+            other => other,
+        };
+        match verdict {
             Ok(Verdict::Honest) => {
                 tracing::info!(target: "chain::watcher", %channel, %seq, "settlement verified");
                 report.verified.push((channel, *seq));
@@ -338,6 +347,63 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
             // bring the right one before the deadline.
             Err(e) => Err(e),
         }
+    }
+
+    /// Evidence that a weight of the batch pays an address outside its model's registered
+    /// datanet: provable from the weights alone when the model has no datanet, and with the
+    /// watcher's copy of the datanet (when it is the registered one) otherwise. Receipts
+    /// made before the datanet was last set are not judged by it.
+    async fn outsider(&self, batch: &Batch) -> Result<Option<FraudProof>> {
+        let Some(weights) = &batch.weights else { return Ok(None) };
+        let leaves: Vec<(B256, Wei)> = batch.receipts.iter().map(|r| (r.receipt.digest(), r.receipt.value)).collect();
+        let tree = match &batch.tree {
+            Some(t) => t.clone(),
+            None => CommittedTree::honest(&leaves)?,
+        };
+        let mut registry: BTreeMap<ModelId, Option<(B256, u64)>> = BTreeMap::new();
+        for (i, (sr, ws)) in batch.receipts.iter().zip(weights).enumerate() {
+            let r = &sr.receipt;
+            if ws.is_empty() {
+                continue;
+            }
+            let registered = match registry.get(&r.model) {
+                Some(x) => *x,
+                None => {
+                    let root = self.client.datanet_root(r.model).await?;
+                    let since = self.client.datanet_since(r.model).await?;
+                    let x = root.zip(since);
+                    registry.insert(r.model, x);
+                    x
+                }
+            };
+            let Some((root, since)) = registered else { continue };
+            if r.timestamp < since {
+                continue;
+            }
+            let datanet = self.datanets.get(&r.model).filter(|d| d.root() == root);
+            for (j, w) in ws.iter().enumerate() {
+                let datanet_proof = if root.is_zero() {
+                    None
+                } else {
+                    match datanet.and_then(|d| d.outsider_proof(&w.contributor)) {
+                        Some(p) => Some(p),
+                        None => continue,
+                    }
+                };
+                let weight_tree = MerkleTree::new(&ws.iter().map(WeightLeaf::digest).collect::<Vec<_>>());
+                let (Some(proof), Some(weight_proof)) = (tree.proof(0, i), weight_tree.proof(j)) else { continue };
+                // The value the leaf hashes: the receipt's, in the honest tree examine accepted.
+                return Ok(Some(FraudProof::Outsider {
+                    receipt: r.clone(),
+                    leaf_value: r.value,
+                    proof,
+                    weight: *w,
+                    weight_proof,
+                    datanet: datanet_proof,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The receipts of `batch` whose committed weights differ from what the model's datanet

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
 use attrinet_chain::{
-    Batch, ChainClient, ChainError, CommittedData, CommittedTree, EventFollower, FraudProof, MemAttribution,
+    Batch, ChainClient, ChainError, CommittedData, CommittedTree, FraudProof, MemAttribution,
     MemCheckpoint, MemSource, PayoutRun, SettleAction, SettlementLoop, SettlementPolicy, StoreSource, SumPreimage,
     Watcher, WeightLeaf, attributed_payout_runs, contributor_totals, weights_root,
 };
@@ -97,6 +97,15 @@ fn serve_attributed(
     (out, last.expect("at least one output"))
 }
 
+/// The rivers and bread contributors (keys from `seeds`) and their datanet.
+async fn rivers_and_bread(w: &World, seeds: (u8, u8)) -> (Contributor, Contributor, Arc<Datanet>) {
+    let (rivers, bread) = (contributor(w, seeds.0).await, contributor(w, seeds.1).await);
+    let docs = [(rivers.id.address(), "rivers.txt", RIVERS), (bread.id.address(), "bread.txt", BREAD)]
+        .map(|(owner, name, text)| Document { owner, name: name.into(), text: text.into() });
+    let datanet = Arc::new(Datanet::from_texts(DEFAULT_MIN_SPAN, docs, tokenize).unwrap());
+    (rivers, bread, datanet)
+}
+
 fn reverted_with(e: ChainError, name: &str) {
     match e {
         ChainError::Reverted { reason, .. } => assert!(reason.contains(name), "expected {name}, got {reason}"),
@@ -107,10 +116,7 @@ fn reverted_with(e: ChainError, name: &str) {
 #[tokio::test]
 async fn two_contributors_each_claim_exactly_their_computed_total() {
     let w = World::new().await;
-    let (rivers, bread) = (contributor(&w, 0x61).await, contributor(&w, 0x71).await);
-    let docs = [(rivers.id.address(), "rivers.txt", RIVERS), (bread.id.address(), "bread.txt", BREAD)]
-        .map(|(owner, name, text)| Document { owner, name: name.into(), text: text.into() });
-    let datanet = Arc::new(Datanet::from_texts(DEFAULT_MIN_SPAN, docs, tokenize).unwrap());
+    let (rivers, bread, datanet) = rivers_and_bread(&w, (0x61, 0x71)).await;
     let model = ModelId::from([0x33; 32]);
     let price = Price { per_1k_input: Wei(1_000_003_000_000_007), per_1k_output: Wei(4_000_011_000_000_013) };
     let split = Split::new(5_003, 1_999, 2_497, 501).unwrap();
@@ -180,18 +186,7 @@ async fn two_contributors_each_claim_exactly_their_computed_total() {
     assert_eq!(payouts[0].data.distributed, Wei(owed_rivers + owed_bread));
 
     // A watcher with the outputs and the datanet recomputes and agrees.
-    let follower = EventFollower::new(
-        w.watcher.chain.provider().clone(),
-        w.deployment.channels,
-        0,
-        w.deployment.deploy_block,
-        MemCheckpoint::default(),
-    )
-    .unwrap();
-    let mut watcher: Watcher<MemCheckpoint, MemStore> =
-        Watcher::new(w.watcher.chain.clone(), follower, Arc::new(StoreSource(s.node_store.clone())), None)
-            .with_attribution(attribution.clone())
-            .with_datanet(model, datanet.clone());
+    let mut watcher = watcher_of(&w, &s, attribution.clone()).with_datanet(model, datanet.clone());
     let report = watcher.step().await.unwrap();
     assert_eq!(report.verified, vec![(id, Seq(4))], "{report:?}");
     assert!(report.disputed.is_empty() && report.misattributed.is_empty(), "{report:?}");
@@ -238,10 +233,7 @@ async fn two_contributors_each_claim_exactly_their_computed_total() {
 #[tokio::test]
 async fn weights_that_are_not_the_datanets_are_reported_not_disputed() {
     let w = World::new().await;
-    let (rivers, bread) = (contributor(&w, 0x81).await, contributor(&w, 0x91).await);
-    let docs = [(rivers.id.address(), "rivers.txt", RIVERS), (bread.id.address(), "bread.txt", BREAD)]
-        .map(|(owner, name, text)| Document { owner, name: name.into(), text: text.into() });
-    let datanet = Arc::new(Datanet::from_texts(DEFAULT_MIN_SPAN, docs, tokenize).unwrap());
+    let (_, bread, datanet) = rivers_and_bread(&w, (0x81, 0x91)).await;
     let model = ModelId::from([0x44; 32]);
     // Registered before its datanet was built, then given it.
     w.owner.chain.register_model(model, w.price, w.split, B256::ZERO, w.data_pool).await.unwrap();
@@ -261,18 +253,7 @@ async fn weights_that_are_not_the_datanets_are_reported_not_disputed() {
     let settler =
         SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
     settler.settle_channel(id, true).await.unwrap();
-    let follower = EventFollower::new(
-        w.watcher.chain.provider().clone(),
-        w.deployment.channels,
-        0,
-        w.deployment.deploy_block,
-        MemCheckpoint::default(),
-    )
-    .unwrap();
-    let mut watcher: Watcher<MemCheckpoint, MemStore> =
-        Watcher::new(w.watcher.chain.clone(), follower, Arc::new(StoreSource(s.node_store.clone())), None)
-            .with_attribution(attribution)
-            .with_datanet(model, datanet);
+    let mut watcher = watcher_of(&w, &s, attribution).with_datanet(model, datanet);
     let report = watcher.step().await.unwrap();
     // The entries follow the committed weights, so no dispute can show anything; the
     // recomputation shows the weights themselves are wrong.
@@ -280,6 +261,91 @@ async fn weights_that_are_not_the_datanets_are_reported_not_disputed() {
     assert_eq!(report.misattributed.len(), 1, "{report:?}");
     assert_eq!((report.misattributed[0].0, report.misattributed[0].1), (id, Seq(1)));
     assert!(report.misattributed[0].2.contains("the datanet gives"), "{report:?}");
+}
+
+/// Weights paid to an address that owns no contribution are provable on chain: the
+/// datanet's commitment includes its owners in ascending order, and two neighbours in it
+/// show the address is not there. The watcher proves it with its copy of the datanet; for a
+/// model without a datanet it needs none. Disputing a true contributor's weight this way
+/// fails.
+#[tokio::test]
+async fn weights_paid_outside_the_datanet_are_disputed() {
+    let w = World::new().await;
+    let (_, bread, datanet) = rivers_and_bread(&w, (0xa1, 0xb1)).await;
+    let model = ModelId::from([0x55; 32]);
+    w.owner.chain.register_model(model, w.price, w.split, datanet.root(), w.data_pool).await.unwrap();
+    let deposit = Wei(10 * ETH);
+    let (id, params) = w.open(deposit).await;
+    let mut s = Session::new(params, deposit);
+    let attribution = Arc::new(MemAttribution::default());
+    let now = w.now().await;
+    // An honest answer (bread's passage, bread's weight), then one whose data share the
+    // node pays to itself.
+    let outputs = [tokenize(BREAD), tokenize("something else entirely, said at some length to be paid for")];
+    let outsider = w.node.address();
+    assert!(datanet.outsider_proof(&outsider).is_some() && datanet.outsider_proof(&bread.id.address()).is_none());
+    let lie = weights(&[(outsider, PPM_WHOLE)]);
+    let (receipts, _) =
+        serve_attributed(&mut s, &w, (model, w.price), &outputs, |o| if o == outputs[0].as_slice() { datanet.attribute(o).weights } else { lie.clone() }, &attribution, now);
+    let policy = SettlementPolicy { threshold: Wei(1), max_age_secs: 3_600, max_gas_bps: u16::MAX };
+    let settler =
+        SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
+    assert!(matches!(settler.settle_channel(id, true).await.unwrap(), SettleAction::Settled { seq: Seq(2), .. }));
+
+    // The honest weight cannot be shown outside: its address is a leaf of the owners tree,
+    // so no neighbours bracket it (here: the proof for another address is refused).
+    let honest = WeightLeaf::of(&datanet.attribute(&outputs[0]).weights);
+    assert_eq!(honest[0].contributor, bread.id.address());
+    let forged = FraudProof::Outsider {
+        receipt: receipts[0].receipt.clone(),
+        leaf_value: receipts[0].receipt.value,
+        proof: tree_of(&receipts).proof(0, 0).unwrap(),
+        weight: honest[0],
+        weight_proof: MerkleTree::new(&honest.iter().map(WeightLeaf::digest).collect::<Vec<_>>()).proof(0).unwrap(),
+        datanet: datanet.outsider_proof(&Address::repeat_byte(0x01)),
+    };
+    let err = w.watcher.chain.dispute(id, &forged).await.unwrap_err();
+    match err {
+        ChainError::Reverted { reason, .. } => assert!(reason.contains("NotFraud") || reason.contains("WrongPosition"), "{reason}"),
+        other => panic!("expected a revert, got {other}"),
+    }
+
+    // The watcher holding the datanet proves the outsider and takes the node's bond.
+    let bond = w.node.chain.bond(w.node.address()).await.unwrap();
+    let mut watcher = watcher_of(&w, &s, attribution.clone()).with_datanet(model, datanet.clone());
+    let report = watcher.step().await.unwrap();
+    assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(id, "outsider")], "{report:?}");
+    assert_eq!(w.node.chain.bond(w.node.address()).await.unwrap(), Wei(0), "the bond of {bond} went to the watcher");
+    assert!(w.watcher.chain.pending(id).await.unwrap().is_none(), "the settlement was voided");
+}
+
+/// A model registered without a datanet pays no weights: any weight of its receipts is an
+/// outsider, provable without a datanet.
+#[tokio::test]
+async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
+    let w = World::new().await;
+    let (model, price, _) = w.second_model().await;
+    assert_eq!(w.watcher.chain.datanet_root(model).await.unwrap(), Some(B256::ZERO));
+    let deposit = Wei(10 * ETH);
+    let (id, params) = w.open(deposit).await;
+    let mut s = Session::new(params, deposit);
+    let attribution = Arc::new(MemAttribution::default());
+    let now = w.now().await;
+    let lie = weights(&[(Address::repeat_byte(0x42), PPM_WHOLE)]);
+    serve_attributed(&mut s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now);
+    let policy = SettlementPolicy { threshold: Wei(1), max_age_secs: 3_600, max_gas_bps: u16::MAX };
+    SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy)
+        .with_attribution(attribution.clone())
+        .settle_channel(id, true)
+        .await
+        .unwrap();
+    let report = watcher_of(&w, &s, attribution).step().await.unwrap();
+    assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(id, "outsider")], "{report:?}");
+}
+
+/// A watcher over the node's store and `attribution`, from the deployment's first block.
+fn watcher_of(w: &World, s: &Session, attribution: Arc<MemAttribution>) -> Watcher<MemCheckpoint, MemStore> {
+    watcher(w, Arc::new(StoreSource(s.node_store.clone()))).with_attribution(attribution)
 }
 
 /// A settlement whose data entries or weights are wrong in the way `kind` names.
@@ -297,6 +363,8 @@ fn weights(parts: &[(Address, u32)]) -> Weights {
 /// entries wrong as `kind` says.
 pub(crate) async fn bad_data_case(w: &World, params: &ChannelParams, kind: &str) -> BadData {
     let now = w.now().await;
+    // "outsider": honest entries, but the model has no datanet, so no weight may be paid.
+    let (model, price, split) = if kind == "outsider" { w.second_model().await } else { (w.model, w.price, w.split) };
     let (c1, c2, c3) = (Address::repeat_byte(0xc1), Address::repeat_byte(0xc2), Address::repeat_byte(0xc3));
     let ws = vec![
         weights(&[(c1, 600_000), (c2, 400_000)]),
@@ -311,15 +379,15 @@ pub(crate) async fn bad_data_case(w: &World, params: &ChannelParams, kind: &str)
         // A receipt whose weights fall one ppm short of a whole.
         leaves[1] = vec![WeightLeaf { contributor: c2, ppm: PPM_WHOLE - 1, count: 1 }];
     }
-    let receipts = forge_receipts(w, params, &[(w.model, w.price)], 1, Wei::ZERO, 6, now, |i, r| {
+    let receipts = forge_receipts(w, params, &[(model, price)], 1, Wei::ZERO, 6, now, |i, r| {
         r.attribution_root = weights_root(&leaves[i]);
     });
     let plain: Vec<Receipt> = receipts.iter().map(|r| r.receipt.clone()).collect();
     let (mut payouts, mut committed) = if kind == "weights" {
         let total = receipts.last().unwrap().receipt.cumulative;
-        (vec![PayoutRun::new(w.model, 6, w.split.apply(total))], CommittedData::honest(Vec::new()).unwrap())
+        (vec![PayoutRun::new(model, 6, split.apply(total))], CommittedData::honest(Vec::new()).unwrap())
     } else {
-        let (p, mut d) = attributed_payout_runs(&plain, &ws, |_| Some(w.split)).unwrap();
+        let (p, mut d) = attributed_payout_runs(&plain, &ws, |_| Some(split)).unwrap();
         (p, d.remove(0))
     };
     let mut entries = committed.entries.clone();
@@ -327,7 +395,7 @@ pub(crate) async fn bad_data_case(w: &World, params: &ChannelParams, kind: &str)
         entries.iter().position(|e| e.contributor == c && e.leaf == leaf).unwrap()
     };
     match kind {
-        "honest" | "weights" => {}
+        "honest" | "weights" | "outsider" => {}
         // c2's part of receipt 0 moved to c1: the same total, the wrong people.
         "data-entry" => {
             let (a, b) = (find(&entries, c1, 0), find(&entries, c2, 0));

@@ -12,7 +12,7 @@ use attrinet_market::{ChannelParams, MemStore, ModelId, Seq, SignedReceipt, Sign
 
 use crate::util::{BOND, ETH, WINDOW, World, forge_receipts, leaves, tree_of, voucher};
 
-pub(crate) fn watcher(w: &World, source: Arc<MemSource>) -> Watcher<MemCheckpoint, MemStore> {
+pub(crate) fn watcher(w: &World, source: Arc<dyn attrinet_chain::ReceiptSource>) -> Watcher<MemCheckpoint, MemStore> {
     let follower = EventFollower::new(
         w.watcher.chain.provider().clone(),
         w.deployment.channels,

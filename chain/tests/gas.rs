@@ -118,7 +118,7 @@ async fn measure() -> BTreeMap<String, u64> {
         w.node.chain.add_bond(BOND).await.unwrap();
     }
     // The data disputes, on the same six-receipt batch with eight data entries.
-    for case in ["data-entry", "data-missing", "data-order", "data-sum", "data-shape", "weights"] {
+    for case in ["data-entry", "data-missing", "data-order", "data-sum", "data-shape", "weights", "outsider"] {
         let (_, params) = w.open(Wei(10 * ETH)).await;
         let bad = bad_data_case(&w, &params, case).await;
         let source = Arc::new(MemSource::default());

@@ -58,7 +58,7 @@ const SPAN_SCALE: u128 = 1_000_000;
 const SEPARATOR: u32 = u32::MAX;
 
 /// Domain tag of the datanet commitment (docs/protocol.md, "Datanet commitment").
-const DATANET_TAG: &[u8] = b"attrinet/datanet/v1";
+const DATANET_TAG: &[u8] = b"attrinet/datanet/v2";
 
 /// Version of [`Datanet::to_bytes`]' format; bumped whenever the layout changes.
 const FORMAT_VERSION: u32 = 1;
@@ -174,16 +174,83 @@ pub struct Document {
 }
 
 /// The commitment to a datanet, recorded with its model in the Registry:
-/// `keccak256("attrinet/datanet/v1" ‖ uint32be(min_span) ‖ root)` where `root` is the
-/// plain Merkle root of the contributions' digests, in order. The minimum span is bound
-/// because it changes every weight.
-pub fn datanet_root(min_span: u32, contribution_digests: &[B256]) -> B256 {
-    let root = MerkleTree::new(contribution_digests).root();
-    let mut buf = Vec::with_capacity(DATANET_TAG.len() + 4 + 32);
+/// `keccak256("attrinet/datanet/v2" ‖ uint32be(min_span) ‖ contributionsRoot ‖ ownersRoot)`
+/// where `contributionsRoot` is the plain Merkle root of the contributions' digests, in
+/// order, and `ownersRoot` that of [`owner_digest`]s of the distinct owners, ascending.
+/// The minimum span is bound because it changes every weight; the sorted owners let anyone
+/// prove on chain that an address is *not* a contributor ([`OutsiderProof`]).
+pub fn datanet_root(min_span: u32, contribution_digests: &[B256], owners: &[Address]) -> B256 {
+    datanet_root_of(min_span, &MerkleTree::new(contribution_digests).root(), &owners_root(owners))
+}
+
+fn datanet_root_of(min_span: u32, contributions_root: &B256, owners_root: &B256) -> B256 {
+    let mut buf = Vec::with_capacity(DATANET_TAG.len() + 4 + 64);
     buf.extend_from_slice(DATANET_TAG);
     buf.extend_from_slice(&min_span.to_be_bytes());
-    buf.extend_from_slice(root.as_slice());
+    buf.extend_from_slice(contributions_root.as_slice());
+    buf.extend_from_slice(owners_root.as_slice());
     keccak256(buf)
+}
+
+/// An owner's leaf digest in the owners tree of `count` owners:
+/// `keccak256(owner ‖ uint32be(count))`. The count makes a leaf name its tree's size, so a
+/// proof cannot place it in a tree of another size.
+pub fn owner_digest(owner: &Address, count: u32) -> B256 {
+    let mut buf = [0u8; 24];
+    buf[..20].copy_from_slice(owner.as_slice());
+    buf[20..].copy_from_slice(&count.to_be_bytes());
+    keccak256(buf)
+}
+
+fn owners_tree(owners: &[Address]) -> MerkleTree {
+    let count = owners.len() as u32;
+    MerkleTree::new(&owners.iter().map(|o| owner_digest(o, count)).collect::<Vec<_>>())
+}
+
+/// The plain Merkle root of the distinct owners' digests, ascending.
+pub fn owners_root(owners: &[Address]) -> B256 {
+    owners_tree(owners).root()
+}
+
+/// Proof that an address owns no contribution of a datanet: its two neighbours in the
+/// ascending owners tree (one of them absent at either end), with the parts of the
+/// datanet's commitment the proof needs.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct OutsiderProof {
+    /// The datanet's minimum span.
+    pub min_span: u32,
+    /// Plain Merkle root of the contributions' digests.
+    pub contributions_root: B256,
+    /// Plain Merkle root of the owners' digests.
+    pub owners_root: B256,
+    /// Number of distinct owners.
+    pub owner_count: u32,
+    /// The greatest owner below the address, and its path; `None` when none is.
+    pub below: Option<(Address, crate::MerkleProof)>,
+    /// The least owner above the address, and its path; `None` when none is.
+    pub above: Option<(Address, crate::MerkleProof)>,
+}
+
+impl OutsiderProof {
+    /// Checks that the proof shows `who` outside the datanet committed to by `root`: what
+    /// the `disputeOutsider` fraud proof checks on chain.
+    pub fn verify(&self, who: &Address, root: &B256) -> bool {
+        if datanet_root_of(self.min_span, &self.contributions_root, &self.owners_root) != *root {
+            return false;
+        }
+        let n = u64::from(self.owner_count);
+        let at = |side: &Option<(Address, crate::MerkleProof)>| {
+            side.as_ref().map(|(o, p)| {
+                (p.leaf_count == n && p.verify(&owner_digest(o, self.owner_count), &self.owners_root).is_ok()).then_some((*o, p.index))
+            })
+        };
+        match (at(&self.below), at(&self.above)) {
+            (Some(Some((lo, i))), Some(Some((hi, j)))) => lo < *who && *who < hi && j == i + 1,
+            (Some(Some((lo, i))), None) => lo < *who && i + 1 == n,
+            (None, Some(Some((hi, j)))) => *who < hi && j == 0,
+            _ => false,
+        }
+    }
 }
 
 // ------------------------------------------------------------------ the index
@@ -207,6 +274,7 @@ pub struct Datanet {
     text: Vec<u32>,
     suffixes: Vec<u32>,
     root: B256,
+    contributions_root: B256,
 }
 
 impl std::fmt::Debug for Datanet {
@@ -250,8 +318,9 @@ impl Datanet {
         check_contributions(min_span, &contributions)?;
         let (owners, entries, text, digests) = layout(contributions);
         let suffixes = suffix_array(&text, entries.len());
-        let root = datanet_root(min_span, &digests);
-        Ok(Datanet { min_span, owners, entries, text, suffixes, root })
+        let contributions_root = MerkleTree::new(&digests).root();
+        let root = datanet_root_of(min_span, &contributions_root, &owners_root(&owners));
+        Ok(Datanet { min_span, owners, entries, text, suffixes, root, contributions_root })
     }
 
     /// Tokenizes `documents` with the model's tokenizer and indexes them, in the given
@@ -282,6 +351,24 @@ impl Datanet {
     /// The distinct contributors, ascending.
     pub fn contributors(&self) -> &[Address] {
         &self.owners
+    }
+
+    /// Proof that `who` owns no contribution here, or `None` when it does.
+    pub fn outsider_proof(&self, who: &Address) -> Option<OutsiderProof> {
+        let at = match self.owners.binary_search(who) {
+            Ok(_) => return None,
+            Err(at) => at,
+        };
+        let tree = owners_tree(&self.owners);
+        let side = |i: usize| Some((self.owners[i], tree.proof(i).expect("index within the owners")));
+        Some(OutsiderProof {
+            min_span: self.min_span,
+            contributions_root: self.contributions_root,
+            owners_root: tree.root(),
+            owner_count: self.owners.len() as u32,
+            below: if at == 0 { None } else { side(at - 1) },
+            above: if at == self.owners.len() { None } else { side(at) },
+        })
     }
 
     /// Number of contributions.
@@ -412,8 +499,9 @@ impl Datanet {
         check_contributions(stored.min_span, &contributions)?;
         let (owners, entries, text, digests) = layout(contributions);
         verify_suffix_array(&text, &stored.suffixes).map_err(|reason| AttributionError::CorruptIndex { reason })?;
-        let root = datanet_root(stored.min_span, &digests);
-        Ok(Datanet { min_span: stored.min_span, owners, entries, text, suffixes: stored.suffixes, root })
+        let contributions_root = MerkleTree::new(&digests).root();
+        let root = datanet_root_of(stored.min_span, &contributions_root, &owners_root(&owners));
+        Ok(Datanet { min_span: stored.min_span, owners, entries, text, suffixes: stored.suffixes, root, contributions_root })
     }
 }
 

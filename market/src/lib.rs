@@ -106,5 +106,5 @@ pub use types::{ChannelId, Domain, ModelId, Price, Seq, TOKENS_PER_PRICE_UNIT, W
 pub use voucher::{EvmSignature, SignedVoucher, Voucher};
 pub use attribution::{
     Attribution, AttributionError, Contribution, DEFAULT_MIN_SPAN, DataEntry, Datanet, Document, PPM_WHOLE, Span,
-    Weight, Weights, contributor_totals, datanet_root, ppm_of, receipt_data_share, run_data_entries, weight_digest,
+    Weight, Weights, contributor_totals, datanet_root, owner_digest, owners_root, OutsiderProof, ppm_of, receipt_data_share, run_data_entries, weight_digest,
 };

@@ -187,6 +187,32 @@ proptest! {
     }
 
     #[test]
+    fn outsider_proofs_exist_exactly_for_non_contributors(cs in contributions(), who in 0u8..8, min in 1u32..4) {
+        let datanet = build(min, &cs);
+        let who = owner(who);
+        let member = datanet.contributors().contains(&who);
+        let proof = datanet.outsider_proof(&who);
+        prop_assert_eq!(proof.is_none(), member);
+        let Some(proof) = proof else { return Ok(()) };
+        prop_assert!(proof.verify(&who, &datanet.root()));
+        // It proves nothing about a member, nor against another datanet.
+        for m in datanet.contributors() {
+            prop_assert!(!proof.verify(m, &datanet.root()));
+        }
+        prop_assert!(!proof.verify(&who, &build(min + 1, &cs).root()));
+        // Dropping a neighbour that exists, or swapping in a farther one, breaks it.
+        if proof.below.is_some() && proof.above.is_some() {
+            let one_sided = OutsiderProof { below: None, ..proof.clone() };
+            prop_assert!(!one_sided.verify(&who, &datanet.root()));
+        }
+        // A neighbour named by another address than its leaf's does not verify.
+        if let Some((o, p)) = &proof.above {
+            let renamed = OutsiderProof { above: Some((Address::repeat_byte(0xfe).max(*o), p.clone())), ..proof.clone() };
+            prop_assert_eq!(renamed.verify(&who, &datanet.root()), *o == Address::repeat_byte(0xfe).max(*o));
+        }
+    }
+
+    #[test]
     fn corrupt_index_bytes_never_panic_and_never_load_a_wrong_index(
         cs in contributions(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
@@ -384,7 +410,7 @@ fn the_commitment_binds_owners_tokens_order_and_min_span_but_not_names() {
         Contribution { owner: owner(1), name: String::new(), tokens: vec![1, 2, 3] }.digest(),
         Contribution { owner: owner(2), name: String::new(), tokens: vec![4, 5] }.digest(),
     ];
-    assert_eq!(datanet_root(4, &digests), base.root());
+    assert_eq!(datanet_root(4, &digests, &[owner(1), owner(2)]), base.root());
 }
 
 #[test]
