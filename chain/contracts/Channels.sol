@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {Registry, Terms} from "./Registry.sol";
 import {DataDisputes} from "./DataDisputes.sol";
+import {SumMerkle} from "./SumMerkle.sol";
 
 /// @title attrinet payment channels: deposits, optimistic settlement, fraud proofs.
 /// @notice A payer opens a channel to a provider (a registered node) with a deposit. The
@@ -598,15 +599,15 @@ contract Channels {
         bytes32 h;
         uint256 actual;
         if (isLeaf) {
-            h = _leafHash(a.hash, a.sum);
+            h = SumMerkle.leafHash(a.hash, a.sum);
             actual = a.sum;
         } else {
-            h = _nodeHash(a.hash, a.sum, b.hash, b.sum);
+            h = SumMerkle.nodeHash(a.hash, a.sum, b.hash, b.sum);
             actual = uint256(a.sum) + b.sum;
         }
         // The root's sum is not recorded by a parent: it is its children's sum.
         uint256 recorded = proof.count == 1 ? actual : recordedSum;
-        (bytes32 root, uint256 total,, bool overflow) = _walk(h, recorded, proof.index, proof.count, proof.siblings);
+        (bytes32 root, uint256 total,, bool overflow) = SumMerkle.walk(h, recorded, proof.index, proof.count, proof.siblings);
         if (root != p.receiptsRoot) revert BadProof();
         uint256 amount = p.cumulative - ch.settled;
         bool fraud = overflow || actual > type(uint128).max || actual != recorded || total != amount;
@@ -711,39 +712,8 @@ contract Channels {
         returns (uint256 left, bool overflow)
     {
         bytes32 root;
-        (root,, left, overflow) = _walk(_leafHash(digest, value), value, proof.index, proof.count, proof.siblings);
+        (root,, left, overflow) = SumMerkle.walk(SumMerkle.leafHash(digest, value), value, proof.index, proof.count, proof.siblings);
         if (root != p.receiptsRoot) revert BadProof();
-    }
-
-    /// Walks from a node (hash h, sum s) at `index` of a level of `count` nodes up to the
-    /// root, following docs/protocol.md's proof rules. Sums are carried in uint256 so an
-    /// overflowing tree can still be walked (and proven invalid) instead of reverting.
-    function _walk(bytes32 h, uint256 s, uint256 index, uint256 count, SumNode[] calldata siblings)
-        internal
-        pure
-        returns (bytes32 root, uint256 total, uint256 left, bool overflow)
-    {
-        if (index >= count) revert BadProof();
-        uint256 k;
-        while (count > 1) {
-            if (index & 1 == 1 || index != count - 1) {
-                if (k >= siblings.length) revert BadProof();
-                SumNode calldata sib = siblings[k++];
-                if (s > type(uint128).max) overflow = true;
-                if (index & 1 == 0) {
-                    h = _nodeHash(h, uint128(s), sib.hash, sib.sum);
-                } else {
-                    h = _nodeHash(sib.hash, sib.sum, h, uint128(s));
-                    left += sib.sum;
-                }
-                s += sib.sum;
-            }
-            index >>= 1;
-            count = (count + 1) >> 1;
-        }
-        if (k != siblings.length) revert BadProof();
-        if (s > type(uint128).max) overflow = true;
-        return (h, s, left, overflow);
     }
 
     /// Number of levels above the leaves of a tree of n leaves (the length of leaf 0's proof).
@@ -767,16 +737,8 @@ contract Channels {
     {
         bytes32 digest = keccak256(abi.encodePacked(e.contributor, e.leaf, e.weightIndex));
         bytes32 computed;
-        (computed,, left, overflow) = _walk(_leafHash(digest, e.amount), e.amount, proof.index, proof.count, proof.siblings);
+        (computed,, left, overflow) = SumMerkle.walk(SumMerkle.leafHash(digest, e.amount), e.amount, proof.index, proof.count, proof.siblings);
         if (computed != root) revert BadProof();
-    }
-
-    function _leafHash(bytes32 digest, uint128 value) internal pure returns (bytes32) {
-        return keccak256(abi.encodePacked(bytes1(0x00), digest, value));
-    }
-
-    function _nodeHash(bytes32 lh, uint128 ls, bytes32 rh, uint128 rs) internal pure returns (bytes32) {
-        return keccak256(abi.encodePacked(bytes1(0x01), lh, ls, rh, rs));
     }
 
     /// floor(V x b / 10000) as (V / 10000) x b + (V mod 10000) x b / 10000: exact, no overflow.

@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {Channels} from "./Channels.sol";
 import {Registry} from "./Registry.sol";
+import {SumMerkle} from "./SumMerkle.sol";
 
 /// @title attrinet data-reward disputes.
 /// @notice The fraud proofs about a settlement's data entries and its receipts' attribution
@@ -208,14 +209,14 @@ contract DataDisputes {
         bytes32 h;
         uint256 actual;
         if (isLeaf) {
-            h = _leafHash(a.hash, a.sum);
+            h = SumMerkle.leafHash(a.hash, a.sum);
             actual = a.sum;
         } else {
-            h = _nodeHash(a.hash, a.sum, b.hash, b.sum);
+            h = SumMerkle.nodeHash(a.hash, a.sum, b.hash, b.sum);
             actual = uint256(a.sum) + b.sum;
         }
         uint256 recorded = size == 1 ? actual : recordedSum;
-        (bytes32 root, uint256 total,, bool overflow) = _walk(h, recorded, proof.index, size, proof.siblings);
+        (bytes32 root, uint256 total,, bool overflow) = SumMerkle.walk(h, recorded, proof.index, size, proof.siblings);
         if (root != po.dataRoot) revert BadProof();
         bool fraud = isLeaf == inner || overflow || actual > type(uint128).max || actual != recorded
             || total != po.distributed;
@@ -390,14 +391,14 @@ contract DataDisputes {
 
     // ------------------------------------------------------------ Merkle-sum trees
     //
-    // The same walk as Channels._walk (docs/protocol.md, "Merkle trees" and "Proofs").
+    // Paths are walked by SumMerkle (docs/protocol.md, "Merkle trees" and "Proofs").
 
     /// Checks that a receipt leaf is in the settlement's receipts tree at the proof's position.
     function _verifyLeaf(Channels.Pending memory p, bytes32 digest, uint128 value, Channels.Proof calldata proof)
         internal
         pure
     {
-        (bytes32 root,,,) = _walk(_leafHash(digest, value), value, proof.index, proof.count, proof.siblings);
+        (bytes32 root,,,) = SumMerkle.walk(SumMerkle.leafHash(digest, value), value, proof.index, proof.count, proof.siblings);
         if (root != p.receiptsRoot) revert BadProof();
     }
 
@@ -405,43 +406,7 @@ contract DataDisputes {
     function _verifyData(bytes32 root, Channels.DataEntry calldata e, Channels.Proof calldata proof) internal pure {
         bytes32 digest = keccak256(abi.encodePacked(e.contributor, e.leaf, e.weightIndex));
         (bytes32 computed,,,) =
-            _walk(_leafHash(digest, e.amount), e.amount, proof.index, proof.count, proof.siblings);
+            SumMerkle.walk(SumMerkle.leafHash(digest, e.amount), e.amount, proof.index, proof.count, proof.siblings);
         if (computed != root) revert BadProof();
-    }
-
-    function _walk(bytes32 h, uint256 s, uint256 index, uint256 count, Channels.SumNode[] calldata siblings)
-        internal
-        pure
-        returns (bytes32 root, uint256 total, uint256 left, bool overflow)
-    {
-        if (index >= count) revert BadProof();
-        uint256 k;
-        while (count > 1) {
-            if (index & 1 == 1 || index != count - 1) {
-                if (k >= siblings.length) revert BadProof();
-                Channels.SumNode calldata sib = siblings[k++];
-                if (s > type(uint128).max) overflow = true;
-                if (index & 1 == 0) {
-                    h = _nodeHash(h, uint128(s), sib.hash, sib.sum);
-                } else {
-                    h = _nodeHash(sib.hash, sib.sum, h, uint128(s));
-                    left += sib.sum;
-                }
-                s += sib.sum;
-            }
-            index >>= 1;
-            count = (count + 1) >> 1;
-        }
-        if (k != siblings.length) revert BadProof();
-        if (s > type(uint128).max) overflow = true;
-        return (h, s, left, overflow);
-    }
-
-    function _leafHash(bytes32 digest, uint128 value) internal pure returns (bytes32) {
-        return keccak256(abi.encodePacked(bytes1(0x00), digest, value));
-    }
-
-    function _nodeHash(bytes32 lh, uint128 ls, bytes32 rh, uint128 rs) internal pure returns (bytes32) {
-        return keccak256(abi.encodePacked(bytes1(0x01), lh, ls, rh, rs));
     }
 }
