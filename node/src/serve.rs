@@ -222,31 +222,42 @@ pub async fn serve(
 /// Registers the node (with its bond) and the model (with this node's account as owner)
 /// when the chain does not know them; checks that a registered node has this key.
 async fn register(chain: &ChainClient, identity: &Identity, opts: &ServeOptions, model: ModelId, datanet_root: Option<alloy_primitives::B256>) -> anyhow::Result<()> {
-    match chain.node_key(identity.address()).await? {
-        Some(key) if key == identity.public_key() => {}
-        Some(_) => bail!("{} is registered with another ed25519 key: these are not that node's keys", identity.address()),
-        None => {
-            chain.register_node(&identity.public_key(), opts.bond).await.context("registering the node (is the account funded?)")?;
-            eprintln!("registered node {} with a bond of {} wei", identity.address(), opts.bond.0);
+    // Every check first, so that a refusal changes nothing on chain.
+    let node_key = chain.node_key(identity.address()).await?;
+    if node_key.is_some_and(|k| k != identity.public_key()) {
+        bail!("{} is registered with another ed25519 key: these are not that node's keys", identity.address());
+    }
+    let terms = chain.terms(model).await?;
+    if let Some(terms) = &terms {
+        // Weights against another datanet than the registered one are provable fraud
+        // (a weight to a non-contributor) or, at best, wrong: refuse to serve them.
+        let registered = chain.datanet_root(model).await?.unwrap_or_default();
+        match datanet_root {
+            Some(local) if local != registered => bail!(
+                "model {model} is registered with datanet {registered}, but --datanet gives {local}: serve the registered datanet (or none if it has none)"
+            ),
+            None if !registered.is_zero() => eprintln!(
+                "warning: model {model} is registered with datanet {registered}; without --datanet its contributors get nothing from this node's answers"
+            ),
+            _ => {}
+        }
+        if terms.price != opts.price {
+            bail!(
+                "model {model} is registered at {:?}, not at the prices given ({:?}): receipts would be disputed; use the registered prices",
+                terms.price,
+                opts.price
+            );
         }
     }
-    match chain.terms(model).await? {
-        Some(terms) => {
-            if terms.price != opts.price {
-                bail!(
-                    "model {model} is registered at {:?}, not at the prices given ({:?}): receipts would be disputed; use the registered prices",
-                    terms.price,
-                    opts.price
-                );
-            }
-        }
-        None => {
-            let root = datanet_root.unwrap_or_default();
-            // Without contributors to claim it, the data share goes to the owner.
-            let pool = opts.data_pool.unwrap_or(identity.address());
-            chain.register_model(model, opts.price, opts.split, root, pool).await.context("registering the model")?;
-            eprintln!("registered model {model}, owned by {}", identity.address());
-        }
+    if node_key.is_none() {
+        chain.register_node(&identity.public_key(), opts.bond).await.context("registering the node (is the account funded?)")?;
+        eprintln!("registered node {} with a bond of {} wei", identity.address(), opts.bond.0);
+    }
+    if terms.is_none() {
+        // Without contributors to claim it, the data share goes to the owner.
+        let pool = opts.data_pool.unwrap_or(identity.address());
+        chain.register_model(model, opts.price, opts.split, datanet_root.unwrap_or_default(), pool).await.context("registering the model")?;
+        eprintln!("registered model {model}, owned by {}", identity.address());
     }
     Ok(())
 }

@@ -289,5 +289,22 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let back = after.0 - before.0;
     let unspent = ETH / 20 - settled.0;
     assert!(back <= unspent && unspent - back < ETH / 1000, "got back {back}, unspent {unspent}");
+
+    // Another node offering the same model with a datanet the model is not registered
+    // with is refused before it serves anything: its weights would pay non-contributors.
+    let data = root.path().join("data");
+    let owner_dir = data.join(client.address().to_string());
+    std::fs::create_dir_all(&owner_dir).unwrap();
+    std::fs::write(owner_dir.join("notes.txt"), "The capital of France is Paris. It lies on the Seine.\n").unwrap();
+    let index = root.path().join("datanet.idx");
+    let built = attrinet(&client_dir, &["datanet", "build", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", index.to_str().unwrap(), "--min-span", "4"]);
+    assert!(built.status.success() && text(&built.stdout).contains("datanet root: 0x"), "{}", text(&built.stdout));
+    let (other_dir, _) = participant(root.path(), "other-node", &anvil, deployment, None).await;
+    let args = ["serve", "--model", model.to_str().unwrap(), "--price-in", "0.01eth", "--price-out", "0.1eth", "--backend", "cpu"];
+    let refused = attrinet(&other_dir, &[&args[..], &["--datanet", index.to_str().unwrap()]].concat());
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("is registered with datanet"), "{}", text(&refused.stderr));
+    let other = attrinet_node::keys::load(&other_dir).unwrap();
+    assert_eq!(reader.node_key(other.address()).await.unwrap(), None, "a refused serve registers nothing");
     drop(serve);
 }
