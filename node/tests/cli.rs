@@ -97,7 +97,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let deployment = ChainClient::deploy(
         &anvil.endpoint(),
         deployer.evm.clone(),
-        DeployConfig { treasury: deployer.address(), challenge_window: 10, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
+        DeployConfig { treasury: deployer.address(), challenge_window: 15, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
     )
     .await
     .unwrap();
