@@ -196,8 +196,9 @@ pub trait Store: Send + Sync {
     /// Receipts with seq greater than `after`, in seq order.
     fn receipts_after(&self, id: &ChannelId, after: Seq) -> Result<Vec<StoredReceipt>, StoreError>;
 
-    /// Keeps attribution weights under their root, durably: settling a receipt that
-    /// commits to them needs them, after a restart too. Idempotent.
+    /// Keeps attribution weights under their root. Settling a receipt that commits to
+    /// them needs them, after a restart too: they must be durable no later than the next
+    /// [`Store::record_receipt`] that returns `Ok`. Idempotent.
     fn put_weights(&self, weights: &crate::Weights) -> Result<(), StoreError>;
 
     /// The weights whose root is `root`.

@@ -4,10 +4,10 @@
 //! child processes (`src/bin/`). This library holds what both share: fixed test identities
 //! and a driver that runs honest receipt rounds between a payer and a provider.
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::Address;
 use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Delivered, Domain, Identity, ModelId, PayerChannel, Price, ProviderChannel,
-    Quote, Seq, SignedReceipt, Store, Usage, Wei, request_hash, response_hash,
+    ChannelId, ChannelParams, ChannelState, Delivered, Domain, Identity, ModelId, PPM_WHOLE, PayerChannel, Price,
+    ProviderChannel, Quote, Seq, SignedReceipt, Store, Usage, Wei, Weight, Weights, request_hash, response_hash,
 };
 
 /// The node's identity in these tests.
@@ -62,6 +62,23 @@ pub struct Driver {
     payer: PayerChannel,
 }
 
+/// The attribution weights of the test receipt `seq`: one or two contributors, different
+/// for every seq (so that one receipt's weights cannot stand in for another's).
+pub fn weights_for(seq: Seq) -> Weights {
+    let addr = |n: u64| {
+        let mut b = [0u8; 20];
+        b[12..].copy_from_slice(&n.to_be_bytes());
+        Address::from(b)
+    };
+    let (a, b) = (addr(2 * seq.0 + 1), addr(2 * seq.0 + 2));
+    let parts = if seq.0 % 2 == 0 {
+        vec![Weight { contributor: a, ppm: PPM_WHOLE }]
+    } else {
+        vec![Weight { contributor: a, ppm: 300_000 }, Weight { contributor: b, ppm: PPM_WHOLE - 300_000 }]
+    };
+    Weights::new(parts).expect("whole, ascending weights")
+}
+
 impl Driver {
     /// Resumes the test channel from `store` (opening it if absent).
     pub fn resume(store: &dyn Store) -> anyhow::Result<Driver> {
@@ -82,19 +99,23 @@ impl Driver {
         })
     }
 
-    /// One round: reserve, propose, accept, record durably, commit. Returns the stored
-    /// receipt once `store.record_receipt` has returned.
+    /// One round: reserve, propose, accept, store the weights and record the receipt
+    /// durably, commit. Returns the stored receipt once `store.record_receipt` has returned.
     pub fn round(&mut self, store: &dyn Store, now: u64) -> anyhow::Result<SignedReceipt> {
         let seq = self.provider.state().last_seq.next()?;
         let (input, output) = tokens_for(seq);
         let tokens: Vec<u32> = (0..output).collect();
         let request = seq.0.to_le_bytes();
+        // Every receipt is attributed, as with a model that has a datanet: its weights are
+        // stored first (as node and client do), and must survive whenever it does.
+        let weights = weights_for(seq);
+        store.put_weights(&weights)?;
         let usage = Usage {
             request_hash: request_hash(&request),
             response_hash: response_hash(&tokens),
             input_tokens: input,
             output_tokens: output,
-            attribution_root: B256::ZERO,
+            attribution_root: weights.root(),
         };
         let delivered = Delivered {
             request_hash: usage.request_hash,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use attrinet_market::{Seq, Store, Wei};
 use attrinet_node::{SledStore, audit};
-use attrinet_tests::{test_channel, test_quote, tokens_for};
+use attrinet_tests::{test_channel, test_quote, tokens_for, weights_for};
 
 const KILLS: u32 = 60;
 
@@ -96,6 +96,10 @@ fn acknowledged_receipts_survive_sigkill() {
         let stored = store.receipt(&id, Seq(seq)).unwrap().unwrap_or_else(|| panic!("seq {seq} missing"));
         stored.receipt.verify().unwrap();
         assert_eq!(stored.receipt.receipt.cumulative, Wei(expected), "cumulative at seq {seq}");
+        // Its weights were stored before it, so they survived with it.
+        let weights = weights_for(Seq(seq));
+        assert_eq!(stored.receipt.receipt.attribution_root, weights.root());
+        assert_eq!(store.weights(&weights.root()).unwrap(), Some(weights), "weights of seq {seq} lost");
     }
     for (seq, cumulative) in &acknowledged {
         let stored = store.receipt(&id, Seq(*seq)).unwrap().unwrap_or_else(|| panic!("acknowledged seq {seq} lost"));
