@@ -71,7 +71,7 @@ pub fn weights_for(seq: Seq) -> Weights {
         Address::from(b)
     };
     let (a, b) = (addr(2 * seq.0 + 1), addr(2 * seq.0 + 2));
-    let parts = if seq.0 % 2 == 0 {
+    let parts = if seq.0.is_multiple_of(2) {
         vec![Weight { contributor: a, ppm: PPM_WHOLE }]
     } else {
         vec![Weight { contributor: a, ppm: 300_000 }, Weight { contributor: b, ppm: PPM_WHOLE - 300_000 }]
