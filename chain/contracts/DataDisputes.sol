@@ -17,6 +17,11 @@ import {SumMerkle} from "./SumMerkle.sol";
 contract DataDisputes {
     /// Attribution weights are parts per million.
     uint256 internal constant PPM = 1_000_000;
+    /// After a model's datanet changes, receipts are judged by the new one only from this
+    /// long on: nodes serving the model learn of the change (they re-read it every
+    /// settlement pass) and restart with the new index, and a receipt's timestamp may be
+    /// a few minutes off (docs/protocol.md, "Ledger rules").
+    uint64 public constant DATANET_GRACE = 1 hours;
 
     /// @notice The Channels contract whose settlements this disputes.
     Channels public immutable channels;
@@ -246,7 +251,8 @@ contract DataDisputes {
     /// contribution of the model's datanet: its neighbours `lo` < contributor < `hi` in the
     /// datanet's ascending owners tree are adjacent (or one is absent at an end). A model
     /// registered without a datanet pays no weights at all, so any weight of its receipts
-    /// is such a fraud. Only receipts made since the datanet was last set are judged.
+    /// is such a fraud. Only receipts made DATANET_GRACE after the datanet was last set are
+    /// judged.
     function disputeOutsider(
         bytes32 id,
         Channels.Receipt calldata r,
@@ -262,7 +268,7 @@ contract DataDisputes {
         _verifyLeaf(p, channels.receiptDigest(r), leafValue, rProof);
         _verifyWeight(r.attributionRoot, w, wProof);
         Registry.Model memory m = channels.registry().model(r.model);
-        if (r.timestamp < m.datanetSince) revert DatanetChanged(r.timestamp, m.datanetSince);
+        if (r.timestamp < m.datanetSince + DATANET_GRACE) revert DatanetChanged(r.timestamp, m.datanetSince);
         if (m.datanetRoot != bytes32(0)) {
             bytes32 committed =
                 keccak256(abi.encodePacked("attrinet/datanet/v2", d.minSpan, d.contributionsRoot, d.ownersRoot));

@@ -211,8 +211,9 @@ contract Registry {
     function setDatanet(bytes32 id, bytes32 datanetRoot, address dataPool) external {
         Model storage m = _ownedModel(id);
         _checkTerms(m.terms, dataPool);
+        // Only a new datanet restarts the clock: moving the pool changes no weight.
+        if (datanetRoot != m.datanetRoot) m.datanetSince = uint64(block.timestamp);
         m.datanetRoot = datanetRoot;
-        m.datanetSince = uint64(block.timestamp);
         m.dataPool = dataPool;
         emit DatanetUpdated(id, datanetRoot, dataPool);
     }

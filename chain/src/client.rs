@@ -639,11 +639,17 @@ impl ChainClient {
         Ok((m.owner != Address::ZERO).then_some(m.datanetRoot))
     }
 
-    /// When the model's datanet was last set (chain time), or `None` when the model is not
-    /// registered: receipts made before it are not judged by the current datanet.
-    pub async fn datanet_since(&self, model: ModelId) -> Result<Option<u64>> {
+    /// From when (chain time) the model's receipts are judged by its current datanet in
+    /// an outsider dispute: when the datanet was last set plus `DATANET_GRACE`; `None` when
+    /// the model is not registered.
+    pub async fn datanet_judged_from(&self, model: ModelId) -> Result<Option<u64>> {
         let m = self.registry().model(model.0).call().await.map_err(reverted("Registry.model"))?;
-        Ok((m.owner != Address::ZERO).then_some(m.datanetSince))
+        if m.owner == Address::ZERO {
+            return Ok(None);
+        }
+        let d = DataDisputes::new(self.data_disputes().await?, self.provider.clone());
+        let grace = d.DATANET_GRACE().call().await.map_err(reverted("DataDisputes.DATANET_GRACE"))?;
+        Ok(Some(m.datanetSince.saturating_add(grace)))
     }
 
     /// A channel's on-chain state.

@@ -352,7 +352,7 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
     /// Evidence that a weight of the batch pays an address outside its model's registered
     /// datanet: provable from the weights alone when the model has no datanet, and with the
     /// watcher's copy of the datanet (when it is the registered one) otherwise. Receipts
-    /// made before the datanet was last set are not judged by it.
+    /// made before the datanet was last set (plus the contract's grace) are not judged by it.
     async fn outsider(&self, batch: &Batch) -> Result<Option<FraudProof>> {
         let Some(weights) = &batch.weights else { return Ok(None) };
         let leaves: Vec<(B256, Wei)> = batch.receipts.iter().map(|r| (r.receipt.digest(), r.receipt.value)).collect();
@@ -370,7 +370,7 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
                 Some(x) => *x,
                 None => {
                     let root = self.client.datanet_root(r.model).await?;
-                    let since = self.client.datanet_since(r.model).await?;
+                    let since = self.client.datanet_judged_from(r.model).await?;
                     let x = root.zip(since);
                     registry.insert(r.model, x);
                     x

@@ -274,6 +274,8 @@ async fn weights_paid_outside_the_datanet_are_disputed() {
     let (_, bread, datanet) = rivers_and_bread(&w, (0xa1, 0xb1)).await;
     let model = ModelId::from([0x55; 32]);
     w.owner.chain.register_model(model, w.price, w.split, datanet.root(), w.data_pool).await.unwrap();
+    // Receipts are judged by a datanet only an hour (DATANET_GRACE) after it was set.
+    w.anvil.advance(3_601).await.unwrap();
     let deposit = Wei(10 * ETH);
     let (id, params) = w.open(deposit).await;
     let mut s = Session::new(params, deposit);
@@ -326,21 +328,46 @@ async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
     let w = World::new().await;
     let (model, price, _) = w.second_model().await;
     assert_eq!(w.watcher.chain.datanet_root(model).await.unwrap(), Some(B256::ZERO));
-    let deposit = Wei(10 * ETH);
-    let (id, params) = w.open(deposit).await;
-    let mut s = Session::new(params, deposit);
-    let attribution = Arc::new(MemAttribution::default());
-    let now = w.now().await;
     let lie = weights(&[(Address::repeat_byte(0x42), PPM_WHOLE)]);
-    serve_attributed(&mut s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now);
     let policy = SettlementPolicy { threshold: Wei(1), max_age_secs: 3_600, max_gas_bps: u16::MAX };
-    SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy)
-        .with_attribution(attribution.clone())
-        .settle_channel(id, true)
-        .await
-        .unwrap();
-    let report = watcher_of(&w, &s, attribution).step().await.unwrap();
-    assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(id, "outsider")], "{report:?}");
+    let deposit = Wei(10 * ETH);
+    let attribution = Arc::new(MemAttribution::default());
+    let settle = async |s: &mut Session, id| {
+        let now = w.now().await;
+        let receipts = serve_attributed(s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now).0;
+        SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy)
+            .with_attribution(attribution.clone())
+            .settle_channel(id, true)
+            .await
+            .unwrap();
+        receipts
+    };
+
+    // Within the hour after the model's datanet was set (here: registered without one), a
+    // receipt is not judged by it: a node may not have learnt of a change yet.
+    let (early, params) = w.open(deposit).await;
+    let mut s = Session::new(params, deposit);
+    let receipts = settle(&mut s, early).await;
+    let leaf = WeightLeaf::of(&lie)[0];
+    let proof = FraudProof::Outsider {
+        receipt: receipts[0].receipt.clone(),
+        leaf_value: receipts[0].receipt.value,
+        proof: tree_of(&receipts).proof(0, 0).unwrap(),
+        weight: leaf,
+        weight_proof: MerkleTree::new(&[leaf.digest()]).proof(0).unwrap(),
+        datanet: None,
+    };
+    reverted_with(w.watcher.chain.dispute(early, &proof).await.unwrap_err(), "DatanetChanged");
+    let report = watcher_of(&w, &s, attribution.clone()).step().await.unwrap();
+    assert!(report.disputed.is_empty() && report.verified == vec![(early, Seq(1))], "{report:?}");
+
+    // After it, any weight of its receipts is provably paid outside.
+    w.anvil.advance(3_601).await.unwrap();
+    let (late, params) = w.open(deposit).await;
+    let mut s = Session::new(params, deposit);
+    settle(&mut s, late).await;
+    let report = watcher_of(&w, &s, attribution.clone()).step().await.unwrap();
+    assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(late, "outsider")], "{report:?}");
 }
 
 /// A watcher over the node's store and `attribution`, from the deployment's first block.
@@ -365,6 +392,13 @@ pub(crate) async fn bad_data_case(w: &World, params: &ChannelParams, kind: &str)
     let now = w.now().await;
     // "outsider": honest entries, but the model has no datanet, so no weight may be paid.
     let (model, price, split) = if kind == "outsider" { w.second_model().await } else { (w.model, w.price, w.split) };
+    let now = if kind == "outsider" {
+        // Judged only an hour (DATANET_GRACE) after the model's datanet (none) was set.
+        w.anvil.advance(3_601).await.unwrap();
+        w.now().await
+    } else {
+        now
+    };
     let (c1, c2, c3) = (Address::repeat_byte(0xc1), Address::repeat_byte(0xc2), Address::repeat_byte(0xc3));
     let ws = vec![
         weights(&[(c1, 600_000), (c2, 400_000)]),

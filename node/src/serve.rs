@@ -147,7 +147,8 @@ pub async fn serve(
     };
 
     let chain = ChainClient::connect(&opts.rpc, identity.evm.clone(), opts.deployment)?;
-    register(&chain, &identity, &opts, model_id, datanet.as_ref().map(|d| d.root())).await?;
+    let datanet_root = datanet.as_ref().map(|d| d.root());
+    register(&chain, &identity, &opts, model_id, datanet_root).await?;
 
     let generator = EngineGenerator::new(model, engine);
     let device = generator.device();
@@ -183,7 +184,19 @@ pub async fn serve(
     ready(&Serving { model: model_id, name, device, addrs, speed });
 
     let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy).with_attribution(Arc::new(StoreSource(store.clone())));
+    let served_root = datanet_root.unwrap_or_default();
+    let mut stopped_for = None;
     loop {
+        // The owner may change the model's datanet; an hour later, weights against the old
+        // one become disputable. Stop serving it rather than risk the bond.
+        match chain.datanet_root(model_id).await {
+            Ok(Some(root)) if root != served_root => {
+                stopped_for = Some(root);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(target: "serve", %e, "cannot read the model's datanet; retrying next pass"),
+        }
         match settler.tick().await {
             Ok(actions) => {
                 for (channel, action) in actions {
@@ -216,6 +229,11 @@ pub async fn serve(
     }
     serving.abort();
     store.flush()?;
+    if let Some(root) = stopped_for {
+        bail!(
+            "model {model_id}'s datanet changed on chain to {root} (this node served {served_root}): stopped serving; restart with the new datanet (--datanet), or none if it has none"
+        );
+    }
     Ok(())
 }
 

@@ -306,5 +306,18 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert!(text(&refused.stderr).contains("is registered with datanet"), "{}", text(&refused.stderr));
     let other = attrinet_node::keys::load(&other_dir).unwrap();
     assert_eq!(reader.node_key(other.address()).await.unwrap(), None, "a refused serve registers nothing");
-    drop(serve);
+
+    // The owner (the serving node registered the model) changes its datanet: the node
+    // stops serving within a settlement pass rather than attribute against the old one.
+    let owner = ChainClient::connect(&anvil.endpoint(), node.evm.clone(), deployment).unwrap();
+    owner.set_datanet(model_id, alloy_primitives::B256::repeat_byte(1), node.address()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve kept serving a model whose datanet changed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.code(), Some(1));
 }
