@@ -53,13 +53,14 @@ impl ChannelOpener {
         Ok(state)
     }
 
-    /// Makes sure this payer has a channel with at least one provider of `model`: when
-    /// it has none, opens one with the best-ranked provider. Returns the channel opened,
+    /// Makes sure this payer has a channel with deposit left with at least one provider of
+    /// `model`: when it has none, opens one with the best-ranked provider. Returns the channel opened,
     /// if any.
     pub async fn ensure(&self, network: &Client, model: &str, max_tokens: u32, max_cost: Option<Wei>) -> anyhow::Result<Option<ChannelState>> {
         let offers = network.market().await?.find(model, unix_now());
         let me = self.identity.address();
-        let mine: Vec<ChannelState> = self.store.channels()?.into_iter().filter(|c| c.params.payer == me).collect();
+        let mine: Vec<ChannelState> =
+            self.store.channels()?.into_iter().filter(|c| c.params.payer == me && c.deposit > c.cumulative).collect();
         if offers.iter().any(|a| mine.iter().any(|c| c.params.provider_key == a.node_key && c.params.provider == a.evm_address)) {
             return Ok(None);
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use attrinet_compute::Backend;
-use attrinet_market::{Identity, Store, Wei};
+use attrinet_market::{ChannelState, Identity, Store, Wei};
 use attrinet_node::SledStore;
 use attrinet_node::client::ChannelOpener;
 use attrinet_node::config::{self, FileConfig};
@@ -823,6 +823,10 @@ async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: ChannelComman
             attrinet_node::client::own_channel(&store, channel, me)?;
             chain.thaw(channel).await?;
             let info = chain.channel(channel).await?;
+            // Nothing more will be served on it: mark it spent here too, so that queries
+            // open a new channel instead of trying this one.
+            let state = store.channel(&channel)?.context("channel vanished from the store")?;
+            store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
             println!("channel {channel} thawing: withdraw after {} (unix time); the provider settles what it is owed meanwhile", info.thaw_end);
         }
         ChannelCommand::Withdraw { channel, .. } => {

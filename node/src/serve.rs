@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use alloy_primitives::Address;
 use anyhow::{Context, bail};
-use attrinet_chain::{ChainClient, Deployment, SettleAction, SettlementLoop, SettlementPolicy, StoreSource};
+use attrinet_chain::{
+    ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, SettleAction, SettlementLoop, SettlementPolicy,
+    StoreSource,
+};
 use attrinet_compute::{Backend, Model, open_engine};
-use attrinet_market::{ChannelId, ChannelParams, ChannelState, Identity, ModelId, Price, Split, Wei};
+use attrinet_market::{ChannelId, ChannelParams, ChannelState, Identity, ModelId, Price, Split, Store, Wei};
 use attrinet_p2p::{ChannelLookup, Limits, Multiaddr, NetConfig, Offer, Provider};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -93,7 +96,8 @@ impl ChannelLookup for ChainLookup {
                 Err(attrinet_chain::ChainError::UnknownChannel(_)) => return Ok(None),
                 Err(e) => return Err(e.to_string()),
             };
-            if info.closed || info.provider != this.identity.address() {
+            // A payer that is leaving gets no new service: it could withdraw before paying.
+            if info.closed || info.thaw_end > 0 || info.provider != this.identity.address() {
                 return Ok(None);
             }
             let params = ChannelParams {
@@ -186,7 +190,14 @@ pub async fn serve(
     let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy).with_attribution(Arc::new(StoreSource(store.clone())));
     let served_root = datanet_root.unwrap_or_default();
     let mut stopped_for = None;
+    // Thaws, from the deployment's first block: a channel whose payer is leaving gets no
+    // more service (what it already owes is settled by the loop, forced by the thaw).
+    let mut thaws = EventFollower::new(chain.provider().clone(), opts.deployment.channels, 0, opts.deployment.deploy_block, MemCheckpoint::default())?;
     loop {
+        match freeze_thawing(&mut thaws, store.as_ref(), identity.address()).await {
+            Ok(frozen) => frozen.iter().for_each(|c| eprintln!("channel {c} is thawing: no more service on it")),
+            Err(e) => warn!(target: "serve", %e, "cannot read thaws; retrying next pass"),
+        }
         // The owner may change the model's datanet; an hour later, weights against the old
         // one become disputable. Stop serving it rather than risk the bond.
         match chain.datanet_root(model_id).await {
@@ -235,6 +246,33 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Stops service on this provider's channels whose payer started a thaw: the stored
+/// deposit is cut to what is already owed, so every new request would pass it, and the
+/// chain lookup the provider then makes refuses a thawing channel. Returns the channels cut.
+async fn freeze_thawing(thaws: &mut EventFollower<MemCheckpoint>, store: &SledStore, me: Address) -> anyhow::Result<Vec<ChannelId>> {
+    let mut frozen = Vec::new();
+    loop {
+        let before = thaws.position();
+        let events = thaws.poll().await?;
+        // Caught up once a poll neither finds events nor moves on.
+        if events.is_empty() && thaws.position() == before {
+            return Ok(frozen);
+        }
+        for e in events {
+            let ChannelEvent::Thawing { channel, provider, .. } = e.event else { continue };
+            if provider != me {
+                continue;
+            }
+            if let Some(state) = store.channel(&channel)?
+                && state.deposit > state.cumulative
+            {
+                store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
+                frozen.push(channel);
+            }
+        }
+    }
 }
 
 /// Registers the node (with its bond) and the model (with this node's account as owner)

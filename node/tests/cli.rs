@@ -118,20 +118,22 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
             .args(["--settle-every", "1", "--settle-threshold", "1", "--settle-max-gas-bps", "10000"])
             .args(["--metrics", &metrics_addr.to_string()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let stdout = serve.0.stdout.take().unwrap();
+    // Both of serve's outputs, line by line, echoed for the test log.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("serve> {line}");
-            if tx.send(line).is_err() {
-                break;
+    let forward = |out: Box<dyn std::io::Read + Send>, tx: std::sync::mpsc::Sender<String>| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                eprintln!("serve> {line}");
+                let _ = tx.send(line);
             }
-        }
-    });
+        })
+    };
+    forward(Box::new(serve.0.stdout.take().unwrap()), tx.clone());
+    forward(Box::new(serve.0.stderr.take().unwrap()), tx);
     let mut measured = None;
     let bootstrap = loop {
         let line = rx.recv_timeout(Duration::from_secs(120)).expect("serve prints its address");
@@ -276,6 +278,18 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
         .sum();
     assert_eq!(finalized, credited.0, "{earned}");
     assert!(attrinet(&client_dir, &["channel", "thaw", &channel]).status.success());
+    // The provider sees the thaw and serves that channel no more; the client's next query
+    // opens a new channel instead.
+    let frozen = format!("channel {channel} is thawing: no more service on it");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rx.try_iter().any(|l| l == frozen) {
+        assert!(Instant::now() < deadline, "serve did not notice the thaw");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after_thaw = attrinet(&client_dir, &["query", "What is 12 plus 30?", "--max-tokens", "4"]);
+    assert!(after_thaw.status.success());
+    let err = text(&after_thaw.stderr);
+    assert!(err.contains("opened channel") && err.contains("seq 1:") && !err.contains(&channel), "{err}");
     let early = attrinet(&client_dir, &["channel", "withdraw", &channel]);
     assert_eq!(early.status.code(), Some(1), "withdrawing before the thaw ends is refused");
     anvil.advance(THAW_DELAY + 1).await.unwrap();

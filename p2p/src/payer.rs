@@ -141,7 +141,7 @@ impl Payer {
         self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).insert(model, datanet);
     }
 
-    /// The open channel with a provider (from the store), if any.
+    /// The open channel with a provider (from the store) that has deposit left, if any.
     pub fn channel_with(&self, provider: &ModelAdvert) -> Result<Option<Arc<tokio::sync::Mutex<PayerChannel>>>, InferError> {
         let store_err = |e: attrinet_market::StoreError| InferError::Store(e.to_string());
         let me = self.inner.identity.address();
@@ -151,7 +151,14 @@ impl Payer {
             .channels()
             .map_err(store_err)?
             .into_iter()
-            .find(|c| c.params.provider_key == provider.node_key && c.params.payer == me && c.params.provider == provider.evm_address)
+            // A channel with nothing left to spend (used up, or cut when its payer thawed)
+            // is passed over: another one with this provider may still have deposit.
+            .find(|c| {
+                c.params.provider_key == provider.node_key
+                    && c.params.payer == me
+                    && c.params.provider == provider.evm_address
+                    && c.deposit > c.cumulative
+            })
         else {
             return Ok(None);
         };
