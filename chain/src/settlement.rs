@@ -66,6 +66,9 @@ pub enum SettleAction {
     },
     /// The payer withdrew; nothing can be settled any more.
     Closed,
+    /// Receipts arrived while the settlement was being decided: the next pass settles
+    /// them too, with the batch they belong to.
+    Superseded,
 }
 
 /// Settles the channels of one provider from its store.
@@ -172,6 +175,7 @@ impl<S: Store> SettlementLoop<S> {
             return Ok(SettleAction::NothingToSettle);
         }
         let receipts = self.store.receipts_after(&id, info.settled_seq)?;
+        let newest = receipts.last().map(|r| r.receipt.receipt.seq);
         let Some(first) = receipts.first() else { return Ok(SettleAction::NothingToSettle) };
         let age = now.saturating_sub(first.receipt.receipt.timestamp);
         if !force && unsettled < self.policy.threshold && age < self.policy.max_age_secs {
@@ -212,10 +216,17 @@ impl<S: Store> SettlementLoop<S> {
             }
         }
         // From now on the node proposes receipts whose vouchers commit to the batch after
-        // this one: a voucher committing to a batch that starts before the settled seq
-        // can never be settled. Recorded before the transaction, so no proposal slips in
-        // between. Should this settlement fail or be voided, the next pass settles from
-        // the chain's settled seq again, with this same voucher.
+        // this one: a voucher committing to a batch that starts before the chain's settled
+        // seq can never be settled. Recorded only once the settlement is decided (a batch
+        // marked but never sent would hold up every later one). A receipt recorded during
+        // the calls above committed to the old start; the next pass settles it with the
+        // batch it belongs to instead. Only a proposal in flight at this very instant can
+        // still commit to the old start (it is settled with the next receipt's voucher).
+        // Should this settlement fail or be voided, a later pass settles from the chain's
+        // settled seq again, with this same voucher.
+        if self.store.channel(&id)?.map(|s| s.last_seq) != newest {
+            return Ok(SettleAction::Superseded);
+        }
         self.mark_settled(id, voucher.voucher.seq)?;
         let outcome = self.client.settle(voucher, &payouts).await?;
         tracing::info!(target: "chain::settlement", channel = %id, seq = %voucher.voucher.seq, %value, gas = outcome.gas_used, "settled");
