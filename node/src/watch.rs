@@ -48,13 +48,26 @@ impl AttributionSource for Evidence {
     }
 }
 
-/// Fetches the batches of new settlements from their providers.
+/// A settlement whose batch is still to be fetched.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    channel: attrinet_market::ChannelId,
+    provider: alloy_primitives::Address,
+    seq: attrinet_market::Seq,
+    receipts_root: B256,
+    batch_start: attrinet_market::Seq,
+    deadline: u64,
+}
+
+/// Fetches the batches of new settlements from their providers, retrying each until it
+/// arrives or its challenge window ends.
 #[derive(Debug)]
 pub struct BatchFetcher {
     network: Client,
     chain: ChainClient,
     follower: EventFollower<FileCheckpoint>,
     evidence: Arc<Evidence>,
+    wanted: Vec<Wanted>,
 }
 
 impl BatchFetcher {
@@ -62,43 +75,59 @@ impl BatchFetcher {
     pub fn new(network: Client, chain: ChainClient, checkpoint: &std::path::Path, evidence: Arc<Evidence>) -> anyhow::Result<BatchFetcher> {
         let d = chain.deployment();
         let follower = EventFollower::new(chain.provider().clone(), d.channels, 0, d.deploy_block, FileCheckpoint::new(checkpoint))?;
-        Ok(BatchFetcher { network, chain, follower, evidence })
+        Ok(BatchFetcher { network, chain, follower, evidence, wanted: Vec::new() })
     }
 
-    /// Fetches the batch of every settlement that appeared since the last call, is still
-    /// in its window and is not in the store; returns a line per settlement about it.
+    /// Takes in the settlements that appeared since the last call, then tries to fetch the
+    /// batch of every one still in its window and not in the store; returns a line per
+    /// attempt. A failure with one settlement never stops the others.
     pub async fn fetch_new(&mut self) -> anyhow::Result<Vec<String>> {
-        let mut lines = Vec::new();
         let (_, now) = self.chain.head().await?;
         for e in self.follower.poll().await? {
-            let ChannelEvent::Settled { channel, provider, seq, receipts_root, batch_start, deadline, .. } = e.event else { continue };
-            if deadline <= now || self.evidence.store.0.channel(&channel)?.is_some() {
-                continue;
-            }
-            let Some(peer) = self.chain.node_key(provider).await?.as_ref().and_then(key_peer) else {
-                lines.push(format!("channel {channel}: provider {provider} has no usable key on chain"));
-                continue;
-            };
-            let req = BatchRequest { channel, after: batch_start, upto: seq };
-            match fetch_batch(&self.network, peer, req, Duration::from_secs(10)).await {
-                Ok(fetched) => {
-                    let leaves: Vec<_> = fetched.receipts.iter().map(|r| (r.receipt.digest(), r.receipt.value)).collect();
-                    let matches = !leaves.is_empty() && SumTree::new(&leaves)?.root().hash == receipts_root;
-                    if !matches {
-                        // Not the committed batch: useless as evidence, and a node that
-                        // will not show its batch leaves the payer to check it.
-                        lines.push(format!("channel {channel}: provider {provider} sent a batch that is not the settled one"));
-                        continue;
-                    }
-                    for w in fetched.weights {
-                        self.evidence.weights.insert_weights(w);
-                    }
-                    lines.push(format!("channel {channel}: fetched {} receipts to seq {} from {provider}", fetched.receipts.len(), seq.0));
-                    self.evidence.batches.publish(receipts_root, Batch::new(fetched.receipts));
-                }
-                Err(e) => lines.push(format!("channel {channel}: cannot fetch the batch from {provider}: {e}")),
+            if let ChannelEvent::Settled { channel, provider, seq, receipts_root, batch_start, deadline, .. } = e.event {
+                self.wanted.push(Wanted { channel, provider, seq, receipts_root, batch_start, deadline });
             }
         }
+        let mut lines = Vec::new();
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut self.wanted) {
+            if w.deadline <= now || self.evidence.store.0.channel(&w.channel).ok().flatten().is_some() {
+                continue;
+            }
+            match self.fetch(&w).await {
+                Ok(n) => lines.push(format!("channel {}: fetched {n} receipts to seq {} from {}", w.channel, w.seq.0, w.provider)),
+                Err(e) => {
+                    lines.push(format!("channel {}: no batch from {} yet: {e:#}", w.channel, w.provider));
+                    still.push(w);
+                }
+            }
+        }
+        self.wanted = still;
         Ok(lines)
+    }
+
+    /// Fetches one settlement's batch and keeps it if it is the settled one.
+    async fn fetch(&self, w: &Wanted) -> anyhow::Result<usize> {
+        let peer = self
+            .chain
+            .node_key(w.provider)
+            .await?
+            .as_ref()
+            .and_then(key_peer)
+            .ok_or_else(|| anyhow::anyhow!("the provider has no usable key on chain"))?;
+        let req = BatchRequest { channel: w.channel, after: w.batch_start, upto: w.seq };
+        let fetched = fetch_batch(&self.network, peer, req, Duration::from_secs(10)).await?;
+        let leaves: Vec<_> = fetched.receipts.iter().map(|r| (r.receipt.digest(), r.receipt.value)).collect();
+        // Not the committed batch: useless as evidence (the payer, who holds the receipts
+        // too, can still check it).
+        if leaves.is_empty() || SumTree::new(&leaves)?.root().hash != w.receipts_root {
+            anyhow::bail!("the batch sent is not the settled one");
+        }
+        for weights in fetched.weights {
+            self.evidence.weights.insert_weights(weights);
+        }
+        let n = fetched.receipts.len();
+        self.evidence.batches.publish(w.receipts_root, Batch::new(fetched.receipts));
+        Ok(n)
     }
 }

@@ -5,7 +5,8 @@
 //! truth; it can only refuse, which leaves the settlement unchecked (and the payer, who
 //! holds the receipts too, still able to dispute).
 //!
-//! One stream per request: the watcher writes a [`BatchRequest`]; the provider answers with
+//! One stream per request (at most MAX_CONCURRENT answered at once, the rest told "busy"):
+//! the watcher writes a [`BatchRequest`]; the provider answers with
 //! [`BatchMsg::Receipts`] and [`BatchMsg::Weights`] frames, then [`BatchMsg::End`], or with
 //! [`BatchMsg::Error`].
 
@@ -29,11 +30,13 @@ pub const BATCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/attrinet/batch/
 /// node settles; this bounds what one request costs the provider.
 pub const MAX_BATCH_RECEIPTS: u64 = 100_000;
 
-/// Receipts per frame (a signed receipt encodes to well under 1 KiB, so a frame stays far
-/// below the frame limit).
-const RECEIPTS_PER_FRAME: usize = 128;
-/// Weights per frame (each at most a few hundred contributors).
-const WEIGHTS_PER_FRAME: usize = 16;
+/// Frames are filled up to this many bytes of encoded items: half the frame limit, which
+/// leaves room for the frame's own encoding.
+const FRAME_FILL: usize = crate::wire::MAX_FRAME_BYTES / 2;
+
+/// Batch requests answered at once by one node; more are refused as busy. Each reads up to
+/// MAX_BATCH_RECEIPTS receipts from the store.
+const MAX_CONCURRENT: usize = 4;
 
 /// The watcher's request: the channel's receipts with seq in `(after, upto]`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -88,12 +91,17 @@ pub enum FetchError {
 /// Serves batch requests from `store` until the network stops.
 pub(crate) async fn serve_batches(network: Client, store: Arc<dyn Store>, me: alloy_primitives::Address, idle: Duration) {
     let Ok(mut incoming) = network.streams().accept(BATCH_PROTOCOL) else { return };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     while let Some((peer, mut stream)) = incoming.next().await {
         let store = store.clone();
+        let slot = slots.clone().try_acquire_owned();
         tokio::spawn(async move {
-            let reply = match answer(&mut stream, store.as_ref(), me, idle).await {
-                Ok(()) => return,
-                Err(e) => e,
+            let reply = match slot {
+                Err(_) => ErrorReply { code: ErrorCode::Busy, message: format!("{MAX_CONCURRENT} batch requests are being answered") },
+                Ok(_slot) => match answer(&mut stream, store.as_ref(), me, idle).await {
+                    Ok(()) => return,
+                    Err(e) => e,
+                },
             };
             debug!(target: "p2p::batch", %peer, code = ?reply.code, message = %reply.message, "batch request refused");
             let _ = write_msg(&mut stream, &BatchMsg::Error(reply)).await;
@@ -112,15 +120,16 @@ async fn answer(stream: &mut libp2p::Stream, store: &dyn Store, me: alloy_primit
         Some(c) if c.params.provider == me => {}
         _ => return Err(err(ErrorCode::UnknownChannel, format!("channel {} is not served here", req.channel))),
     }
-    let receipts: Vec<SignedReceipt> = store
-        .receipts_after(&req.channel, req.after)
-        .map_err(internal)?
-        .into_iter()
-        .map(|r| r.receipt)
-        .take_while(|r| r.receipt.seq <= req.upto)
-        .collect();
+    // Read exactly the range asked for, one receipt at a time, stopping at the first gap.
+    let mut receipts: Vec<SignedReceipt> = Vec::new();
+    for seq in req.after.0 + 1..=req.upto.0 {
+        match store.receipt(&req.channel, Seq(seq)).map_err(internal)? {
+            Some(r) => receipts.push(r.receipt),
+            None => break,
+        }
+    }
     let send = |e: WireError| err(ErrorCode::Internal, e.to_string());
-    for chunk in receipts.chunks(RECEIPTS_PER_FRAME) {
+    for chunk in by_size(&receipts) {
         write_msg(stream, &BatchMsg::Receipts(chunk.to_vec())).await.map_err(send)?;
     }
     let roots: BTreeSet<_> = receipts.iter().map(|r| r.receipt.attribution_root).filter(|r| !r.is_zero()).collect();
@@ -130,10 +139,29 @@ async fn answer(stream: &mut libp2p::Stream, store: &dyn Store, me: alloy_primit
             weights.push(w);
         }
     }
-    for chunk in weights.chunks(WEIGHTS_PER_FRAME) {
+    for chunk in by_size(&weights) {
         write_msg(stream, &BatchMsg::Weights(chunk.to_vec())).await.map_err(send)?;
     }
     write_msg(stream, &BatchMsg::End).await.map_err(send)
+}
+
+/// Splits `items` into runs whose encodings add up to at most FRAME_FILL bytes (an item
+/// larger than that goes alone, and the frame limit then refuses it with a clear error).
+fn by_size<T: Serialize>(items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = attrinet_market::encode(item).len();
+        if i > start && size + n > FRAME_FILL {
+            out.push(&items[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
 }
 
 /// Asks `peer` for the receipts of `req`. Nothing here is trusted: the caller checks them
@@ -162,5 +190,28 @@ pub async fn fetch_batch(network: &Client, peer: PeerId, req: BatchRequest, idle
             BatchMsg::End => return Ok(out),
             BatchMsg::Error(e) => return Err(FetchError::Refused(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_filled_by_size_and_keep_every_item_in_order() {
+        // Items of 10 KiB each: 12 fit under the fill, so 40 make four frames.
+        let items: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 10 * 1024]).collect();
+        let chunks = by_size(&items);
+        assert!(chunks.len() > 1);
+        for c in &chunks {
+            let size: usize = c.iter().map(|x| attrinet_market::encode(x).len()).sum();
+            assert!(size <= FRAME_FILL || c.len() == 1, "a frame of {size} bytes");
+            assert!(attrinet_market::encode(&BatchMsg::Weights(Vec::new())).len() + size < crate::wire::MAX_FRAME_BYTES);
+        }
+        assert_eq!(chunks.concat(), items);
+        assert!(by_size::<u8>(&[]).is_empty());
+        // One item over the fill still goes, alone.
+        let big = vec![vec![7u8; FRAME_FILL + 1], vec![1]];
+        assert_eq!(by_size(&big).len(), 2);
     }
 }
