@@ -232,6 +232,12 @@ impl ChainClient {
         self.registry().treasury().call().await.map_err(reverted("Registry.treasury"))
     }
 
+    /// The id of the chain the endpoint serves. Vouchers and receipts are signed under the
+    /// deployment's chain id; a mismatch makes every settlement revert, so callers check it.
+    pub async fn rpc_chain_id(&self) -> Result<u64> {
+        self.provider.get_chain_id().await.map_err(rpc("eth_chainId"))
+    }
+
     /// A registered node's ed25519 key, or `None` when `node` is not registered.
     pub async fn node_key(&self, node: Address) -> Result<Option<PublicKey>> {
         let n = self.registry().node(node).call().await.map_err(reverted("Registry.node"))?;

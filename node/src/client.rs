@@ -72,6 +72,17 @@ impl ChannelOpener {
     }
 }
 
+/// Connects to the chain and checks that the endpoint serves the deployment's chain: receipts
+/// and vouchers signed under another chain id would all be refused at settlement.
+pub async fn connect_chain(rpc: &str, identity: &Identity, deployment: attrinet_chain::Deployment) -> anyhow::Result<ChainClient> {
+    let chain = ChainClient::connect(rpc, identity.evm.clone(), deployment)?;
+    let id = chain.rpc_chain_id().await.with_context(|| format!("cannot reach the chain at {rpc}"))?;
+    if id != deployment.chain_id {
+        bail!("the chain at {rpc} has id {id}, but the configuration says {}: set --chain-id (or chain_id under [chain])", deployment.chain_id);
+    }
+    Ok(chain)
+}
+
 /// Waits up to `wait` for adverts of `model` (any model when empty) to reach this node.
 pub async fn wait_for_offers(network: &Client, model: &str, wait: Duration) -> anyhow::Result<Vec<ModelAdvert>> {
     let deadline = Instant::now() + wait;

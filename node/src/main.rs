@@ -453,11 +453,25 @@ fn parse_datanet_arg(s: &str) -> Result<(attrinet_market::ModelId, PathBuf), Str
     Ok((attrinet_market::ModelId::from(id.0), PathBuf::from(path)))
 }
 
-/// A payer that checks the attribution of the given models against their datanets.
-fn payer_with_datanets(identity: Identity, store: Arc<SledStore>, datanets: &[(attrinet_market::ModelId, PathBuf)]) -> anyhow::Result<attrinet_p2p::Payer> {
+/// A payer that checks the attribution of the given models against their datanets, each
+/// of which must be the one its model is registered with (a stale index would make it
+/// refuse every honest receipt).
+async fn payer_with_datanets(
+    identity: Identity,
+    store: Arc<SledStore>,
+    chain: &attrinet_chain::ChainClient,
+    datanets: &[(attrinet_market::ModelId, PathBuf)],
+) -> anyhow::Result<attrinet_p2p::Payer> {
     let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
     for (model, path) in datanets {
         let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let registered = chain.datanet_root(*model).await?;
+        anyhow::ensure!(
+            registered == Some(d.root()),
+            "datanet {} (root {}) is not model {model}'s registered one ({registered:?})",
+            path.display(),
+            d.root()
+        );
         payer.check_attribution(*model, Arc::new(d));
     }
     Ok(payer)
@@ -562,10 +576,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(d) => d,
                 None => config::wei_or(file.client.deposit.as_deref(), "[client] deposit", DEFAULT_DEPOSIT)?,
             };
-            let chain = attrinet_chain::ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
+            let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
             let gateway = attrinet_node::gateway::Gateway {
                 network,
-                payer: payer_with_datanets(identity.clone(), store.clone(), &g.datanet)?,
+                payer: payer_with_datanets(identity.clone(), store.clone(), &chain, &g.datanet).await?,
                 metrics: Arc::new(attrinet_node::Metrics::default()),
                 opener: Some(ChannelOpener { identity, chain, store: store.clone(), deposit }),
             };
@@ -584,7 +598,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Register(m)) => {
             let identity = attrinet_node::keys::load(&cli.data_dir)?;
             let (rpc, deployment) = m.chain.resolve(&file)?;
-            let chain = attrinet_chain::ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
+            let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
             let model = attrinet_node::serve::load_model_with_progress(&m.model)?;
             let id = attrinet_market::ModelId::from(model.id().0);
             let root = match &m.terms.datanet {
@@ -678,6 +692,9 @@ async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> a
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = q.chain.resolve(file)?;
     let store = open_store(data_dir)?;
+    // The chain first: a wrong endpoint or datanet fails before anything else happens.
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    let payer = payer_with_datanets(identity.clone(), store.clone(), &chain, &q.datanet).await?;
     let network = client_network(&identity, &q.net, file).await?;
     let deposit = match q.deposit {
         Some(d) => d,
@@ -692,12 +709,10 @@ async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> a
         anyhow::bail!("no provider advertises {} (waited {} s)", q.model.as_deref().unwrap_or("any model"), q.wait_secs)
     };
     let model = q.model.clone().unwrap_or_else(|| first.model_name.clone());
-    let chain = attrinet_chain::ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
     let opener = ChannelOpener { identity: identity.clone(), chain, store: store.clone(), deposit };
     if let Some(opened) = opener.ensure(&network, &model, q.max_tokens, q.max_price).await? {
         eprintln!("opened channel {} with {} ({} wei deposit)", opened.params.id, opened.params.provider, opened.deposit.0);
     }
-    let payer = payer_with_datanets(identity, store.clone(), &q.datanet)?;
     let ask = attrinet_p2p::Ask {
         model,
         prompt: attrinet_p2p::Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: q.prompt }]),
@@ -729,12 +744,12 @@ async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> a
 }
 
 async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: WatchArgs) -> anyhow::Result<()> {
-    use attrinet_chain::{ChainClient, EventFollower, FileCheckpoint, Watcher};
+    use attrinet_chain::{EventFollower, FileCheckpoint, Watcher};
     use attrinet_node::watch::{BatchFetcher, Evidence};
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = w.chain.resolve(file)?;
     let store = open_store(data_dir)?;
-    let chain = ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
     // The checkpoint makes a restarted watcher resume where it was, without missing a
     // settlement still in its window.
     let checkpoint = data_dir.join("watcher.checkpoint");
@@ -790,7 +805,6 @@ async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: WatchArgs) -> a
 }
 
 async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: ChannelCommand) -> anyhow::Result<()> {
-    use attrinet_chain::ChainClient;
     let identity = attrinet_node::keys::load(data_dir)?;
     let chain_args = match &c {
         ChannelCommand::Open { chain, .. }
@@ -800,7 +814,7 @@ async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: ChannelComman
         | ChannelCommand::Status { chain } => chain.clone(),
     };
     let (rpc, deployment) = chain_args.resolve(file)?;
-    let chain = ChainClient::connect(&rpc, identity.evm.clone(), deployment)?;
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
     let store = open_store(data_dir)?;
     let me = identity.address();
     match c {

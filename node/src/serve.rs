@@ -150,7 +150,7 @@ pub async fn serve(
         None => None,
     };
 
-    let chain = ChainClient::connect(&opts.rpc, identity.evm.clone(), opts.deployment)?;
+    let chain = crate::client::connect_chain(&opts.rpc, &identity, opts.deployment).await?;
     let datanet_root = datanet.as_ref().map(|d| d.root());
     register(&chain, &identity, &opts, model_id, datanet_root).await?;
 

@@ -313,6 +313,14 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let index = root.path().join("datanet.idx");
     let built = attrinet(&client_dir, &["datanet", "build", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", index.to_str().unwrap(), "--min-span", "4"]);
     assert!(built.status.success() && text(&built.stdout).contains("datanet root: 0x"), "{}", text(&built.stdout));
+    // A client checking attribution against an index that is not the registered datanet,
+    // or talking to a chain with another id than its configuration's, is stopped at once.
+    let stale = attrinet(&client_dir, &["query", "Hi", "--datanet", &format!("{model_id}={}", index.display())]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(text(&stale.stderr).contains("registered one"), "{}", text(&stale.stderr));
+    let wrong_chain = attrinet(&client_dir, &["query", "Hi", "--chain-id", "10"]);
+    assert_eq!(wrong_chain.status.code(), Some(1));
+    assert!(text(&wrong_chain.stderr).contains("has id 31337"), "{}", text(&wrong_chain.stderr));
     let (other_dir, _) = participant(root.path(), "other-node", &anvil, deployment, None).await;
     let args = ["serve", "--model", model.to_str().unwrap(), "--price-in", "0.01eth", "--price-out", "0.1eth", "--backend", "cpu"];
     let refused = attrinet(&other_dir, &[&args[..], &["--datanet", index.to_str().unwrap()]].concat());
