@@ -365,9 +365,17 @@ async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
     w.anvil.advance(3_601).await.unwrap();
     let (late, params) = w.open(deposit).await;
     let mut s = Session::new(params, deposit);
-    settle(&mut s, late).await;
+    let now = w.now().await;
+    serve_attributed(&mut s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now);
+    let node_loop = SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
+    assert!(matches!(node_loop.settle_channel(late, true).await.unwrap(), SettleAction::Settled { seq: Seq(1), .. }));
     let report = watcher_of(&w, &s, attribution.clone()).step().await.unwrap();
     assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(late, "outsider")], "{report:?}");
+    // The node's loop does not send the voided settlement again (it would be disputed
+    // again, and the node re-bonded for nothing).
+    w.node.chain.add_bond(BOND).await.unwrap();
+    assert_eq!(node_loop.settle_channel(late, true).await.unwrap(), SettleAction::Voided { seq: Seq(1) });
+    assert!(w.node.chain.pending(late).await.unwrap().is_none());
 }
 
 /// A watcher over the node's store and `attribution`, from the deployment's first block.

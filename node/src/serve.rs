@@ -217,6 +217,10 @@ pub async fn serve(
                             eprintln!("settled channel {channel} to seq {} ({} wei, {} gas)", seq.0, amount.0, outcome.gas_used);
                         }
                         Ok(SettleAction::Finalized { seq }) => eprintln!("finalized channel {channel} at seq {}", seq.0),
+                        Ok(SettleAction::Voided { seq }) => eprintln!(
+                            "error: the settlement of channel {channel} at seq {} was voided by a dispute; not resending it (check this node's receipts and prices)",
+                            seq.0
+                        ),
                         Ok(SettleAction::NotWorthIt { value, gas_cost }) => {
                             info!(target: "serve", %channel, value = value.0, gas_cost = gas_cost.0, "not worth settling yet")
                         }
