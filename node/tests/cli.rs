@@ -321,6 +321,14 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let wrong_chain = attrinet(&client_dir, &["query", "Hi", "--chain-id", "10"]);
     assert_eq!(wrong_chain.status.code(), Some(1));
     assert!(text(&wrong_chain.stderr).contains("has id 31337"), "{}", text(&wrong_chain.stderr));
+    // Precedence: the environment over the file (the file has no chain id: 31337 by
+    // default), and a flag over the environment.
+    let status = |env: &str, flags: &[&str]| {
+        Command::new(bin()).arg("--data-dir").arg(&client_dir).args(["channel", "status"]).args(flags).env("ATTRINET_CHAIN_ID", env).output().unwrap()
+    };
+    let from_env = status("10", &[]);
+    assert!(!from_env.status.success() && text(&from_env.stderr).contains("the configuration says 10"), "{}", text(&from_env.stderr));
+    assert!(status("10", &["--chain-id", "31337"]).status.success(), "the flag wins over the environment");
     let (other_dir, _) = participant(root.path(), "other-node", &anvil, deployment, None).await;
     let args = ["serve", "--model", model.to_str().unwrap(), "--price-in", "0.01eth", "--price-out", "0.1eth", "--backend", "cpu"];
     let refused = attrinet(&other_dir, &[&args[..], &["--datanet", index.to_str().unwrap()]].concat());
