@@ -1,0 +1,370 @@
+//! The commands that run a process or change the chain: serve, query, watch, channel,
+//! devnet, and what they share (the store, the client network, Ctrl-C, chain checks).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use attrinet_compute::Backend;
+use attrinet_market::{ChannelState, Identity, Store, Wei};
+use attrinet_node::SledStore;
+use attrinet_node::client::ChannelOpener;
+use attrinet_node::config::{self, FileConfig};
+
+use crate::args::{ChannelCommand, DevnetArgs, NetArgs, QueryArgs, ServeArgs, WatchArgs, parse_backend};
+
+/// A payer that checks the attribution of the given models against their datanets, each
+/// of which must be the one its model is registered with (a stale index would make it
+/// refuse every honest receipt).
+pub(crate) async fn payer_with_datanets(
+    identity: Identity,
+    store: Arc<SledStore>,
+    chain: &attrinet_chain::ChainClient,
+    datanets: &[(attrinet_market::ModelId, PathBuf)],
+) -> anyhow::Result<attrinet_p2p::Payer> {
+    let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
+    for (model, path) in datanets {
+        let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let registered = chain.datanet_root(*model).await?;
+        anyhow::ensure!(
+            registered == Some(d.root()),
+            "datanet {} (root {}) is not model {model}'s registered one ({registered:?})",
+            path.display(),
+            d.root()
+        );
+        payer.check_attribution(*model, Arc::new(d));
+    }
+    Ok(payer)
+}
+
+/// The store of a data dir, with a hint when another process holds it.
+pub(crate) fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<SledStore>> {
+    let dir = data_dir.join("store");
+    Ok(Arc::new(SledStore::open(&dir).with_context(|| format!("cannot open the store at {} (is another attrinet using this data dir?)", dir.display()))?))
+}
+
+/// A Ctrl-C watch: turns true on the first Ctrl-C.
+pub(crate) fn ctrl_c() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Starts the network for a client-side command.
+pub(crate) async fn client_network(identity: &Identity, net: &NetArgs, file: &FileConfig) -> anyhow::Result<attrinet_p2p::Client> {
+    let (listen, bootstrap) = net.resolve(file, &["/ip4/0.0.0.0/tcp/0"])?;
+    anyhow::ensure!(!bootstrap.is_empty(), "no peer to join: pass --bootstrap, set ATTRINET_BOOTSTRAP, or put `bootstrap` under [network] in the config file");
+    let (network, event_loop) = attrinet_p2p::new(identity.clone(), attrinet_p2p::NetConfig { listen, bootstrap, ..Default::default() })?;
+    tokio::spawn(event_loop.run());
+    Ok(network)
+}
+
+pub(crate) const DEFAULT_DEPOSIT: Wei = Wei(10_000_000_000_000_000);
+
+pub(crate) async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: ServeArgs) -> anyhow::Result<()> {
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let (rpc, deployment) = a.chain.resolve(file)?;
+    let (listen, bootstrap) = a.net.resolve(file, &["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"])?;
+    let s = &file.serve;
+    let wei = |flag: Option<Wei>, key: Option<&String>, what: &str, default: Option<Wei>| -> anyhow::Result<Wei> {
+        match (flag, key, default) {
+            (Some(w), _, _) => Ok(w),
+            (None, Some(v), _) => config::parse_wei(v).map_err(|e| anyhow::anyhow!("[serve] {what}: {e}")),
+            (None, None, Some(d)) => Ok(d),
+            (None, None, None) => anyhow::bail!("missing --{} (or `{what}` under [serve] in the config file)", what.replace('_', "-")),
+        }
+    };
+    let backend = match (a.backend, &s.backend) {
+        (Some(b), _) => b,
+        (None, Some(b)) => parse_backend(b).map_err(|e| anyhow::anyhow!("[serve] backend: {e}"))?,
+        (None, None) => Backend::Auto,
+    };
+    let opts = attrinet_node::serve::ServeOptions {
+        model: config::required(a.model.or(s.model.clone()), "model", "model")?,
+        price: attrinet_market::Price {
+            per_1k_input: wei(a.price_in, s.price_in.as_ref(), "price_in", None)?,
+            per_1k_output: wei(a.price_out, s.price_out.as_ref(), "price_out", None)?,
+        },
+        backend,
+        capacity: a.capacity.or(s.capacity).unwrap_or(2).max(1),
+        exposure_limit: wei(a.exposure_limit, s.exposure_limit.as_ref(), "exposure_limit", Some(DEFAULT_DEPOSIT))?,
+        bond: wei(a.bond, s.bond.as_ref(), "bond", Some(Wei(1_000_000_000_000_000_000)))?,
+        split: a.terms.split,
+        datanet: a.terms.datanet.or(s.datanet.clone()),
+        data_pool: a.terms.data_pool,
+        settle_every: Duration::from_secs(a.settle_every.or(s.settle_every_secs).unwrap_or(30).max(1)),
+        policy: attrinet_chain::SettlementPolicy {
+            threshold: wei(a.settle_threshold, s.settle_threshold.as_ref(), "settle_threshold", Some(Wei(1_000_000_000_000_000)))?,
+            max_age_secs: a.settle_max_age,
+            max_gas_bps: a.settle_max_gas_bps,
+        },
+        rpc,
+        deployment,
+        listen,
+        bootstrap,
+    };
+    let store = open_store(data_dir)?;
+    let metrics = Arc::new(attrinet_node::Metrics::default());
+    if let Some(addr) = a.metrics {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let (m, st, me) = (metrics.clone(), store.clone(), identity.address());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                match attrinet_node::provider_metrics(st.as_ref(), me) {
+                    Ok(p) => (axum::http::StatusCode::OK, m.render() + &p),
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("store unreadable: {e}\n")),
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let address = identity.address();
+    attrinet_node::serve::serve(identity, store, opts, metrics, ctrl_c(), |s| {
+        println!("serving {} ({}) on {} as {address}", s.name, s.model, s.device);
+        println!("measured {} tokens/s, first token in {} ms (advertised)", s.speed.decode_tokens_per_s, s.speed.ttft_ms);
+        for addr in &s.addrs {
+            println!("listening on {addr}");
+        }
+        println!("Ctrl-C stops (receipts are kept in the store).");
+    })
+    .await?;
+    println!("stopped");
+    Ok(())
+}
+
+pub(crate) async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let (rpc, deployment) = q.chain.resolve(file)?;
+    let store = open_store(data_dir)?;
+    // The chain first: a wrong endpoint or datanet fails before anything else happens.
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    let payer = payer_with_datanets(identity.clone(), store.clone(), &chain, &q.check.datanet).await?;
+    let network = client_network(&identity, &q.net, file).await?;
+    let deposit = match q.deposit {
+        Some(d) => d,
+        None => config::wei_or(file.client.deposit.as_deref(), "[client] deposit", DEFAULT_DEPOSIT)?,
+    };
+    let bar = indicatif::ProgressBar::new_spinner().with_message("looking for providers");
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let wanted = q.model.clone().unwrap_or_default();
+    let offers = attrinet_node::client::wait_for_offers(&network, &wanted, Duration::from_secs(q.wait_secs)).await?;
+    bar.finish_and_clear();
+    let Some(first) = offers.first() else {
+        anyhow::bail!("no provider advertises {} (waited {} s)", q.model.as_deref().unwrap_or("any model"), q.wait_secs)
+    };
+    let model = q.model.clone().unwrap_or_else(|| first.model_name.clone());
+    let opener = ChannelOpener { identity: identity.clone(), chain, store: store.clone(), deposit };
+    if let Some(opened) = opener.ensure(&network, &model, q.max_tokens, q.max_price).await? {
+        eprintln!("opened channel {} with {} ({} wei deposit)", opened.params.id, opened.params.provider, opened.deposit.0);
+    }
+    let ask = attrinet_p2p::Ask {
+        model,
+        prompt: attrinet_p2p::Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: q.prompt }]),
+        max_tokens: q.max_tokens,
+        sampling: attrinet_p2p::Sampling { temperature_milli: (q.temperature.clamp(0.0, 10.0) * 1000.0) as u32, top_p_milli: 0, seed: rand_u64()? },
+        max_cost: q.max_price,
+    };
+    let mut out = std::io::stdout();
+    let answer = payer
+        .infer(&network, &ask, |t| {
+            let _ = out.write_all(t.as_bytes());
+            let _ = out.flush();
+        })
+        .await?;
+    println!();
+    let r = &answer.receipt.receipt;
+    eprintln!(
+        "receipt: provider {} channel {} seq {}: {} input + {} output tokens, {} wei (channel total {} wei)",
+        r.provider, r.channel, r.seq.0, r.input_tokens, r.output_tokens, r.value.0, r.cumulative.0
+    );
+    for f in &answer.failed {
+        eprintln!("  failed over from {}: {}", f.provider.evm_address, f.reason);
+    }
+    if !answer.weights.is_empty() {
+        eprintln!("  attributed to {} data contributors (root {})", answer.weights.len(), r.attribution_root);
+    }
+    store.flush()?;
+    Ok(())
+}
+
+pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: WatchArgs) -> anyhow::Result<()> {
+    use attrinet_chain::{EventFollower, FileCheckpoint, Watcher};
+    use attrinet_node::watch::{BatchFetcher, Evidence};
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let (rpc, deployment) = w.chain.resolve(file)?;
+    let store = open_store(data_dir)?;
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    // The checkpoint makes a restarted watcher resume where it was, without missing a
+    // settlement still in its window.
+    let checkpoint = data_dir.join("watcher.checkpoint");
+    let follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, FileCheckpoint::new(&checkpoint))?;
+    let evidence = Arc::new(Evidence::new(store.clone()));
+    let mut fetcher = if w.offline { None } else { Some(BatchFetcher::new(client_network(&identity, &w.net, file).await?, chain.clone(), &checkpoint, evidence.clone())?) };
+    let mut watcher: Watcher<FileCheckpoint, SledStore> = Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
+    for (model, path) in &w.datanet {
+        let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        watcher = watcher.with_datanet(*model, Arc::new(d));
+    }
+    let source = if fetcher.is_some() { "its store and the providers' batches" } else { "its store only" };
+    println!("watching Channels {} as {} every {} s, with {source}. Ctrl-C stops.", deployment.channels, identity.address(), w.interval);
+    let mut stop = ctrl_c();
+    let mut steps = 0u64;
+    loop {
+        if let Some(f) = fetcher.as_mut() {
+            match f.fetch_new().await {
+                Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                Err(e) => eprintln!("fetching batches failed (retrying): {e:#}"),
+            }
+        }
+        match watcher.step().await {
+            Ok(r) => {
+                for (c, seq) in &r.verified {
+                    println!("verified channel {c} settlement to seq {}", seq.0);
+                }
+                for (c, class, tx) in &r.disputed {
+                    println!("DISPUTED channel {c}: {class} (gas {})", tx.gas_used);
+                }
+                for (c, seq) in &r.settled_on_thaw {
+                    println!("settled channel {c} to seq {} before its thaw ended", seq.0);
+                }
+                for (c, why) in &r.failed {
+                    println!("could not check channel {c}: {why}");
+                }
+                for (c, seq, why) in &r.misattributed {
+                    println!("MISATTRIBUTED channel {c} seq {}: {why}", seq.0);
+                }
+            }
+            Err(e) => eprintln!("watcher step failed (retrying): {e}"),
+        }
+        steps += 1;
+        if w.steps.is_some_and(|n| steps >= n) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(w.interval.max(1))) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: ChannelCommand) -> anyhow::Result<()> {
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let chain_args = match &c {
+        ChannelCommand::Open { chain, .. }
+        | ChannelCommand::TopUp { chain, .. }
+        | ChannelCommand::Thaw { chain, .. }
+        | ChannelCommand::Withdraw { chain, .. }
+        | ChannelCommand::Status { chain } => chain.clone(),
+    };
+    let (rpc, deployment) = chain_args.resolve(file)?;
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    let store = open_store(data_dir)?;
+    let me = identity.address();
+    match c {
+        ChannelCommand::Open { provider, deposit, .. } => {
+            let opener = ChannelOpener { identity, chain, store: store.clone(), deposit };
+            let state = opener.open(provider, deposit).await?;
+            println!("opened channel {} to {provider} with {} wei", state.params.id, deposit.0);
+        }
+        ChannelCommand::TopUp { channel, amount, .. } => {
+            attrinet_node::client::own_channel(&store, channel, me)?;
+            chain.top_up(channel, amount).await?;
+            let info = chain.channel(channel).await?;
+            // The stored deposit follows the chain's (put_channel keeps the receipts' progress).
+            let mut state = store.channel(&channel)?.context("channel vanished from the store")?;
+            state.deposit = info.deposit;
+            store.put_channel(&state)?;
+            println!("channel {channel}: deposit now {} wei", info.deposit.0);
+        }
+        ChannelCommand::Thaw { channel, .. } => {
+            attrinet_node::client::own_channel(&store, channel, me)?;
+            chain.thaw(channel).await?;
+            let info = chain.channel(channel).await?;
+            // Nothing more will be served on it: mark it spent here too, so that queries
+            // open a new channel instead of trying this one.
+            let state = store.channel(&channel)?.context("channel vanished from the store")?;
+            store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
+            println!("channel {channel} thawing: withdraw after {} (unix time); the provider settles what it is owed meanwhile", info.thaw_end);
+        }
+        ChannelCommand::Withdraw { channel, .. } => {
+            attrinet_node::client::own_channel(&store, channel, me)?;
+            let before = chain.native_balance(me).await?;
+            let out = chain.withdraw_deposit(channel).await?;
+            let after = chain.native_balance(me).await?;
+            println!("channel {channel} closed; balance {} -> {} wei (gas {})", before.0, after.0, out.gas_used);
+        }
+        ChannelCommand::Status { .. } => {
+            let lines = attrinet_node::client::channel_status(&store, &chain).await?;
+            if lines.is_empty() {
+                println!("no channels in {}", data_dir.display());
+            }
+            for l in lines {
+                print!("{}", l.render(me));
+            }
+        }
+    }
+    store.flush()?;
+    Ok(())
+}
+
+pub(crate) async fn devnet(data_dir: &std::path::Path, a: DevnetArgs) -> anyhow::Result<()> {
+    let config = attrinet_node::devnet::DevnetConfig {
+        nodes: usize::from(a.nodes),
+        queries: a.queries,
+        max_tokens: a.max_tokens,
+        model: a.model,
+        backend: a.backend,
+        data_dir: data_dir.to_path_buf(),
+        challenge_window: a.challenge_window,
+    };
+    let (summary, live) = attrinet_node::devnet::run(&config).await?;
+    println!("{}", summary.render());
+    anyhow::ensure!(summary.consistent(), "on-chain credits differ from the receipts");
+    if !a.keep {
+        return Ok(());
+    }
+    let live = live.expect("devnet keeps its client");
+    let gateway = attrinet_node::gateway::Gateway {
+        network: live.network.clone(),
+        payer: live.payer.clone(),
+        metrics: Arc::new(attrinet_node::Metrics::default()),
+        opener: None,
+    };
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.", a.listen);
+    let config_path = live.write_config(data_dir).await?;
+    println!("chain and network settings for other commands: {}", config_path.display());
+    println!("  e.g.  attrinet --config {} models", config_path.display());
+    if let Some((_, who, _, _)) = summary.contributors.first() {
+        println!("  a contributor's earnings:  attrinet --config {} earnings --contributor {who}", config_path.display());
+    }
+    let mut stop = ctrl_c();
+    axum::serve(listener, attrinet_node::gateway::router(gateway))
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await?;
+    drop(live);
+    println!("stopped");
+    Ok(())
+}
+
+pub(crate) fn rand_u64() -> anyhow::Result<u64> {
+    let b = rand32()?;
+    Ok(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
+}
+
+pub(crate) fn rand32() -> anyhow::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
