@@ -244,7 +244,7 @@ impl Provider {
         let _ = write_msg(&mut stream, &ServerMsg::Error(error)).await;
     }
 
-    async fn channel(&self, id: &ChannelId) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
+    async fn channel(&self, id: &ChannelId, peer: &PeerId) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
         if let Some(c) = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(c.clone());
         }
@@ -252,7 +252,7 @@ impl Provider {
         let internal = |e: attrinet_market::StoreError| reply(ErrorCode::Internal, e.to_string());
         let state = match store.channel(id).map_err(internal)? {
             Some(s) => s,
-            None => self.look_up(id).await?,
+            None => self.look_up(id, peer).await?,
         };
         let receipts = store.receipts_after(id, state.settled_seq).map_err(internal)?;
         let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -264,8 +264,8 @@ impl Provider {
     }
 
     /// Asks the lookup for a channel and stores what it says, when the channel is this
-    /// provider's.
-    async fn look_up(&self, id: &ChannelId) -> Result<ChannelState, ErrorReply> {
+    /// provider's and `peer` its payer (anyone else asking about it changes nothing here).
+    async fn look_up(&self, id: &ChannelId, peer: &PeerId) -> Result<ChannelState, ErrorReply> {
         let unknown = || reply(ErrorCode::UnknownChannel, format!("channel {id} is not open with this node"));
         let lookup = self.inner.lookup.get().ok_or_else(unknown)?;
         let state = lookup
@@ -276,6 +276,9 @@ impl Provider {
         let me = &self.inner.identity;
         if state.params.id != *id || state.params.provider != me.address() || state.params.provider_key != me.public_key() {
             return Err(reply(ErrorCode::UnknownChannel, format!("channel {id} is not with this node")));
+        }
+        if Some(state.params.payer_key) != peer_key(peer) {
+            return Err(reply(ErrorCode::UnknownChannel, format!("channel {id} does not belong to you and this node")));
         }
         // put_channel keeps stored progress and takes the new deposit.
         self.inner.store.put_channel(&state).map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
@@ -346,7 +349,7 @@ impl Provider {
         let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: request.max_tokens, ..quote };
 
         // The requester must be the channel's payer: only it can co-sign.
-        let channel = self.channel(&request.channel).await?;
+        let channel = self.channel(&request.channel, &peer).await?;
         let reservation = {
             let mut ch = channel.lock().await;
             self.refresh(&mut ch)?;
@@ -357,7 +360,7 @@ impl Provider {
             match ch.reserve(quote) {
                 // The payer may have topped the deposit up since it was last seen.
                 Err(LedgerError::DepositExceeded { .. }) if self.inner.lookup.get().is_some() => {
-                    self.look_up(&request.channel).await?;
+                    self.look_up(&request.channel, &peer).await?;
                     self.refresh(&mut ch)?;
                     ch.reserve(quote)
                 }
