@@ -69,8 +69,9 @@ pub enum SettleAction {
     /// Receipts arrived while the settlement was being decided: the next pass settles
     /// them too, with the batch they belong to.
     Superseded,
-    /// This loop's settlement of the voucher at `seq` was sent, then voided by a dispute;
-    /// it is not sent again (it would be disputed again). A person must look at it.
+    /// The settlement of the voucher at `seq`, with the payouts this loop would send, was
+    /// voided by a dispute; it is not sent again (it would be disputed again). A person
+    /// must look at it.
     Voided {
         /// The voucher's seq.
         seq: Seq,
@@ -84,15 +85,12 @@ pub struct SettlementLoop<S> {
     store: Arc<S>,
     policy: SettlementPolicy,
     attribution: Option<Arc<dyn AttributionSource>>,
-    /// Vouchers this loop's settlements were accepted with, by channel: seeing one chosen
-    /// again means the chain voided it.
-    sent: std::sync::Mutex<BTreeMap<ChannelId, Seq>>,
 }
 
 impl<S: Store> SettlementLoop<S> {
     /// A loop settling as `client`'s account (the provider) from `store`.
     pub fn new(client: ChainClient, store: Arc<S>, policy: SettlementPolicy) -> SettlementLoop<S> {
-        SettlementLoop { client, store, policy, attribution: None, sent: std::sync::Mutex::new(BTreeMap::new()) }
+        SettlementLoop { client, store, policy, attribution: None }
     }
 
     /// Where the loop finds the weights its receipts committed to. Without it, a batch
@@ -192,12 +190,7 @@ impl<S: Store> SettlementLoop<S> {
         }
 
         let (batch, voucher) = settleable(id, &receipts)?;
-        let seq = voucher.voucher.seq;
-        if self.sent.lock().unwrap_or_else(|p| p.into_inner()).get(&id) == Some(&seq) {
-            // Sent and accepted before, yet not pending nor settled: a dispute voided it.
-            tracing::error!(target: "chain::settlement", channel = %id, %seq, "settlement was voided by a dispute; not resending it");
-            return Ok(SettleAction::Voided { seq });
-        }
+
         let mut terms: BTreeMap<ModelId, ModelTerms> = BTreeMap::new();
         for r in batch {
             let m = r.receipt.receipt.model;
@@ -219,6 +212,15 @@ impl<S: Store> SettlementLoop<S> {
             }
         };
         let value = voucher.voucher.cumulative.checked_sub(info.settled)?;
+        // The chain already saw this voucher with these very payouts, yet holds it neither
+        // pending nor settled: a dispute voided it, and the same evidence would be disputed
+        // again. (Read from the chain, so a restart does not forget it; other payouts for
+        // the same voucher, say after a wrong split, may still be sent.)
+        let seq = voucher.voucher.seq;
+        if self.client.settled_payouts(id, seq).await?.as_deref() == Some(payouts.as_slice()) {
+            tracing::error!(target: "chain::settlement", channel = %id, %seq, "settlement was voided by a dispute; not resending it");
+            return Ok(SettleAction::Voided { seq });
+        }
 
         if !force {
             let gas = self.client.estimate_settle(voucher, &payouts).await?;
@@ -244,7 +246,6 @@ impl<S: Store> SettlementLoop<S> {
         }
         self.mark_settled(id, voucher.voucher.seq)?;
         let outcome = self.client.settle(voucher, &payouts).await?;
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(id, voucher.voucher.seq);
         tracing::info!(target: "chain::settlement", channel = %id, seq = %voucher.voucher.seq, %value, gas = outcome.gas_used, "settled");
         Ok(SettleAction::Settled { seq: voucher.voucher.seq, amount: value, outcome })
     }

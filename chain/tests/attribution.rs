@@ -371,10 +371,13 @@ async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
     assert!(matches!(node_loop.settle_channel(late, true).await.unwrap(), SettleAction::Settled { seq: Seq(1), .. }));
     let report = watcher_of(&w, &s, attribution.clone()).step().await.unwrap();
     assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(late, "outsider")], "{report:?}");
-    // The node's loop does not send the voided settlement again (it would be disputed
-    // again, and the node re-bonded for nothing).
+    // The node does not send the voided settlement again (it would be disputed again, and
+    // the node re-bonded for nothing), not even after a restart: a fresh loop reads it
+    // from the chain.
     w.node.chain.add_bond(BOND).await.unwrap();
     assert_eq!(node_loop.settle_channel(late, true).await.unwrap(), SettleAction::Voided { seq: Seq(1) });
+    let restarted = SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
+    assert_eq!(restarted.settle_channel(late, true).await.unwrap(), SettleAction::Voided { seq: Seq(1) });
     assert!(w.node.chain.pending(late).await.unwrap().is_none());
 }
 
