@@ -308,6 +308,37 @@ impl ChainClient {
         Ok((b.owner, b.dataPool))
     }
 
+    /// Hands a model to a new owner (owner only).
+    pub async fn transfer_model(&self, model: ModelId, new_owner: Address) -> Result<TxOutcome> {
+        send("Registry.transferModel", self.registry().transferModel(model.0, new_owner)).await
+    }
+
+    /// Who received a model's owner and data-pool shares over time: each registration,
+    /// datanet update and transfer, in chain order, with the (owner, pool) it left.
+    pub async fn beneficiary_history(&self, model: ModelId) -> Result<Vec<(crate::Cursor, Address, Address)>> {
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.deployment.registry)
+            .topic1(model.0)
+            .from_block(self.deployment.deploy_block);
+        let logs = self.provider.get_logs(&filter).await.map_err(rpc("eth_getLogs"))?;
+        let (mut owner, mut pool) = (Address::ZERO, Address::ZERO);
+        let mut out = Vec::new();
+        for log in &logs {
+            let (Some(block), Some(log_index)) = (log.block_number, log.log_index) else { continue };
+            if let Ok(e) = log.log_decode::<Registry::ModelRegistered>() {
+                (owner, pool) = (e.inner.data.owner, e.inner.data.dataPool);
+            } else if let Ok(e) = log.log_decode::<Registry::DatanetUpdated>() {
+                pool = e.inner.data.dataPool;
+            } else if let Ok(e) = log.log_decode::<Registry::ModelTransferred>() {
+                owner = e.inner.data.to;
+            } else {
+                continue;
+            }
+            out.push((crate::Cursor { block, log_index }, owner, pool));
+        }
+        Ok(out)
+    }
+
     // ------------------------------------------------------------ channels
 
     /// Opens a channel from this account to `provider` with `deposit`; `payer_key` is this

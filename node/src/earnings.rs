@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use alloy_primitives::Address;
-use attrinet_chain::{ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, PayoutRun};
+use attrinet_chain::{ChainClient, ChannelEvent, Cursor, Deployment, EventFollower, MemCheckpoint, PayoutRun};
 use attrinet_market::{ChannelId, ModelId, Wei};
 
 /// What an address earned in one role for one model.
@@ -38,7 +38,8 @@ pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> a
     let mut follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
     // Each channel has at most one settlement in its window; a dispute voids it.
     let mut open: BTreeMap<ChannelId, (Address, Vec<PayoutRun>)> = BTreeMap::new();
-    let mut finalized: Vec<(Address, Vec<PayoutRun>)> = Vec::new();
+    // With where each was finalized: the owner and pool credited are those of that moment.
+    let mut finalized: Vec<(Cursor, (Address, Vec<PayoutRun>))> = Vec::new();
     loop {
         let events = follower.poll().await?;
         for e in events {
@@ -46,7 +47,7 @@ pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> a
                 ChannelEvent::Settled { channel, provider, payouts, .. } => {
                     open.insert(channel, (provider, payouts));
                 }
-                ChannelEvent::Finalized { channel, .. } => finalized.extend(open.remove(&channel)),
+                ChannelEvent::Finalized { channel, .. } => finalized.extend(open.remove(&channel).map(|s| (e.cursor, s))),
                 ChannelEvent::Disputed { channel, .. } => {
                     open.remove(&channel);
                 }
@@ -58,19 +59,24 @@ pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> a
         }
     }
     let treasury = chain.treasury().await?;
-    let mut beneficiaries: BTreeMap<ModelId, (Address, Address)> = BTreeMap::new();
+    let mut histories: BTreeMap<ModelId, Vec<(Cursor, Address, Address)>> = BTreeMap::new();
     let mut by_model: BTreeMap<(ModelId, &'static str), Share> = BTreeMap::new();
-    let settlements = finalized.iter().map(|s| (s, true)).chain(open.values().map(|s| (s, false)));
-    for ((provider, runs), done) in settlements {
+    // Pending settlements will credit the beneficiaries of the moment they finalize: today's.
+    let now = Cursor { block: u64::MAX, log_index: u64::MAX };
+    let settlements = finalized.iter().map(|(at, s)| (s, *at, true)).chain(open.values().map(|s| (s, now, false)));
+    for ((provider, runs), at, done) in settlements {
         for run in runs {
-            let (owner, pool) = match beneficiaries.get(&run.model) {
-                Some(b) => *b,
-                None => {
-                    let b = chain.beneficiaries(run.model).await?;
-                    beneficiaries.insert(run.model, b);
-                    b
-                }
-            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = histories.entry(run.model) {
+                slot.insert(chain.beneficiary_history(run.model).await?);
+            }
+            // The owner and pool in force when it was credited (a transfer or a new pool
+            // afterwards does not change who was paid).
+            let (owner, pool) = histories[&run.model]
+                .iter()
+                .rev()
+                .find(|(c, _, _)| *c < at)
+                .map(|(_, o, p)| (*o, *p))
+                .unwrap_or_default();
             let undistributed = run.parts.data.checked_sub(run.data.distributed)?;
             for (role, account, amount) in [
                 ("node", *provider, run.parts.node),

@@ -350,4 +350,22 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(status.code(), Some(1));
+
+    // Handing the model to another owner changes who *will* be paid, not who was:
+    // `earnings` still shows the node's finalized owner share; a settlement still pending
+    // (the query after the thaw) will pay the new owner.
+    let owner_line = |dir: &Path| {
+        let out = text(&attrinet(dir, &["earnings"]).stdout);
+        out.lines().find_map(|l| l.trim().strip_prefix(&format!("model {model_id} as model owner: ")).map(str::to_string))
+    };
+    let before = owner_line(&node_dir).expect("the node owned the model");
+    owner.transfer_model(model_id, client.address()).await.unwrap();
+    assert_eq!(reader.beneficiaries(model_id).await.unwrap().0, client.address());
+    let after = owner_line(&node_dir).expect("still the finalized share");
+    let finalized = |l: &str| l.split(" wei finalized").next().unwrap().to_string();
+    assert_eq!(finalized(&after), finalized(&before));
+    assert_ne!(finalized(&before), "0");
+    let new_owner = owner_line(&client_dir).expect("the pending share");
+    assert_eq!(finalized(&new_owner), "0", "{new_owner}");
+    assert!(!new_owner.ends_with(", 0 wei pending"), "{new_owner}");
 }
