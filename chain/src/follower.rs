@@ -306,6 +306,27 @@ impl<C: Checkpoint> EventFollower<C> {
         Ok(out)
     }
 
+    /// Polls until caught up with the chain's confirmed head: every event after the current
+    /// position, however many spans that takes (or those read before a failure).
+    pub async fn poll_all(&mut self) -> Result<Vec<FollowedEvent>> {
+        let mut out = Vec::new();
+        loop {
+            let before = self.position;
+            let events = match self.poll().await {
+                Ok(events) => events,
+                // What was read so far is handed over (the position moved past it); the
+                // failure comes back on the next call.
+                Err(_) if !out.is_empty() => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            // Caught up once a poll neither finds events nor moves on.
+            if events.is_empty() && self.position == before {
+                return Ok(out);
+            }
+            out.extend(events);
+        }
+    }
+
     /// Durably records that everything at or before `cursor` is handled.
     pub fn commit(&self, cursor: Cursor) -> Result<()> {
         self.checkpoint.save(cursor)

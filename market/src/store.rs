@@ -157,6 +157,12 @@ impl ChannelState {
         Ok(ChannelState { last_seq: r.seq, cumulative: r.cumulative, ..self.clone() })
     }
 
+    /// Whether any deposit is left to spend: a channel used up, or cut to what it owes
+    /// because its payer is leaving, is passed over when choosing where to pay.
+    pub fn has_deposit_left(&self) -> bool {
+        self.deposit > self.cumulative
+    }
+
     /// The state after a settlement covering receipts up to `seq`.
     pub fn settled_at(&self, seq: Seq) -> Result<ChannelState, StoreError> {
         if seq < self.settled_seq || seq > self.last_seq {

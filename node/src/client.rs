@@ -60,7 +60,7 @@ impl ChannelOpener {
         let offers = network.market().await?.find(model, unix_now());
         let me = self.identity.address();
         let mine: Vec<ChannelState> =
-            self.store.channels()?.into_iter().filter(|c| c.params.payer == me && c.deposit > c.cumulative).collect();
+            self.store.channels()?.into_iter().filter(|c| c.params.payer == me && c.has_deposit_left()).collect();
         if offers.iter().any(|a| mine.iter().any(|c| c.params.provider_key == a.node_key && c.params.provider == a.evm_address)) {
             return Ok(None);
         }

@@ -8,16 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, U256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    Anvil, AnvilConfig, AttributionSource, ChainClient, DeployConfig, EventFollower, MemCheckpoint,
+    Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint,
     SettleAction, SettlementLoop, SettlementPolicy, StoreSource, Watcher, attributed_payout_runs,
 };
 use attrinet_compute::{Backend, Model, open_engine};
 use attrinet_market::{
     ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt, Seq, Split, Store,
-    Wei, Weights,
+    Wei,
 };
 use attrinet_p2p::{Ask, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling};
 use tracing::info;
@@ -108,30 +108,7 @@ struct NodeHandle {
     identity: Identity,
     chain: ChainClient,
     store: Arc<SledStore>,
-    provider: Provider,
     _network: attrinet_p2p::Client,
-}
-
-/// A provider's weights, for its settlement loop.
-struct ProviderWeights(Provider);
-
-impl AttributionSource for ProviderWeights {
-    fn weights(&self, root: &B256) -> attrinet_chain::Result<Option<Weights>> {
-        Ok(self.0.weights(root))
-    }
-}
-
-/// The weights of each receipt (empty for a zero root), from `source`.
-fn weights_for(receipts: &[Receipt], source: &dyn AttributionSource) -> anyhow::Result<Vec<Weights>> {
-    receipts
-        .iter()
-        .map(|r| {
-            if r.attribution_root.is_zero() {
-                return Ok(Weights::default());
-            }
-            source.weights(&r.attribution_root)?.with_context(|| format!("no weights for root {}", r.attribution_root))
-        })
-        .collect()
 }
 
 fn progress(msg: &str) {
@@ -233,12 +210,12 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         // up on chain.
         let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() })
             .with_lookup(Arc::new(crate::serve::ChainLookup { chain: chain.clone(), identity: id.clone() }));
-        tokio::spawn(provider.clone().serve(network.clone()));
+        tokio::spawn(provider.serve(network.clone()));
         if boot.is_empty() {
-            boot = wait_addrs(&network).await?;
+            boot = crate::serve::listening_addrs(&network).await?;
         }
         progress(&format!("node {i} serving as {} ({})", id.address(), network.peer_id()));
-        nodes.push(NodeHandle { identity: id, chain, store, provider, _network: network });
+        nodes.push(NodeHandle { identity: id, chain, store, _network: network });
     }
 
     // The client: channels opened on chain, mirrored into both parties' stores (what a
@@ -315,7 +292,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     // The last node that has receipts to settle is the dishonest one.
     let cheat = (nodes.len() - 1).min(config.queries.saturating_sub(1));
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(StoreSource(n.store.clone())));
         let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
         if channel.last_seq == Seq::ZERO {
             continue;
@@ -323,7 +300,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         if i == cheat {
             let receipts: Vec<_> = n.store.receipts_after(&channel.params.id, channel.settled_seq)?.into_iter().map(|r| r.receipt.receipt).collect();
             let voucher = n.store.receipt(&channel.params.id, channel.last_seq)?.expect("stored").voucher;
-            let weights = weights_for(&receipts, &ProviderWeights(n.provider.clone()))?;
+            let weights = attrinet_chain::weights_of(&receipts, &StoreSource(n.store.clone()))?;
             let (mut runs, _) = attributed_payout_runs(&receipts, &weights, |_| Some(split))?;
             // One wei moved from the owner's part to the node's: a split that differs
             // from the registered one.
@@ -363,7 +340,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     anvil.advance(config.challenge_window + 1).await?;
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(StoreSource(n.store.clone())));
         let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
         if channel.last_seq == Seq::ZERO {
             continue;
@@ -383,7 +360,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .await
             .context("query after settlement failed")?;
         lines.push(QueryLine { prompt: PROMPTS[0].into(), answer: answer.text.clone(), node: 0, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(ProviderWeights(n.provider.clone())));
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(StoreSource(n.store.clone())));
         let id = answer.receipt.receipt.channel;
         let start = n.store.channel(&id)?.map(|c| c.settled_seq).unwrap_or_default();
         match settler.settle_channel(id, true).await? {
@@ -423,7 +400,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .filter(|r| r.seq <= seq)
             .collect();
         receipts += batch.len() as u64;
-        let weights = weights_for(&batch, client_weights.as_ref())?;
+        let weights = attrinet_chain::weights_of(&batch, client_weights.as_ref())?;
         let (runs, data) = attributed_payout_runs(&batch, &weights, |_| Some(split))?;
         let settled = watcher_chain.settled_payouts(channel, seq).await?.context("settled payouts not found")?;
         for (k, run) in runs.iter().enumerate() {
@@ -536,17 +513,6 @@ async fn ask_node(
         max_cost: None,
     };
     Ok(payer.infer_with(network, advert, channel, &ask, &mut |_| {}).await?)
-}
-
-async fn wait_addrs(network: &attrinet_p2p::Client) -> anyhow::Result<Vec<attrinet_p2p::Multiaddr>> {
-    for _ in 0..100 {
-        let addrs = network.listen_addrs().await?;
-        if !addrs.is_empty() {
-            return Ok(addrs);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("the first node never started listening")
 }
 
 impl Summary {

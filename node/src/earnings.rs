@@ -34,28 +34,21 @@ pub struct Earnings {
 pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> anyhow::Result<Earnings> {
     // Reading needs no key of ours; a fixed throwaway one signs nothing.
     let chain = ChainClient::connect(endpoint, reader().evm, deployment)?;
-    let (head, _) = chain.head().await?;
     let mut follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
     // Each channel has at most one settlement in its window; a dispute voids it.
     let mut open: BTreeMap<ChannelId, (Address, Vec<PayoutRun>)> = BTreeMap::new();
     // With where each was finalized: the owner and pool credited are those of that moment.
     let mut finalized: Vec<(Cursor, (Address, Vec<PayoutRun>))> = Vec::new();
-    loop {
-        let events = follower.poll().await?;
-        for e in events {
-            match e.event {
-                ChannelEvent::Settled { channel, provider, payouts, .. } => {
-                    open.insert(channel, (provider, payouts));
-                }
-                ChannelEvent::Finalized { channel, .. } => finalized.extend(open.remove(&channel).map(|s| (e.cursor, s))),
-                ChannelEvent::Disputed { channel, .. } => {
-                    open.remove(&channel);
-                }
-                _ => {}
+    for e in follower.poll_all().await? {
+        match e.event {
+            ChannelEvent::Settled { channel, provider, payouts, .. } => {
+                open.insert(channel, (provider, payouts));
             }
-        }
-        if follower.position().block >= head {
-            break;
+            ChannelEvent::Finalized { channel, .. } => finalized.extend(open.remove(&channel).map(|s| (e.cursor, s))),
+            ChannelEvent::Disputed { channel, .. } => {
+                open.remove(&channel);
+            }
+            _ => {}
         }
     }
     let treasury = chain.treasury().await?;

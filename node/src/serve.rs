@@ -176,14 +176,7 @@ pub async fn serve(
     let provider = Provider::new(identity.clone(), store.clone(), vec![offer], limits)
         .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
     let serving = tokio::spawn(provider.clone().serve(network.clone()));
-    let mut addrs = Vec::new();
-    for _ in 0..100 {
-        addrs = network.listen_addrs().await?;
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addrs = listening_addrs(&network).await?;
     metrics.peers.store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
     ready(&Serving { model: model_id, name, device, addrs, speed });
 
@@ -252,31 +245,36 @@ pub async fn serve(
     Ok(())
 }
 
+/// The node's listen addresses, once its listeners are up (within 2 s).
+pub(crate) async fn listening_addrs(network: &attrinet_p2p::Client) -> anyhow::Result<Vec<Multiaddr>> {
+    for _ in 0..100 {
+        let addrs = network.listen_addrs().await?;
+        if !addrs.is_empty() {
+            return Ok(addrs);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the node never started listening")
+}
+
 /// Stops service on this provider's channels whose payer started a thaw: the stored
 /// deposit is cut to what is already owed, so every new request would pass it, and the
 /// chain lookup the provider then makes refuses a thawing channel. Returns the channels cut.
 async fn freeze_thawing(thaws: &mut EventFollower<MemCheckpoint>, store: &SledStore, me: Address) -> anyhow::Result<Vec<ChannelId>> {
     let mut frozen = Vec::new();
-    loop {
-        let before = thaws.position();
-        let events = thaws.poll().await?;
-        // Caught up once a poll neither finds events nor moves on.
-        if events.is_empty() && thaws.position() == before {
-            return Ok(frozen);
+    for e in thaws.poll_all().await? {
+        let ChannelEvent::Thawing { channel, provider, .. } = e.event else { continue };
+        if provider != me {
+            continue;
         }
-        for e in events {
-            let ChannelEvent::Thawing { channel, provider, .. } = e.event else { continue };
-            if provider != me {
-                continue;
-            }
-            if let Some(state) = store.channel(&channel)?
-                && state.deposit > state.cumulative
-            {
-                store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
-                frozen.push(channel);
-            }
+        if let Some(state) = store.channel(&channel)?
+            && state.has_deposit_left()
+        {
+            store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
+            frozen.push(channel);
         }
     }
+    Ok(frozen)
 }
 
 /// Registers the node (with its bond) and the model (with this node's account as owner)

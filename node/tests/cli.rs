@@ -6,6 +6,8 @@
 //! client's, and a third party's that fetches the batch from the provider over the
 //! network), and the client leaving with `channel thaw` and `channel withdraw`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -44,17 +46,6 @@ fn attrinet(dir: &Path, args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// `GET path` over plain HTTP/1.1; the body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 /// Kills the server process however the test ends.
@@ -214,7 +205,8 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
 
     // The provider's metrics are read from its store: three receipts, worth what the
     // client's last receipt says the channel owes.
-    let metrics = get(metrics_addr, "/metrics").await;
+    let (code, metrics) = common::http(metrics_addr, "GET", "/metrics", "").await;
+    assert_eq!(code, 200, "{metrics}");
     let cumulative = text(&third.stderr).split("channel total ").nth(1).unwrap().split(' ').next().unwrap().to_string();
     assert!(metrics.contains("attrinet_provider_receipts_total 3\n"), "{metrics}");
     assert!(metrics.contains(&format!("attrinet_provider_earned_wei_total {cumulative}\n")), "{metrics}");

@@ -2,6 +2,8 @@
 //! node serving a (tiny, randomly initialised) GGUF model on the candle engine, and a
 //! client paying through a channel.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use attrinet_node::gateway::{Gateway, router};
 use attrinet_node::{EngineGenerator, Metrics};
 use attrinet_p2p::{Limits, NetConfig, Offer, Payer, Provider};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::http;
 
 struct Setup {
     base: std::net::SocketAddr,
@@ -91,17 +94,6 @@ async fn setup(deposit: Wei) -> Setup {
     Setup { base, provider_store, client_store, kill_provider: vec![h1.abort_handle(), h2.abort_handle()], _dir: dir }
 }
 
-/// One HTTP/1.0 exchange (no chunked encoding: the body ends when the connection does).
-async fn http(base: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(base).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut out)).await.expect("response in time").unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
 
 fn error_code(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));

@@ -151,13 +151,12 @@ impl Payer {
             .channels()
             .map_err(store_err)?
             .into_iter()
-            // A channel with nothing left to spend (used up, or cut when its payer thawed)
-            // is passed over: another one with this provider may still have deposit.
+            // Another channel with this provider may still have deposit where one is spent.
             .find(|c| {
                 c.params.provider_key == provider.node_key
                     && c.params.payer == me
                     && c.params.provider == provider.evm_address
-                    && c.deposit > c.cumulative
+                    && c.has_deposit_left()
             })
         else {
             return Ok(None);
