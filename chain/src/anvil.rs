@@ -44,7 +44,11 @@ impl Anvil {
         // compiled in (it sits one level below the root).
         let tail = ".tools/node_modules/.bin/anvil";
         let runtime_manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(|d| PathBuf::from(d).join("..").join(tail));
-        let candidates = [Some(PathBuf::from(tail)), runtime_manifest, Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(tail))];
+        let candidates = [
+            Some(PathBuf::from(tail)),
+            runtime_manifest,
+            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(tail)),
+        ];
         let mut fallback = PathBuf::from(tail);
         for c in candidates.into_iter().flatten() {
             if c.exists() {
@@ -80,7 +84,12 @@ impl Anvil {
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
-                if let Some(port) = line.trim().strip_prefix("Listening on ").and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()) {
+                if let Some(port) = line
+                    .trim()
+                    .strip_prefix("Listening on ")
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                {
                     let _ = tx.send(port);
                 }
             }
@@ -177,4 +186,3 @@ impl Drop for Anvil {
         let _ = self.child.wait();
     }
 }
-

@@ -574,7 +574,11 @@ impl ChainClient {
                     None => Neighbour {
                         present: false,
                         owner: Address::ZERO,
-                        proof: dd::plain_proof(&attrinet_market::MerkleProof { index: 0, leaf_count: 0, siblings: Vec::new() }),
+                        proof: dd::plain_proof(&attrinet_market::MerkleProof {
+                            index: 0,
+                            leaf_count: 0,
+                            siblings: Vec::new(),
+                        }),
                     },
                 };
                 let (parts, lo, hi) = match datanet {
@@ -590,7 +594,12 @@ impl ChainClient {
                     ),
                     // A model without a datanet: the contract ignores the rest.
                     None => (
-                        DatanetParts { minSpan: 0, contributionsRoot: B256::ZERO, ownersRoot: B256::ZERO, ownerCount: 0 },
+                        DatanetParts {
+                            minSpan: 0,
+                            contributionsRoot: B256::ZERO,
+                            ownersRoot: B256::ZERO,
+                            ownerCount: 0,
+                        },
                         side(None),
                         side(None),
                     ),

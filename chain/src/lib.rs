@@ -55,17 +55,17 @@ mod settlement;
 mod watcher;
 
 pub use anvil::{Anvil, AnvilConfig};
-pub use data::{
-    AttributionSource, CommittedData, DataClaim, DataCommitment, MemAttribution, WeightLeaf, attributed_payout_runs,
-    contributor_totals, weights_of, weights_root,
-};
-pub use datanet::{build_datanet_dir, load_datanet, read_datanet_dir, save_datanet};
 pub use batch::{
     Batch, CommittedTree, FraudProof, PayoutRun, Settlement, SumPreimage, Verdict, examine, payout_runs, payout_totals,
 };
 pub use bindings::data_disputes::DataDisputes;
 pub use bindings::{Channels, Registry};
 pub use client::{ChainClient, ChannelInfo, DeployConfig, Deployment, ModelTerms, PendingInfo, TxOutcome};
+pub use data::{
+    AttributionSource, CommittedData, DataClaim, DataCommitment, MemAttribution, WeightLeaf, attributed_payout_runs,
+    contributor_totals, weights_of, weights_root,
+};
+pub use datanet::{build_datanet_dir, load_datanet, read_datanet_dir, save_datanet};
 pub use error::{ChainError, Result};
 pub use follower::{ChannelEvent, Checkpoint, Cursor, EventFollower, FileCheckpoint, FollowedEvent, MemCheckpoint};
 pub use settlement::{SettleAction, SettlementLoop, SettlementPolicy};

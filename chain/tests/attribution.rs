@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
 use attrinet_chain::{
-    Batch, ChainClient, ChainError, CommittedData, CommittedTree, FraudProof, MemAttribution,
-    MemCheckpoint, MemSource, PayoutRun, SettleAction, SettlementLoop, SettlementPolicy, StoreSource, SumPreimage,
-    Watcher, WeightLeaf, attributed_payout_runs, contributor_totals, weights_root,
+    Batch, ChainClient, ChainError, CommittedData, CommittedTree, FraudProof, MemAttribution, MemCheckpoint, MemSource,
+    PayoutRun, SettleAction, SettlementLoop, SettlementPolicy, StoreSource, SumPreimage, Watcher, WeightLeaf,
+    attributed_payout_runs, contributor_totals, weights_root,
 };
 use attrinet_market::{
     ChannelParams, DEFAULT_MIN_SPAN, Datanet, Delivered, Document, Identity, MemStore, MerkleTree, ModelId, PPM_WHOLE,
@@ -287,8 +287,15 @@ async fn weights_paid_outside_the_datanet_are_disputed() {
     let outsider = w.node.address();
     assert!(datanet.outsider_proof(&outsider).is_some() && datanet.outsider_proof(&bread.id.address()).is_none());
     let lie = weights(&[(outsider, PPM_WHOLE)]);
-    let (receipts, _) =
-        serve_attributed(&mut s, &w, (model, w.price), &outputs, |o| if o == outputs[0].as_slice() { datanet.attribute(o).weights } else { lie.clone() }, &attribution, now);
+    let (receipts, _) = serve_attributed(
+        &mut s,
+        &w,
+        (model, w.price),
+        &outputs,
+        |o| if o == outputs[0].as_slice() { datanet.attribute(o).weights } else { lie.clone() },
+        &attribution,
+        now,
+    );
     let policy = SettlementPolicy { threshold: Wei(1), max_age_secs: 3_600, max_gas_bps: u16::MAX };
     let settler =
         SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
@@ -308,7 +315,9 @@ async fn weights_paid_outside_the_datanet_are_disputed() {
     };
     let err = w.watcher.chain.dispute(id, &forged).await.unwrap_err();
     match err {
-        ChainError::Reverted { reason, .. } => assert!(reason.contains("NotFraud") || reason.contains("WrongPosition"), "{reason}"),
+        ChainError::Reverted { reason, .. } => {
+            assert!(reason.contains("NotFraud") || reason.contains("WrongPosition"), "{reason}")
+        }
         other => panic!("expected a revert, got {other}"),
     }
 
@@ -316,7 +325,11 @@ async fn weights_paid_outside_the_datanet_are_disputed() {
     let bond = w.node.chain.bond(w.node.address()).await.unwrap();
     let mut watcher = watcher_of(&w, &s, attribution.clone()).with_datanet(model, datanet.clone());
     let report = watcher.step().await.unwrap();
-    assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(id, "outsider")], "{report:?}");
+    assert_eq!(
+        report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(),
+        vec![(id, "outsider")],
+        "{report:?}"
+    );
     assert_eq!(w.node.chain.bond(w.node.address()).await.unwrap(), Wei(0), "the bond of {bond} went to the watcher");
     assert!(w.watcher.chain.pending(id).await.unwrap().is_none(), "the settlement was voided");
 }
@@ -334,7 +347,8 @@ async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
     let attribution = Arc::new(MemAttribution::default());
     let settle = async |s: &mut Session, id| {
         let now = w.now().await;
-        let receipts = serve_attributed(s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now).0;
+        let receipts =
+            serve_attributed(s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now).0;
         SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy)
             .with_attribution(attribution.clone())
             .settle_channel(id, true)
@@ -367,16 +381,22 @@ async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
     let mut s = Session::new(params, deposit);
     let now = w.now().await;
     serve_attributed(&mut s, &w, (model, price), &[tokenize(RIVERS)], |_| lie.clone(), &attribution, now);
-    let node_loop = SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
+    let node_loop =
+        SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
     assert!(matches!(node_loop.settle_channel(late, true).await.unwrap(), SettleAction::Settled { seq: Seq(1), .. }));
     let report = watcher_of(&w, &s, attribution.clone()).step().await.unwrap();
-    assert_eq!(report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(), vec![(late, "outsider")], "{report:?}");
+    assert_eq!(
+        report.disputed.iter().map(|(c, k, _)| (*c, *k)).collect::<Vec<_>>(),
+        vec![(late, "outsider")],
+        "{report:?}"
+    );
     // The node does not send the voided settlement again (it would be disputed again, and
     // the node re-bonded for nothing), not even after a restart: a fresh loop reads it
     // from the chain.
     w.node.chain.add_bond(BOND).await.unwrap();
     assert_eq!(node_loop.settle_channel(late, true).await.unwrap(), SettleAction::Voided { seq: Seq(1) });
-    let restarted = SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
+    let restarted =
+        SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy).with_attribution(attribution.clone());
     assert_eq!(restarted.settle_channel(late, true).await.unwrap(), SettleAction::Voided { seq: Seq(1) });
     assert!(w.node.chain.pending(late).await.unwrap().is_none());
 }

@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use attrinet_compute::{Backend, GenerateParams, Model, SamplingParams, open_engine};
-use attrinet_market::{Contribution, Datanet, DEFAULT_MIN_SPAN};
+use attrinet_market::{Contribution, DEFAULT_MIN_SPAN, Datanet};
 
 const OUTPUT_TOKENS: usize = 256;
 const DATANET_TOKENS: usize = 2_500_000; // 10 MB at 4 bytes per token id
@@ -22,7 +22,8 @@ fn main() {
     let model = Model::load(path).expect("run scripts/fetch-model first");
     let mut engine = open_engine(&model, Backend::Candle).expect("candle engine");
     let prompt = model.chat_prompt("Tell me a long story about a lighthouse keeper and a storm.").expect("prompt");
-    let params = GenerateParams { max_tokens: OUTPUT_TOKENS, sampling: SamplingParams::greedy(), stop_tokens: Vec::new() };
+    let params =
+        GenerateParams { max_tokens: OUTPUT_TOKENS, sampling: SamplingParams::greedy(), stop_tokens: Vec::new() };
     let t = Instant::now();
     let generation = engine.generate(&prompt, &params, &mut |_| {}).expect("generates");
     let inference = t.elapsed();
@@ -63,9 +64,19 @@ fn main() {
     let attribution = runs[runs.len() / 2];
     let weights = weights.expect("ran");
 
-    println!("model: SmolLM2-135M-Instruct Q4_1 on candle ({} threads)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "model: SmolLM2-135M-Instruct Q4_1 on candle ({} threads)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("inference, {} output tokens:        {:>10.1} ms", output.len(), inference.as_secs_f64() * 1e3);
     println!("datanet: {DATANET_TOKENS} tokens (10 MB), built in {:.2} s", build.as_secs_f64());
-    println!("attribution of the output (median): {:>10.3} ms   ({} contributors weighted)", attribution.as_secs_f64() * 1e3, weights.len());
-    println!("attribution / inference:            {:>10.4} %", 100.0 * attribution.as_secs_f64() / inference.as_secs_f64());
+    println!(
+        "attribution of the output (median): {:>10.3} ms   ({} contributors weighted)",
+        attribution.as_secs_f64() * 1e3,
+        weights.len()
+    );
+    println!(
+        "attribution / inference:            {:>10.4} %",
+        100.0 * attribution.as_secs_f64() / inference.as_secs_f64()
+    );
 }

@@ -14,8 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use attrinet_compute::{
-    Backend, CandleEngine, Engine, GenerateParams, Generation, Model, SamplingParams, WgpuEngine,
-    WgpuOptions,
+    Backend, CandleEngine, Engine, GenerateParams, Generation, Model, SamplingParams, WgpuEngine, WgpuOptions,
 };
 use clap::Parser;
 
@@ -69,10 +68,7 @@ fn measure(
             }
         }
     }
-    Ok(best
-        .into_iter()
-        .map(|b| b.expect("at least one run"))
-        .collect())
+    Ok(best.into_iter().map(|b| b.expect("at least one run")).collect())
 }
 
 fn main() -> ExitCode {
@@ -92,22 +88,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let text = "The quick brown fox jumps over the lazy dog while the farmer watches from the \
                 porch and thinks about the harvest, the weather and the price of grain. ";
     let unit = model.tokenizer().encode(text, false);
-    let prompt: Vec<u32> = unit
-        .iter()
-        .copied()
-        .cycle()
-        .take(args.prompt_tokens)
-        .collect();
+    let prompt: Vec<u32> = unit.iter().copied().cycle().take(args.prompt_tokens).collect();
     let params = GenerateParams {
         max_tokens: args.decode_tokens + 1,
         sampling: SamplingParams::greedy(),
         stop_tokens: Vec::new(),
     };
-    let backends = if args.backends.is_empty() {
-        vec![Backend::Candle, Backend::Wgpu]
-    } else {
-        args.backends.clone()
-    };
+    let backends = if args.backends.is_empty() { vec![Backend::Candle, Backend::Wgpu] } else { args.backends.clone() };
     println!(
         "model {} ({}), {} prompt tokens, {} decoded tokens, best of {} runs",
         args.model.display(),
@@ -122,18 +109,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let (engine, extra): (Box<dyn Engine>, String) = match backend {
             Backend::Candle => (Box::new(CandleEngine::new(&model)?), String::new()),
             Backend::Wgpu => {
-                let options = WgpuOptions {
-                    allow_software: true,
-                    ..Default::default()
-                };
+                let options = WgpuOptions { allow_software: true, ..Default::default() };
                 let engine = WgpuEngine::new(&model, &options)?;
                 let extra = format!(", {} dispatches per token", engine.dispatches_per_token());
                 (Box::new(engine), extra)
             }
-            Backend::Auto => (
-                attrinet_compute::open_engine(&model, Backend::Auto)?,
-                String::new(),
-            ),
+            Backend::Auto => (attrinet_compute::open_engine(&model, Backend::Auto)?, String::new()),
         };
         devices.push(format!("{}{extra}", engine.device_name()));
         engines.push(engine);
@@ -141,11 +122,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let bests = measure(&mut engines, &prompt, &params, args.runs)?;
     let mut results = Vec::new();
     for ((engine, device), best) in engines.iter().zip(devices).zip(bests) {
-        let f = Figures {
-            name: engine.backend().to_string(),
-            device,
-            best,
-        };
+        let f = Figures { name: engine.backend().to_string(), device, best };
         println!(
             "{:<7} prefill {:>8.1} tok/s  decode {:>7.1} tok/s  time to first token {:>8.1} ms  [{}]",
             f.name,

@@ -66,11 +66,7 @@ fn main() -> ExitCode {
 fn try_main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(&args.model)?;
     let tokenizer = model.tokenizer();
-    let prompt = if args.raw {
-        tokenizer.encode_prompt(&args.prompt)
-    } else {
-        model.chat_prompt(&args.prompt)?
-    };
+    let prompt = if args.raw { tokenizer.encode_prompt(&args.prompt) } else { model.chat_prompt(&args.prompt)? };
     let mut engine = open_engine(&model, args.backend)?;
     if !args.json {
         eprintln!(
@@ -84,11 +80,7 @@ fn try_main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let params = GenerateParams {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature.unwrap_or(0.0),
-            top_p: args.top_p,
-            seed: args.seed,
-        },
+        sampling: SamplingParams { temperature: args.temperature.unwrap_or(0.0), top_p: args.top_p, seed: args.seed },
         stop_tokens: tokenizer.stop_tokens().to_vec(),
     };
     let mut decoder = tokenizer.stream_decoder();
@@ -99,12 +91,8 @@ fn try_main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             return;
         }
         let piece = decoder.push(token).map_err(|e| e.to_string());
-        let written = piece.and_then(|p| {
-            stdout
-                .write_all(p.as_bytes())
-                .and_then(|()| stdout.flush())
-                .map_err(|e| e.to_string())
-        });
+        let written =
+            piece.and_then(|p| stdout.write_all(p.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| e.to_string()));
         if let Err(e) = written {
             stream_error = Some(e);
         }

@@ -45,8 +45,7 @@ impl CandleEngine {
     pub fn new(model: &Model) -> Result<Self> {
         let mut reader = Cursor::new(model.bytes());
         // ModelWeights takes the parsed header by value; parsing again is cheap (no tensors).
-        let content =
-            Content::read(&mut reader).map_err(Error::candle("parsing the GGUF header"))?;
+        let content = Content::read(&mut reader).map_err(Error::candle("parsing the GGUF header"))?;
         let weights = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
             .map_err(Error::candle("loading the weights"))?;
         let config = model.config();
@@ -69,11 +68,7 @@ impl CandleEngine {
             .forward(&input, self.position)
             .and_then(|l| l.squeeze(0))
             .and_then(|l| l.to_vec1::<f32>())
-            .map_err(Error::candle(format!(
-                "running {} tokens at position {}",
-                tokens.len(),
-                self.position
-            )))?;
+            .map_err(Error::candle(format!("running {} tokens at position {}", tokens.len(), self.position)))?;
         self.position += tokens.len();
         Ok(logits)
     }
@@ -85,10 +80,7 @@ impl Engine for CandleEngine {
     }
 
     fn device_name(&self) -> String {
-        format!(
-            "CPU ({} threads, {SIMD})",
-            candle_core::utils::get_num_threads()
-        )
+        format!("CPU ({} threads, {SIMD})", candle_core::utils::get_num_threads())
     }
 
     fn context_length(&self) -> usize {

@@ -39,22 +39,12 @@ impl ChatTemplate {
 
     /// Tokens for one user turn followed by the start of the assistant's turn.
     pub fn encode_user_turn(&self, tokenizer: &Tokenizer, user: &str) -> Vec<u32> {
-        let mut out: Vec<u32> = tokenizer
-            .bos_token()
-            .filter(|_| tokenizer.add_bos())
-            .into_iter()
-            .collect();
+        let mut out: Vec<u32> = tokenizer.bos_token().filter(|_| tokenizer.add_bos()).into_iter().collect();
         let parts: [(&str, bool); 3] = match self {
-            ChatTemplate::ChatMl => [
-                ("<|im_start|>user\n", true),
-                (user, false),
-                ("<|im_end|>\n<|im_start|>assistant\n", true),
-            ],
-            ChatTemplate::Zephyr => [
-                ("<|user|>\n", true),
-                (user, false),
-                ("</s>\n<|assistant|>\n", true),
-            ],
+            ChatTemplate::ChatMl => {
+                [("<|im_start|>user\n", true), (user, false), ("<|im_end|>\n<|im_start|>assistant\n", true)]
+            }
+            ChatTemplate::Zephyr => [("<|user|>\n", true), (user, false), ("</s>\n<|assistant|>\n", true)],
         };
         out.extend(tokenizer.encode_parts(&parts));
         out

@@ -103,11 +103,7 @@ impl Generation {
     /// Tokens generated per second after the first one (decode steps only).
     pub fn decode_tokens_per_s(&self) -> f64 {
         let steps = self.tokens.len().saturating_sub(1);
-        if steps == 0 {
-            0.0
-        } else {
-            steps as f64 / self.decode_time.as_secs_f64().max(1e-9)
-        }
+        if steps == 0 { 0.0 } else { steps as f64 / self.decode_time.as_secs_f64().max(1e-9) }
     }
 }
 
@@ -161,10 +157,7 @@ pub trait Engine: Send {
         params.sampling.validate()?;
         let context_length = self.context_length();
         if prompt.len() >= context_length {
-            return Err(Error::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                context_length,
-            });
+            return Err(Error::PromptTooLong { prompt_tokens: prompt.len(), context_length });
         }
         self.reset();
         let start = Instant::now();
@@ -199,27 +192,15 @@ pub trait Engine: Send {
 }
 
 /// Checks that tokens fit the vocabulary and the context before a forward pass.
-pub(crate) fn check_input(
-    tokens: &[u32],
-    vocab_size: usize,
-    position: usize,
-    context_length: usize,
-) -> Result<()> {
+pub(crate) fn check_input(tokens: &[u32], vocab_size: usize, position: usize, context_length: usize) -> Result<()> {
     if tokens.is_empty() {
         return Err(Error::EmptyPrompt);
     }
     if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
-        return Err(Error::TokenOutOfRange {
-            token: bad,
-            vocab_size,
-        });
+        return Err(Error::TokenOutOfRange { token: bad, vocab_size });
     }
     if position + tokens.len() > context_length {
-        return Err(Error::ContextFull {
-            position,
-            requested: tokens.len(),
-            context_length,
-        });
+        return Err(Error::ContextFull { position, requested: tokens.len(), context_length });
     }
     Ok(())
 }

@@ -87,9 +87,7 @@ pub enum Error {
         vocab_size: usize,
     },
     /// The model has no chat template this crate understands; `--raw` prompts still work.
-    #[error(
-        "the model has no supported chat template (ChatML or Zephyr); send a raw prompt instead"
-    )]
+    #[error("the model has no supported chat template (ChatML or Zephyr); send a raw prompt instead")]
     NoChatTemplate,
     /// The prompt tokenized to nothing.
     #[error("the prompt is empty: at least one token is needed")]
@@ -107,9 +105,7 @@ pub enum Error {
         context_length: usize,
     },
     /// The cache is full: the engine cannot take `requested` more tokens at `position`.
-    #[error(
-        "context full: {requested} more tokens at position {position} exceed the context of {context_length}"
-    )]
+    #[error("context full: {requested} more tokens at position {position} exceed the context of {context_length}")]
     ContextFull {
         /// Tokens already in the KV cache.
         position: usize,
@@ -155,9 +151,6 @@ impl Error {
     }
 
     pub(crate) fn metadata(key: &str, reason: impl Into<String>) -> Self {
-        Error::Metadata {
-            key: key.to_owned(),
-            reason: reason.into(),
-        }
+        Error::Metadata { key: key.to_owned(), reason: reason.into() }
     }
 }

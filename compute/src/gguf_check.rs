@@ -19,10 +19,7 @@ impl Reader<'_> {
     fn take(&mut self, n: u64, what: &str) -> Result<&[u8], String> {
         let remaining = (self.bytes.len() - self.pos) as u64;
         if n > remaining {
-            return Err(format!(
-                "{what} needs {n} bytes at offset {} but only {remaining} remain",
-                self.pos
-            ));
+            return Err(format!("{what} needs {n} bytes at offset {} but only {remaining} remain", self.pos));
         }
         let start = self.pos;
         self.pos += n as usize;
@@ -42,11 +39,7 @@ impl Reader<'_> {
     }
 
     fn len(&mut self, what: &str) -> Result<u64, String> {
-        if self.wide {
-            self.u64(what)
-        } else {
-            self.u32(what).map(u64::from)
-        }
+        if self.wide { self.u64(what) } else { self.u32(what).map(u64::from) }
     }
 
     fn string(&mut self, what: &str) -> Result<(), String> {
@@ -70,9 +63,7 @@ impl Reader<'_> {
                 // Every element takes at least one byte, so a longer array cannot fit.
                 let remaining = (self.bytes.len() - self.pos) as u64;
                 if n > remaining {
-                    return Err(format!(
-                        "array `{key}` claims {n} elements but only {remaining} bytes remain"
-                    ));
+                    return Err(format!("array `{key}` claims {n} elements but only {remaining} bytes remain"));
                 }
                 for _ in 0..n {
                     self.value(elem_ty, depth + 1, key)?;
@@ -87,16 +78,10 @@ impl Reader<'_> {
 
 /// Checks that the header's lengths and counts are consistent with the file's size.
 pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        wide: true,
-    };
+    let mut r = Reader { bytes, pos: 0, wide: true };
     let magic = r.u32("magic")?;
     if magic != MAGIC {
-        return Err(format!(
-            "bad magic {magic:#010x} (expected {MAGIC:#010x}, \"GGUF\")"
-        ));
+        return Err(format!("bad magic {magic:#010x} (expected {MAGIC:#010x}, \"GGUF\")"));
     }
     let version = r.u32("version")?;
     if !(1..=3).contains(&version) {
@@ -113,13 +98,10 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
     }
     for i in 0..n_tensors {
         let name_len = r.len(&format!("tensor #{i} name length"))?;
-        let name =
-            String::from_utf8_lossy(r.take(name_len, &format!("tensor #{i} name"))?).into_owned();
+        let name = String::from_utf8_lossy(r.take(name_len, &format!("tensor #{i} name"))?).into_owned();
         let n_dims = r.u32(&format!("dimension count of `{name}`"))?;
         if n_dims > 4 {
-            return Err(format!(
-                "tensor `{name}` has {n_dims} dimensions (at most 4)"
-            ));
+            return Err(format!("tensor `{name}` has {n_dims} dimensions (at most 4)"));
         }
         let mut elems: u64 = 1;
         for _ in 0..n_dims {
@@ -153,11 +135,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_magic_and_truncation() {
-        assert!(
-            check_header(b"GGML\x03\0\0\0")
-                .unwrap_err()
-                .contains("bad magic")
-        );
+        assert!(check_header(b"GGML\x03\0\0\0").unwrap_err().contains("bad magic"));
         assert!(check_header(b"GGUF").unwrap_err().contains("version"));
     }
 }

@@ -84,9 +84,7 @@ impl FromStr for Backend {
             "auto" => Ok(Backend::Auto),
             "wgpu" => Ok(Backend::Wgpu),
             "candle" => Ok(Backend::Candle),
-            other => Err(format!(
-                "unknown backend `{other}`: expected auto, wgpu or candle"
-            )),
+            other => Err(format!("unknown backend `{other}`: expected auto, wgpu or candle")),
         }
     }
 }
@@ -105,27 +103,15 @@ impl fmt::Display for Backend {
 pub fn open_engine(model: &Model, backend: Backend) -> Result<Box<dyn Engine>> {
     match backend {
         Backend::Candle => Ok(Box::new(CandleEngine::new(model)?)),
-        Backend::Wgpu => Ok(Box::new(WgpuEngine::new(
-            model,
-            &WgpuOptions {
-                allow_software: true,
-                ..Default::default()
-            },
-        )?)),
-        Backend::Auto => {
-            match WgpuEngine::new(
-                model,
-                &WgpuOptions {
-                    allow_software: false,
-                    ..Default::default()
-                },
-            ) {
-                Ok(engine) => Ok(Box::new(engine)),
-                Err(error) => {
-                    tracing::info!(target: "compute", %error, "no usable GPU; using candle on the CPU");
-                    Ok(Box::new(CandleEngine::new(model)?))
-                }
-            }
+        Backend::Wgpu => {
+            Ok(Box::new(WgpuEngine::new(model, &WgpuOptions { allow_software: true, ..Default::default() })?))
         }
+        Backend::Auto => match WgpuEngine::new(model, &WgpuOptions { allow_software: false, ..Default::default() }) {
+            Ok(engine) => Ok(Box::new(engine)),
+            Err(error) => {
+                tracing::info!(target: "compute", %error, "no usable GPU; using candle on the CPU");
+                Ok(Box::new(CandleEngine::new(model)?))
+            }
+        },
     }
 }

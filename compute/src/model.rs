@@ -107,41 +107,24 @@ impl Model {
     /// Reads, hashes and validates a GGUF file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         Self::from_bytes(path, bytes)
     }
 
     /// Validates a GGUF file already in memory; `path` only names it in errors.
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
         let id = ModelId::of_bytes(&bytes);
-        crate::gguf_check::check_header(&bytes).map_err(|reason| Error::InvalidGguf {
-            path: path.clone(),
-            reason,
-        })?;
-        let content = Content::read(&mut Cursor::new(&bytes)).map_err(|e| Error::InvalidGguf {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        crate::gguf_check::check_header(&bytes).map_err(|reason| Error::InvalidGguf { path: path.clone(), reason })?;
+        let content = Content::read(&mut Cursor::new(&bytes))
+            .map_err(|e| Error::InvalidGguf { path: path.clone(), reason: e.to_string() })?;
         let md = &content.metadata;
 
         let arch = get_str(md, "general.architecture")?;
         if arch != "llama" {
-            return Err(Error::UnsupportedArchitecture {
-                architecture: arch.to_owned(),
-            });
+            return Err(Error::UnsupportedArchitecture { architecture: arch.to_owned() });
         }
-        if md
-            .get("llama.expert_count")
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(0)
-            > 1
-        {
-            return Err(Error::UnsupportedArchitecture {
-                architecture: "llama with mixture of experts".to_owned(),
-            });
+        if md.get("llama.expert_count").and_then(|v| v.to_u32().ok()).unwrap_or(0) > 1 {
+            return Err(Error::UnsupportedArchitecture { architecture: "llama with mixture of experts".to_owned() });
         }
 
         let config = read_config(&content)?;
@@ -160,20 +143,8 @@ impl Model {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .and_then(|t| ChatTemplate::detect(t, &tokenizer));
-        let name = md
-            .get("general.name")
-            .and_then(|v| v.to_string().ok())
-            .cloned();
-        Ok(Model {
-            path,
-            id,
-            bytes,
-            content,
-            config,
-            tokenizer,
-            chat_template,
-            name,
-        })
+        let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned();
+        Ok(Model { path, id, bytes, content, config, tokenizer, chat_template, name })
     }
 
     /// The SHA-256 of the file.
@@ -229,10 +200,7 @@ impl Model {
             .content
             .tensor_infos
             .get(name)
-            .ok_or_else(|| Error::BadTensor {
-                tensor: name.to_owned(),
-                reason: "absent from the file".to_owned(),
-            })?;
+            .ok_or_else(|| Error::BadTensor { tensor: name.to_owned(), reason: "absent from the file".to_owned() })?;
         let size = tensor_size(info.ggml_dtype, info.shape.elem_count());
         let start = self.content.tensor_data_offset as usize + info.offset as usize;
         // check_tensors already proved every tensor lies inside the file.
@@ -243,11 +211,7 @@ impl Model {
     /// The embedding matrix doubles as the output projection when `output.weight` is absent
     /// (tied embeddings, as in SmolLM2).
     pub(crate) fn output_tensor_name(&self) -> &'static str {
-        if self.content.tensor_infos.contains_key("output.weight") {
-            "output.weight"
-        } else {
-            "token_embd.weight"
-        }
+        if self.content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" }
     }
 }
 
@@ -260,10 +224,7 @@ fn get<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<&'a Value> {
 }
 
 fn get_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<&'a str> {
-    get(md, key)?
-        .to_string()
-        .map(String::as_str)
-        .map_err(|e| Error::metadata(key, e.to_string()))
+    get(md, key)?.to_string().map(String::as_str).map_err(|e| Error::metadata(key, e.to_string()))
 }
 
 fn get_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize> {
@@ -279,10 +240,7 @@ fn get_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize> {
         Value::I32(x) if *x >= 0 => *x as u64,
         Value::I64(x) if *x >= 0 => *x as u64,
         other => {
-            return Err(Error::metadata(
-                key,
-                format!("expected a non-negative integer, found {other:?}"),
-            ));
+            return Err(Error::metadata(key, format!("expected a non-negative integer, found {other:?}")));
         }
     };
     usize::try_from(n).map_err(|_| Error::metadata(key, format!("{n} does not fit in usize")))
@@ -292,10 +250,7 @@ fn get_f32(md: &HashMap<String, Value>, key: &str) -> Result<f32> {
     match get(md, key)? {
         Value::F32(x) => Ok(*x),
         Value::F64(x) => Ok(*x as f32),
-        other => Err(Error::metadata(
-            key,
-            format!("expected a float, found {other:?}"),
-        )),
+        other => Err(Error::metadata(key, format!("expected a float, found {other:?}"))),
     }
 }
 
@@ -309,13 +264,10 @@ fn read_config(content: &Content) -> Result<LlamaConfig> {
     let context_length = get_usize(md, "llama.context_length")?;
     let rms_eps = get_f32(md, "llama.attention.layer_norm_rms_epsilon")?;
     let rope_theta = get_f32(md, "llama.rope.freq_base").unwrap_or(10_000.0);
-    let embd = content
-        .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| Error::BadTensor {
-            tensor: "token_embd.weight".to_owned(),
-            reason: "absent from the file".to_owned(),
-        })?;
+    let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| Error::BadTensor {
+        tensor: "token_embd.weight".to_owned(),
+        reason: "absent from the file".to_owned(),
+    })?;
     let vocab_size = match embd.shape.dims() {
         [rows, _] => *rows,
         dims => {
@@ -405,12 +357,7 @@ pub(crate) fn expected_shapes(c: &LlamaConfig, has_output: bool) -> Vec<(String,
     v
 }
 
-fn check_tensors(
-    path: &Path,
-    content: &Content,
-    config: &LlamaConfig,
-    file_len: usize,
-) -> Result<()> {
+fn check_tensors(path: &Path, content: &Content, config: &LlamaConfig, file_len: usize) -> Result<()> {
     for (name, info) in &content.tensor_infos {
         if !LOADABLE_TYPES.contains(&info.ggml_dtype) {
             return Err(Error::UnsupportedTensorType {
@@ -431,15 +378,12 @@ fn check_tensors(
                 ),
             });
         }
-        let end = (content.tensor_data_offset as u128)
-            + (info.offset as u128)
-            + tensor_size(info.ggml_dtype, elems) as u128;
+        let end =
+            (content.tensor_data_offset as u128) + (info.offset as u128) + tensor_size(info.ggml_dtype, elems) as u128;
         if end > file_len as u128 {
             return Err(Error::InvalidGguf {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated?)"
-                ),
+                reason: format!("tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated?)"),
             });
         }
     }
@@ -448,18 +392,11 @@ fn check_tensors(
         let info = content
             .tensor_infos
             .get(&name)
-            .ok_or_else(|| Error::BadTensor {
-                tensor: name.clone(),
-                reason: "absent from the file".to_owned(),
-            })?;
+            .ok_or_else(|| Error::BadTensor { tensor: name.clone(), reason: "absent from the file".to_owned() })?;
         if info.shape.dims() != shape.as_slice() {
             return Err(Error::BadTensor {
                 tensor: name.clone(),
-                reason: format!(
-                    "shape {:?} does not match {:?} implied by the metadata",
-                    info.shape.dims(),
-                    shape
-                ),
+                reason: format!("shape {:?} does not match {:?} implied by the metadata", info.shape.dims(), shape),
             });
         }
     }

@@ -22,11 +22,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-        }
+        SamplingParams { temperature: 0.0, top_p: 1.0, seed: 0 }
     }
 }
 
@@ -44,10 +40,7 @@ impl SamplingParams {
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidSampling(format!(
-                "top_p {} must be in (0, 1]",
-                self.top_p
-            )));
+            return Err(Error::InvalidSampling(format!("top_p {} must be in (0, 1]", self.top_p)));
         }
         Ok(())
     }
@@ -132,10 +125,7 @@ mod tests {
 
     #[test]
     fn greedy_picks_the_first_maximum() {
-        assert_eq!(
-            sample(&[0.0, 3.0, 3.0, -1.0], &SamplingParams::greedy(), 0),
-            1
-        );
+        assert_eq!(sample(&[0.0, 3.0, 3.0, -1.0], &SamplingParams::greedy(), 0), 1);
     }
 
     #[test]
@@ -143,11 +133,7 @@ mod tests {
         // Token 2 holds ~0.0003 of the mass; top_p 0.9 must never pick it.
         let logits = [5.0, 5.0, -3.0];
         for seed in 0..200 {
-            let p = SamplingParams {
-                temperature: 1.0,
-                top_p: 0.9,
-                seed,
-            };
+            let p = SamplingParams { temperature: 1.0, top_p: 0.9, seed };
             assert_ne!(sample(&logits, &p, 0), 2, "seed {seed}");
         }
     }
@@ -156,17 +142,7 @@ mod tests {
     fn sampling_follows_the_distribution() {
         let logits = [0.0, (3.0f32).ln()]; // p = 0.25, 0.75
         let ones = (0..4000)
-            .filter(|&s| {
-                sample(
-                    &logits,
-                    &SamplingParams {
-                        temperature: 1.0,
-                        top_p: 1.0,
-                        seed: 7,
-                    },
-                    s,
-                ) == 1
-            })
+            .filter(|&s| sample(&logits, &SamplingParams { temperature: 1.0, top_p: 1.0, seed: 7 }, s) == 1)
             .count();
         assert!((2800..3200).contains(&ones), "{ones} of 4000");
     }

@@ -108,21 +108,13 @@ fn tiny_vocab() -> Vec<String> {
 fn byte_level_metadata() -> (usize, Vec<(&'static str, Value)>) {
     let vocab = tiny_vocab();
     let n = vocab.len();
-    let token_types: Vec<Value> = (0..n)
-        .map(|i| Value::I32(if i >= n - SPECIALS.len() { 3 } else { 1 }))
-        .collect();
-    let merges: Vec<Value> = MERGES
-        .iter()
-        .map(|(a, b)| Value::String(format!("{a} {b}")))
-        .collect();
+    let token_types: Vec<Value> = (0..n).map(|i| Value::I32(if i >= n - SPECIALS.len() { 3 } else { 1 })).collect();
+    let merges: Vec<Value> = MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect();
     let im_end = (n - 1) as u32;
     let md = vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
-        (
-            "tokenizer.ggml.tokens",
-            Value::Array(vocab.into_iter().map(Value::String).collect()),
-        ),
+        ("tokenizer.ggml.tokens", Value::Array(vocab.into_iter().map(Value::String).collect())),
         ("tokenizer.ggml.token_type", Value::Array(token_types)),
         ("tokenizer.ggml.merges", Value::Array(merges)),
         ("tokenizer.ggml.bos_token_id", Value::U32(im_end - 2)),
@@ -140,9 +132,7 @@ fn byte_level_metadata() -> (usize, Vec<(&'static str, Value)>) {
 }
 
 /// SentencePiece pieces after the letters, best (highest score) first.
-const PIECES: &[&str] = &[
-    "▁t", "he", "▁the", "▁a", "in", "er", "at", "▁c", "▁cat", "▁s", "on", "an", "▁m", "▁mat",
-];
+const PIECES: &[&str] = &["▁t", "he", "▁the", "▁a", "in", "er", "at", "▁c", "▁cat", "▁s", "on", "an", "▁m", "▁mat"];
 
 /// A llama-style SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens,
 /// `▁`, the lowercase letters and [`PIECES`].
@@ -203,16 +193,9 @@ impl Rng {
     }
 
     fn tensor(&mut self, rows: usize, cols: usize, scale: f32, offset: f32) -> Result<Tensor> {
-        let data: Vec<f32> = (0..rows * cols)
-            .map(|_| offset + scale * self.next_f32())
-            .collect();
-        let shape: Vec<usize> = if rows == 1 {
-            vec![cols]
-        } else {
-            vec![rows, cols]
-        };
-        Tensor::from_vec(data, shape, &Device::Cpu)
-            .map_err(Error::candle("building a random tensor"))
+        let data: Vec<f32> = (0..rows * cols).map(|_| offset + scale * self.next_f32()).collect();
+        let shape: Vec<usize> = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+        Tensor::from_vec(data, shape, &Device::Cpu).map_err(Error::candle("building a random tensor"))
     }
 }
 
@@ -237,77 +220,32 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     // Tied embeddings are kept small and the final norm large: otherwise the residual
     // stream is dominated by the current token's embedding, and a model whose output
     // matrix is that embedding predicts its input token forever.
-    let (embd_scale, out_norm) = if spec.tied_embeddings {
-        (0.15, 3.0)
-    } else {
-        (0.5, 1.0)
-    };
-    tensors.push((
-        "token_embd.weight".into(),
-        quantize(
-            rng.tensor(n_vocab, h, embd_scale, 0.0)?,
-            spec.embedding_type,
-        )?,
-    ));
-    tensors.push((
-        "output_norm.weight".into(),
-        quantize(rng.tensor(1, h, 0.2, out_norm)?, GgmlDType::F32)?,
-    ));
+    let (embd_scale, out_norm) = if spec.tied_embeddings { (0.15, 3.0) } else { (0.5, 1.0) };
+    tensors
+        .push(("token_embd.weight".into(), quantize(rng.tensor(n_vocab, h, embd_scale, 0.0)?, spec.embedding_type)?));
+    tensors.push(("output_norm.weight".into(), quantize(rng.tensor(1, h, 0.2, out_norm)?, GgmlDType::F32)?));
     if !spec.tied_embeddings {
-        tensors.push((
-            "output.weight".into(),
-            quantize(rng.tensor(n_vocab, h, 0.5, 0.0)?, spec.embedding_type)?,
-        ));
+        tensors.push(("output.weight".into(), quantize(rng.tensor(n_vocab, h, 0.5, 0.0)?, spec.embedding_type)?));
     }
     for l in 0..spec.n_layers {
         let p = format!("blk.{l}");
         let w = spec.weight_type;
-        tensors.push((
-            format!("{p}.attn_norm.weight"),
-            quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?,
-        ));
-        tensors.push((
-            format!("{p}.attn_q.weight"),
-            quantize(rng.tensor(h, h, 2.0 * s_in, 0.0)?, w)?,
-        ));
-        tensors.push((
-            format!("{p}.attn_k.weight"),
-            quantize(rng.tensor(kv, h, 2.0 * s_in, 0.0)?, w)?,
-        ));
-        tensors.push((
-            format!("{p}.attn_v.weight"),
-            quantize(rng.tensor(kv, h, s_in, 0.0)?, w)?,
-        ));
-        tensors.push((
-            format!("{p}.attn_output.weight"),
-            quantize(rng.tensor(h, h, s_in, 0.0)?, w)?,
-        ));
-        tensors.push((
-            format!("{p}.ffn_norm.weight"),
-            quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?,
-        ));
-        tensors.push((
-            format!("{p}.ffn_gate.weight"),
-            quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?,
-        ));
-        tensors.push((
-            format!("{p}.ffn_up.weight"),
-            quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?,
-        ));
+        tensors.push((format!("{p}.attn_norm.weight"), quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?));
+        tensors.push((format!("{p}.attn_q.weight"), quantize(rng.tensor(h, h, 2.0 * s_in, 0.0)?, w)?));
+        tensors.push((format!("{p}.attn_k.weight"), quantize(rng.tensor(kv, h, 2.0 * s_in, 0.0)?, w)?));
+        tensors.push((format!("{p}.attn_v.weight"), quantize(rng.tensor(kv, h, s_in, 0.0)?, w)?));
+        tensors.push((format!("{p}.attn_output.weight"), quantize(rng.tensor(h, h, s_in, 0.0)?, w)?));
+        tensors.push((format!("{p}.ffn_norm.weight"), quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?));
+        tensors.push((format!("{p}.ffn_gate.weight"), quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?));
+        tensors.push((format!("{p}.ffn_up.weight"), quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?));
         let s_ffn = 1.0 / (spec.ffn as f32).sqrt();
-        tensors.push((
-            format!("{p}.ffn_down.weight"),
-            quantize(rng.tensor(h, spec.ffn, s_ffn, 0.0)?, w)?,
-        ));
+        tensors.push((format!("{p}.ffn_down.weight"), quantize(rng.tensor(h, spec.ffn, s_ffn, 0.0)?, w)?));
     }
 
     let u32v = |x: usize| Value::U32(x as u32);
     let mut metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
-        (
-            "general.name",
-            Value::String(format!("tiny random llama (seed {})", spec.seed)),
-        ),
+        ("general.name", Value::String(format!("tiny random llama (seed {})", spec.seed))),
         ("llama.block_count", u32v(spec.n_layers)),
         ("llama.context_length", u32v(spec.context_length)),
         ("llama.embedding_length", u32v(h)),
@@ -321,10 +259,7 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     metadata.extend(tokenizer_md);
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     gguf_file::write(&mut file, &md, &ts).map_err(Error::candle("writing the GGUF file"))?;
     std::io::Write::flush(&mut file).map_err(io)?;

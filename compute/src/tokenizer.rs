@@ -92,16 +92,8 @@ fn bytes_to_unicode() -> [char; 256] {
 
 fn string_array(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
     let v = md.get(key).ok_or_else(|| Error::metadata(key, "absent"))?;
-    let arr = v
-        .to_vec()
-        .map_err(|e| Error::metadata(key, e.to_string()))?;
-    arr.iter()
-        .map(|x| {
-            x.to_string()
-                .cloned()
-                .map_err(|e| Error::metadata(key, e.to_string()))
-        })
-        .collect()
+    let arr = v.to_vec().map_err(|e| Error::metadata(key, e.to_string()))?;
+    arr.iter().map(|x| x.to_string().cloned().map_err(|e| Error::metadata(key, e.to_string()))).collect()
 }
 
 fn opt_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
@@ -110,11 +102,7 @@ fn opt_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
 
 impl ByteLevel {
     fn new(tokens: &[String], merges: &[String], split_digits: bool) -> Result<Self> {
-        let ids: HashMap<&str, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.as_str(), i as u32))
-            .collect();
+        let ids: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
         let b2u = bytes_to_unicode();
         let mut byte_ids = [None; 256];
         for (b, c) in b2u.iter().enumerate() {
@@ -131,8 +119,7 @@ impl ByteLevel {
             let (a, b) = m.split_once(' ').ok_or_else(|| Error::Tokenizer {
                 reason: format!("merge #{rank} `{m}` is not two tokens separated by a space"),
             })?;
-            let (Some(&ia), Some(&ib), Some(&im)) =
-                (ids.get(a), ids.get(b), ids.get(format!("{a}{b}").as_str()))
+            let (Some(&ia), Some(&ib), Some(&im)) = (ids.get(a), ids.get(b), ids.get(format!("{a}{b}").as_str()))
             else {
                 return Err(Error::Tokenizer {
                     reason: format!("merge #{rank} `{m}` names tokens absent from the vocabulary"),
@@ -141,12 +128,7 @@ impl ByteLevel {
             // The first (lowest-rank) occurrence wins, as in the reference implementation.
             merge_map.entry((ia, ib)).or_insert((rank as u32, im));
         }
-        Ok(ByteLevel {
-            merges: merge_map,
-            byte_ids,
-            byte_of_char,
-            split_digits,
-        })
+        Ok(ByteLevel { merges: merge_map, byte_ids, byte_of_char, split_digits })
     }
 }
 
@@ -162,36 +144,17 @@ impl SentencePiece {
                 byte_of_token.insert(i as u32, b);
             }
         }
-        SentencePiece {
-            scores,
-            byte_tokens,
-            byte_of_token,
-            add_space_prefix,
-        }
+        SentencePiece { scores, byte_tokens, byte_of_token, add_space_prefix }
     }
 
-    fn encode(
-        &self,
-        text: &str,
-        at_start: bool,
-        ids: &HashMap<String, u32>,
-        unknown: Option<u32>,
-        out: &mut Vec<u32>,
-    ) {
+    fn encode(&self, text: &str, at_start: bool, ids: &HashMap<String, u32>, unknown: Option<u32>, out: &mut Vec<u32>) {
         if text.is_empty() {
             return;
         }
-        let prefix = if self.add_space_prefix && at_start {
-            " "
-        } else {
-            ""
-        };
+        let prefix = if self.add_space_prefix && at_start { " " } else { "" };
         let text = format!("{prefix}{text}").replace(' ', "\u{2581}");
         // Symbols are byte ranges of `text`, starting as single characters.
-        let mut syms: Vec<(usize, usize)> = text
-            .char_indices()
-            .map(|(i, c)| (i, i + c.len_utf8()))
-            .collect();
+        let mut syms: Vec<(usize, usize)> = text.char_indices().map(|(i, c)| (i, i + c.len_utf8())).collect();
         loop {
             let mut best: Option<(f32, usize)> = None;
             for i in 0..syms.len().saturating_sub(1) {
@@ -250,10 +213,7 @@ impl ByteLevel {
 
     /// Merges the bytes of one pre-token, lowest-ranked pair first.
     fn bpe(&self, word: &str, unknown: Option<u32>, out: &mut Vec<u32>) {
-        let mut syms: Vec<u32> = word
-            .bytes()
-            .filter_map(|b| self.byte_ids[b as usize].or(unknown))
-            .collect();
+        let mut syms: Vec<u32> = word.bytes().filter_map(|b| self.byte_ids[b as usize].or(unknown)).collect();
         loop {
             let best = syms
                 .windows(2)
@@ -314,14 +274,8 @@ impl Tokenizer {
             ))
         } else {
             let merges = string_array(md, "tokenizer.ggml.merges")?;
-            let pre = md
-                .get("tokenizer.ggml.pre")
-                .and_then(|v| v.to_string().ok());
-            Algorithm::ByteLevel(ByteLevel::new(
-                &tokens,
-                &merges,
-                pre.is_some_and(|p| p == "smollm"),
-            )?)
+            let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok());
+            Algorithm::ByteLevel(ByteLevel::new(&tokens, &merges, pre.is_some_and(|p| p == "smollm"))?)
         };
         // llama.cpp's defaults: SentencePiece vocabularies start a prompt with BOS.
         let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama");
@@ -346,11 +300,7 @@ impl Tokenizer {
         add_bos: bool,
     ) -> Result<Self> {
         let n = tokens.len();
-        let ids: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let mut is_special = vec![false; n];
         let mut specials = Vec::new();
         for (i, t) in types.iter().enumerate().take(n) {
@@ -380,18 +330,7 @@ impl Tokenizer {
                 stop_tokens.push(id);
             }
         }
-        Ok(Tokenizer {
-            tokens,
-            ids,
-            algorithm,
-            specials,
-            is_special,
-            unknown,
-            bos,
-            eos,
-            add_bos,
-            stop_tokens,
-        })
+        Ok(Tokenizer { tokens, ids, algorithm, specials, is_special, unknown, bos, eos, add_bos, stop_tokens })
     }
 
     /// Whether prompts start with the BOS token (`tokenizer.ggml.add_bos_token`).
@@ -473,8 +412,7 @@ impl Tokenizer {
                 let mut best: Option<(usize, &str, u32)> = None;
                 for (s, id) in &self.specials {
                     if let Some(pos) = rest.find(s.as_str())
-                        && best
-                            .is_none_or(|(bp, bs, _)| pos < bp || (pos == bp && s.len() > bs.len()))
+                        && best.is_none_or(|(bp, bs, _)| pos < bp || (pos == bp && s.len() > bs.len()))
                     {
                         best = Some((pos, s, *id));
                     }
@@ -513,10 +451,8 @@ impl Tokenizer {
 
     /// The bytes a token stands for; special tokens decode to nothing.
     pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
-        let text = self.tokens.get(id as usize).ok_or(Error::TokenOutOfRange {
-            token: id,
-            vocab_size: self.tokens.len(),
-        })?;
+        let text =
+            self.tokens.get(id as usize).ok_or(Error::TokenOutOfRange { token: id, vocab_size: self.tokens.len() })?;
         if self.is_special[id as usize] {
             return Ok(Vec::new());
         }
@@ -552,10 +488,7 @@ impl Tokenizer {
     /// A decoder that turns a stream of tokens into text, holding back bytes of a character
     /// that is split across tokens.
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
-        StreamDecoder {
-            tokenizer: self,
-            pending: Vec::new(),
-        }
+        StreamDecoder { tokenizer: self, pending: Vec::new() }
     }
 }
 
@@ -620,10 +553,7 @@ fn pre_tokenize(text: &str) -> Vec<&str> {
         // Contractions: 's 't 're 've 'm 'll 'd (case-sensitive, as in GPT-2).
         if c == '\'' {
             let rest = &text[start + 1..];
-            let n = ["s", "t", "re", "ve", "m", "ll", "d"]
-                .iter()
-                .find(|s| rest.starts_with(*s))
-                .map(|s| s.len());
+            let n = ["s", "t", "re", "ve", "m", "ll", "d"].iter().find(|s| rest.starts_with(*s)).map(|s| s.len());
             if let Some(n) = n {
                 out.push(&text[start..start + 1 + n]);
                 i += 1 + n; // all ASCII
@@ -668,10 +598,7 @@ fn pre_tokenize(text: &str) -> Vec<&str> {
             // An apostrophe starting a contraction ends an "other" run.
             if cls == Class::Other && chars[k].1 == '\'' {
                 let rest = &text[chars[k].0 + 1..];
-                if ["s", "t", "re", "ve", "m", "ll", "d"]
-                    .iter()
-                    .any(|s| rest.starts_with(s))
-                {
+                if ["s", "t", "re", "ve", "m", "ll", "d"].iter().any(|s| rest.starts_with(s)) {
                     break;
                 }
             }
@@ -690,10 +617,7 @@ mod tests {
     #[test]
     fn pre_tokenizer_follows_the_gpt2_regex() {
         assert_eq!(pre_tokenize("Hello world"), ["Hello", " world"]);
-        assert_eq!(
-            pre_tokenize("I'm  here!\n\nOk"),
-            ["I", "'m", " ", " here", "!", "\n", "\n", "Ok"]
-        );
+        assert_eq!(pre_tokenize("I'm  here!\n\nOk"), ["I", "'m", " ", " here", "!", "\n", "\n", "Ok"]);
         assert_eq!(pre_tokenize("a  b"), ["a", " ", " b"]);
         assert_eq!(pre_tokenize("x \n"), ["x", " \n"]);
         assert_eq!(pre_tokenize("(1+2) ..."), ["(", "1", "+", "2", ")", " ..."]);

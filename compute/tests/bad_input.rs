@@ -28,10 +28,7 @@ fn truncated_gguf() {
     let bytes = std::fs::read(&t.path).unwrap();
     for len in [10, 200, bytes.len() / 2, bytes.len() - 1] {
         let err = Model::from_bytes("cut.gguf".into(), bytes[..len].to_vec()).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidGguf { .. }),
-            "cut at {len}: {err}"
-        );
+        assert!(matches!(err, Error::InvalidGguf { .. }), "cut at {len}: {err}");
     }
 }
 
@@ -58,64 +55,36 @@ fn unsupported_architecture() {
     let mut bytes = std::fs::read(&t.path).unwrap();
     // Rename the architecture in place: "llama" -> "gemma" keeps every length the same.
     let needle = b"\x05\x00\x00\x00\x00\x00\x00\x00llama";
-    let i = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .unwrap();
+    let i = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
     bytes[i + 8..i + 13].copy_from_slice(b"gemma");
     let err = Model::from_bytes("gemma.gguf".into(), bytes).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedArchitecture { architecture } if architecture == "gemma"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::UnsupportedArchitecture { architecture } if architecture == "gemma"), "{err}");
 }
 
 #[test]
 fn unsupported_tensor_type() {
-    let spec = TinyLlamaSpec {
-        weight_type: GgmlDType::Q5_0,
-        ..TinyLlamaSpec::default()
-    };
+    let spec = TinyLlamaSpec { weight_type: GgmlDType::Q5_0, ..TinyLlamaSpec::default() };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q5.gguf");
     attrinet_compute::testing::write_random_llama(&path, &spec).unwrap();
     let err = Model::load(&path).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedTensorType { dtype, .. } if dtype == "Q5_0"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::UnsupportedTensorType { dtype, .. } if dtype == "Q5_0"), "{err}");
 }
 
 #[test]
 fn prompt_longer_than_the_context() {
-    let t = tiny(&TinyLlamaSpec {
-        context_length: 32,
-        ..TinyLlamaSpec::default()
-    });
+    let t = tiny(&TinyLlamaSpec { context_length: 32, ..TinyLlamaSpec::default() });
     let mut engine = CandleEngine::new(&t.model).unwrap();
     let prompt = vec![5u32; 40];
-    let err = engine
-        .generate(&prompt, &greedy(4), &mut |_| {})
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PromptTooLong {
-                prompt_tokens: 40,
-                context_length: 32
-            }
-        ),
-        "{err}"
-    );
+    let err = engine.generate(&prompt, &greedy(4), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::PromptTooLong { prompt_tokens: 40, context_length: 32 }), "{err}");
 }
 
 #[test]
 fn zero_max_tokens() {
     let t = tiny(&TinyLlamaSpec::default());
     let mut engine = CandleEngine::new(&t.model).unwrap();
-    let err = engine
-        .generate(&[5, 6], &greedy(0), &mut |_| {})
-        .unwrap_err();
+    let err = engine.generate(&[5, 6], &greedy(0), &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::ZeroMaxTokens), "{err}");
 }
 
@@ -124,9 +93,7 @@ fn token_outside_the_vocabulary_and_empty_prompt() {
     let t = tiny(&TinyLlamaSpec::default());
     let mut engine = CandleEngine::new(&t.model).unwrap();
     let vocab = t.model.config().vocab_size;
-    let err = engine
-        .generate(&[5, vocab as u32], &greedy(2), &mut |_| {})
-        .unwrap_err();
+    let err = engine.generate(&[5, vocab as u32], &greedy(2), &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::TokenOutOfRange { .. }), "{err}");
     let err = engine.generate(&[], &greedy(2), &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::EmptyPrompt), "{err}");

@@ -11,30 +11,14 @@ fn smollm2_tokens_match_the_reference_tokenizer() {
     // Ids produced by the reference Hugging Face tokenizer (tokenizer.json of
     // SmolLM2-135M-Instruct) for the same strings.
     let cases: &[(&str, &[u32])] = &[
-        (
-            "What is the capital of France?",
-            &[1780, 314, 260, 3575, 282, 4649, 47],
-        ),
-        (
-            "Hello, world! I'm 42 years old.",
-            &[19556, 28, 905, 17, 339, 5248, 216, 36, 34, 929, 1573, 30],
-        ),
-        (
-            "  Tabs\tand\n\nnewlines  end ",
-            &[
-                216, 312, 7366, 197, 397, 198, 198, 2241, 5110, 216, 1112, 216,
-            ],
-        ),
+        ("What is the capital of France?", &[1780, 314, 260, 3575, 282, 4649, 47]),
+        ("Hello, world! I'm 42 years old.", &[19556, 28, 905, 17, 339, 5248, 216, 36, 34, 929, 1573, 30]),
+        ("  Tabs\tand\n\nnewlines  end ", &[216, 312, 7366, 197, 397, 198, 198, 2241, 5110, 216, 1112, 216]),
         (
             "naïve café — “quotes” 3.14159",
-            &[
-                3546, 46494, 37366, 1841, 619, 385, 2346, 573, 216, 35, 30, 33, 36, 33, 37, 41,
-            ],
+            &[3546, 46494, 37366, 1841, 619, 385, 2346, 573, 216, 35, 30, 33, 36, 33, 37, 41],
         ),
-        (
-            "don't WON'T it's",
-            &[12420, 982, 408, 2154, 23, 68, 357, 506],
-        ),
+        ("don't WON'T it's", &[12420, 982, 408, 2154, 23, 68, 357, 506]),
     ];
     for (text, want) in cases {
         assert_eq!(tok.encode(text, false), *want, "{text:?}");
@@ -58,10 +42,7 @@ fn special_tokens_are_parsed_only_when_asked() {
 fn chat_prompt_uses_chatml() {
     let model = smollm2();
     let prompt = model.chat_prompt("Hi").unwrap();
-    let expected = model.tokenizer().encode(
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
-        true,
-    );
+    let expected = model.tokenizer().encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", true);
     assert_eq!(prompt, expected);
 }
 
@@ -95,19 +76,11 @@ mod sha2_check {
     pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
         use std::io::Write;
         use std::process::{Command, Stdio};
-        let mut child = Command::new("sha256sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sha256sum");
+        let mut child =
+            Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("sha256sum");
         child.stdin.take().unwrap().write_all(bytes).unwrap();
         let out = child.wait_with_output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
+        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
     }
 }
 
@@ -117,40 +90,25 @@ mod sentencepiece {
     use crate::util::tiny;
 
     fn ids(tok: &attrinet_compute::Tokenizer, pieces: &[&str]) -> Vec<u32> {
-        pieces
-            .iter()
-            .map(|p| tok.token_id(p).unwrap_or_else(|| panic!("no token {p:?}")))
-            .collect()
+        pieces.iter().map(|p| tok.token_id(p).unwrap_or_else(|| panic!("no token {p:?}"))).collect()
     }
 
     #[test]
     fn merges_by_score_with_a_space_prefix_and_byte_fallback() {
-        let t = tiny(&TinyLlamaSpec {
-            tokenizer: TinyTokenizer::SentencePiece,
-            ..TinyLlamaSpec::default()
-        });
+        let t = tiny(&TinyLlamaSpec { tokenizer: TinyTokenizer::SentencePiece, ..TinyLlamaSpec::default() });
         let tok = t.model.tokenizer();
         // "▁the" and "▁cat" are pieces; "▁mat" is too; "sat" is spelled from smaller ones.
-        assert_eq!(
-            tok.encode("the cat sat", false),
-            ids(tok, &["▁the", "▁cat", "▁s", "at"])
-        );
+        assert_eq!(tok.encode("the cat sat", false), ids(tok, &["▁the", "▁cat", "▁s", "at"]));
         // Characters outside the vocabulary become their UTF-8 bytes.
         assert_eq!(tok.encode("é", false), ids(tok, &["▁", "<0xC3>", "<0xA9>"]));
         // Decoding restores the text, with the prefix space SentencePiece added.
         let text = "the mat, é!";
-        assert_eq!(
-            tok.decode(&tok.encode(text, false)).unwrap(),
-            format!(" {text}")
-        );
+        assert_eq!(tok.decode(&tok.encode(text, false)).unwrap(), format!(" {text}"));
     }
 
     #[test]
     fn prompts_start_with_bos_and_use_the_zephyr_template() {
-        let t = tiny(&TinyLlamaSpec {
-            tokenizer: TinyTokenizer::SentencePiece,
-            ..TinyLlamaSpec::default()
-        });
+        let t = tiny(&TinyLlamaSpec { tokenizer: TinyTokenizer::SentencePiece, ..TinyLlamaSpec::default() });
         let tok = t.model.tokenizer();
         let bos = tok.bos_token().unwrap();
         assert!(tok.add_bos());

@@ -1,9 +1,7 @@
 //! The wgpu backend against the candle reference: logits, greedy tokens, sampling.
 
 use attrinet_compute::testing::{TinyLlamaSpec, TinyTokenizer};
-use attrinet_compute::{
-    CandleEngine, Engine, Error, GenerateParams, GgmlDType, KernelStyle, SamplingParams,
-};
+use attrinet_compute::{CandleEngine, Engine, Error, GenerateParams, GgmlDType, KernelStyle, SamplingParams};
 
 use crate::util::{greedy, smollm2, tiny, wgpu, wgpu_with};
 
@@ -87,34 +85,20 @@ fn shapes() -> Vec<(&'static str, TinyLlamaSpec)> {
         ),
         (
             "Q4_1, head width 8, Q4_0 embedding",
-            TinyLlamaSpec {
-                embedding_type: GgmlDType::Q4_0,
-                hidden: 64,
-                n_heads: 8,
-                n_kv_heads: 4,
-                seed: 6,
-                ..base
-            },
+            TinyLlamaSpec { embedding_type: GgmlDType::Q4_0, hidden: 64, n_heads: 8, n_kv_heads: 4, seed: 6, ..base },
         ),
     ]
 }
 
 fn assert_close(name: &str, what: &str, tolerance: f32, reference: &[f32], got: &[f32]) {
-    assert_eq!(
-        reference.len(),
-        got.len(),
-        "{name}: {what}: vocabulary sizes differ"
-    );
+    assert_eq!(reference.len(), got.len(), "{name}: {what}: vocabulary sizes differ");
     let scale = reference.iter().fold(1f32, |m, x| m.max(x.abs()));
     let (worst, diff) = reference
         .iter()
         .zip(got)
         .map(|(a, b)| (a - b).abs())
         .enumerate()
-        .fold(
-            (0, 0f32),
-            |(wi, w), (i, d)| if d > w { (i, d) } else { (wi, w) },
-        );
+        .fold((0, 0f32), |(wi, w), (i, d)| if d > w { (i, d) } else { (wi, w) });
     assert!(
         diff <= tolerance * scale,
         "{name}: {what}: logit {worst} differs by {diff} (candle {}, wgpu {}), over {tolerance} x {scale}",
@@ -131,21 +115,12 @@ fn logits_match_candle_on_tiny_models() {
         let t = tiny(&spec);
         let mut cpu = CandleEngine::new(&t.model).unwrap();
         let reference = cpu.forward_logits(&prompt).unwrap();
-        let steps: Vec<Vec<f32>> = [3u32, 250, 17]
-            .iter()
-            .map(|&tok| cpu.forward_logits(&[tok]).unwrap())
-            .collect();
+        let steps: Vec<Vec<f32>> = [3u32, 250, 17].iter().map(|&tok| cpu.forward_logits(&[tok]).unwrap()).collect();
         let tol = tolerance(&spec);
         for style in STYLES {
             let name = format!("{name} ({style:?})");
             let mut gpu = wgpu_with(&t.model, style);
-            assert_close(
-                &name,
-                "prefill",
-                tol,
-                &reference,
-                &gpu.forward_logits(&prompt).unwrap(),
-            );
+            assert_close(&name, "prefill", tol, &reference, &gpu.forward_logits(&prompt).unwrap());
             for (i, (&token, want)) in [3u32, 250, 17].iter().zip(&steps).enumerate() {
                 let got = gpu.forward_logits(&[token]).unwrap();
                 assert_close(&name, &format!("decode step {i}"), tol, want, &got);
@@ -166,15 +141,9 @@ fn greedy_tokens_match_candle_for_32_steps() {
         // A model that repeats one token would make the comparison vacuous. (Random models
         // with tied embeddings do repeat tokens for a while, hence only "more than one".)
         let distinct: std::collections::HashSet<_> = a.tokens.iter().collect();
-        assert!(
-            distinct.len() > 1,
-            "{name}: degenerate output {:?}",
-            a.tokens
-        );
+        assert!(distinct.len() > 1, "{name}: degenerate output {:?}", a.tokens);
         for style in STYLES {
-            let b = wgpu_with(&t.model, style)
-                .generate(&prompt, &greedy(32), &mut |_| {})
-                .unwrap();
+            let b = wgpu_with(&t.model, style).generate(&prompt, &greedy(32), &mut |_| {}).unwrap();
             assert_eq!(a.tokens, b.tokens, "{name} ({style:?})");
             assert_eq!(a.tokens_hash, b.tokens_hash, "{name} ({style:?})");
         }
@@ -189,44 +158,24 @@ fn device_sampler_is_seeded_and_follows_the_host_algorithm() {
     let prompt = t.model.chat_prompt("once upon a time").unwrap();
     let params = |seed, top_p| GenerateParams {
         max_tokens: 24,
-        sampling: SamplingParams {
-            temperature: 0.8,
-            top_p,
-            seed,
-        },
+        sampling: SamplingParams { temperature: 0.8, top_p, seed },
         stop_tokens: vec![],
     };
-    let a = gpu
-        .generate(&prompt, &params(11, 1.0), &mut |_| {})
-        .unwrap();
-    let b = gpu
-        .generate(&prompt, &params(11, 1.0), &mut |_| {})
-        .unwrap();
-    let c = gpu
-        .generate(&prompt, &params(12, 1.0), &mut |_| {})
-        .unwrap();
+    let a = gpu.generate(&prompt, &params(11, 1.0), &mut |_| {}).unwrap();
+    let b = gpu.generate(&prompt, &params(11, 1.0), &mut |_| {}).unwrap();
+    let c = gpu.generate(&prompt, &params(12, 1.0), &mut |_| {}).unwrap();
     assert_eq!(a.tokens, b.tokens, "same seed, same tokens");
     assert_ne!(a.tokens, c.tokens, "another seed, other tokens");
     // The device sampler runs the host sampler's algorithm on logits equal to within 1e-6,
     // with the same counter-based random numbers, so the choices coincide (a flip needs a
     // random number within ~1e-6 of a boundary).
     for top_p in [1.0, 0.7] {
-        let host = cpu
-            .generate(&prompt, &params(11, top_p), &mut |_| {})
-            .unwrap();
-        let device = gpu
-            .generate(&prompt, &params(11, top_p), &mut |_| {})
-            .unwrap();
+        let host = cpu.generate(&prompt, &params(11, top_p), &mut |_| {}).unwrap();
+        let device = gpu.generate(&prompt, &params(11, top_p), &mut |_| {}).unwrap();
         assert_eq!(host.tokens, device.tokens, "top_p {top_p}");
     }
-    let greedy_tokens = gpu
-        .generate(&prompt, &greedy(24), &mut |_| {})
-        .unwrap()
-        .tokens;
-    assert_ne!(
-        a.tokens, greedy_tokens,
-        "temperature 0.8 should not be greedy"
-    );
+    let greedy_tokens = gpu.generate(&prompt, &greedy(24), &mut |_| {}).unwrap().tokens;
+    assert_ne!(a.tokens, greedy_tokens, "temperature 0.8 should not be greedy");
 }
 
 /// Both backends quantize activations to 8 bits before each quantized product, so a
@@ -246,22 +195,14 @@ fn smollm2_matches_candle_and_answers_sensibly() {
         ("What is the chemical symbol for gold?", "Au"),
         ("What color is the sky on a clear day?", "blue"),
     ];
-    let params = GenerateParams {
-        stop_tokens: model.tokenizer().stop_tokens().to_vec(),
-        ..greedy(24)
-    };
+    let params = GenerateParams { stop_tokens: model.tokenizer().stop_tokens().to_vec(), ..greedy(24) };
     for (question, expected) in cases {
         let prompt = model.chat_prompt(question).unwrap();
         let a = cpu.generate(&prompt, &params, &mut |_| {}).unwrap();
         let b = gpu.generate(&prompt, &params, &mut |_| {}).unwrap();
         let text = model.tokenizer().decode(&b.tokens).unwrap();
         if a.tokens != b.tokens {
-            let at = a
-                .tokens
-                .iter()
-                .zip(&b.tokens)
-                .take_while(|(x, y)| x == y)
-                .count();
+            let at = a.tokens.iter().zip(&b.tokens).take_while(|(x, y)| x == y).count();
             let mut context = prompt.clone();
             context.extend(&a.tokens[..at]);
             cpu.reset();
@@ -275,54 +216,28 @@ fn smollm2_matches_candle_and_answers_sensibly() {
                 model.tokenizer().decode(&a.tokens).unwrap()
             );
         }
-        assert!(
-            text.contains(expected),
-            "{question}: {text:?} lacks {expected:?}"
-        );
+        assert!(text.contains(expected), "{question}: {text:?} lacks {expected:?}");
     }
 }
 
 #[test]
 fn wgpu_rejects_types_it_cannot_compute() {
-    let spec = TinyLlamaSpec {
-        weight_type: GgmlDType::Q4K,
-        hidden: 256,
-        ffn: 256,
-        ..TinyLlamaSpec::default()
-    };
+    let spec = TinyLlamaSpec { weight_type: GgmlDType::Q4K, hidden: 256, ffn: 256, ..TinyLlamaSpec::default() };
     let t = tiny(&spec);
     // candle runs K-quants; the wgpu kernels do not (yet), and say so before using a device.
     assert!(CandleEngine::new(&t.model).is_ok());
-    let options = attrinet_compute::WgpuOptions {
-        allow_software: true,
-        ..Default::default()
-    };
+    let options = attrinet_compute::WgpuOptions { allow_software: true, ..Default::default() };
     let err = attrinet_compute::WgpuEngine::new(&t.model, &options).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedTensorType { dtype, backend: "wgpu", .. } if dtype == "Q4K"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::UnsupportedTensorType { dtype, backend: "wgpu", .. } if dtype == "Q4K"), "{err}");
 }
 
 #[test]
 fn wgpu_reports_a_full_context() {
-    let t = tiny(&TinyLlamaSpec {
-        context_length: 40,
-        ..TinyLlamaSpec::default()
-    });
+    let t = tiny(&TinyLlamaSpec { context_length: 40, ..TinyLlamaSpec::default() });
     let mut gpu = wgpu(&t.model);
     assert_eq!(gpu.context_length(), 40);
     let err = gpu.generate(&[5; 40], &greedy(4), &mut |_| {}).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PromptTooLong {
-                prompt_tokens: 40,
-                context_length: 40
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::PromptTooLong { prompt_tokens: 40, context_length: 40 }), "{err}");
     // A prompt that fits stops when the cache is full rather than failing.
     let out = gpu.generate(&[5; 36], &greedy(100), &mut |_| {}).unwrap();
     assert_eq!(out.finish, attrinet_compute::FinishReason::ContextFull);
@@ -334,14 +249,8 @@ fn wgpu_reports_a_full_context() {
 fn a_decode_step_takes_the_documented_number_of_dispatches() {
     // 1 embedding + 10 per layer + 3 at the end with quantized weights; float weights skip
     // the one standalone activation quantization of each layer.
-    let quantized = tiny(&TinyLlamaSpec {
-        n_layers: 3,
-        ..TinyLlamaSpec::default()
-    });
-    assert_eq!(
-        wgpu(&quantized.model).dispatches_per_token(),
-        1 + 10 * 3 + 3
-    );
+    let quantized = tiny(&TinyLlamaSpec { n_layers: 3, ..TinyLlamaSpec::default() });
+    assert_eq!(wgpu(&quantized.model).dispatches_per_token(), 1 + 10 * 3 + 3);
     let float = tiny(&TinyLlamaSpec {
         n_layers: 3,
         weight_type: GgmlDType::F16,

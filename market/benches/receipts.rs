@@ -110,7 +110,10 @@ fn main() {
         black_box(&receipt).verify().expect("valid");
     });
 
-    println!("machine: {} logical CPUs, measured on 1 thread", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "machine: {} logical CPUs, measured on 1 thread",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("raw ed25519 verify            {raw_verify:>10.0} /s");
     println!("co-signed receipt verify      {verify:>10.0} /s   ratio to raw {:.2}", verify / raw_verify);
     println!("full receipt round (both sides){round:>9.0} /s   ratio to raw {:.2}", round / raw_verify);

@@ -184,9 +184,10 @@ impl MarketView {
     pub fn insert(&mut self, advert: SignedAdvert) -> Result<(), AdvertError> {
         let key = (advert.advert.node_key, advert.advert.model);
         if let Some(old) = self.adverts.get(&key)
-            && advert.advert.seq <= old.advert.seq {
-                return Err(AdvertError::Stale { last: old.advert.seq, got: advert.advert.seq });
-            }
+            && advert.advert.seq <= old.advert.seq
+        {
+            return Err(AdvertError::Stale { last: old.advert.seq, got: advert.advert.seq });
+        }
         self.adverts.insert(key, advert);
         Ok(())
     }
@@ -198,12 +199,7 @@ impl MarketView {
 
     /// Unexpired adverts for `model`.
     pub fn offers(&self, model: &ModelId, now: u64) -> Vec<ModelAdvert> {
-        self.adverts
-            .values()
-            .map(|a| &a.advert)
-            .filter(|a| a.model == *model && a.expires_at > now)
-            .cloned()
-            .collect()
+        self.adverts.values().map(|a| &a.advert).filter(|a| a.model == *model && a.expires_at > now).cloned().collect()
     }
 
     /// Every unexpired advert.

@@ -241,7 +241,8 @@ impl OutsiderProof {
         let n = u64::from(self.owner_count);
         let at = |side: &Option<(Address, crate::MerkleProof)>| {
             side.as_ref().map(|(o, p)| {
-                (p.leaf_count == n && p.verify(&owner_digest(o, self.owner_count), &self.owners_root).is_ok()).then_some((*o, p.index))
+                (p.leaf_count == n && p.verify(&owner_digest(o, self.owner_count), &self.owners_root).is_ok())
+                    .then_some((*o, p.index))
             })
         };
         match (at(&self.below), at(&self.above)) {
@@ -501,7 +502,15 @@ impl Datanet {
         verify_suffix_array(&text, &stored.suffixes).map_err(|reason| AttributionError::CorruptIndex { reason })?;
         let contributions_root = MerkleTree::new(&digests).root();
         let root = datanet_root_of(stored.min_span, &contributions_root, &owners_root(&owners));
-        Ok(Datanet { min_span: stored.min_span, owners, entries, text, suffixes: stored.suffixes, root, contributions_root })
+        Ok(Datanet {
+            min_span: stored.min_span,
+            owners,
+            entries,
+            text,
+            suffixes: stored.suffixes,
+            root,
+            contributions_root,
+        })
     }
 }
 

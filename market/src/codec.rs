@@ -14,8 +14,8 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a value, rejecting trailing bytes so that one value has one encoding length.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MarketError> {
     let what = std::any::type_name::<T>();
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|e| MarketError::Decode { what, reason: e.to_string() })?;
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| MarketError::Decode { what, reason: e.to_string() })?;
     if !rest.is_empty() {
         return Err(MarketError::Decode { what, reason: format!("{} trailing bytes", rest.len()) });
     }
@@ -26,16 +26,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MarketError> {
 pub(crate) mod byte_array {
     use serde::{Deserializer, Serializer, de};
 
-    pub(crate) fn serialize<S: Serializer, const N: usize>(
-        bytes: &[u8; N],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(bytes)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<[u8; N], D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
         struct Visitor<const N: usize>;
         impl<const N: usize> de::Visitor<'_> for Visitor<N> {
             type Value = [u8; N];

@@ -17,9 +17,7 @@ pub enum MarketError {
         minus: Wei,
     },
     /// Tokens × price does not fit in 128 bits: the price is absurd.
-    #[error(
-        "price overflow: {input_tokens} input and {output_tokens} output tokens at {price:?} exceed 2^128 wei"
-    )]
+    #[error("price overflow: {input_tokens} input and {output_tokens} output tokens at {price:?} exceed 2^128 wei")]
     PriceOverflow {
         /// The price used.
         price: Price,

@@ -22,10 +22,7 @@ pub struct Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print secrets.
-        f.debug_struct("Identity")
-            .field("public_key", &self.public_key())
-            .field("address", &self.address())
-            .finish()
+        f.debug_struct("Identity").field("public_key", &self.public_key()).field("address", &self.address()).finish()
     }
 }
 
@@ -33,10 +30,8 @@ impl Identity {
     /// Builds an identity from two 32-byte secrets; an error if the secp256k1 secret is not
     /// a valid scalar (zero or not below the group order).
     pub fn from_secrets(ed25519: [u8; 32], evm: [u8; 32]) -> Result<Identity, MarketError> {
-        let evm = PrivateKeySigner::from_bytes(&evm.into()).map_err(|e| MarketError::Decode {
-            what: "secp256k1 secret key",
-            reason: e.to_string(),
-        })?;
+        let evm = PrivateKeySigner::from_bytes(&evm.into())
+            .map_err(|e| MarketError::Decode { what: "secp256k1 secret key", reason: e.to_string() })?;
         Ok(Identity { ed25519: SigningKey::from_bytes(&ed25519), evm })
     }
 

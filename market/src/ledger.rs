@@ -219,21 +219,13 @@ impl BatchLeaf {
 
 /// The Merkle-sum root over the leaves after `start`, plus `extra`.
 fn batch_root(leaves: &[BatchLeaf], start: Seq, extra: &BatchLeaf) -> Result<B256, MarketError> {
-    let items: Vec<(B256, Wei)> = leaves
-        .iter()
-        .chain(std::iter::once(extra))
-        .filter(|l| l.seq > start)
-        .map(|l| (l.digest, l.value))
-        .collect();
+    let items: Vec<(B256, Wei)> =
+        leaves.iter().chain(std::iter::once(extra)).filter(|l| l.seq > start).map(|l| (l.digest, l.value)).collect();
     Ok(SumTree::new(&items)?.root().hash)
 }
 
 fn unsettled_leaves(state: &ChannelState, receipts: &[StoredReceipt]) -> Vec<BatchLeaf> {
-    receipts
-        .iter()
-        .map(|s| BatchLeaf::of(&s.receipt.receipt))
-        .filter(|l| l.seq > state.settled_seq)
-        .collect()
+    receipts.iter().map(|s| BatchLeaf::of(&s.receipt.receipt)).filter(|l| l.seq > state.settled_seq).collect()
 }
 
 /// The client's side of a channel.
@@ -464,16 +456,30 @@ impl ProviderChannel {
         Ok((proposal, self.state.settled_seq))
     }
 
-    fn make_proposal(&self, reservation: &Reservation, usage: &Usage, now: u64, me: &Identity) -> Result<ProposedReceipt, LedgerError> {
+    fn make_proposal(
+        &self,
+        reservation: &Reservation,
+        usage: &Usage,
+        now: u64,
+        me: &Identity,
+    ) -> Result<ProposedReceipt, LedgerError> {
         if let Some(p) = &self.pending {
             return Err(LedgerError::ProposalInFlight { seq: p.receipt.seq });
         }
         let quote = reservation.quote;
         if usage.output_tokens > quote.max_output_tokens {
-            return Err(LedgerError::WrongTokens { kind: "output", claimed: usage.output_tokens, allowed: quote.max_output_tokens });
+            return Err(LedgerError::WrongTokens {
+                kind: "output",
+                claimed: usage.output_tokens,
+                allowed: quote.max_output_tokens,
+            });
         }
         if usage.input_tokens > quote.max_input_tokens {
-            return Err(LedgerError::WrongTokens { kind: "input", claimed: usage.input_tokens, allowed: quote.max_input_tokens });
+            return Err(LedgerError::WrongTokens {
+                kind: "input",
+                claimed: usage.input_tokens,
+                allowed: quote.max_input_tokens,
+            });
         }
         let value = quote.price.value(usage.input_tokens, usage.output_tokens)?;
         if value > reservation.amount {

@@ -84,7 +84,8 @@ mod types;
 mod voucher;
 
 pub use advert::{
-    AdvertError, MAX_ADVERT_ADDRS, MAX_ADVERT_BYTES, MAX_ADVERT_TTL_SECS, MAX_MODEL_NAME, MarketView, ModelAdvert, SignedAdvert,
+    AdvertError, MAX_ADVERT_ADDRS, MAX_ADVERT_BYTES, MAX_ADVERT_TTL_SECS, MAX_MODEL_NAME, MarketView, ModelAdvert,
+    SignedAdvert,
 };
 pub use codec::{decode, encode};
 pub use eip712::{DOMAIN_NAME, DOMAIN_VERSION};
@@ -92,6 +93,11 @@ pub use eip712::{DOMAIN_NAME, DOMAIN_VERSION};
 pub mod sol {
     pub use crate::eip712::{Receipt, Voucher};
 }
+pub use attribution::{
+    Attribution, AttributionError, Contribution, DEFAULT_MIN_SPAN, DataEntry, Datanet, Document, OutsiderProof,
+    PPM_WHOLE, Span, Weight, Weights, contributor_totals, datanet_root, owner_digest, owners_root, ppm_of,
+    receipt_data_share, run_data_entries, weight_digest,
+};
 pub use error::{MarketError, VerifyError};
 pub use keys::Identity;
 pub use ledger::{
@@ -104,7 +110,3 @@ pub use split::{BPS_WHOLE, Payout, Split};
 pub use store::{ChannelParams, ChannelState, MemStore, Store, StoreError, StoredReceipt, merge_put};
 pub use types::{ChannelId, Domain, ModelId, Price, Seq, TOKENS_PER_PRICE_UNIT, Wei};
 pub use voucher::{EvmSignature, SignedVoucher, Voucher};
-pub use attribution::{
-    Attribution, AttributionError, Contribution, DEFAULT_MIN_SPAN, DataEntry, Datanet, Document, PPM_WHOLE, Span,
-    Weight, Weights, contributor_totals, datanet_root, owner_digest, owners_root, OutsiderProof, ppm_of, receipt_data_share, run_data_entries, weight_digest,
-};

@@ -121,7 +121,12 @@ mod tests {
 
     #[test]
     fn cheaper_and_faster_win_full_and_pricey_are_left_out() {
-        let offers = [offer(1, 2000, 100, 50, 1), offer(2, 1000, 100, 50, 1), offer(3, 1000, 100, 100, 1), offer(4, 1, 1, 1000, 0)];
+        let offers = [
+            offer(1, 2000, 100, 50, 1),
+            offer(2, 1000, 100, 50, 1),
+            offer(3, 1000, 100, 100, 1),
+            offer(4, 1, 1, 1000, 0),
+        ];
         let ranked: Vec<u8> = rank(&offers, &DEMAND, &ProviderBook::new()).iter().map(|a| a.node_key.0[0]).collect();
         assert_eq!(ranked, vec![3, 2, 1]);
         let capped = Demand { max_cost: Some(Wei(300)), ..DEMAND };

@@ -258,10 +258,9 @@ impl Store for MemStore {
         let id = receipt.receipt.channel;
         let state = inner.channels.get(&id).ok_or(StoreError::UnknownChannel(id))?;
         let next = state.after(receipt, voucher)?;
-        inner.receipts.insert(
-            (id, next.last_seq),
-            StoredReceipt { receipt: receipt.clone(), voucher: voucher.clone() },
-        );
+        inner
+            .receipts
+            .insert((id, next.last_seq), StoredReceipt { receipt: receipt.clone(), voucher: voucher.clone() });
         inner.channels.insert(id, next.clone());
         Ok(next)
     }

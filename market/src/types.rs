@@ -55,9 +55,7 @@ hash_id!(
 
 /// A receipt's position in its channel: 1 for the first receipt, then exactly +1.
 /// `Seq(0)` means "no receipt yet".
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Debug, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Debug, Serialize, Deserialize)]
 pub struct Seq(pub u64);
 
 impl Seq {
@@ -78,9 +76,7 @@ impl fmt::Display for Seq {
 
 /// An amount of the chain's native currency, in wei. Arithmetic is checked: an overflow is
 /// an error, never a wrap.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Debug, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Debug, Serialize, Deserialize)]
 pub struct Wei(pub u128);
 
 impl Wei {
@@ -94,10 +90,7 @@ impl Wei {
 
     /// `self - other`, or [`MarketError::AmountUnderflow`] when `other > self`.
     pub fn checked_sub(self, other: Wei) -> Result<Wei, MarketError> {
-        self.0
-            .checked_sub(other.0)
-            .map(Wei)
-            .ok_or(MarketError::AmountUnderflow { from: self, minus: other })
+        self.0.checked_sub(other.0).map(Wei).ok_or(MarketError::AmountUnderflow { from: self, minus: other })
     }
 }
 
@@ -123,10 +116,11 @@ impl Price {
     pub fn value(&self, input_tokens: u32, output_tokens: u32) -> Result<Wei, MarketError> {
         let input = u128::from(input_tokens).checked_mul(self.per_1k_input.0);
         let output = u128::from(output_tokens).checked_mul(self.per_1k_output.0);
-        let total = input
-            .zip(output)
-            .and_then(|(i, o)| i.checked_add(o))
-            .ok_or(MarketError::PriceOverflow { price: *self, input_tokens, output_tokens })?;
+        let total = input.zip(output).and_then(|(i, o)| i.checked_add(o)).ok_or(MarketError::PriceOverflow {
+            price: *self,
+            input_tokens,
+            output_tokens,
+        })?;
         Ok(Wei(total / TOKENS_PER_PRICE_UNIT))
     }
 }

@@ -16,8 +16,7 @@ use crate::types::{ChannelId, Domain, Seq, Wei};
 
 /// secp256k1's group order divided by two: signatures with a larger `s` are rejected (EIP-2),
 /// because `(r, n − s)` would be a second valid signature of the same voucher.
-const HALF_ORDER: U256 =
-    uint!(0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0_U256);
+const HALF_ORDER: U256 = uint!(0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0_U256);
 
 /// A secp256k1 signature as `ecrecover` takes it: `r ‖ s ‖ v`, `v` 27 or 28, low `s`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,9 +92,7 @@ impl Voucher {
 
     /// Signs as the payer.
     pub fn sign(self, payer: &PrivateKeySigner) -> SignedVoucher {
-        let sig = payer
-            .sign_hash_sync(&self.digest())
-            .expect("signing a 32-byte hash with a local key cannot fail");
+        let sig = payer.sign_hash_sync(&self.digest()).expect("signing a 32-byte hash with a local key cannot fail");
         SignedVoucher { voucher: self, signature: EvmSignature::from_alloy(&sig) }
     }
 }
@@ -121,10 +118,6 @@ impl SignedVoucher {
     /// Checks that `payer` signed it.
     pub fn verify(&self, payer: Address) -> Result<(), VerifyError> {
         let recovered = self.signer()?;
-        if recovered == payer {
-            Ok(())
-        } else {
-            Err(VerifyError::WrongVoucherSigner { recovered, expected: payer })
-        }
+        if recovered == payer { Ok(()) } else { Err(VerifyError::WrongVoucherSigner { recovered, expected: payer }) }
     }
 }

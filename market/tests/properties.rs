@@ -44,8 +44,7 @@ fn domain() -> impl Strategy<Value = Domain> {
 }
 
 fn price() -> impl Strategy<Value = Price> {
-    (0u128..1u128 << 90, 0u128..1u128 << 90)
-        .prop_map(|(i, o)| Price { per_1k_input: Wei(i), per_1k_output: Wei(o) })
+    (0u128..1u128 << 90, 0u128..1u128 << 90).prop_map(|(i, o)| Price { per_1k_input: Wei(i), per_1k_output: Wei(o) })
 }
 
 fn receipt_with(payer: &Identity, provider: &Identity) -> impl Strategy<Value = Receipt> + use<> {
@@ -54,24 +53,26 @@ fn receipt_with(payer: &Identity, provider: &Identity) -> impl Strategy<Value = 
         (domain(), b256(), any::<u64>(), b256(), b256(), b256()),
         (any::<u32>(), any::<u32>(), price(), wei(), wei(), b256(), any::<u64>()),
     )
-        .prop_map(move |((domain, channel, seq, model, req, resp), (i, o, price, value, cumulative, attr, ts))| Receipt {
-            domain,
-            channel: ChannelId(channel),
-            seq: Seq(seq),
-            payer: pa,
-            provider: va,
-            payer_key: pk,
-            provider_key: vk,
-            model: ModelId(model),
-            request_hash: req,
-            response_hash: resp,
-            input_tokens: i,
-            output_tokens: o,
-            price,
-            value,
-            cumulative,
-            attribution_root: attr,
-            timestamp: ts,
+        .prop_map(move |((domain, channel, seq, model, req, resp), (i, o, price, value, cumulative, attr, ts))| {
+            Receipt {
+                domain,
+                channel: ChannelId(channel),
+                seq: Seq(seq),
+                payer: pa,
+                provider: va,
+                payer_key: pk,
+                provider_key: vk,
+                model: ModelId(model),
+                request_hash: req,
+                response_hash: resp,
+                input_tokens: i,
+                output_tokens: o,
+                price,
+                value,
+                cumulative,
+                attribution_root: attr,
+                timestamp: ts,
+            }
         })
 }
 
@@ -86,10 +87,12 @@ fn signed_receipt() -> impl Strategy<Value = (SignedReceipt, Identity, Identity)
 }
 
 fn signed_voucher() -> impl Strategy<Value = (SignedVoucher, Address)> {
-    (identity(), domain(), b256(), any::<u64>(), wei(), b256()).prop_map(|(payer, domain, ch, seq, cumulative, root)| {
-        let v = Voucher { domain, channel: ChannelId(ch), seq: Seq(seq), cumulative, receipts_root: root };
-        (v.sign(&payer.evm), payer.address())
-    })
+    (identity(), domain(), b256(), any::<u64>(), wei(), b256()).prop_map(
+        |(payer, domain, ch, seq, cumulative, root)| {
+            let v = Voucher { domain, channel: ChannelId(ch), seq: Seq(seq), cumulative, receipts_root: root };
+            (v.sign(&payer.evm), payer.address())
+        },
+    )
 }
 
 proptest! {
@@ -434,7 +437,10 @@ fn provider_refuses_past_its_exposure_limit_and_the_deposit() {
     // The deposit bounds the total even under a generous limit.
     let mut ch = Channel::new(Wei(400), Wei(1_000_000));
     ch.round(100, 50).unwrap();
-    assert_eq!(ch.provider.reserve(ch.quote).unwrap_err(), LedgerError::DepositExceeded { needed: Wei(500), deposit: Wei(400) });
+    assert_eq!(
+        ch.provider.reserve(ch.quote).unwrap_err(),
+        LedgerError::DepositExceeded { needed: Wei(500), deposit: Wei(400) }
+    );
 }
 
 #[test]
@@ -470,7 +476,10 @@ fn provider_refuses_a_voucher_for_the_wrong_batch() {
     assert!(matches!(ch.provider.check_cosigned(&receipt, &voucher), Err(LedgerError::WrongReceiptsRoot { .. })));
     // A voucher signed by someone other than the payer.
     let forged = voucher.voucher.clone().sign(&ch.node.evm);
-    assert!(matches!(ch.provider.check_cosigned(&receipt, &forged), Err(LedgerError::WrongReceiptsRoot { .. }) | Err(LedgerError::Signature(_))));
+    assert!(matches!(
+        ch.provider.check_cosigned(&receipt, &forged),
+        Err(LedgerError::WrongReceiptsRoot { .. }) | Err(LedgerError::Signature(_))
+    ));
 }
 
 fn advert_by(node: &Identity, seq: u64, expires_at: u64) -> SignedAdvert {
@@ -527,9 +536,15 @@ fn advert_validation_names_each_fault() {
     let big = encode(&big.sign(&node.ed25519));
     assert_eq!(SignedAdvert::from_gossip(&big, &node.public_key(), now), Err(AdvertError::TooLarge(big.len())));
     // Expired, or claiming to live too long.
-    assert!(matches!(SignedAdvert::from_gossip(&encode(&good), &node.public_key(), now + 60), Err(AdvertError::Expired { .. })));
+    assert!(matches!(
+        SignedAdvert::from_gossip(&encode(&good), &node.public_key(), now + 60),
+        Err(AdvertError::Expired { .. })
+    ));
     let long = advert_by(&node, 1, now + MAX_ADVERT_TTL_SECS + 1);
-    assert!(matches!(SignedAdvert::from_gossip(&encode(&long), &node.public_key(), now), Err(AdvertError::TooLongLived { .. })));
+    assert!(matches!(
+        SignedAdvert::from_gossip(&encode(&long), &node.public_key(), now),
+        Err(AdvertError::TooLongLived { .. })
+    ));
     // The view keeps the newest per node and model, refuses replays, forgets expired ones.
     let mut view = MarketView::new();
     view.insert(advert_by(&node, 2, now + 60)).unwrap();

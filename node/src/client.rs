@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use alloy_primitives::Address;
 use anyhow::{Context, bail};
 use attrinet_chain::{ChainClient, ChannelInfo};
-use attrinet_market::{ChannelId, ChannelParams, ChannelState, Demand, Identity, ModelAdvert, ProviderBook, Store, Wei, rank};
+use attrinet_market::{
+    ChannelId, ChannelParams, ChannelState, Demand, Identity, ModelAdvert, ProviderBook, Store, Wei, rank,
+};
 use attrinet_p2p::{Client, unix_now};
 
 use crate::store::SledStore;
@@ -29,11 +31,8 @@ pub struct ChannelOpener {
 impl ChannelOpener {
     /// Opens a channel to `provider` (a registered node) with `deposit` and records it.
     pub async fn open(&self, provider: Address, deposit: Wei) -> anyhow::Result<ChannelState> {
-        let provider_key = self
-            .chain
-            .node_key(provider)
-            .await?
-            .with_context(|| format!("{provider} is not a registered node"))?;
+        let provider_key =
+            self.chain.node_key(provider).await?.with_context(|| format!("{provider} is not a registered node"))?;
         let (id, _) = self.chain.open(provider, &self.identity.public_key(), deposit).await?;
         let state = ChannelState::open(
             ChannelParams {
@@ -56,12 +55,21 @@ impl ChannelOpener {
     /// Makes sure this payer has a channel with deposit left with at least one provider of
     /// `model`: when it has none, opens one with the best-ranked provider. Returns the channel opened,
     /// if any.
-    pub async fn ensure(&self, network: &Client, model: &str, max_tokens: u32, max_cost: Option<Wei>) -> anyhow::Result<Option<ChannelState>> {
+    pub async fn ensure(
+        &self,
+        network: &Client,
+        model: &str,
+        max_tokens: u32,
+        max_cost: Option<Wei>,
+    ) -> anyhow::Result<Option<ChannelState>> {
         let offers = network.market().await?.find(model, unix_now());
         let me = self.identity.address();
         let mine: Vec<ChannelState> =
             self.store.channels()?.into_iter().filter(|c| c.params.payer == me && c.has_deposit_left()).collect();
-        if offers.iter().any(|a| mine.iter().any(|c| c.params.provider_key == a.node_key && c.params.provider == a.evm_address)) {
+        if offers
+            .iter()
+            .any(|a| mine.iter().any(|c| c.params.provider_key == a.node_key && c.params.provider == a.evm_address))
+        {
             return Ok(None);
         }
         let demand = Demand { input_tokens: 0, max_output_tokens: max_tokens, max_cost };
@@ -74,11 +82,18 @@ impl ChannelOpener {
 
 /// Connects to the chain and checks that the endpoint serves the deployment's chain: receipts
 /// and vouchers signed under another chain id would all be refused at settlement.
-pub async fn connect_chain(rpc: &str, identity: &Identity, deployment: attrinet_chain::Deployment) -> anyhow::Result<ChainClient> {
+pub async fn connect_chain(
+    rpc: &str,
+    identity: &Identity,
+    deployment: attrinet_chain::Deployment,
+) -> anyhow::Result<ChainClient> {
     let chain = ChainClient::connect(rpc, identity.evm.clone(), deployment)?;
     let id = chain.rpc_chain_id().await.with_context(|| format!("cannot reach the chain at {rpc}"))?;
     if id != deployment.chain_id {
-        bail!("the chain at {rpc} has id {id}, but the configuration says {}: set --chain-id (or chain_id under [chain])", deployment.chain_id);
+        bail!(
+            "the chain at {rpc} has id {id}, but the configuration says {}: set --chain-id (or chain_id under [chain])",
+            deployment.chain_id
+        );
     }
     Ok(chain)
 }
@@ -119,7 +134,13 @@ impl ChannelLine {
     /// As text.
     pub fn render(&self, me: Address) -> String {
         let p = &self.local.params;
-        let role = if p.payer == me { "payer" } else if p.provider == me { "provider" } else { "other" };
+        let role = if p.payer == me {
+            "payer"
+        } else if p.provider == me {
+            "provider"
+        } else {
+            "other"
+        };
         let mut s = format!("channel {}  ({role})\n  payer {}  provider {}\n", p.id, p.payer, p.provider);
         s += &format!(
             "  local: last seq {}, cumulative {} wei, settled to seq {}\n",
@@ -148,7 +169,9 @@ impl ChannelLine {
 
 /// Parses a channel id (0x + 64 hex digits).
 pub fn parse_channel(s: &str) -> Result<ChannelId, String> {
-    s.parse::<alloy_primitives::B256>().map(ChannelId).map_err(|_| format!("`{s}` is not a channel id (0x and 64 hex digits)"))
+    s.parse::<alloy_primitives::B256>()
+        .map(ChannelId)
+        .map_err(|_| format!("`{s}` is not a channel id (0x and 64 hex digits)"))
 }
 
 /// Refuses a channel this payer does not know: actions on other people's channels fail

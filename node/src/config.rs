@@ -163,11 +163,15 @@ impl ChainFlags {
     /// The endpoint and deployment, or an error naming what is missing and where to set it.
     pub fn resolve(&self, file: &ChainConfig) -> anyhow::Result<(String, Deployment)> {
         let missing = |flag: &str, var: &str, key: &str| {
-            anyhow::anyhow!("no {flag}: pass --{flag}, set {var}, or put `{key}` under [chain] in the config file (`attrinet devnet --keep` writes one)")
+            anyhow::anyhow!(
+                "no {flag}: pass --{flag}, set {var}, or put `{key}` under [chain] in the config file (`attrinet devnet --keep` writes one)"
+            )
         };
         let rpc = self.rpc.clone().or_else(|| file.rpc.clone()).ok_or_else(|| missing("rpc", "ATTRINET_RPC", "rpc"))?;
-        let registry = self.registry.or(file.registry).ok_or_else(|| missing("registry", "ATTRINET_REGISTRY", "registry"))?;
-        let channels = self.channels.or(file.channels).ok_or_else(|| missing("channels", "ATTRINET_CHANNELS", "channels"))?;
+        let registry =
+            self.registry.or(file.registry).ok_or_else(|| missing("registry", "ATTRINET_REGISTRY", "registry"))?;
+        let channels =
+            self.channels.or(file.channels).ok_or_else(|| missing("channels", "ATTRINET_CHANNELS", "channels"))?;
         let chain_id = self.chain_id.or(file.chain_id).unwrap_or(31337);
         let deploy_block = self.deploy_block.or(file.deploy_block).unwrap_or(0);
         Ok((rpc, Deployment { chain_id, registry, channels, deploy_block }))
@@ -175,7 +179,11 @@ impl ChainFlags {
 }
 
 /// Flag (with environment) over file over default, for a list of multiaddrs.
-pub fn addrs(flag: &[attrinet_p2p::Multiaddr], file: Option<&Vec<String>>, default: &[&str]) -> anyhow::Result<Vec<attrinet_p2p::Multiaddr>> {
+pub fn addrs(
+    flag: &[attrinet_p2p::Multiaddr],
+    file: Option<&Vec<String>>,
+    default: &[&str],
+) -> anyhow::Result<Vec<attrinet_p2p::Multiaddr>> {
     if !flag.is_empty() {
         return Ok(flag.to_vec());
     }
@@ -214,7 +222,11 @@ pub fn parse_wei(s: &str) -> Result<Wei, String> {
     let scale = 10u128.pow(decimals);
     let too_big = || format!("`{s}` does not fit in 128 bits of wei");
     let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_big())? };
-    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse::<u128>().map_err(|_| bad())? * 10u128.pow(decimals - frac.len() as u32) };
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().map_err(|_| bad())? * 10u128.pow(decimals - frac.len() as u32)
+    };
     whole.checked_mul(scale).and_then(|w| w.checked_add(frac_value)).map(Wei).ok_or_else(too_big)
 }
 
@@ -249,7 +261,17 @@ mod tests {
         assert_eq!(parse_wei(".5gwei"), Ok(Wei(500_000_000)));
         assert_eq!(parse_wei("0.000000000000000001eth"), Ok(Wei(1)));
         assert_eq!(parse_wei("7wei"), Ok(Wei(7)));
-        for bad in ["", "eth", "1.5", "-1", "1e18", "0.0000000000000000001eth", "1.2.3eth", "abc", "340282366920938463463374607431768211456"] {
+        for bad in [
+            "",
+            "eth",
+            "1.5",
+            "-1",
+            "1e18",
+            "0.0000000000000000001eth",
+            "1.2.3eth",
+            "abc",
+            "340282366920938463463374607431768211456",
+        ] {
             assert!(parse_wei(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(parse_wei("340282366920938463463374607431768211455"), Ok(Wei(u128::MAX)));
@@ -260,7 +282,13 @@ mod tests {
     fn flags_win_over_the_file_and_missing_values_are_named() {
         let a = Address::repeat_byte(1);
         let b = Address::repeat_byte(2);
-        let file = ChainConfig { rpc: Some("http://file".into()), chain_id: Some(10), registry: Some(a), channels: Some(a), deploy_block: Some(5) };
+        let file = ChainConfig {
+            rpc: Some("http://file".into()),
+            chain_id: Some(10),
+            registry: Some(a),
+            channels: Some(a),
+            deploy_block: Some(5),
+        };
         let flags = ChainFlags { rpc: Some("http://flag".into()), channels: Some(b), ..ChainFlags::default() };
         let (rpc, d) = flags.resolve(&file).unwrap();
         assert_eq!((rpc.as_str(), d.chain_id, d.registry, d.channels, d.deploy_block), ("http://flag", 10, a, b, 5));

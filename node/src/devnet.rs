@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, U256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint,
-    SettleAction, SettlementLoop, SettlementPolicy, StoreSource, Watcher, attributed_payout_runs,
+    Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
+    SettlementPolicy, StoreSource, Watcher, attributed_payout_runs,
 };
 use attrinet_compute::{Backend, Model, open_engine};
 use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt, Seq, Split, Store,
-    Wei,
+    ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt, Seq, Split,
+    Store, Wei,
 };
 use attrinet_p2p::{Ask, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling};
 use tracing::info;
@@ -100,8 +100,11 @@ const PROMPTS: [&str; 8] = [
 
 fn dev_identity(role: u8, index: u8) -> Identity {
     // Fixed, public development keys: the devnet is reproducible and never holds real money.
-    Identity::from_secrets([role.wrapping_mul(16).wrapping_add(index).max(1); 32], [role.wrapping_add(index * 3 + 1); 32])
-        .expect("small constant secrets are valid")
+    Identity::from_secrets(
+        [role.wrapping_mul(16).wrapping_add(index).max(1); 32],
+        [role.wrapping_add(index * 3 + 1); 32],
+    )
+    .expect("small constant secrets are valid")
 }
 
 struct NodeHandle {
@@ -151,7 +154,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     progress(&format!("contracts deployed: Registry {}, Channels {}", deployment.registry, deployment.channels));
 
     progress(&format!("loading {}", config.model.display()));
-    let model = Model::load(&config.model).with_context(|| format!("cannot load {}: run scripts/fetch-model", config.model.display()))?;
+    let model = Model::load(&config.model)
+        .with_context(|| format!("cannot load {}: run scripts/fetch-model", config.model.display()))?;
     let model_id = ModelId::from(model.id().0);
     let name = model.name().unwrap_or("model").to_string();
     let price = Price { per_1k_input: Wei(ETH / 10_000), per_1k_output: Wei(ETH / 2_500) };
@@ -170,7 +174,11 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         contributors
             .iter()
             .zip(texts)
-            .map(|((name, id), text)| Contribution { owner: id.address(), name: (*name).into(), tokens: tok.encode(text, false) })
+            .map(|((name, id), text)| Contribution {
+                owner: id.address(),
+                name: (*name).into(),
+                tokens: tok.encode(text, false),
+            })
             .collect(),
     )?);
     for (_, c) in &contributors {
@@ -178,7 +186,11 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     let owner_chain = ChainClient::connect(&endpoint, owner.evm.clone(), deployment)?;
     owner_chain.register_model(model_id, price, split, datanet.root(), data_pool).await?;
-    progress(&format!("model {name} ({model_id}) registered by its owner {}, datanet root {}", owner.address(), datanet.root()));
+    progress(&format!(
+        "model {name} ({model_id}) registered by its owner {}, datanet root {}",
+        owner.address(),
+        datanet.root()
+    ));
 
     // Providers.
     let mut nodes: Vec<NodeHandle> = Vec::new();
@@ -193,7 +205,12 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         let generator = EngineGenerator::new(Model::load(&config.model)?, engine);
         device = generator.device();
         let store = Arc::new(SledStore::open(&run_dir.join(format!("node-{i}")))?);
-        let net = NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), republish_every: Duration::from_secs(5), ..NetConfig::default() };
+        let net = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: boot.clone(),
+            republish_every: Duration::from_secs(5),
+            ..NetConfig::default()
+        };
         let (network, event_loop) = attrinet_p2p::new(id.clone(), net)?;
         tokio::spawn(event_loop.run());
         let offer = Offer {
@@ -208,8 +225,13 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         };
         // Channels opened later (by `attrinet query` against a `--keep` devnet) are looked
         // up on chain.
-        let provider = Provider::new(id.clone(), store.clone(), vec![offer], Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() })
-            .with_lookup(Arc::new(crate::serve::ChainLookup { chain: chain.clone(), identity: id.clone() }));
+        let provider = Provider::new(
+            id.clone(),
+            store.clone(),
+            vec![offer],
+            Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() },
+        )
+        .with_lookup(Arc::new(crate::serve::ChainLookup { chain: chain.clone(), identity: id.clone() }));
         tokio::spawn(provider.serve(network.clone()));
         if boot.is_empty() {
             boot = crate::serve::listening_addrs(&network).await?;
@@ -222,7 +244,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     // chain follower does in a long-running node).
     let client_store = Arc::new(SledStore::open(&run_dir.join("client"))?);
     let client_chain = ChainClient::connect(&endpoint, client_id.evm.clone(), deployment)?;
-    let net = NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), ..NetConfig::default() };
+    let net =
+        NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), ..NetConfig::default() };
     let (client_net, event_loop) = attrinet_p2p::new(client_id.clone(), net)?;
     tokio::spawn(event_loop.run());
     let deposit = Wei(10 * ETH);
@@ -271,9 +294,16 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .filter(|(_, c)| answer.weights.ppm_of(&c.address()) > 0)
             .map(|(n, c)| format!("{n} {}‰", answer.weights.ppm_of(&c.address()) / 1000))
             .collect();
-        let attributed = if attributed.is_empty() { String::new() } else { format!("  [data: {}]", attributed.join(", ")) };
+        let attributed =
+            if attributed.is_empty() { String::new() } else { format!("  [data: {}]", attributed.join(", ")) };
         eprintln!("  [{q:>2}] node {node}: {prompt} → {}{attributed}", answer.text.trim().replace('\n', " "));
-        lines.push(QueryLine { prompt: prompt.into(), answer: answer.text.clone(), node, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
+        lines.push(QueryLine {
+            prompt: prompt.into(),
+            answer: answer.text.clone(),
+            node,
+            seq: answer.receipt.receipt.seq,
+            value: answer.receipt.receipt.value,
+        });
     }
 
     // Settlement: every node settles honestly, except the last, which first tries to
@@ -281,7 +311,13 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     let policy = SettlementPolicy { threshold: Wei(0), max_age_secs: 0, max_gas_bps: 10_000 };
     let mut gas = Vec::new();
     let watcher_chain = ChainClient::connect(&endpoint, watcher_id.evm.clone(), deployment)?;
-    let follower = EventFollower::new(watcher_chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
+    let follower = EventFollower::new(
+        watcher_chain.provider().clone(),
+        deployment.channels,
+        0,
+        deployment.deploy_block,
+        MemCheckpoint::default(),
+    )?;
     let mut watcher: Watcher<MemCheckpoint, SledStore> =
         Watcher::new(watcher_chain.clone(), follower, Arc::new(StoreSource(client_store.clone())), None)
             .with_attribution(client_weights.clone())
@@ -292,23 +328,30 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     // The last node that has receipts to settle is the dishonest one.
     let cheat = (nodes.len() - 1).min(config.queries.saturating_sub(1));
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(StoreSource(n.store.clone())));
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy)
+            .with_attribution(Arc::new(StoreSource(n.store.clone())));
         let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
         if channel.last_seq == Seq::ZERO {
             continue;
         }
         if i == cheat {
-            let receipts: Vec<_> = n.store.receipts_after(&channel.params.id, channel.settled_seq)?.into_iter().map(|r| r.receipt.receipt).collect();
+            let receipts: Vec<_> = n
+                .store
+                .receipts_after(&channel.params.id, channel.settled_seq)?
+                .into_iter()
+                .map(|r| r.receipt.receipt)
+                .collect();
             let voucher = n.store.receipt(&channel.params.id, channel.last_seq)?.expect("stored").voucher;
             let weights = attrinet_chain::weights_of(&receipts, &StoreSource(n.store.clone()))?;
             let (mut runs, _) = attributed_payout_runs(&receipts, &weights, |_| Some(split))?;
             // One wei moved from the owner's part to the node's: a split that differs
             // from the registered one.
             if let Some(r) = runs.first_mut()
-                && r.parts.owner.0 > 0 {
-                    r.parts.owner.0 -= 1;
-                    r.parts.node.0 += 1;
-                }
+                && r.parts.owner.0 > 0
+            {
+                r.parts.owner.0 -= 1;
+                r.parts.node.0 += 1;
+            }
             let bond_before = n.chain.bond(n.identity.address()).await?;
             let out = n.chain.settle(&voucher, &runs).await?;
             gas.push((format!("settle (dishonest, node {i})"), out.gas_used));
@@ -320,7 +363,9 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             gas.push((format!("dispute ({class})"), tx.gas_used));
             let bond_after = n.chain.bond(n.identity.address()).await?;
             dispute = Some((class.to_string(), Wei(bond_before.0 - bond_after.0)));
-            progress(&format!("the watcher disputed ({class}); node {i}'s bond went from {bond_before} to {bond_after}"));
+            progress(&format!(
+                "the watcher disputed ({class}); node {i}'s bond went from {bond_before} to {bond_after}"
+            ));
             // The node re-bonds and settles honestly.
             n.chain.add_bond(Wei(ETH)).await?;
         }
@@ -340,7 +385,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     anvil.advance(config.challenge_window + 1).await?;
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(StoreSource(n.store.clone())));
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy)
+            .with_attribution(Arc::new(StoreSource(n.store.clone())));
         let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
         if channel.last_seq == Seq::ZERO {
             continue;
@@ -359,8 +405,15 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         let answer = ask_node(&payer, &client_net, &offers, &n.identity, &name, PROMPTS[0], config.max_tokens)
             .await
             .context("query after settlement failed")?;
-        lines.push(QueryLine { prompt: PROMPTS[0].into(), answer: answer.text.clone(), node: 0, seq: answer.receipt.receipt.seq, value: answer.receipt.receipt.value });
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy).with_attribution(Arc::new(StoreSource(n.store.clone())));
+        lines.push(QueryLine {
+            prompt: PROMPTS[0].into(),
+            answer: answer.text.clone(),
+            node: 0,
+            seq: answer.receipt.receipt.seq,
+            value: answer.receipt.receipt.value,
+        });
+        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy)
+            .with_attribution(Arc::new(StoreSource(n.store.clone())));
         let id = answer.receipt.receipt.channel;
         let start = n.store.channel(&id)?.map(|c| c.settled_seq).unwrap_or_default();
         match settler.settle_channel(id, true).await? {
@@ -389,8 +442,10 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     let mut owed: BTreeMap<Address, Wei> = BTreeMap::new();
     let mut receipts = 0u64;
     let mut paid = Wei::ZERO;
-    let contributor_chains: Vec<ChainClient> =
-        contributors.iter().map(|(_, c)| ChainClient::connect(&endpoint, c.evm.clone(), deployment)).collect::<Result<_, _>>()?;
+    let contributor_chains: Vec<ChainClient> = contributors
+        .iter()
+        .map(|(_, c)| ChainClient::connect(&endpoint, c.evm.clone(), deployment))
+        .collect::<Result<_, _>>()?;
     for &(i, channel, start, seq) in &batches {
         let n = &nodes[i];
         let batch: Vec<Receipt> = client_store
@@ -406,7 +461,12 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         for (k, run) in runs.iter().enumerate() {
             paid = paid.checked_add(run.value()?)?;
             let undistributed = run.parts.data.checked_sub(run.data.distributed)?;
-            for (who, amount) in [(n.identity.address(), run.parts.node), (owner.address(), run.parts.owner), (data_pool, undistributed), (deployer.address(), run.parts.protocol)] {
+            for (who, amount) in [
+                (n.identity.address(), run.parts.node),
+                (owner.address(), run.parts.owner),
+                (data_pool, undistributed),
+                (deployer.address(), run.parts.protocol),
+            ] {
                 let e = expected_by.entry(who).or_default();
                 *e = e.checked_add(amount)?;
             }
@@ -421,11 +481,17 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     let mut contributor_lines = Vec::new();
     for (name, c) in &contributors {
-        contributor_lines.push(((*name).to_string(), c.address(), watcher_chain.credited(c.address()).await?, owed.get(&c.address()).copied().unwrap_or_default()));
+        contributor_lines.push((
+            (*name).to_string(),
+            c.address(),
+            watcher_chain.credited(c.address()).await?,
+            owed.get(&c.address()).copied().unwrap_or_default(),
+        ));
     }
     let mut earnings = Vec::new();
     let mut expected = Vec::new();
-    let mut roles: Vec<(String, Address)> = nodes.iter().enumerate().map(|(i, n)| (format!("node {i}"), n.identity.address())).collect();
+    let mut roles: Vec<(String, Address)> =
+        nodes.iter().enumerate().map(|(i, n)| (format!("node {i}"), n.identity.address())).collect();
     roles.push(("model owner".into(), owner.address()));
     roles.push(("data pool".into(), data_pool));
     roles.push(("protocol".into(), deployer.address()));
@@ -433,9 +499,27 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         earnings.push((role, who, watcher_chain.credited(who).await?));
         expected.push(expected_by.get(&who).copied().unwrap_or_default());
     }
-    let summary = Summary { queries: lines, receipts, paid, gas, earnings, expected, dispute, device, second_batch_verified: second_batch, contributors: contributor_lines };
+    let summary = Summary {
+        queries: lines,
+        receipts,
+        paid,
+        gas,
+        earnings,
+        expected,
+        dispute,
+        device,
+        second_batch_verified: second_batch,
+        contributors: contributor_lines,
+    };
     progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
-    let live = Live { endpoint: endpoint.clone(), deployment, _anvil: anvil, network: client_net, payer, _nodes: nodes.into_iter().map(|n| n._network).collect() };
+    let live = Live {
+        endpoint: endpoint.clone(),
+        deployment,
+        _anvil: anvil,
+        network: client_net,
+        payer,
+        _nodes: nodes.into_iter().map(|n| n._network).collect(),
+    };
     Ok((summary, Some(live)))
 }
 
@@ -528,7 +612,13 @@ impl Summary {
         let mut s = String::new();
         let eth = |w: Wei| format!("{:.6} ETH", w.0 as f64 / ETH as f64);
         s += &format!("\n== attrinet devnet summary ({}) ==\n", self.device);
-        s += &format!("answers: {}  receipts: {}  paid: {} ({} wei)\n", self.queries.len(), self.receipts, eth(self.paid), self.paid.0);
+        s += &format!(
+            "answers: {}  receipts: {}  paid: {} ({} wei)\n",
+            self.queries.len(),
+            self.receipts,
+            eth(self.paid),
+            self.paid.0
+        );
         s += "gas:\n";
         for (what, g) in &self.gas {
             s += &format!("  {what:<40} {g:>9}\n");

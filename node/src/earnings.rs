@@ -34,7 +34,13 @@ pub struct Earnings {
 pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> anyhow::Result<Earnings> {
     // Reading needs no key of ours; a fixed throwaway one signs nothing.
     let chain = ChainClient::connect(endpoint, reader().evm, deployment)?;
-    let mut follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, MemCheckpoint::default())?;
+    let mut follower = EventFollower::new(
+        chain.provider().clone(),
+        deployment.channels,
+        0,
+        deployment.deploy_block,
+        MemCheckpoint::default(),
+    )?;
     // Each channel has at most one settlement in its window; a dispute voids it.
     let mut open: BTreeMap<ChannelId, (Address, Vec<PayoutRun>)> = BTreeMap::new();
     // With where each was finalized: the owner and pool credited are those of that moment.
@@ -86,7 +92,11 @@ pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> a
             }
         }
     }
-    Ok(Earnings { withdrawable: chain.credited(who).await?, by_model, claimed_by_model: chain.claimed_data_by_model(who).await? })
+    Ok(Earnings {
+        withdrawable: chain.credited(who).await?,
+        by_model,
+        claimed_by_model: chain.claimed_data_by_model(who).await?,
+    })
 }
 
 fn reader() -> attrinet_market::Identity {
@@ -101,7 +111,10 @@ impl Earnings {
             s += "  settlements: nothing for this address yet\n";
         }
         for ((model, role), share) in &self.by_model {
-            s += &format!("  model {model} as {role}: {} wei finalized, {} wei pending\n", share.finalized.0, share.pending.0);
+            s += &format!(
+                "  model {model} as {role}: {} wei finalized, {} wei pending\n",
+                share.finalized.0, share.pending.0
+            );
         }
         if self.claimed_by_model.is_empty() {
             s += "  data claims: none yet\n";

@@ -79,9 +79,13 @@ impl From<InferError> for ApiError {
         use StatusCode as S;
         let message = e.to_string();
         match &e {
-            InferError::NoProvider(_) => ApiError::new(S::NOT_FOUND, "invalid_request_error", "model_not_found", message),
+            InferError::NoProvider(_) => {
+                ApiError::new(S::NOT_FOUND, "invalid_request_error", "model_not_found", message)
+            }
             InferError::NoChannel(_) => ApiError::new(S::PAYMENT_REQUIRED, "insufficient_quota", "no_channel", message),
-            _ if is_unpaid(&e) => ApiError::new(S::PAYMENT_REQUIRED, "insufficient_quota", "insufficient_deposit", message),
+            _ if is_unpaid(&e) => {
+                ApiError::new(S::PAYMENT_REQUIRED, "insufficient_quota", "insufficient_deposit", message)
+            }
             InferError::Remote(r) if matches!(r.code, ErrorCode::TooLarge | ErrorCode::BadRequest) => {
                 ApiError::new(S::BAD_REQUEST, "invalid_request_error", "bad_request", message)
             }
@@ -114,7 +118,11 @@ async fn metrics(State(g): State<Gateway>) -> impl IntoResponse {
 }
 
 async fn models(State(g): State<Gateway>) -> Result<axum::Json<Value>, ApiError> {
-    let view = g.network.market().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "network", e.to_string()))?;
+    let view = g
+        .network
+        .market()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "network", e.to_string()))?;
     let mut by_name: std::collections::BTreeMap<String, Vec<attrinet_market::ModelAdvert>> = Default::default();
     for a in view.all(attrinet_p2p::unix_now()) {
         by_name.entry(a.model_name.clone()).or_default().push(a);
@@ -171,17 +179,32 @@ struct CompletionRequest {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> Result<Sampling, ApiError> {
     let t = temperature.unwrap_or(0.0);
     let p = top_p.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&t) || !(0.0..=1.0).contains(&p) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "temperature must be in [0, 2] and top_p in [0, 1]"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_value",
+            "temperature must be in [0, 2] and top_p in [0, 1]",
+        ));
     }
-    Ok(Sampling { temperature_milli: (t * 1000.0).round() as u32, top_p_milli: (p * 1000.0).round() as u32, seed: seed.unwrap_or(0) })
+    Ok(Sampling {
+        temperature_milli: (t * 1000.0).round() as u32,
+        top_p_milli: (p * 1000.0).round() as u32,
+        seed: seed.unwrap_or(0),
+    })
 }
 
 async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
@@ -189,7 +212,9 @@ async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiErro
     let req: ChatRequest = parse(&body).inspect_err(|_| count_error(&g))?;
     let ask = Ask {
         model: req.model.clone(),
-        prompt: Prompt::Chat(req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect()),
+        prompt: Prompt::Chat(
+            req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
+        ),
         max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
         sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
         max_cost: None,
@@ -245,7 +270,12 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
     if let Some(opener) = &g.opener {
         opener.ensure(&g.network, &ask.model, ask.max_tokens, ask.max_cost).await.map_err(|e| {
             count_error(&g);
-            ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", "channel_open_failed", format!("cannot open a channel: {e:#}"))
+            ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                "channel_open_failed",
+                format!("cannot open a channel: {e:#}"),
+            )
         })?;
     }
     if !stream {
@@ -271,10 +301,11 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
     let (token_tx, mut tokens) = mpsc::unbounded_channel::<String>();
     let (g2, ask2) = (g.clone(), ask.clone());
     let job = tokio::spawn(async move {
-        g2.payer.infer(&g2.network, &ask2, move |t| {
-            let _ = token_tx.send(t.to_string());
-        })
-        .await
+        g2.payer
+            .infer(&g2.network, &ask2, move |t| {
+                let _ = token_tx.send(t.to_string());
+            })
+            .await
     });
     let first = match tokens.recv().await {
         Some(t) => Some(t),
@@ -285,8 +316,18 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
                     count_error(&g);
                     return Err(ApiError::from(e));
                 }
-                Ok(Ok(answer)) => return Ok(Sse::new(futures::stream::iter(final_events(&g, &answer, &ask, &id, created, chat))).into_response()),
-                Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string())),
+                Ok(Ok(answer)) => {
+                    return Ok(Sse::new(futures::stream::iter(final_events(&g, &answer, &ask, &id, created, chat)))
+                        .into_response());
+                }
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        "internal",
+                        e.to_string(),
+                    ));
+                }
             }
         }
     };
@@ -317,7 +358,8 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
             Err(_) => {}
         }
     });
-    let stream = futures::stream::unfold(events, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    let stream =
+        futures::stream::unfold(events, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Ok(Sse::new(stream).into_response())
 }
 
@@ -332,7 +374,14 @@ fn chunk(id: &str, created: u64, model: &str, chat: bool, text: &str, finish: Op
 }
 
 /// The closing chunk (finish reason, usage, receipt) and the `[DONE]` terminator.
-fn final_events(g: &Gateway, answer: &Answer, ask: &Ask, id: &str, created: u64, chat: bool) -> Vec<Result<Event, Infallible>> {
+fn final_events(
+    g: &Gateway,
+    answer: &Answer,
+    ask: &Ask,
+    id: &str,
+    created: u64,
+    chat: bool,
+) -> Vec<Result<Event, Infallible>> {
     record(g, answer);
     let mut last = chunk(id, created, &ask.model, chat, "", Some(finish_reason(answer, ask)));
     let (usage, receipt) = usage_and_receipt(answer);

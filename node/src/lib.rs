@@ -14,8 +14,8 @@ pub mod gateway;
 pub mod keys;
 mod metrics;
 pub mod serve;
-pub mod watch;
 mod store;
+pub mod watch;
 
 pub use earnings::{Earnings, earnings};
 pub use engine::{EngineGenerator, Speed};

@@ -42,7 +42,10 @@ impl Metrics {
 /// A provider's figures in Prometheus' text format, read from its store when scraped, so
 /// they are always what is persisted: channels served, co-signed receipts, value earned
 /// (the channels' cumulative totals) and how much of it is settled on chain.
-pub fn provider_metrics(store: &dyn attrinet_market::Store, me: alloy_primitives::Address) -> Result<String, attrinet_market::StoreError> {
+pub fn provider_metrics(
+    store: &dyn attrinet_market::Store,
+    me: alloy_primitives::Address,
+) -> Result<String, attrinet_market::StoreError> {
     let mine: Vec<_> = store.channels()?.into_iter().filter(|c| c.params.provider == me).collect();
     let receipts: u64 = mine.iter().map(|c| c.last_seq.0).sum();
     let settled_receipts: u64 = mine.iter().map(|c| c.settled_seq.0).sum();
@@ -51,9 +54,24 @@ pub fn provider_metrics(store: &dyn attrinet_market::Store, me: alloy_primitives
     let mut out = String::new();
     let rows: [(&str, &str, &str, String); 4] = [
         ("attrinet_provider_channels", "gauge", "Channels this node serves.", mine.len().to_string()),
-        ("attrinet_provider_receipts_total", "counter", "Co-signed receipts stored by this node.", receipts.to_string()),
-        ("attrinet_provider_settled_receipts_total", "counter", "Receipts covered by settlements.", settled_receipts.to_string()),
-        ("attrinet_provider_earned_wei_total", "counter", "Wei owed to this node's channels by co-signed receipts.", earned.to_string()),
+        (
+            "attrinet_provider_receipts_total",
+            "counter",
+            "Co-signed receipts stored by this node.",
+            receipts.to_string(),
+        ),
+        (
+            "attrinet_provider_settled_receipts_total",
+            "counter",
+            "Receipts covered by settlements.",
+            settled_receipts.to_string(),
+        ),
+        (
+            "attrinet_provider_earned_wei_total",
+            "counter",
+            "Wei owed to this node's channels by co-signed receipts.",
+            earned.to_string(),
+        ),
     ];
     for (name, kind, help, v) in rows {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

@@ -10,8 +10,8 @@ use std::time::Duration;
 use alloy_primitives::Address;
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, SettleAction, SettlementLoop, SettlementPolicy,
-    StoreSource,
+    ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
+    SettlementPolicy, StoreSource,
 };
 use attrinet_compute::{Backend, Model, open_engine};
 use attrinet_market::{ChannelId, ChannelParams, ChannelState, Identity, ModelId, Price, Split, Store, Wei};
@@ -63,7 +63,8 @@ pub struct ServeOptions {
 /// Reads a model file with a byte progress bar (reading dominates loading), then parses
 /// and validates it.
 pub fn load_model_with_progress(path: &std::path::Path) -> anyhow::Result<Model> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open model {} (run scripts/fetch-model?)", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open model {} (run scripts/fetch-model?)", path.display()))?;
     let len = file.metadata()?.len();
     let bar = indicatif::ProgressBar::new(len).with_message(format!("loading {}", path.display()));
     bar.set_style(
@@ -146,7 +147,9 @@ pub async fn serve(
     let name = model.name().unwrap_or("model").to_string();
     let context_length = model.config().context_length as u32;
     let datanet = match &opts.datanet {
-        Some(p) => Some(Arc::new(attrinet_chain::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?)),
+        Some(p) => Some(Arc::new(
+            attrinet_chain::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?,
+        )),
         None => None,
     };
 
@@ -160,7 +163,10 @@ pub async fn serve(
     spinner.enable_steady_tick(Duration::from_millis(100));
     let speed = generator.measure(16).map_err(|e| anyhow::anyhow!("the engine failed its first generation: {e}"))?;
     spinner.finish_and_clear();
-    let (network, event_loop) = attrinet_p2p::new(identity.clone(), NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() })?;
+    let (network, event_loop) = attrinet_p2p::new(
+        identity.clone(),
+        NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() },
+    )?;
     tokio::spawn(event_loop.run());
     let offer = Offer {
         model: model_id,
@@ -177,15 +183,24 @@ pub async fn serve(
         .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
     let serving = tokio::spawn(provider.clone().serve(network.clone()));
     let addrs = listening_addrs(&network).await?;
-    metrics.peers.store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .peers
+        .store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
     ready(&Serving { model: model_id, name, device, addrs, speed });
 
-    let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy).with_attribution(Arc::new(StoreSource(store.clone())));
+    let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy)
+        .with_attribution(Arc::new(StoreSource(store.clone())));
     let served_root = datanet_root.unwrap_or_default();
     let mut stopped_for = None;
     // Thaws, from the deployment's first block: a channel whose payer is leaving gets no
     // more service (what it already owes is settled by the loop, forced by the thaw).
-    let mut thaws = EventFollower::new(chain.provider().clone(), opts.deployment.channels, 0, opts.deployment.deploy_block, MemCheckpoint::default())?;
+    let mut thaws = EventFollower::new(
+        chain.provider().clone(),
+        opts.deployment.channels,
+        0,
+        opts.deployment.deploy_block,
+        MemCheckpoint::default(),
+    )?;
     loop {
         match freeze_thawing(&mut thaws, store.as_ref(), identity.address()).await {
             Ok(frozen) => frozen.iter().for_each(|c| eprintln!("channel {c} is thawing: no more service on it")),
@@ -207,9 +222,14 @@ pub async fn serve(
                     match action {
                         Ok(SettleAction::Settled { seq, amount, outcome }) => {
                             info!(target: "serve", %channel, seq = seq.0, amount = amount.0, gas = outcome.gas_used, "settled");
-                            eprintln!("settled channel {channel} to seq {} ({} wei, {} gas)", seq.0, amount.0, outcome.gas_used);
+                            eprintln!(
+                                "settled channel {channel} to seq {} ({} wei, {} gas)",
+                                seq.0, amount.0, outcome.gas_used
+                            );
                         }
-                        Ok(SettleAction::Finalized { seq }) => eprintln!("finalized channel {channel} at seq {}", seq.0),
+                        Ok(SettleAction::Finalized { seq }) => {
+                            eprintln!("finalized channel {channel} at seq {}", seq.0)
+                        }
                         Ok(SettleAction::Voided { seq }) => eprintln!(
                             "error: the settlement of channel {channel} at seq {} was voided by a dispute; not resending it (check this node's receipts and prices)",
                             seq.0
@@ -260,7 +280,11 @@ pub(crate) async fn listening_addrs(network: &attrinet_p2p::Client) -> anyhow::R
 /// Stops service on this provider's channels whose payer started a thaw: the stored
 /// deposit is cut to what is already owed, so every new request would pass it, and the
 /// chain lookup the provider then makes refuses a thawing channel. Returns the channels cut.
-async fn freeze_thawing(thaws: &mut EventFollower<MemCheckpoint>, store: &SledStore, me: Address) -> anyhow::Result<Vec<ChannelId>> {
+async fn freeze_thawing(
+    thaws: &mut EventFollower<MemCheckpoint>,
+    store: &SledStore,
+    me: Address,
+) -> anyhow::Result<Vec<ChannelId>> {
     let mut frozen = Vec::new();
     for e in thaws.poll_all().await? {
         let ChannelEvent::Thawing { channel, provider, .. } = e.event else { continue };
@@ -279,7 +303,13 @@ async fn freeze_thawing(thaws: &mut EventFollower<MemCheckpoint>, store: &SledSt
 
 /// Registers the node (with its bond) and the model (with this node's account as owner)
 /// when the chain does not know them; checks that a registered node has this key.
-async fn register(chain: &ChainClient, identity: &Identity, opts: &ServeOptions, model: ModelId, datanet_root: Option<alloy_primitives::B256>) -> anyhow::Result<()> {
+async fn register(
+    chain: &ChainClient,
+    identity: &Identity,
+    opts: &ServeOptions,
+    model: ModelId,
+    datanet_root: Option<alloy_primitives::B256>,
+) -> anyhow::Result<()> {
     // Every check first, so that a refusal changes nothing on chain.
     let node_key = chain.node_key(identity.address()).await?;
     if node_key.is_some_and(|k| k != identity.public_key()) {
@@ -308,13 +338,19 @@ async fn register(chain: &ChainClient, identity: &Identity, opts: &ServeOptions,
         }
     }
     if node_key.is_none() {
-        chain.register_node(&identity.public_key(), opts.bond).await.context("registering the node (is the account funded?)")?;
+        chain
+            .register_node(&identity.public_key(), opts.bond)
+            .await
+            .context("registering the node (is the account funded?)")?;
         eprintln!("registered node {} with a bond of {} wei", identity.address(), opts.bond.0);
     }
     if terms.is_none() {
         // Without contributors to claim it, the data share goes to the owner.
         let pool = opts.data_pool.unwrap_or(identity.address());
-        chain.register_model(model, opts.price, opts.split, datanet_root.unwrap_or_default(), pool).await.context("registering the model")?;
+        chain
+            .register_model(model, opts.price, opts.split, datanet_root.unwrap_or_default(), pool)
+            .await
+            .context("registering the model")?;
         eprintln!("registered model {model}, owned by {}", identity.address());
     }
     Ok(())

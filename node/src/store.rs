@@ -101,7 +101,9 @@ impl Store for SledStore {
         self.channels
             .transaction(|tx| {
                 let old = match tx.get(id.as_bytes())? {
-                    Some(b) => Some(decode::<ChannelState>(&b).map_err(|e| ConflictableTransactionError::Abort(e.into()))?),
+                    Some(b) => {
+                        Some(decode::<ChannelState>(&b).map_err(|e| ConflictableTransactionError::Abort(e.into()))?)
+                    }
                     None => None,
                 };
                 tx.insert(id.as_bytes(), encode(&merge_put(old.as_ref(), state)))?;

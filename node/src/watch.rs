@@ -72,9 +72,20 @@ pub struct BatchFetcher {
 
 impl BatchFetcher {
     /// Follows the chain from the watcher's checkpoint (read, never written here).
-    pub fn new(network: Client, chain: ChainClient, checkpoint: &std::path::Path, evidence: Arc<Evidence>) -> anyhow::Result<BatchFetcher> {
+    pub fn new(
+        network: Client,
+        chain: ChainClient,
+        checkpoint: &std::path::Path,
+        evidence: Arc<Evidence>,
+    ) -> anyhow::Result<BatchFetcher> {
         let d = chain.deployment();
-        let follower = EventFollower::new(chain.provider().clone(), d.channels, 0, d.deploy_block, FileCheckpoint::new(checkpoint))?;
+        let follower = EventFollower::new(
+            chain.provider().clone(),
+            d.channels,
+            0,
+            d.deploy_block,
+            FileCheckpoint::new(checkpoint),
+        )?;
         Ok(BatchFetcher { network, chain, follower, evidence, wanted: Vec::new() })
     }
 
@@ -84,7 +95,8 @@ impl BatchFetcher {
     pub async fn fetch_new(&mut self) -> anyhow::Result<Vec<String>> {
         let (_, now) = self.chain.head().await?;
         for e in self.follower.poll().await? {
-            if let ChannelEvent::Settled { channel, provider, seq, receipts_root, batch_start, deadline, .. } = e.event {
+            if let ChannelEvent::Settled { channel, provider, seq, receipts_root, batch_start, deadline, .. } = e.event
+            {
                 self.wanted.push(Wanted { channel, provider, seq, receipts_root, batch_start, deadline });
             }
         }
@@ -95,7 +107,10 @@ impl BatchFetcher {
                 continue;
             }
             match self.fetch(&w).await {
-                Ok(n) => lines.push(format!("channel {}: fetched {n} receipts to seq {} from {}", w.channel, w.seq.0, w.provider)),
+                Ok(n) => lines.push(format!(
+                    "channel {}: fetched {n} receipts to seq {} from {}",
+                    w.channel, w.seq.0, w.provider
+                )),
                 Err(e) => {
                     lines.push(format!("channel {}: no batch from {} yet: {e:#}", w.channel, w.provider));
                     still.push(w);

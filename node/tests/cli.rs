@@ -59,7 +59,13 @@ impl Drop for Killed {
 }
 
 /// A data dir with new keys, funded, and a config file naming the chain.
-async fn participant(root: &Path, name: &str, anvil: &Anvil, deployment: Deployment, bootstrap: Option<String>) -> (PathBuf, Identity) {
+async fn participant(
+    root: &Path,
+    name: &str,
+    anvil: &Anvil,
+    deployment: Deployment,
+    bootstrap: Option<String>,
+) -> (PathBuf, Identity) {
     let dir = root.join(name);
     assert!(attrinet(&dir, &["keys", "new"]).status.success());
     let id = attrinet_node::keys::load(&dir).unwrap();
@@ -82,13 +88,20 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let root = tempfile::tempdir().unwrap();
     // A block every second, as on a live L2: chain time moves, so challenge windows end
     // without the test pushing the clock.
-    let anvil = Anvil::spawn(AnvilConfig { block_time: Some(1), ..AnvilConfig::default() }).expect("anvil (scripts/setup-chain-tools)");
+    let anvil = Anvil::spawn(AnvilConfig { block_time: Some(1), ..AnvilConfig::default() })
+        .expect("anvil (scripts/setup-chain-tools)");
     let deployer = Identity::from_secrets([9; 32], [9; 32]).unwrap();
     anvil.fund(deployer.address(), U256::from(100 * ETH)).await.unwrap();
     let deployment = ChainClient::deploy(
         &anvil.endpoint(),
         deployer.evm.clone(),
-        DeployConfig { treasury: deployer.address(), challenge_window: 15, thaw_delay: THAW_DELAY, unbond_delay: 60, min_bond: Wei(ETH / 10) },
+        DeployConfig {
+            treasury: deployer.address(),
+            challenge_window: 15,
+            thaw_delay: THAW_DELAY,
+            unbond_delay: 60,
+            min_bond: Wei(ETH / 10),
+        },
     )
     .await
     .unwrap();
@@ -149,11 +162,25 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let tiny = root.path().join("tiny.gguf");
     attrinet_compute::testing::write_random_llama(&tiny, &attrinet_compute::testing::TinyLlamaSpec::default()).unwrap();
     let tiny_id = ModelId::from(attrinet_compute::Model::load(&tiny).unwrap().id().0);
-    let args = ["model", "register", "--model", tiny.to_str().unwrap(), "--price-in", "3gwei", "--price-out", "7gwei", "--split", "6000,3000,1000,0"];
+    let args = [
+        "model",
+        "register",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--price-in",
+        "3gwei",
+        "--price-out",
+        "7gwei",
+        "--split",
+        "6000,3000,1000,0",
+    ];
     let registered = attrinet(&node_dir, &args);
     assert!(registered.status.success());
     let t = reader.terms(tiny_id).await.unwrap().expect("registered");
-    assert_eq!((t.price.per_1k_input, t.price.per_1k_output, t.split), (Wei(3_000_000_000), Wei(7_000_000_000), attrinet_market::Split::new(6000, 3000, 1000, 0).unwrap()));
+    assert_eq!(
+        (t.price.per_1k_input, t.price.per_1k_output, t.split),
+        (Wei(3_000_000_000), Wei(7_000_000_000), attrinet_market::Split::new(6000, 3000, 1000, 0).unwrap())
+    );
     assert_eq!(reader.beneficiaries(tiny_id).await.unwrap().0, node.address(), "the registering account owns it");
     assert_eq!(attrinet(&node_dir, &args).status.code(), Some(1), "a second registration is refused");
 
@@ -162,13 +189,21 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let models = attrinet(&client_dir, &["models", "--wait-secs", "2"]);
     assert!(models.status.success());
     let listed = text(&models.stdout);
-    assert!(listed.contains("Smollm2") && listed.contains(&node.address().to_string()) && listed.contains("100000000000000000"), "{listed}");
+    assert!(
+        listed.contains("Smollm2")
+            && listed.contains(&node.address().to_string())
+            && listed.contains("100000000000000000"),
+        "{listed}"
+    );
     // The advert carries the speed the node measured on its engine.
     let row = listed.lines().find(|l| l.contains(&node.address().to_string())).unwrap();
     assert_eq!(row.split_whitespace().rev().nth(1), Some(measured.to_string().as_str()), "{row}");
 
     // A small deposit, so that it runs out below.
-    let first = attrinet(&client_dir, &["query", "What is the capital of France?", "--max-tokens", "8", "--deposit", "0.002eth"]);
+    let first = attrinet(
+        &client_dir,
+        &["query", "What is the capital of France?", "--max-tokens", "8", "--deposit", "0.002eth"],
+    );
     assert!(first.status.success());
     assert!(text(&first.stdout).contains("Paris"), "answer: {}", text(&first.stdout));
     let err = text(&first.stderr);
@@ -190,7 +225,10 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let channel = status.split_whitespace().nth(1).unwrap().to_string();
     let id = attrinet_node::client::parse_channel(&channel).unwrap();
     let info = reader.channel(id).await.unwrap();
-    assert_eq!((info.payer, info.provider, info.deposit, info.payer_key), (client.address(), node.address(), Wei(ETH / 500), client.public_key()));
+    assert_eq!(
+        (info.payer, info.provider, info.deposit, info.payer_key),
+        (client.address(), node.address(), Wei(ETH / 500), client.public_key())
+    );
 
     // The deposit cannot cover a third answer at 8 tokens: refused before any work.
     let broke = attrinet(&client_dir, &["query", "Name three primary colours.", "--max-tokens", "8"]);
@@ -198,7 +236,11 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert!(text(&broke.stderr).contains("deposit"), "{}", text(&broke.stderr));
     // Topped up on chain, the provider sees the new deposit on the next request.
     let top_up = attrinet(&client_dir, &["channel", "top-up", &channel, "--amount", "0.048eth"]);
-    assert!(top_up.status.success() && text(&top_up.stdout).contains(&format!("deposit now {} wei", ETH / 20)), "{}", text(&top_up.stdout));
+    assert!(
+        top_up.status.success() && text(&top_up.stdout).contains(&format!("deposit now {} wei", ETH / 20)),
+        "{}",
+        text(&top_up.stdout)
+    );
     let third = attrinet(&client_dir, &["query", "Name three primary colours.", "--max-tokens", "8"]);
     assert!(third.status.success());
     assert!(text(&third.stderr).contains("seq 3:"), "{}", text(&third.stderr));
@@ -213,7 +255,11 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
 
     // The client's store holds exactly what it paid, and it audits clean.
     let audit = attrinet(&client_dir, &["store", "audit"]);
-    assert!(audit.status.success() && text(&audit.stdout).contains("1 channels, 3 receipts"), "{}", text(&audit.stdout));
+    assert!(
+        audit.status.success() && text(&audit.stdout).contains("1 channels, 3 receipts"),
+        "{}",
+        text(&audit.stdout)
+    );
 
     // The provider settles what it holds (threshold 1 wei: the first settlement may come
     // before the second query), and the client's watcher, holding the receipts, verifies
@@ -232,7 +278,10 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let runs = reader.settled_payouts(id, pending.seq).await.unwrap().expect("Settled event");
     let node_share: u128 = runs.iter().map(|r| r.parts.node.0).sum();
     let earned = text(&attrinet(&node_dir, &["earnings"]).stdout);
-    assert!(earned.contains(&format!("model {model_id} as node: 0 wei finalized, {node_share} wei pending")), "{earned}");
+    assert!(
+        earned.contains(&format!("model {model_id} as node: 0 wei finalized, {node_share} wei pending")),
+        "{earned}"
+    );
     let watch = attrinet(&client_dir, &["watch", "--steps", "1", "--offline"]);
     assert!(watch.status.success());
     let expected = format!("verified channel {channel} settlement to seq {}", pending.seq.0);
@@ -241,7 +290,10 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     // network, checks it against the root on chain, and verifies the settlement too.
     let (watcher_dir, _) = participant(root.path(), "watcher", &anvil, deployment, Some(bootstrap.clone())).await;
     let third = text(&attrinet(&watcher_dir, &["watch", "--steps", "1"]).stdout);
-    assert!(third.contains(&format!("channel {channel}: fetched {} receipts to seq {}", pending.seq.0, pending.seq.0)), "{third}");
+    assert!(
+        third.contains(&format!("channel {channel}: fetched {} receipts to seq {}", pending.seq.0, pending.seq.0)),
+        "{third}"
+    );
     assert!(third.contains(&expected), "{third}");
 
     // Everything is finalised by the provider, window after window; then the client leaves.
@@ -263,7 +315,10 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
         .iter()
         .map(|role| {
             let prefix = format!("model {model_id} as {role}: ");
-            let line = earned.lines().find_map(|l| l.trim().strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {role} line: {earned}"));
+            let line = earned
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {role} line: {earned}"));
             assert!(line.ends_with(", 0 wei pending"), "{line}");
             line.split(' ').next().unwrap().parse::<u128>().unwrap()
         })
@@ -303,7 +358,20 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     std::fs::create_dir_all(&owner_dir).unwrap();
     std::fs::write(owner_dir.join("notes.txt"), "The capital of France is Paris. It lies on the Seine.\n").unwrap();
     let index = root.path().join("datanet.idx");
-    let built = attrinet(&client_dir, &["datanet", "build", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", index.to_str().unwrap(), "--min-span", "4"]);
+    let built = attrinet(
+        &client_dir,
+        &[
+            "datanet",
+            "build",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            index.to_str().unwrap(),
+            "--min-span",
+            "4",
+        ],
+    );
     assert!(built.status.success() && text(&built.stdout).contains("datanet root: 0x"), "{}", text(&built.stdout));
     // A client checking attribution against an index that is not the registered datanet,
     // or talking to a chain with another id than its configuration's, is stopped at once.
@@ -316,13 +384,34 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     // Precedence: the environment over the file (the file has no chain id: 31337 by
     // default), and a flag over the environment.
     let status = |env: &str, flags: &[&str]| {
-        Command::new(bin()).arg("--data-dir").arg(&client_dir).args(["channel", "status"]).args(flags).env("ATTRINET_CHAIN_ID", env).output().unwrap()
+        Command::new(bin())
+            .arg("--data-dir")
+            .arg(&client_dir)
+            .args(["channel", "status"])
+            .args(flags)
+            .env("ATTRINET_CHAIN_ID", env)
+            .output()
+            .unwrap()
     };
     let from_env = status("10", &[]);
-    assert!(!from_env.status.success() && text(&from_env.stderr).contains("the configuration says 10"), "{}", text(&from_env.stderr));
+    assert!(
+        !from_env.status.success() && text(&from_env.stderr).contains("the configuration says 10"),
+        "{}",
+        text(&from_env.stderr)
+    );
     assert!(status("10", &["--chain-id", "31337"]).status.success(), "the flag wins over the environment");
     let (other_dir, _) = participant(root.path(), "other-node", &anvil, deployment, None).await;
-    let args = ["serve", "--model", model.to_str().unwrap(), "--price-in", "0.01eth", "--price-out", "0.1eth", "--backend", "cpu"];
+    let args = [
+        "serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--price-in",
+        "0.01eth",
+        "--price-out",
+        "0.1eth",
+        "--backend",
+        "cpu",
+    ];
     let refused = attrinet(&other_dir, &[&args[..], &["--datanet", index.to_str().unwrap()]].concat());
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains("is registered with datanet"), "{}", text(&refused.stderr));
@@ -348,7 +437,8 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     // (the query after the thaw) will pay the new owner.
     let owner_line = |dir: &Path| {
         let out = text(&attrinet(dir, &["earnings"]).stdout);
-        out.lines().find_map(|l| l.trim().strip_prefix(&format!("model {model_id} as model owner: ")).map(str::to_string))
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("model {model_id} as model owner: ")).map(str::to_string))
     };
     let before = owner_line(&node_dir).expect("the node owned the model");
     owner.transfer_model(model_id, client.address()).await.unwrap();

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use attrinet_compute::testing::{TinyLlamaSpec, write_random_llama};
 use attrinet_compute::{Backend, Model, open_engine};
-use attrinet_market::{ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Seq, Store, Wei};
+use attrinet_market::{
+    ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Seq, Store, Wei,
+};
 use attrinet_node::gateway::{Gateway, router};
 use attrinet_node::{EngineGenerator, Metrics};
 use attrinet_p2p::{Limits, NetConfig, Offer, Payer, Provider};
@@ -59,13 +61,16 @@ async fn setup(deposit: Wei) -> Setup {
         generator: Arc::new(generator),
         datanet: None,
     };
-    let h2 = tokio::spawn(Provider::new(node.clone(), provider_store.clone(), vec![offer], Limits::default()).serve(pnet.clone()));
+    let h2 = tokio::spawn(
+        Provider::new(node.clone(), provider_store.clone(), vec![offer], Limits::default()).serve(pnet.clone()),
+    );
     let mut addr = None;
     while addr.is_none() {
         addr = pnet.listen_addrs().await.unwrap().into_iter().next();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (cnet, cloop) = attrinet_p2p::new(client.clone(), NetConfig { bootstrap: vec![addr.unwrap()], ..net() }).unwrap();
+    let (cnet, cloop) =
+        attrinet_p2p::new(client.clone(), NetConfig { bootstrap: vec![addr.unwrap()], ..net() }).unwrap();
     tokio::spawn(cloop.run());
     let client_store = Arc::new(MemStore::new());
     let state = ChannelState::open(
@@ -87,13 +92,17 @@ async fn setup(deposit: Wei) -> Setup {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let gateway = Gateway { network: cnet, payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)), metrics: Arc::new(Metrics::default()), opener: None };
+    let gateway = Gateway {
+        network: cnet,
+        payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)),
+        metrics: Arc::new(Metrics::default()),
+        opener: None,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(gateway)).await.unwrap() });
     Setup { base, provider_store, client_store, kill_provider: vec![h1.abort_handle(), h2.abort_handle()], _dir: dir }
 }
-
 
 fn error_code(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
@@ -180,7 +189,8 @@ async fn insufficient_deposit_is_payment_required() {
     let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8});
     let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
     assert_eq!((status, error_code(&body).as_str()), (402, "insufficient_deposit"), "{body}");
-    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": true});
+    let req =
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": true});
     let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
     assert_eq!((status, error_code(&body).as_str()), (402, "insufficient_deposit"), "{body}");
     assert!(s.client_store.receipts_after(&ChannelId::from([9; 32]), Seq::ZERO).unwrap().is_empty());

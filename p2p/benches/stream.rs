@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attrinet_market::{ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Store, Wei, encode};
-use attrinet_p2p::{
-    Ask, Generator, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling, ServerMsg,
+use attrinet_market::{
+    ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Store, Wei, encode,
 };
+use attrinet_p2p::{Ask, Generator, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling, ServerMsg};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::StreamProtocol;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,7 +25,13 @@ impl Generator for Fixed {
     fn count_tokens(&self, _: &Prompt) -> Result<u32, String> {
         Ok(16)
     }
-    fn generate(&self, _: &Prompt, n: u32, _: &Sampling, on: &mut dyn FnMut(u32, String) -> bool) -> Result<(), String> {
+    fn generate(
+        &self,
+        _: &Prompt,
+        n: u32,
+        _: &Sampling,
+        on: &mut dyn FnMut(u32, String) -> bool,
+    ) -> Result<(), String> {
         for i in 0..n {
             if !on(1000 + i, " tok".into()) {
                 break;
@@ -148,7 +154,12 @@ async fn main() {
         generator: Arc::new(Fixed),
         datanet: None,
     };
-    let provider = Provider::new(node.clone(), ps, vec![offer], Limits { exposure_limit: Wei(u128::MAX / 8), ..Limits::default() });
+    let provider = Provider::new(
+        node.clone(),
+        ps,
+        vec![offer],
+        Limits { exposure_limit: Wei(u128::MAX / 8), ..Limits::default() },
+    );
     tokio::spawn(provider.serve(server.clone()));
     let payer = Payer::new(client_id, cs, Duration::from_secs(10));
     let mut advert = None;
@@ -158,7 +169,13 @@ async fn main() {
     }
     let advert = advert.unwrap();
     let channel = payer.channel_with(&advert).unwrap().unwrap();
-    let ask = Ask { model: "bench".into(), prompt: Prompt::Text("x".repeat(190)), max_tokens: TOKENS, sampling: Sampling::default(), max_cost: None };
+    let ask = Ask {
+        model: "bench".into(),
+        prompt: Prompt::Text("x".repeat(190)),
+        max_tokens: TOKENS,
+        sampling: Sampling::default(),
+        max_cost: None,
+    };
     let t = Instant::now();
     for _ in 0..ROUNDS {
         payer.infer_with(&client, &advert, channel.clone(), &ask, &mut |_| {}).await.unwrap();
@@ -188,7 +205,10 @@ async fn main() {
     println!("plain tokio TCP (one socket)      {tcp_us:>9.1} µs/request");
     println!("libp2p stream (new stream each)    {p2p_us:>9.1} µs/request   ratio to TCP {:.2}", p2p_us / tcp_us);
     println!("inference protocol with receipt   {full_us:>9.1} µs/request   ratio to TCP {:.2}", full_us / tcp_us);
-    println!("per-token framing (a flushed frame per token) + receipt: {:.1} µs/request over the raw stream", full_us - p2p_us);
+    println!(
+        "per-token framing (a flushed frame per token) + receipt: {:.1} µs/request over the raw stream",
+        full_us - p2p_us
+    );
     println!("1-token request: protocol with receipt {one_us:.1} µs, raw stream {raw_one_us:.1} µs");
     println!("receipt co-signing overhead: {:.1} µs/request", one_us - raw_one_us);
 }

@@ -89,7 +89,12 @@ pub enum FetchError {
 }
 
 /// Serves batch requests from `store` until the network stops.
-pub(crate) async fn serve_batches(network: Client, store: Arc<dyn Store>, me: alloy_primitives::Address, idle: Duration) {
+pub(crate) async fn serve_batches(
+    network: Client,
+    store: Arc<dyn Store>,
+    me: alloy_primitives::Address,
+    idle: Duration,
+) {
     let Ok(mut incoming) = network.streams().accept(BATCH_PROTOCOL) else { return };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     while let Some((peer, mut stream)) = incoming.next().await {
@@ -97,7 +102,10 @@ pub(crate) async fn serve_batches(network: Client, store: Arc<dyn Store>, me: al
         let slot = slots.clone().try_acquire_owned();
         tokio::spawn(async move {
             let reply = match slot {
-                Err(_) => ErrorReply { code: ErrorCode::Busy, message: format!("{MAX_CONCURRENT} batch requests are being answered") },
+                Err(_) => ErrorReply {
+                    code: ErrorCode::Busy,
+                    message: format!("{MAX_CONCURRENT} batch requests are being answered"),
+                },
                 Ok(_slot) => match answer(&mut stream, store.as_ref(), me, idle).await {
                     Ok(()) => return,
                     Err(e) => e,
@@ -109,7 +117,12 @@ pub(crate) async fn serve_batches(network: Client, store: Arc<dyn Store>, me: al
     }
 }
 
-async fn answer(stream: &mut libp2p::Stream, store: &dyn Store, me: alloy_primitives::Address, idle: Duration) -> Result<(), ErrorReply> {
+async fn answer(
+    stream: &mut libp2p::Stream,
+    store: &dyn Store,
+    me: alloy_primitives::Address,
+    idle: Duration,
+) -> Result<(), ErrorReply> {
     let err = |code, message: String| ErrorReply { code, message };
     let req: BatchRequest = read_msg(stream, idle).await.map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
     if req.upto <= req.after || req.upto.0 - req.after.0 > MAX_BATCH_RECEIPTS {
@@ -166,9 +179,15 @@ fn by_size<T: Serialize>(items: &[T]) -> Vec<&[T]> {
 
 /// Asks `peer` for the receipts of `req`. Nothing here is trusted: the caller checks them
 /// against the settlement on chain.
-pub async fn fetch_batch(network: &Client, peer: PeerId, req: BatchRequest, idle: Duration) -> Result<FetchedBatch, FetchError> {
+pub async fn fetch_batch(
+    network: &Client,
+    peer: PeerId,
+    req: BatchRequest,
+    idle: Duration,
+) -> Result<FetchedBatch, FetchError> {
     network.connect(peer).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
-    let mut stream = network.open_stream(peer, BATCH_PROTOCOL).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    let mut stream =
+        network.open_stream(peer, BATCH_PROTOCOL).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
     write_msg(&mut stream, &req).await?;
     let max = req.upto.0.saturating_sub(req.after.0);
     let mut out = FetchedBatch::default();
@@ -206,7 +225,9 @@ mod tests {
         for c in &chunks {
             let size: usize = c.iter().map(|x| attrinet_market::encode(x).len()).sum();
             assert!(size <= FRAME_FILL || c.len() == 1, "a frame of {size} bytes");
-            assert!(attrinet_market::encode(&BatchMsg::Weights(Vec::new())).len() + size < crate::wire::MAX_FRAME_BYTES);
+            assert!(
+                attrinet_market::encode(&BatchMsg::Weights(Vec::new())).len() + size < crate::wire::MAX_FRAME_BYTES
+            );
         }
         assert_eq!(chunks.concat(), items);
         assert!(by_size::<u8>(&[]).is_empty());

@@ -24,11 +24,13 @@ mod provider;
 mod wire;
 
 pub use batches::{BATCH_PROTOCOL, BatchMsg, BatchRequest, FetchError, FetchedBatch, MAX_BATCH_RECEIPTS, fetch_batch};
-pub use network::{ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now};
+pub use libp2p::{Multiaddr, PeerId};
+pub use network::{
+    ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now,
+};
 pub use payer::{Answer, Ask, Failure, InferError, Payer};
 pub use provider::{ChannelLookup, Generator, Limits, Offer, Provider};
 pub use wire::{
     ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, MAX_FRAME_BYTES, Prompt, Sampling,
     ServerMsg, WireError, read_msg, write_msg,
 };
-pub use libp2p::{Multiaddr, PeerId};

@@ -63,7 +63,10 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
-            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid"), "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid")],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid"),
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid"),
+            ],
             bootstrap: Vec::new(),
             republish_every: Duration::from_secs(60),
             advert_ttl: Duration::from_secs(300),
@@ -177,7 +180,8 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
                     ..Default::default()
                 },
             )?;
-            let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad::Config::new(kad::PROTOCOL_NAME));
+            let mut kad =
+                kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad::Config::new(kad::PROTOCOL_NAME));
             // Every attrinet node serves the DHT: nodes run on reachable hosts, and a
             // client-only DHT would leave small networks without servers.
             kad.set_mode(Some(kad::Mode::Server));
@@ -250,7 +254,11 @@ impl Client {
     }
 
     /// Opens a stream to `peer`; opens are serialised (see the field's comment).
-    pub async fn open_stream(&self, peer: PeerId, protocol: libp2p::StreamProtocol) -> Result<libp2p::Stream, libp2p_stream::OpenStreamError> {
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<libp2p::Stream, libp2p_stream::OpenStreamError> {
         self.opener.lock().await.open_stream(peer, protocol).await
     }
 
@@ -423,7 +431,8 @@ impl EventLoop {
         match command {
             Command::Listeners { reply } => {
                 let me = *self.swarm.local_peer_id();
-                let addrs = self.swarm.listeners().map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me))).collect();
+                let addrs =
+                    self.swarm.listeners().map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me))).collect();
                 let _ = reply.send(addrs);
             }
             Command::Dial { addr, reply } => {
@@ -521,32 +530,43 @@ impl EventLoop {
                 // A new subscriber: let it learn our offers without waiting a full period.
                 self.publish_offers();
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
                 if let kad::QueryResult::GetClosestPeers(result) = &result
-                    && let Some(peer) = self.pending_lookup.remove(&id) {
-                        let found = match result {
-                            Ok(ok) => ok.peers.iter().find(|p| p.peer_id == peer).map(|p| p.addrs.clone()),
-                            Err(_) => None,
-                        };
-                        let dialed = found.filter(|a| !a.is_empty()).is_some_and(|addrs| {
-                            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
-                            self.swarm.dial(opts).is_ok()
-                        });
-                        if !dialed {
-                            for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
-                                let _ = reply.send(Err(NetError::Dial { addr: Multiaddr::empty(), reason: format!("no address found for {peer}") }));
-                            }
+                    && let Some(peer) = self.pending_lookup.remove(&id)
+                {
+                    let found = match result {
+                        Ok(ok) => ok.peers.iter().find(|p| p.peer_id == peer).map(|p| p.addrs.clone()),
+                        Err(_) => None,
+                    };
+                    let dialed = found.filter(|a| !a.is_empty()).is_some_and(|addrs| {
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+                        self.swarm.dial(opts).is_ok()
+                    });
+                    if !dialed {
+                        for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
+                            let _ = reply.send(Err(NetError::Dial {
+                                addr: Multiaddr::empty(),
+                                reason: format!("no address found for {peer}"),
+                            }));
                         }
                     }
+                }
                 if let kad::QueryResult::GetProviders(result) = result {
                     if let Some((found, _)) = self.pending_providers.get_mut(&id)
-                        && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
-                            found.extend(providers);
-                        }
+                        && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                    {
+                        found.extend(providers);
+                    }
                     if step.last
-                        && let Some((found, reply)) = self.pending_providers.remove(&id) {
-                            let _ = reply.send(found);
-                        }
+                        && let Some((found, reply)) = self.pending_providers.remove(&id)
+                    {
+                        let _ = reply.send(found);
+                    }
                 }
             }
             _ => {}

@@ -6,14 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, Datanet, Delivered, Demand, Identity, ModelAdvert, ModelId, PayerChannel, ProviderBook, Quote, SignedReceipt,
-    SignedVoucher, Store, encode, rank, request_hash, response_hash,
+    ChannelId, Datanet, Delivered, Demand, Identity, ModelAdvert, ModelId, PayerChannel, ProviderBook, Quote,
+    SignedReceipt, SignedVoucher, Store, encode, rank, request_hash, response_hash,
 };
 use libp2p::Stream;
 use tracing::{info, warn};
 
 use crate::network::{Client, key_peer, unix_now};
-use crate::wire::{ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, read_msg, write_msg};
+use crate::wire::{
+    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, read_msg, write_msg,
+};
 
 /// What the client asks for.
 #[derive(Clone, Debug)]
@@ -142,7 +144,10 @@ impl Payer {
     }
 
     /// The open channel with a provider (from the store) that has deposit left, if any.
-    pub fn channel_with(&self, provider: &ModelAdvert) -> Result<Option<Arc<tokio::sync::Mutex<PayerChannel>>>, InferError> {
+    pub fn channel_with(
+        &self,
+        provider: &ModelAdvert,
+    ) -> Result<Option<Arc<tokio::sync::Mutex<PayerChannel>>>, InferError> {
         let store_err = |e: attrinet_market::StoreError| InferError::Store(e.to_string());
         let me = self.inner.identity.address();
         let Some(state) = self
@@ -226,12 +231,18 @@ impl Payer {
     /// Opens a stream, sends the request and reads the first answer. A stream the
     /// provider's side drops before answering (its accept buffer was full) had no effect
     /// there, so it is retried a few times with a growing pause.
-    async fn open(&self, network: &Client, peer: libp2p::PeerId, request: &InferRequest) -> Result<(Stream, ServerMsg), InferError> {
+    async fn open(
+        &self,
+        network: &Client,
+        peer: libp2p::PeerId,
+        request: &InferRequest,
+    ) -> Result<(Stream, ServerMsg), InferError> {
         const ATTEMPTS: u64 = 6;
         let mut last = String::new();
         network.connect(peer).await.map_err(|e| InferError::Transport(e.to_string()))?;
         for attempt in 1..=ATTEMPTS {
-            let mut stream = network.open_stream(peer, INFER_PROTOCOL).await.map_err(|e| InferError::Transport(e.to_string()))?;
+            let mut stream =
+                network.open_stream(peer, INFER_PROTOCOL).await.map_err(|e| InferError::Transport(e.to_string()))?;
             // A reset shows on the write as well as on the read.
             let sent = write_msg(&mut stream, request).await;
             let first = match sent {
@@ -260,7 +271,8 @@ impl Payer {
         on_token: &mut (impl FnMut(&str) + Send),
     ) -> Result<Answer, InferError> {
         let transport = |e: &dyn std::fmt::Display| InferError::Transport(e.to_string());
-        let peer = key_peer(&provider.node_key).ok_or_else(|| InferError::Transport("advert key is not an ed25519 key".into()))?;
+        let peer = key_peer(&provider.node_key)
+            .ok_or_else(|| InferError::Transport("advert key is not an ed25519 key".into()))?;
         let channel_id = channel.lock().await.state().params.id;
         let request = InferRequest {
             model: provider.model,
@@ -298,7 +310,9 @@ impl Payer {
                 }
                 ServerMsg::Propose { proposal, batch_start, weights } => break (proposal, batch_start, weights),
                 ServerMsg::Error(e) => return Err(InferError::Remote(e)),
-                ServerMsg::Ack { .. } => return Err(InferError::Transport("acknowledgement before any receipt".into())),
+                ServerMsg::Ack { .. } => {
+                    return Err(InferError::Transport("acknowledgement before any receipt".into()));
+                }
             }
         };
         let delivered = Delivered {
@@ -312,12 +326,19 @@ impl Payer {
         // holds it (a watcher) checks them later.
         let datanet = self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).get(&request.model).cloned();
         let wrong = if weights.root() != proposal.receipt.attribution_root {
-            Some(format!("attribution weights hash to {}, the receipt commits to {}", weights.root(), proposal.receipt.attribution_root))
+            Some(format!(
+                "attribution weights hash to {}, the receipt commits to {}",
+                weights.root(),
+                proposal.receipt.attribution_root
+            ))
         } else {
-            datanet
-                .map(|d| d.attribute(&tokens).weights)
-                .filter(|expected| *expected != weights)
-                .map(|expected| format!("attribution weights are not the datanet's for this output (root {}, expected {})", weights.root(), expected.root()))
+            datanet.map(|d| d.attribute(&tokens).weights).filter(|expected| *expected != weights).map(|expected| {
+                format!(
+                    "attribution weights are not the datanet's for this output (root {}, expected {})",
+                    weights.root(),
+                    expected.root()
+                )
+            })
         };
         if let Some(reason) = wrong {
             let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: reason.clone() }).await;
@@ -328,19 +349,21 @@ impl Payer {
         if let Some(s) = self.inner.store.channel(&channel_id).map_err(|e| InferError::Store(e.to_string()))? {
             ch.settled(&s);
         }
-        let (receipt, voucher) = match ch.accept(proposal, batch_start, &request.quote, &delivered, unix_now(), &self.inner.identity) {
-            Ok(signed) => signed,
-            Err(e) => {
-                let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: e.to_string() }).await;
-                return Err(InferError::BadReceipt(e.to_string()));
-            }
-        };
+        let (receipt, voucher) =
+            match ch.accept(proposal, batch_start, &request.quote, &delivered, unix_now(), &self.inner.identity) {
+                Ok(signed) => signed,
+                Err(e) => {
+                    let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: e.to_string() }).await;
+                    return Err(InferError::BadReceipt(e.to_string()));
+                }
+            };
         // Store what we signed before handing it over: our record of what we owe must never
         // be behind the provider's.
         if !weights.is_empty() {
             self.inner.store.put_weights(&weights).map_err(|e| InferError::Store(e.to_string()))?;
         }
-        let stored = self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| InferError::Store(e.to_string()))?;
+        let stored =
+            self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| InferError::Store(e.to_string()))?;
         ch.commit(&stored, &receipt);
         drop(ch);
         write_msg(&mut stream, &ClientMsg::Pay { receipt: receipt.clone(), voucher: voucher.clone() })

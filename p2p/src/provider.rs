@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, ChannelState, Identity, LedgerError, ModelAdvert, ModelId, Price, ProviderChannel, Quote, Store, Usage, Wei, encode, request_hash,
-    response_hash,
+    ChannelId, ChannelState, Identity, LedgerError, ModelAdvert, ModelId, Price, ProviderChannel, Quote, Store, Usage,
+    Wei, encode, request_hash, response_hash,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -62,7 +62,11 @@ pub struct Offer {
 
 impl std::fmt::Debug for Offer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Offer").field("model", &self.model).field("name", &self.name).field("price", &self.price).finish()
+        f.debug_struct("Offer")
+            .field("model", &self.model)
+            .field("name", &self.name)
+            .field("price", &self.price)
+            .finish()
     }
 }
 
@@ -244,7 +248,11 @@ impl Provider {
         let _ = write_msg(&mut stream, &ServerMsg::Error(error)).await;
     }
 
-    async fn channel(&self, id: &ChannelId, peer: &PeerId) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
+    async fn channel(
+        &self,
+        id: &ChannelId,
+        peer: &PeerId,
+    ) -> Result<Arc<tokio::sync::Mutex<ProviderChannel>>, ErrorReply> {
         if let Some(c) = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(c.clone());
         }
@@ -257,9 +265,13 @@ impl Provider {
         let receipts = store.receipts_after(id, state.settled_seq).map_err(internal)?;
         let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
         // Another request may have restored it meanwhile: keep the first.
-        let ch = map
-            .entry(*id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ProviderChannel::restore(state, &receipts, self.inner.limits.exposure_limit))));
+        let ch = map.entry(*id).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(ProviderChannel::restore(
+                state,
+                &receipts,
+                self.inner.limits.exposure_limit,
+            )))
+        });
         Ok(ch.clone())
     }
 
@@ -274,7 +286,10 @@ impl Provider {
             .map_err(|e| reply(ErrorCode::Internal, format!("cannot look channel {id} up: {e}")))?
             .ok_or_else(unknown)?;
         let me = &self.inner.identity;
-        if state.params.id != *id || state.params.provider != me.address() || state.params.provider_key != me.public_key() {
+        if state.params.id != *id
+            || state.params.provider != me.address()
+            || state.params.provider_key != me.public_key()
+        {
             return Err(reply(ErrorCode::UnknownChannel, format!("channel {id} is not with this node")));
         }
         if Some(state.params.payer_key) != peer_key(peer) {
@@ -300,7 +315,9 @@ impl Provider {
     async fn exchange(&self, peer: PeerId, stream: &mut Stream) -> Result<(), ErrorReply> {
         let limits = self.inner.limits;
         let request: InferRequest = read_msg(stream, limits.idle_timeout).await.map_err(|e| match e {
-            WireError::TooLarge(n) => reply(ErrorCode::TooLarge, format!("request of {n} bytes is over the frame limit")),
+            WireError::TooLarge(n) => {
+                reply(ErrorCode::TooLarge, format!("request of {n} bytes is over the frame limit"))
+            }
             WireError::Timeout(t) => reply(ErrorCode::Timeout, format!("no request within {t:?}")),
             e => reply(ErrorCode::BadRequest, e.to_string()),
         })?;
@@ -312,7 +329,10 @@ impl Provider {
             let mut map = self.inner.per_peer.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(peer).or_insert(0);
             if *n >= limits.max_per_peer {
-                return Err(reply(ErrorCode::Busy, format!("{} requests from you are already in flight", limits.max_per_peer)));
+                return Err(reply(
+                    ErrorCode::Busy,
+                    format!("{} requests from you are already in flight", limits.max_per_peer),
+                ));
             }
             *n += 1;
             PeerSlot { map: &self.inner.per_peer, peer }
@@ -330,20 +350,35 @@ impl Provider {
             .ok_or_else(|| reply(ErrorCode::UnknownModel, format!("model {} is not served here", request.model)))?;
         let prompt_len = request.prompt.text_len();
         if prompt_len > limits.max_prompt_bytes {
-            return Err(reply(ErrorCode::TooLarge, format!("prompt of {prompt_len} bytes is over the {}-byte limit", limits.max_prompt_bytes)));
+            return Err(reply(
+                ErrorCode::TooLarge,
+                format!("prompt of {prompt_len} bytes is over the {}-byte limit", limits.max_prompt_bytes),
+            ));
         }
         if request.max_tokens == 0 || request.max_tokens > limits.max_tokens {
-            return Err(reply(ErrorCode::BadRequest, format!("max_tokens must be 1..={}, got {}", limits.max_tokens, request.max_tokens)));
+            return Err(reply(
+                ErrorCode::BadRequest,
+                format!("max_tokens must be 1..={}, got {}", limits.max_tokens, request.max_tokens),
+            ));
         }
         let quote = request.quote;
         if quote.model != request.model || quote.price != offer.price || quote.max_output_tokens < request.max_tokens {
-            return Err(reply(ErrorCode::QuoteRejected, format!("quote {quote:?} does not match the offer at {:?}", offer.price)));
+            return Err(reply(
+                ErrorCode::QuoteRejected,
+                format!("quote {quote:?} does not match the offer at {:?}", offer.price),
+            ));
         }
-        let input_tokens = offer.generator.count_tokens(&request.prompt).map_err(|e| reply(ErrorCode::BadRequest, e))?;
-        if input_tokens > quote.max_input_tokens || input_tokens.saturating_add(request.max_tokens) > offer.context_length {
+        let input_tokens =
+            offer.generator.count_tokens(&request.prompt).map_err(|e| reply(ErrorCode::BadRequest, e))?;
+        if input_tokens > quote.max_input_tokens
+            || input_tokens.saturating_add(request.max_tokens) > offer.context_length
+        {
             return Err(reply(
                 ErrorCode::BadRequest,
-                format!("prompt of {input_tokens} tokens plus {} new ones does not fit (quote allows {}, context {})", request.max_tokens, quote.max_input_tokens, offer.context_length),
+                format!(
+                    "prompt of {input_tokens} tokens plus {} new ones does not fit (quote allows {}, context {})",
+                    request.max_tokens, quote.max_input_tokens, offer.context_length
+                ),
             ));
         }
         let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: request.max_tokens, ..quote };
@@ -355,7 +390,10 @@ impl Provider {
             self.refresh(&mut ch)?;
             let p = &ch.state().params;
             if Some(p.payer_key) != peer_key(&peer) || p.provider != self.inner.identity.address() {
-                return Err(reply(ErrorCode::UnknownChannel, format!("channel {} does not belong to you and this node", request.channel)));
+                return Err(reply(
+                    ErrorCode::UnknownChannel,
+                    format!("channel {} does not belong to you and this node", request.channel),
+                ));
             }
             match ch.reserve(quote) {
                 // The payer may have topped the deposit up since it was last seen.
@@ -369,7 +407,9 @@ impl Provider {
             .map_err(|e| reply(ErrorCode::Unpaid, e.to_string()))?
         };
 
-        write_msg(stream, &ServerMsg::Started { input_tokens }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+        write_msg(stream, &ServerMsg::Started { input_tokens })
+            .await
+            .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
         let tokens = match self.generate(offer, &request, stream).await {
             Ok(t) => t,
             Err(e) => {
@@ -384,7 +424,10 @@ impl Provider {
         let attribution_root = weights.root();
         if !weights.is_empty() {
             // Stored before the receipt is proposed: settling it needs them, after a restart too.
-            self.inner.store.put_weights(&weights).map_err(|e| reply(ErrorCode::Internal, format!("could not store weights: {e}")))?;
+            self.inner
+                .store
+                .put_weights(&weights)
+                .map_err(|e| reply(ErrorCode::Internal, format!("could not store weights: {e}")))?;
         }
         let usage = Usage {
             request_hash: req_hash,
@@ -401,13 +444,17 @@ impl Provider {
             .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
         let seq = proposal.receipt.seq;
         let answer = async {
-            write_msg(stream, &ServerMsg::Propose { proposal, batch_start, weights }).await.map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+            write_msg(stream, &ServerMsg::Propose { proposal, batch_start, weights })
+                .await
+                .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
             match read_msg::<ClientMsg>(stream, limits.idle_timeout).await {
                 Ok(ClientMsg::Pay { receipt, voucher }) => {
                     ch.check_cosigned(&receipt, &voucher).map_err(|e| reply(ErrorCode::BadPayment, e.to_string()))?;
                     Ok((receipt, voucher))
                 }
-                Ok(ClientMsg::Refuse { reason }) => Err(reply(ErrorCode::BadPayment, format!("client refused to sign: {reason}"))),
+                Ok(ClientMsg::Refuse { reason }) => {
+                    Err(reply(ErrorCode::BadPayment, format!("client refused to sign: {reason}")))
+                }
                 Err(e) => Err(reply(ErrorCode::Timeout, format!("no payment for receipt {seq}: {e}"))),
             }
         }
@@ -434,7 +481,12 @@ impl Provider {
 
     /// Runs the generator on a blocking thread, streaming each token as it comes. Stops
     /// generating when the client goes away.
-    async fn generate(&self, offer: &Offer, request: &InferRequest, stream: &mut Stream) -> Result<Vec<u32>, ErrorReply> {
+    async fn generate(
+        &self,
+        offer: &Offer,
+        request: &InferRequest,
+        stream: &mut Stream,
+    ) -> Result<Vec<u32>, ErrorReply> {
         let (tx, mut rx) = mpsc::channel::<(u32, String)>(32);
         let generator = offer.generator.clone();
         let (prompt, max_tokens, sampling) = (request.prompt.clone(), request.max_tokens, request.sampling);

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use attrinet_market::{ChannelId, ModelId, ProposedReceipt, Quote, Seq, SignedReceipt, SignedVoucher, Weights, decode, encode};
+use attrinet_market::{
+    ChannelId, ModelId, ProposedReceipt, Quote, Seq, SignedReceipt, SignedVoucher, Weights, decode, encode,
+};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};

@@ -94,18 +94,24 @@ async fn a_query_streams_and_both_sides_store_identical_receipts() {
     let peer = provider.client.peer_id();
     let req = BatchRequest { channel: id, after: Seq::ZERO, upto: Seq(2) };
     let fetched = fetch_batch(&client.client, peer, req, Duration::from_secs(5)).await.unwrap();
-    let stored: Vec<_> = provider.store.receipts_after(&id, Seq::ZERO).unwrap().into_iter().map(|r| r.receipt).collect();
+    let stored: Vec<_> =
+        provider.store.receipts_after(&id, Seq::ZERO).unwrap().into_iter().map(|r| r.receipt).collect();
     assert_eq!(fetched.receipts, stored);
-    let one = fetch_batch(&client.client, peer, BatchRequest { after: Seq(1), ..req }, Duration::from_secs(5)).await.unwrap();
+    let one =
+        fetch_batch(&client.client, peer, BatchRequest { after: Seq(1), ..req }, Duration::from_secs(5)).await.unwrap();
     assert_eq!(one.receipts, stored[1..]);
     let refused = |e: FetchError| match e {
         FetchError::Refused(r) => r.code,
         other => panic!("expected a refusal, got {other}"),
     };
     let other = attrinet_market::ChannelId(alloy_primitives::B256::repeat_byte(7));
-    let err = fetch_batch(&client.client, peer, BatchRequest { channel: other, ..req }, Duration::from_secs(5)).await.unwrap_err();
+    let err = fetch_batch(&client.client, peer, BatchRequest { channel: other, ..req }, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert_eq!(refused(err), ErrorCode::UnknownChannel);
-    let err = fetch_batch(&client.client, peer, BatchRequest { upto: Seq::ZERO, ..req }, Duration::from_secs(5)).await.unwrap_err();
+    let err = fetch_batch(&client.client, peer, BatchRequest { upto: Seq::ZERO, ..req }, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert_eq!(refused(err), ErrorCode::BadRequest);
 }
 
@@ -303,7 +309,11 @@ async fn a_payer_that_does_not_cosign_is_refused_at_the_exposure_limit() {
 async fn channels_are_learnt_through_the_lookup_and_checked() {
     let lookup = Arc::new(TableLookup::default());
     let mut provider = Node::start(70, &[], fast_config(Duration::from_secs(60))).await;
-    provider.serve_with_lookup(vec![offer(model(1), 1000, 2000, TestEngine::new(0))], Limits::default(), lookup.clone());
+    provider.serve_with_lookup(
+        vec![offer(model(1), 1000, 2000, TestEngine::new(0))],
+        Limits::default(),
+        lookup.clone(),
+    );
     let boot = [provider.tcp_addr().await];
     let client = Node::start(71, &boot, fast_config(Duration::from_secs(60))).await;
     let other = Node::start(72, &boot, fast_config(Duration::from_secs(60))).await;
@@ -326,7 +336,17 @@ async fn channels_are_learnt_through_the_lookup_and_checked() {
     client.store.put_channel(&state).unwrap();
 
     // The lookup does not know it yet: refused, nothing stored.
-    let err = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    let err = client
+        .payer
+        .infer_with(
+            &client.client,
+            &advert,
+            client.channel_with(&advert).await,
+            &ask("test-model", "one two three", 5),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
     assert_eq!(remote_code(err), ErrorCode::UnknownChannel);
     assert!(provider.store.channel(&id).unwrap().is_none());
 
@@ -334,7 +354,17 @@ async fn channels_are_learnt_through_the_lookup_and_checked() {
     let mut foreign = state.clone();
     foreign.params.provider = other.identity.address();
     lookup.0.lock().unwrap().insert(id, foreign);
-    let err = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    let err = client
+        .payer
+        .infer_with(
+            &client.client,
+            &advert,
+            client.channel_with(&advert).await,
+            &ask("test-model", "one two three", 5),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
     assert_eq!(remote_code(err), ErrorCode::UnknownChannel);
     assert!(provider.store.channel(&id).unwrap().is_none());
 
@@ -346,25 +376,58 @@ async fn channels_are_learnt_through_the_lookup_and_checked() {
     let mut bound = theirs.clone();
     bound.params.payer_key = other.identity.public_key();
     lookup.0.lock().unwrap().insert(theirs.params.id, bound);
-    let err = third.payer.infer_with(&third.client, &advert, third.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    let err = third
+        .payer
+        .infer_with(
+            &third.client,
+            &advert,
+            third.channel_with(&advert).await,
+            &ask("test-model", "one two three", 5),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
     assert_eq!(remote_code(err), ErrorCode::UnknownChannel);
     assert!(provider.store.channel(&theirs.params.id).unwrap().is_none(), "nothing served, nothing stored");
 
     // The true channel: served, and both stores agree.
     lookup.0.lock().unwrap().insert(id, state.clone());
-    let answer = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap();
+    let answer = client
+        .payer
+        .infer_with(
+            &client.client,
+            &advert,
+            client.channel_with(&advert).await,
+            &ask("test-model", "one two three", 5),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
     assert_eq!(answer.receipt.receipt.seq, Seq(1));
     assert_eq!(provider.store.channel(&id).unwrap().unwrap().last_seq, Seq(1));
 
     // The deposit cannot cover a second request; once topped up on "chain" it can.
-    let err = client.payer.infer_with(&client.client, &advert, client.channel_with(&advert).await, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap_err();
+    let err = client
+        .payer
+        .infer_with(
+            &client.client,
+            &advert,
+            client.channel_with(&advert).await,
+            &ask("test-model", "one two three", 5),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
     assert_eq!(remote_code(err), ErrorCode::Unpaid);
     let topped = ChannelState { deposit: Wei(100), ..state.clone() };
     lookup.0.lock().unwrap().insert(id, topped.clone());
     client.store.put_channel(&topped).unwrap();
     let client2 = Payer::new(client.identity.clone(), client.store.clone(), Duration::from_secs(10));
     let channel = client2.channel_with(&advert).unwrap().unwrap();
-    let again = client2.infer_with(&client.client, &advert, channel, &ask("test-model", "one two three", 5), &mut |_| {}).await.unwrap();
+    let again = client2
+        .infer_with(&client.client, &advert, channel, &ask("test-model", "one two three", 5), &mut |_| {})
+        .await
+        .unwrap();
     assert_eq!(again.receipt.receipt.seq, Seq(2));
     assert_eq!(provider.store.channel(&id).unwrap().unwrap().deposit, Wei(100));
 }
@@ -379,7 +442,12 @@ fn wire_messages_roundtrip() {
         max_tokens: 7,
         sampling: Sampling { temperature_milli: 800, top_p_milli: 950, seed: u64::MAX },
         channel: ChannelId::from([2; 32]),
-        quote: Quote { model: ModelId::from([1; 32]), price: Price::default(), max_input_tokens: 1, max_output_tokens: 7 },
+        quote: Quote {
+            model: ModelId::from([1; 32]),
+            price: Price::default(),
+            max_input_tokens: 1,
+            max_output_tokens: 7,
+        },
     };
     assert_eq!(decode::<InferRequest>(&encode(&req)).unwrap(), req);
     for m in [
@@ -435,14 +503,19 @@ async fn attribution_weights_travel_with_the_receipt() {
     assert_eq!(provider.provider.as_ref().unwrap().weights(&root), Some(answer.weights.clone()));
 
     // An output that shares nothing with the datanet carries no weights and a zero root.
-    let other = client.payer.infer(&client.client, &ask("test-model", "something else entirely", 12), |_| {}).await.unwrap();
+    let other =
+        client.payer.infer(&client.client, &ask("test-model", "something else entirely", 12), |_| {}).await.unwrap();
     assert!(other.weights.is_empty());
     assert_eq!(other.receipt.receipt.attribution_root, alloy_primitives::B256::ZERO);
 
     // A node that attributes with another datanet (B claims A's passage): its weights are
     // consistent with its receipt, so only a client holding the true datanet can tell.
     // That client refuses to co-sign and nothing is stored on either side.
-    let forged = Datanet::build(8, vec![Contribution { owner: owner_b, name: "b".into(), tokens: TestEngine::expected(&copied, 40) }]).unwrap();
+    let forged = Datanet::build(
+        8,
+        vec![Contribution { owner: owner_b, name: "b".into(), tokens: TestEngine::expected(&copied, 40) }],
+    )
+    .unwrap();
     let mut cheat = Node::start(11, &[], fast_config(Duration::from_secs(60))).await;
     let mut o = offer(model(1), 1000, 2000, TestEngine::new(0));
     o.datanet = Some(std::sync::Arc::new(forged));
@@ -458,12 +531,20 @@ async fn attribution_weights_travel_with_the_receipt() {
     .await;
     let advert = careful.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
     let channel = careful.channel_with(&advert).await;
-    let err = careful.payer.infer_with(&careful.client, &advert, channel, &ask("test-model", "copy this please", 12), &mut |_| {}).await.unwrap_err();
+    let err = careful
+        .payer
+        .infer_with(&careful.client, &advert, channel, &ask("test-model", "copy this please", 12), &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(&err, InferError::BadReceipt(r) if r.contains("not the datanet's")), "{err}");
     assert_eq!(careful.store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
     assert_eq!(cheat.store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
     // The same node's honest answers (nothing attributed) are paid as usual.
     let channel = careful.channel_with(&advert).await;
-    let fine = careful.payer.infer_with(&careful.client, &advert, channel, &ask("test-model", "something else entirely", 12), &mut |_| {}).await.unwrap();
+    let fine = careful
+        .payer
+        .infer_with(&careful.client, &advert, channel, &ask("test-model", "something else entirely", 12), &mut |_| {})
+        .await
+        .unwrap();
     assert_eq!(fine.receipt.receipt.seq, Seq(1));
 }

@@ -26,9 +26,10 @@ impl Rng {
 
 #[test]
 fn acknowledged_receipts_survive_sigkill() {
-    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
     println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +73,11 @@ fn acknowledged_receipts_survive_sigkill() {
         let id = test_channel(Wei(0)).params.id;
         let state = store.channel(&id).unwrap().expect("channel stored");
         let last_ack = acknowledged.last().unwrap().0;
-        assert!(state.last_seq.0 >= last_ack, "kill {kill}: acknowledged seq {last_ack} but store ends at {}", state.last_seq);
+        assert!(
+            state.last_seq.0 >= last_ack,
+            "kill {kill}: acknowledged seq {last_ack} but store ends at {}",
+            state.last_seq
+        );
         audit(&store).unwrap_or_else(|e| panic!("kill {kill}: store inconsistent: {e}"));
         drop(store);
     }

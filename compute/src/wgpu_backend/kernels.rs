@@ -9,13 +9,8 @@ const WEIGHTS: &str = include_str!("wgsl/weights.wgsl");
 const QUANT_DEQ: &str = include_str!("wgsl/quant_deq.wgsl");
 
 /// The weight types the wgpu kernels compute with.
-pub(crate) const SUPPORTED: &[GgmlDType] = &[
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q8_0,
-];
+pub(crate) const SUPPORTED: &[GgmlDType] =
+    &[GgmlDType::F32, GgmlDType::F16, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
 pub(crate) const SUPPORTED_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q8_0";
 
 /// Whether a type's matrix kernels take 8-bit quantized activations (candle's scheme for
@@ -64,53 +59,21 @@ impl Kernel {
                 } else {
                     include_str!("wgsl/matvec_f.wgsl")
                 };
-                format!(
-                    "{}\n{}",
-                    type_snippet(t),
-                    body.replace("__TPR__", &tpr.to_string())
-                )
+                format!("{}\n{}", type_snippet(t), body.replace("__TPR__", &tpr.to_string()))
             }
             Kernel::MatRows(t) if is_quantized(t) => {
-                format!(
-                    "{}\n{}",
-                    type_snippet(t),
-                    include_str!("wgsl/matrows_q.wgsl")
-                )
+                format!("{}\n{}", type_snippet(t), include_str!("wgsl/matrows_q.wgsl"))
             }
-            Kernel::MatRows(t) => format!(
-                "{}\n{}",
-                type_snippet(t),
-                include_str!("wgsl/matrows_f.wgsl")
-            ),
+            Kernel::MatRows(t) => format!("{}\n{}", type_snippet(t), include_str!("wgsl/matrows_f.wgsl")),
             Kernel::MatMul(t) if is_quantized(t) => {
-                format!(
-                    "{}\n{}",
-                    type_snippet(t),
-                    include_str!("wgsl/matmul_q.wgsl")
-                )
+                format!("{}\n{}", type_snippet(t), include_str!("wgsl/matmul_q.wgsl"))
             }
-            Kernel::MatMul(t) => format!(
-                "{}\n{}",
-                type_snippet(t),
-                include_str!("wgsl/matmul_f.wgsl")
-            ),
-            Kernel::Quantize => format!(
-                "{}\n{}",
-                include_str!("wgsl/q8.wgsl"),
-                include_str!("wgsl/quantize.wgsl")
-            ),
-            Kernel::RmsNorm => format!(
-                "{}\n{}",
-                include_str!("wgsl/q8.wgsl"),
-                include_str!("wgsl/rmsnorm.wgsl")
-            ),
+            Kernel::MatMul(t) => format!("{}\n{}", type_snippet(t), include_str!("wgsl/matmul_f.wgsl")),
+            Kernel::Quantize => format!("{}\n{}", include_str!("wgsl/q8.wgsl"), include_str!("wgsl/quantize.wgsl")),
+            Kernel::RmsNorm => format!("{}\n{}", include_str!("wgsl/q8.wgsl"), include_str!("wgsl/rmsnorm.wgsl")),
             Kernel::Rope => include_str!("wgsl/rope.wgsl").to_owned(),
             Kernel::Attention => include_str!("wgsl/attention.wgsl").to_owned(),
-            Kernel::SwiGlu => format!(
-                "{}\n{}",
-                include_str!("wgsl/q8.wgsl"),
-                include_str!("wgsl/swiglu.wgsl")
-            ),
+            Kernel::SwiGlu => format!("{}\n{}", include_str!("wgsl/q8.wgsl"), include_str!("wgsl/swiglu.wgsl")),
             Kernel::Sample => include_str!("wgsl/sample.wgsl").to_owned(),
         };
         format!("{COMMON}\n{body}")
@@ -121,9 +84,7 @@ impl Kernel {
     pub(crate) fn signature(self) -> &'static str {
         match self {
             Kernel::Embed(_) => "uurrrw",
-            Kernel::MatVec(t, _) | Kernel::MatMul(t) | Kernel::MatRows(t) if is_quantized(t) => {
-                "uurrrrw"
-            }
+            Kernel::MatVec(t, _) | Kernel::MatMul(t) | Kernel::MatRows(t) if is_quantized(t) => "uurrrrw",
             Kernel::MatVec(..) | Kernel::MatMul(_) | Kernel::MatRows(_) => "uurrrw",
             Kernel::Quantize => "uurww",
             Kernel::RmsNorm => "uurrwww",
@@ -143,11 +104,7 @@ pub(crate) struct Pipelines {
 }
 
 impl Pipelines {
-    pub(crate) fn layout(
-        &mut self,
-        device: &wgpu::Device,
-        signature: &'static str,
-    ) -> wgpu::BindGroupLayout {
+    pub(crate) fn layout(&mut self, device: &wgpu::Device, signature: &'static str) -> wgpu::BindGroupLayout {
         self.layouts
             .entry(signature)
             .or_insert_with(|| {

@@ -102,11 +102,7 @@ enum Size {
     /// A matrix product with `rows` output rows: matrix-vector (`rows_per_wg` rows per
     /// workgroup) for one token, the `alt` matrix-matrix pipeline for more, tiled 32x32
     /// or one row per invocation.
-    Rows {
-        rows: u32,
-        rows_per_wg: u32,
-        tiled: bool,
-    },
+    Rows { rows: u32, rows_per_wg: u32, tiled: bool },
     /// `per_token * n` invocations in workgroups of `wg`.
     Elems { per_token: u32, wg: u32 },
     /// One workgroup row of `x` per token.
@@ -134,11 +130,7 @@ impl Op {
             Size::Fixed(x) => (self.pipeline, (x, 1)),
             Size::GridPerToken(x) => (self.pipeline, (x, n)),
             Size::Elems { per_token, wg } => (self.pipeline, ((per_token * n).div_ceil(wg), 1)),
-            Size::Rows {
-                rows,
-                rows_per_wg,
-                tiled,
-            } => match self.alt {
+            Size::Rows { rows, rows_per_wg, tiled } => match self.alt {
                 Some(alt) if n > 1 && tiled => (alt, (rows.div_ceil(32), n.div_ceil(32))),
                 Some(alt) if n > 1 => (alt, (rows.div_ceil(64), 1)),
                 _ => {
@@ -207,49 +199,25 @@ impl Builder<'_> {
         )
     }
 
-    fn push(
-        &mut self,
-        kernel: Kernel,
-        alt: Option<Kernel>,
-        params: &[u32],
-        buffers: &[&wgpu::Buffer],
-        size: Size,
-    ) {
+    fn push(&mut self, kernel: Kernel, alt: Option<Kernel>, params: &[u32], buffers: &[&wgpu::Buffer], size: Size) {
         let alt_kernel = alt;
         let pipeline = self.pipeline(kernel);
         let alt = alt.map(|k| self.pipeline(k));
         let params = self.params(params);
         let layout = self.cache.layout(self.device, kernel.signature());
         let mut entries = vec![
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: self.step_buf.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: params.as_entire_binding(),
-            },
+            wgpu::BindGroupEntry { binding: 0, resource: self.step_buf.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
         ];
         for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 2 + i as u32,
-                resource: b.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: 2 + i as u32, resource: b.as_entire_binding() });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("op"),
             layout: &layout,
             entries: &entries,
         });
-        self.ops.push(Op {
-            kernel,
-            alt_kernel,
-            pipeline,
-            alt,
-            bind_group,
-            size,
-            final_only: false,
-        });
+        self.ops.push(Op { kernel, alt_kernel, pipeline, alt, bind_group, size, final_only: false });
     }
 
     /// `y[t * y_stride + y_off + r] (+)= (W x[t])[r]`, reading `x` quantized (`xq`/`xs`,
@@ -265,41 +233,15 @@ impl Builder<'_> {
         (y_stride, y_off): (usize, usize),
         accumulate: bool,
     ) {
-        let params = [
-            w.rows,
-            w.blocks_per_row,
-            accumulate as u32,
-            y_stride as u32,
-            y_off as u32,
-        ];
+        let params = [w.rows, w.blocks_per_row, accumulate as u32, y_stride as u32, y_off as u32];
         let scales = w.scales.as_ref().unwrap_or(&self.dummy).clone();
-        let (tpr, prefill) = if self.per_row {
-            (1, Kernel::MatRows(w.dtype))
-        } else {
-            (32, Kernel::MatMul(w.dtype))
-        };
-        let size = Size::Rows {
-            rows: w.rows,
-            rows_per_wg: 64 / tpr,
-            tiled: !self.per_row,
-        };
+        let (tpr, prefill) = if self.per_row { (1, Kernel::MatRows(w.dtype)) } else { (32, Kernel::MatMul(w.dtype)) };
+        let size = Size::Rows { rows: w.rows, rows_per_wg: 64 / tpr, tiled: !self.per_row };
         let kernel = Kernel::MatVec(w.dtype, tpr);
         if is_quantized(w.dtype) {
-            self.push(
-                kernel,
-                Some(prefill),
-                &params,
-                &[&w.data, &scales, xq, xs, y],
-                size,
-            );
+            self.push(kernel, Some(prefill), &params, &[&w.data, &scales, xq, xs, y], size);
         } else {
-            self.push(
-                kernel,
-                Some(prefill),
-                &params,
-                &[&w.data, &scales, x, y],
-                size,
-            );
+            self.push(kernel, Some(prefill), &params, &[&w.data, &scales, x, y], size);
         }
     }
 
@@ -331,10 +273,7 @@ impl Builder<'_> {
 
     fn quantize(&mut self, x: &wgpu::Buffer, dim: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) {
         let blocks = (dim / 32) as u32;
-        let size = Size::Elems {
-            per_token: blocks,
-            wg: 64,
-        };
+        let size = Size::Elems { per_token: blocks, wg: 64 };
         self.push(Kernel::Quantize, None, &[blocks], &[x, xq, xs], size);
     }
 }
@@ -343,9 +282,7 @@ fn storage(device: &wgpu::Device, label: &str, bytes: usize) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.max(16).next_multiple_of(16) as u64,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     })
 }
@@ -381,22 +318,12 @@ fn pick_adapter(allow_software: bool) -> Result<(wgpu::Adapter, wgpu::AdapterInf
         })
         .collect();
     found.sort_by_key(|(_, i)| rank(i.device_type));
-    let names: Vec<String> = found
-        .iter()
-        .map(|(_, i)| format!("{} ({:?})", i.name, i.device_type))
-        .collect();
+    let names: Vec<String> = found.iter().map(|(_, i)| format!("{} ({:?})", i.name, i.device_type)).collect();
     match found.into_iter().next() {
-        None => Err(Error::NoAdapter {
-            detail: " (no Vulkan adapter)".to_owned(),
+        None => Err(Error::NoAdapter { detail: " (no Vulkan adapter)".to_owned() }),
+        Some((_, info)) if info.device_type == wgpu::DeviceType::Cpu && !allow_software => Err(Error::NoAdapter {
+            detail: format!(" other than software ones ({}), which `auto` does not use", names.join(", ")),
         }),
-        Some((_, info)) if info.device_type == wgpu::DeviceType::Cpu && !allow_software => {
-            Err(Error::NoAdapter {
-                detail: format!(
-                    " other than software ones ({}), which `auto` does not use",
-                    names.join(", ")
-                ),
-            })
-        }
         Some(found) => Ok(found),
     }
 }
@@ -406,9 +333,7 @@ impl WgpuEngine {
     pub fn new(model: &Model, options: &WgpuOptions) -> Result<Self> {
         let c = model.config().clone();
         // Check types before touching a device, so the error is the same everywhere.
-        for (name, _) in
-            crate::model::expected_shapes(&c, model.tensor_type("output.weight").is_some())
-        {
+        for (name, _) in crate::model::expected_shapes(&c, model.tensor_type("output.weight").is_some()) {
             let dtype = model.tensor_type(&name).expect("validated at load");
             let is_matrix = !name.ends_with("norm.weight");
             if is_matrix && !kernels::SUPPORTED.contains(&dtype) {
@@ -420,10 +345,7 @@ impl WgpuEngine {
                 });
             }
         }
-        let bad_shape = |reason: String| Error::BadTensor {
-            tensor: "token_embd.weight".to_owned(),
-            reason,
-        };
+        let bad_shape = |reason: String| Error::BadTensor { tensor: "token_embd.weight".to_owned(), reason };
         if !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) {
             return Err(bad_shape(format!(
                 "the wgpu kernels need widths that are multiples of 32 (embedding {}, feed-forward {})",
@@ -431,10 +353,7 @@ impl WgpuEngine {
             )));
         }
         if c.head_dim > 256 {
-            return Err(bad_shape(format!(
-                "head width {} is over the wgpu kernels' 256",
-                c.head_dim
-            )));
+            return Err(bad_shape(format!("head width {} is over the wgpu kernels' 256", c.head_dim)));
         }
 
         let (adapter, info) = pick_adapter(options.allow_software)?;
@@ -457,9 +376,7 @@ impl WgpuEngine {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
 
-        let context_length = c
-            .context_length
-            .min(options.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
+        let context_length = c.context_length.min(options.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
         let limits = device.limits();
         let kvd = c.n_kv_heads * c.head_dim;
         let max_binding = limits.max_storage_buffer_binding_size as usize;
@@ -503,10 +420,8 @@ impl WgpuEngine {
         // RoPE table, computed as candle computes it (f32 throughout).
         let half = c.head_dim / 2;
         let mut cs = Vec::with_capacity(context_length * half * 2);
-        let theta: Vec<f32> = (0..c.head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / c.rope_theta.powf(i as f32 / c.head_dim as f32))
-            .collect();
+        let theta: Vec<f32> =
+            (0..c.head_dim).step_by(2).map(|i| 1f32 / c.rope_theta.powf(i as f32 / c.head_dim as f32)).collect();
         for pos in 0..context_length {
             for th in &theta {
                 let a = pos as f32 * th;
@@ -537,12 +452,7 @@ impl WgpuEngine {
             Kernel::Embed(embd.dtype),
             None,
             &[embd.blocks_per_row, d as u32],
-            &[
-                &embd.data,
-                embd.scales.as_ref().unwrap_or(&dummy),
-                &tokens_buf,
-                &x,
-            ],
+            &[&embd.data, embd.scales.as_ref().unwrap_or(&dummy), &tokens_buf, &x],
             Size::PerToken,
         );
         let norm = |name: &str| -> Result<wgpu::Buffer> {
@@ -572,15 +482,7 @@ impl WgpuEngine {
                 &[&x, &attn_norm, &xn, &xq, &xs],
                 Size::PerToken,
             );
-            b.stacked(
-                model,
-                &[&q_name, &k_name, &v_name],
-                &xn,
-                &xq,
-                &xs,
-                &qkv,
-                qkv_width,
-            )?;
+            b.stacked(model, &[&q_name, &k_name, &v_name], &xn, &xq, &xs, &qkv, qkv_width)?;
             let rope_items = ((c.n_heads + c.n_kv_heads) * half + kvd) as u32;
             b.push(
                 Kernel::Rope,
@@ -593,13 +495,7 @@ impl WgpuEngine {
             b.push(
                 Kernel::Attention,
                 None,
-                &[
-                    c.n_heads as u32,
-                    c.n_kv_heads as u32,
-                    c.head_dim as u32,
-                    context_length as u32,
-                    scale,
-                ],
+                &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, context_length as u32, scale],
                 &[&qkv, &kc, &vc, &scratch, &att],
                 Size::GridPerToken(c.n_heads as u32),
             );
@@ -621,10 +517,7 @@ impl WgpuEngine {
                 None,
                 &[f as u32, is_quantized(wd.dtype) as u32],
                 &[&gu, &h, &xq, &xs],
-                Size::Elems {
-                    per_token: (f / 32) as u32,
-                    wg: 64,
-                },
+                Size::Elems { per_token: (f / 32) as u32, wg: 64 },
             );
             b.matmul(&wd, &h, &xq, &xs, &x, (d, 0), true);
         }
@@ -642,15 +535,7 @@ impl WgpuEngine {
             &[&x, &out_norm, &last, &xq, &xs],
             Size::Fixed(1),
         );
-        b.matmul(
-            &out_w,
-            &last,
-            &xq,
-            &xs,
-            &logits_buf,
-            (c.vocab_size, 0),
-            false,
-        );
+        b.matmul(&out_w, &last, &xq, &xs, &logits_buf, (c.vocab_size, 0), false);
         // The final norm, quantization and output projection see one row (the last
         // position's): the projection is forced to the matrix-vector kernel by leaving out
         // the tiled alternative, and intermediate prompt chunks skip all three.
@@ -658,22 +543,13 @@ impl WgpuEngine {
             op.alt = None;
             op.final_only = true;
         }
-        b.push(
-            Kernel::Sample,
-            None,
-            &[c.vocab_size as u32],
-            &[&logits_buf, &probs, &out_buf],
-            Size::Fixed(1),
-        );
+        b.push(Kernel::Sample, None, &[c.vocab_size as u32], &[&logits_buf, &probs, &out_buf], Size::Fixed(1));
         let Builder { pipelines, ops, .. } = b;
 
         let oom_error = pollster::block_on(oom.pop());
         let validation_error = pollster::block_on(scope.pop());
         if let Some(e) = oom_error.or(validation_error) {
-            return Err(Error::Device(format!(
-                "building the model on {}: {e}",
-                info.name
-            )));
+            return Err(Error::Device(format!("building the model on {}: {e}", info.name)));
         }
         tracing::info!(
             target: "compute::wgpu",
@@ -708,20 +584,10 @@ impl WgpuEngine {
     pub fn profile_kernels(&mut self, n_tok: usize) -> Result<Vec<(String, std::time::Duration)>> {
         let n = n_tok.clamp(1, PREFILL_CHUNK) as u32;
         let tokens = vec![0u32; n as usize];
-        let uniform = StepUniform {
-            pos: 0,
-            n_tok: n,
-            seed_lo: 0,
-            seed_hi: 0,
-            step: 0,
-            greedy: 1,
-            temperature: 0.0,
-            top_p: 1.0,
-        };
-        self.queue
-            .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
-        self.queue
-            .write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(&tokens));
+        let uniform =
+            StepUniform { pos: 0, n_tok: n, seed_lo: 0, seed_hi: 0, step: 0, greedy: 1, temperature: 0.0, top_p: 1.0 };
+        self.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
+        self.queue.write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(&tokens));
         let mut totals: Vec<(String, std::time::Duration)> = Vec::new();
         for op in &self.ops {
             let (pipeline, grid) = op.grid(if op.final_only { 1 } else { n });
@@ -776,20 +642,13 @@ impl WgpuEngine {
             temperature,
             top_p,
         };
-        self.queue
-            .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
-        self.queue
-            .write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(tokens));
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            });
+        self.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
+        self.queue.write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(tokens));
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
             let n_ops = self.ops.len();
             for (i, op) in self.ops.iter().enumerate() {
                 // Intermediate chunks of a long prompt only fill the KV cache.
@@ -820,12 +679,7 @@ impl WgpuEngine {
     }
 
     /// Runs `tokens` through the model in chunks; the last chunk samples or keeps logits.
-    fn run(
-        &mut self,
-        tokens: &[u32],
-        sampling: Option<(&SamplingParams, u32)>,
-        want_logits: bool,
-    ) -> Result<()> {
+    fn run(&mut self, tokens: &[u32], sampling: Option<(&SamplingParams, u32)>, want_logits: bool) -> Result<()> {
         check_input(tokens, self.vocab_size, self.position, self.context_length)?;
         let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -843,22 +697,13 @@ impl WgpuEngine {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Device(format!("waiting for the device: {e}")))?;
-        let mapped = rx
-            .recv()
-            .map_err(|_| Error::Device("the readback was dropped".to_owned()))?;
-        if let Some(e) = self
-            .device_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        let mapped = rx.recv().map_err(|_| Error::Device("the readback was dropped".to_owned()))?;
+        if let Some(e) = self.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(Error::Device(e));
         }
         mapped.map_err(|e| Error::Device(format!("mapping the readback buffer: {e}")))?;
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Device(format!("reading the readback buffer: {e}")))?
-            .to_vec();
+        let data =
+            slice.get_mapped_range().map_err(|e| Error::Device(format!("reading the readback buffer: {e}")))?.to_vec();
         buffer.unmap();
         Ok(data)
     }
@@ -892,10 +737,7 @@ impl Engine for WgpuEngine {
         let bytes = self.read(&self.token_readback, 4)?;
         let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         if token as usize >= self.vocab_size {
-            return Err(Error::Device(format!(
-                "the sampler returned token {token} (vocabulary {})",
-                self.vocab_size
-            )));
+            return Err(Error::Device(format!("the sampler returned token {token} (vocabulary {})", self.vocab_size)));
         }
         Ok(token)
     }

@@ -42,9 +42,7 @@ fn le_u16(b: &[u8]) -> u16 {
 }
 
 fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
 }
 
 /// Splits GGML blocks into aligned quant words and (d, m) pairs.
@@ -63,11 +61,7 @@ fn repack(dtype: GgmlDType, data: &[u8]) -> (Vec<u32>, Option<Vec<f32>>) {
             let mut s = Vec::with_capacity(blocks * 2);
             for block in data.chunks_exact(size) {
                 s.push(f16_to_f32(le_u16(&block[0..2])));
-                s.push(if has_min {
-                    f16_to_f32(le_u16(&block[2..4]))
-                } else {
-                    0.0
-                });
+                s.push(if has_min { f16_to_f32(le_u16(&block[2..4])) } else { 0.0 });
                 q.extend(words(&block[head..]));
             }
             (q, Some(s))
@@ -89,28 +83,17 @@ pub(crate) fn upload_f32(device: &wgpu::Device, label: &str, values: &[f32]) -> 
     })
 }
 
-pub(crate) fn upload_weight(
-    device: &wgpu::Device,
-    model: &Model,
-    name: &str,
-) -> Result<WeightBuffer> {
+pub(crate) fn upload_weight(device: &wgpu::Device, model: &Model, name: &str) -> Result<WeightBuffer> {
     upload_stacked(device, model, &[name])?.ok_or_else(|| unreachable_mixed(name))
 }
 
 fn unreachable_mixed(name: &str) -> Error {
-    Error::BadTensor {
-        tensor: name.to_owned(),
-        reason: "a single tensor cannot mix types".to_owned(),
-    }
+    Error::BadTensor { tensor: name.to_owned(), reason: "a single tensor cannot mix types".to_owned() }
 }
 
 /// Uploads matrices with the same type and width as one, their rows one after another, so
 /// one product computes all of them (q, k and v; gate and up). `None` if the types differ.
-pub(crate) fn upload_stacked(
-    device: &wgpu::Device,
-    model: &Model,
-    names: &[&str],
-) -> Result<Option<WeightBuffer>> {
+pub(crate) fn upload_stacked(device: &wgpu::Device, model: &Model, names: &[&str]) -> Result<Option<WeightBuffer>> {
     let mut dtype = None;
     let mut width = None;
     let (mut rows, mut q, mut s) = (0usize, Vec::new(), Vec::new());
@@ -125,9 +108,7 @@ pub(crate) fn upload_stacked(
         if cols % 32 != 0 {
             return Err(Error::BadTensor {
                 tensor: name.to_owned(),
-                reason: format!(
-                    "{cols} columns are not a multiple of 32, which the wgpu kernels need"
-                ),
+                reason: format!("{cols} columns are not a multiple of 32, which the wgpu kernels need"),
             });
         }
         if dtype.is_some_and(|d| d != t) || width.is_some_and(|w| w != cols) {
@@ -150,23 +131,14 @@ pub(crate) fn upload_stacked(
         usage: wgpu::BufferUsages::STORAGE,
     });
     let scales = (!s.is_empty()).then(|| upload_f32(device, &label, &s));
-    Ok(Some(WeightBuffer {
-        dtype,
-        rows: rows as u32,
-        blocks_per_row: (cols / 32) as u32,
-        data,
-        scales,
-    }))
+    Ok(Some(WeightBuffer { dtype, rows: rows as u32, blocks_per_row: (cols / 32) as u32, data, scales }))
 }
 
 /// A norm's weights as f32 (GGUF stores them as F32, sometimes F16).
 pub(crate) fn dequantize_norm(name: &str, dtype: GgmlDType, data: &[u8]) -> Result<Vec<f32>> {
     match dtype {
         GgmlDType::F32 => Ok(words(data).map(f32::from_bits).collect()),
-        GgmlDType::F16 => Ok(data
-            .chunks_exact(2)
-            .map(|h| f16_to_f32(le_u16(h)))
-            .collect()),
+        GgmlDType::F16 => Ok(data.chunks_exact(2).map(|h| f16_to_f32(le_u16(h))).collect()),
         other => Err(Error::UnsupportedTensorType {
             tensor: name.to_owned(),
             dtype: format!("{other:?}"),

@@ -19,11 +19,7 @@ pub(crate) fn tiny(spec: &TinyLlamaSpec) -> TinyModel {
     let path = dir.path().join("tiny.gguf");
     write_random_llama(&path, spec).expect("write tiny model");
     let model = Model::load(&path).expect("load tiny model");
-    TinyModel {
-        model,
-        path,
-        _dir: dir,
-    }
+    TinyModel { model, path, _dir: dir }
 }
 
 /// The SmolLM2 file that `scripts/fetch-model` downloads.
@@ -35,43 +31,25 @@ pub(crate) fn smollm2_path() -> PathBuf {
 /// absence is a setup error to report, not a reason to skip silently.
 pub(crate) fn smollm2() -> Model {
     let path = smollm2_path();
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model (scripts/test does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run scripts/fetch-model (scripts/test does)", path.display());
     Model::load(&path).expect("load SmolLM2")
 }
 
 pub(crate) fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: Vec::new(),
-    }
+    GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop_tokens: Vec::new() }
 }
 
 /// The wgpu engine on whatever adapter exists, software included: CI tests the kernels on
 /// lavapipe, which `scripts/setup-vulkan` installs.
 pub(crate) fn wgpu(model: &Model) -> attrinet_compute::WgpuEngine {
-    let options = attrinet_compute::WgpuOptions {
-        allow_software: true,
-        ..Default::default()
-    };
+    let options = attrinet_compute::WgpuOptions { allow_software: true, ..Default::default() };
     attrinet_compute::WgpuEngine::new(model, &options)
         .unwrap_or_else(|e| panic!("{e} (run scripts/setup-vulkan for a software Vulkan device)"))
 }
 
 /// The wgpu engine with a given kernel style, so that lavapipe runs the GPU kernels too.
-pub(crate) fn wgpu_with(
-    model: &Model,
-    kernels: attrinet_compute::KernelStyle,
-) -> attrinet_compute::WgpuEngine {
-    let options = attrinet_compute::WgpuOptions {
-        allow_software: true,
-        kernels,
-        ..Default::default()
-    };
+pub(crate) fn wgpu_with(model: &Model, kernels: attrinet_compute::KernelStyle) -> attrinet_compute::WgpuEngine {
+    let options = attrinet_compute::WgpuOptions { allow_software: true, kernels, ..Default::default() };
     attrinet_compute::WgpuEngine::new(model, &options)
         .unwrap_or_else(|e| panic!("{e} (run scripts/setup-vulkan for a software Vulkan device)"))
 }

@@ -12,8 +12,8 @@ use attrinet_market::{
     ProviderChannel, Quote, Seq, Store, Usage, Wei, encode, request_hash, response_hash,
 };
 use attrinet_p2p::{
-    Ask, ClientMsg, Client, ErrorCode, Generator, INFER_PROTOCOL, InferError, InferRequest, Limits, Multiaddr, NetConfig,
-    Offer, Payer, Prompt, Provider, Sampling, ServerMsg, read_msg, write_msg,
+    Ask, Client, ClientMsg, ErrorCode, Generator, INFER_PROTOCOL, InferError, InferRequest, Limits, Multiaddr,
+    NetConfig, Offer, Payer, Prompt, Provider, Sampling, ServerMsg, read_msg, write_msg,
 };
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -50,7 +50,13 @@ impl Generator for TestEngine {
         }
     }
 
-    fn generate(&self, prompt: &Prompt, max_tokens: u32, _: &Sampling, on_token: &mut dyn FnMut(u32, String) -> bool) -> Result<(), String> {
+    fn generate(
+        &self,
+        prompt: &Prompt,
+        max_tokens: u32,
+        _: &Sampling,
+        on_token: &mut dyn FnMut(u32, String) -> bool,
+    ) -> Result<(), String> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         for id in TestEngine::expected(prompt, max_tokens) {
@@ -91,7 +97,13 @@ pub fn fast_config(ttl: Duration) -> NetConfig {
 }
 
 pub fn ask(model: &str, prompt: &str, max_tokens: u32) -> Ask {
-    Ask { model: model.into(), prompt: Prompt::Text(prompt.into()), max_tokens, sampling: Sampling::default(), max_cost: None }
+    Ask {
+        model: model.into(),
+        prompt: Prompt::Text(prompt.into()),
+        max_tokens,
+        sampling: Sampling::default(),
+        max_cost: None,
+    }
 }
 
 /// Polls `check` every 100 ms; panics naming `what` if it is not true within `bound`.
@@ -147,7 +159,15 @@ impl Node {
         let handle = tokio::spawn(event_loop.run());
         let store = Arc::new(MemStore::new());
         let payer = Payer::new(identity.clone(), store.clone(), Duration::from_secs(10));
-        Node { identity, client, store, payer, engine: None, provider: None, tasks: KillSwitch(Arc::new(std::sync::Mutex::new(vec![handle.abort_handle()]))) }
+        Node {
+            identity,
+            client,
+            store,
+            payer,
+            engine: None,
+            provider: None,
+            tasks: KillSwitch(Arc::new(std::sync::Mutex::new(vec![handle.abort_handle()]))),
+        }
     }
 
     pub fn serve(&mut self, offers: Vec<Offer>, limits: Limits) {
@@ -159,7 +179,12 @@ impl Node {
     }
 
     /// Serves with `lookup` telling of channels the store does not hold.
-    pub fn serve_with_lookup(&mut self, offers: Vec<Offer>, limits: Limits, lookup: Arc<dyn attrinet_p2p::ChannelLookup>) {
+    pub fn serve_with_lookup(
+        &mut self,
+        offers: Vec<Offer>,
+        limits: Limits,
+        lookup: Arc<dyn attrinet_p2p::ChannelLookup>,
+    ) {
         let provider = Provider::new(self.identity.clone(), self.store.clone(), offers, limits).with_lookup(lookup);
         self.provider = Some(provider.clone());
         let h: JoinHandle<_> = tokio::spawn(provider.serve(self.client.clone()));
@@ -177,7 +202,9 @@ impl Node {
     /// The first listen address containing `part`, once the listener is up.
     pub async fn addr_with(&self, part: &str) -> Multiaddr {
         for _ in 0..100 {
-            if let Some(a) = self.client.listen_addrs().await.unwrap().into_iter().find(|a| a.to_string().contains(part)) {
+            if let Some(a) =
+                self.client.listen_addrs().await.unwrap().into_iter().find(|a| a.to_string().contains(part))
+            {
                 return a;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -360,11 +387,17 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
         }
     });
     let channel = client.channel_with(&advert).await;
-    let first = client.payer.infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "honest one", 3), &mut |_| {}).await;
+    let first = client
+        .payer
+        .infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "honest one", 3), &mut |_| {})
+        .await;
     assert!(first.is_ok(), "the honest round works: {first:?}");
     let mut errors = Vec::new();
     for _ in tampers {
-        let r = client.payer.infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "again", 3), &mut |_| {}).await;
+        let r = client
+            .payer
+            .infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "again", 3), &mut |_| {})
+            .await;
         errors.push(r.expect_err("a dishonest receipt is refused"));
     }
     server.await.unwrap();

@@ -122,7 +122,11 @@ pub(crate) struct NetArgs {
 }
 
 impl NetArgs {
-    pub(crate) fn resolve(&self, file: &FileConfig, default_listen: &[&str]) -> anyhow::Result<(Vec<attrinet_p2p::Multiaddr>, Vec<attrinet_p2p::Multiaddr>)> {
+    pub(crate) fn resolve(
+        &self,
+        file: &FileConfig,
+        default_listen: &[&str],
+    ) -> anyhow::Result<(Vec<attrinet_p2p::Multiaddr>, Vec<attrinet_p2p::Multiaddr>)> {
         let listen = config::addrs(&self.p2p_listen, file.network.listen.as_ref(), default_listen)?;
         let bootstrap = config::addrs(&self.bootstrap, file.network.bootstrap.as_ref(), &[])?;
         Ok((listen, bootstrap))
@@ -437,8 +441,14 @@ pub(crate) fn parse_backend(s: &str) -> Result<Backend, String> {
 }
 
 pub(crate) fn parse_split(s: &str) -> Result<attrinet_market::Split, String> {
-    let parts: Vec<u16> = s.split(',').map(|p| p.trim().parse::<u16>()).collect::<Result<_, _>>().map_err(|_| format!("`{s}` is not four numbers node,owner,data,protocol"))?;
-    let [node, owner, data, protocol] = parts[..] else { return Err(format!("`{s}` is not four numbers node,owner,data,protocol")) };
+    let parts: Vec<u16> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u16>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{s}` is not four numbers node,owner,data,protocol"))?;
+    let [node, owner, data, protocol] = parts[..] else {
+        return Err(format!("`{s}` is not four numbers node,owner,data,protocol"));
+    };
     attrinet_market::Split::new(node, owner, data, protocol).map_err(|e| e.to_string())
 }
 
@@ -448,7 +458,8 @@ pub(crate) fn parse_channel(s: &str) -> Result<attrinet_market::ChannelId, Strin
 
 pub(crate) fn parse_datanet_arg(s: &str) -> Result<(attrinet_market::ModelId, PathBuf), String> {
     let (id, path) = s.split_once('=').ok_or_else(|| format!("`{s}` is not MODEL_ID=PATH"))?;
-    let id: alloy_primitives::B256 = id.parse().map_err(|_| format!("`{id}` is not a model id (0x and 64 hex digits)"))?;
+    let id: alloy_primitives::B256 =
+        id.parse().map_err(|_| format!("`{id}` is not a model id (0x and 64 hex digits)"))?;
     Ok((attrinet_market::ModelId::from(id.0), PathBuf::from(path)))
 }
 
@@ -461,13 +472,18 @@ mod tests {
         let cli = Cli::try_parse_from(["attrinet", "--data-dir", "/x", "store", "audit"]).unwrap();
         assert_eq!(cli.data_dir, PathBuf::from("/x"));
         assert!(matches!(cli.command, Command::Store(StoreCommand::Audit)));
-        let cli = Cli::try_parse_from(["attrinet", "devnet", "--nodes", "2", "--queries", "4", "--backend", "cpu", "--keep"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["attrinet", "devnet", "--nodes", "2", "--queries", "4", "--backend", "cpu", "--keep"])
+                .unwrap();
         let Command::Devnet(d) = cli.command else { panic!("devnet") };
         assert_eq!((d.nodes, d.queries, d.backend, d.keep), (2, 4, Backend::Candle, true));
         assert!(Cli::try_parse_from(["attrinet", "devnet", "--nodes", "0"]).is_err());
         assert!(Cli::try_parse_from(["attrinet", "devnet", "--backend", "tpu"]).is_err());
         assert!(Cli::try_parse_from(["attrinet", "store", "bogus"]).is_err());
-        assert!(matches!(Cli::try_parse_from(["attrinet", "keys", "show"]).unwrap().command, Command::Keys(KeysCommand::Show)));
+        assert!(matches!(
+            Cli::try_parse_from(["attrinet", "keys", "show"]).unwrap().command,
+            Command::Keys(KeysCommand::Show)
+        ));
         // The bootstrap peer may come from the config file: checked when the command runs.
         assert!(Cli::try_parse_from(["attrinet", "models"]).is_ok());
         let cli = Cli::try_parse_from(["attrinet", "datanet", "build", "data/", "--min-span", "4"]).unwrap();
@@ -475,56 +491,146 @@ mod tests {
         assert_eq!((b.dir, b.min_span, b.out), (PathBuf::from("data/"), 4, PathBuf::from("datanet.idx")));
         assert!(Cli::try_parse_from(["attrinet", "datanet", "build"]).is_err(), "a folder is required");
         let a = "0x00000000000000000000000000000000000000aa";
-        let cli = Cli::try_parse_from(["attrinet", "earnings", "--rpc", "http://127.0.0.1:8545", "--registry", a, "--channels", a, "--contributor", a]).unwrap();
+        let cli = Cli::try_parse_from([
+            "attrinet",
+            "earnings",
+            "--rpc",
+            "http://127.0.0.1:8545",
+            "--registry",
+            a,
+            "--channels",
+            a,
+            "--contributor",
+            a,
+        ])
+        .unwrap();
         let Command::Earnings(e) = cli.command else { panic!("earnings") };
-        assert_eq!((e.chain.rpc.as_deref(), e.chain.chain_id, e.contributor.is_some()), (Some("http://127.0.0.1:8545"), None, true));
-        assert!(Cli::try_parse_from(["attrinet", "earnings", "--rpc", "x", "--registry", a, "--channels", a, "--contributor", "0xnope"]).is_err());
+        assert_eq!(
+            (e.chain.rpc.as_deref(), e.chain.chain_id, e.contributor.is_some()),
+            (Some("http://127.0.0.1:8545"), None, true)
+        );
+        assert!(
+            Cli::try_parse_from([
+                "attrinet",
+                "earnings",
+                "--rpc",
+                "x",
+                "--registry",
+                a,
+                "--channels",
+                a,
+                "--contributor",
+                "0xnope"
+            ])
+            .is_err()
+        );
         assert!(Cli::try_parse_from(["attrinet", "models", "--bootstrap", "not-an-address"]).is_err());
         let peer = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWE44BGKWaa2TbxruLPku6zmMh4t1cXJn3uRPfqTg9NYcS";
         let cli = Cli::try_parse_from(["attrinet", "models", "--bootstrap", peer]).unwrap();
         assert!(matches!(cli.command, Command::Models(ModelsArgs { wait_secs: 5, .. })));
 
         // serve: amounts with units, exact; a bad split or backend is refused.
-        let cli = Cli::try_parse_from(["attrinet", "serve", "--model", "m.gguf", "--price-in", "0.0001eth", "--price-out", "40gwei", "--backend", "cpu", "--split", "6000,3000,500,500"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "attrinet",
+            "serve",
+            "--model",
+            "m.gguf",
+            "--price-in",
+            "0.0001eth",
+            "--price-out",
+            "40gwei",
+            "--backend",
+            "cpu",
+            "--split",
+            "6000,3000,500,500",
+        ])
+        .unwrap();
         let Command::Serve(s) = cli.command else { panic!("serve") };
-        assert_eq!((s.price_in, s.price_out, s.backend), (Some(Wei(100_000_000_000_000)), Some(Wei(40_000_000_000)), Some(Backend::Candle)));
+        assert_eq!(
+            (s.price_in, s.price_out, s.backend),
+            (Some(Wei(100_000_000_000_000)), Some(Wei(40_000_000_000)), Some(Backend::Candle))
+        );
         assert_eq!(s.terms.split, attrinet_market::Split::new(6000, 3000, 500, 500).unwrap());
         assert!(Cli::try_parse_from(["attrinet", "serve", "--split", "6000,3000,500"]).is_err());
-        assert!(Cli::try_parse_from(["attrinet", "serve", "--split", "6000,3000,500,600"]).is_err(), "must add up to 10000");
+        assert!(
+            Cli::try_parse_from(["attrinet", "serve", "--split", "6000,3000,500,600"]).is_err(),
+            "must add up to 10000"
+        );
         assert!(Cli::try_parse_from(["attrinet", "serve", "--price-in", "1.5"]).is_err(), "wei has no decimals");
         assert!(Cli::try_parse_from(["attrinet", "serve", "--settle-max-gas-bps", "0"]).is_err());
 
         // query: the prompt is positional; the rest have defaults.
         let cli = Cli::try_parse_from(["attrinet", "query", "hello there", "--max-price", "0.01eth"]).unwrap();
         let Command::Query(q) = cli.command else { panic!("query") };
-        assert_eq!((q.prompt.as_str(), q.model.as_deref(), q.max_tokens, q.max_price), ("hello there", None, 128, Some(Wei(10_000_000_000_000_000))));
+        assert_eq!(
+            (q.prompt.as_str(), q.model.as_deref(), q.max_tokens, q.max_price),
+            ("hello there", None, 128, Some(Wei(10_000_000_000_000_000)))
+        );
         assert!(Cli::try_parse_from(["attrinet", "query"]).is_err(), "a prompt is required");
         let id = "0x1111111111111111111111111111111111111111111111111111111111111111";
-        let cli = Cli::try_parse_from(["attrinet", "query", "hi", "--datanet", &format!("{id}=a.idx"), "--datanet", &format!("{id}=b.idx")]).unwrap();
+        let cli = Cli::try_parse_from([
+            "attrinet",
+            "query",
+            "hi",
+            "--datanet",
+            &format!("{id}=a.idx"),
+            "--datanet",
+            &format!("{id}=b.idx"),
+        ])
+        .unwrap();
         let Command::Query(q) = cli.command else { panic!("query") };
         assert_eq!(q.check.datanet.iter().map(|(_, p)| p.to_str().unwrap()).collect::<Vec<_>>(), ["a.idx", "b.idx"]);
 
         // channel: ids are checked; open needs a provider and a deposit.
         let id = "0x1111111111111111111111111111111111111111111111111111111111111111";
-        assert!(matches!(Cli::try_parse_from(["attrinet", "channel", "thaw", id]).unwrap().command, Command::Channel(ChannelCommand::Thaw { .. })));
+        assert!(matches!(
+            Cli::try_parse_from(["attrinet", "channel", "thaw", id]).unwrap().command,
+            Command::Channel(ChannelCommand::Thaw { .. })
+        ));
         assert!(Cli::try_parse_from(["attrinet", "channel", "thaw", "0x11"]).is_err());
-        assert!(Cli::try_parse_from(["attrinet", "channel", "open", "--provider", a]).is_err(), "a deposit is required");
+        assert!(
+            Cli::try_parse_from(["attrinet", "channel", "open", "--provider", a]).is_err(),
+            "a deposit is required"
+        );
         let cli = Cli::try_parse_from(["attrinet", "channel", "top-up", id, "--amount", "1eth"]).unwrap();
-        assert!(matches!(cli.command, Command::Channel(ChannelCommand::TopUp { amount: Wei(1_000_000_000_000_000_000), .. })));
-        assert!(matches!(Cli::try_parse_from(["attrinet", "channel", "status"]).unwrap().command, Command::Channel(ChannelCommand::Status { .. })));
+        assert!(matches!(
+            cli.command,
+            Command::Channel(ChannelCommand::TopUp { amount: Wei(1_000_000_000_000_000_000), .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["attrinet", "channel", "status"]).unwrap().command,
+            Command::Channel(ChannelCommand::Status { .. })
+        ));
 
         // gateway, watch, model register.
-        let cli = Cli::try_parse_from(["attrinet", "gateway", "--listen", "127.0.0.1:9999", "--bootstrap", peer]).unwrap();
+        let cli =
+            Cli::try_parse_from(["attrinet", "gateway", "--listen", "127.0.0.1:9999", "--bootstrap", peer]).unwrap();
         let Command::Gateway(g) = cli.command else { panic!("gateway") };
         assert_eq!((g.listen.port(), g.net.bootstrap.len()), (9999, 1));
-        let cli = Cli::try_parse_from(["attrinet", "watch", "--datanet", &format!("{id}=d.idx"), "--steps", "3"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["attrinet", "watch", "--datanet", &format!("{id}=d.idx"), "--steps", "3"]).unwrap();
         let Command::Watch(w) = cli.command else { panic!("watch") };
         assert_eq!((w.datanet.len(), w.steps, w.interval), (1, Some(3), 2));
         assert!(Cli::try_parse_from(["attrinet", "watch", "--datanet", "d.idx"]).is_err(), "MODEL_ID=PATH");
-        assert!(Cli::try_parse_from(["attrinet", "model", "register", "--model", "m.gguf", "--price-in", "1", "--price-out", "2"]).is_ok());
-        assert!(Cli::try_parse_from(["attrinet", "model", "register", "--model", "m.gguf"]).is_err(), "prices are required");
+        assert!(
+            Cli::try_parse_from([
+                "attrinet",
+                "model",
+                "register",
+                "--model",
+                "m.gguf",
+                "--price-in",
+                "1",
+                "--price-out",
+                "2"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["attrinet", "model", "register", "--model", "m.gguf"]).is_err(),
+            "prices are required"
+        );
         let cli = Cli::try_parse_from(["attrinet", "--config", "c.toml", "keys", "show"]).unwrap();
         assert_eq!(cli.config, Some(PathBuf::from("c.toml")));
     }
 }
-

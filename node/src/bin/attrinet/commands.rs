@@ -25,7 +25,8 @@ pub(crate) async fn payer_with_datanets(
 ) -> anyhow::Result<attrinet_p2p::Payer> {
     let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
     for (model, path) in datanets {
-        let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let d =
+            attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
         let registered = chain.datanet_root(*model).await?;
         anyhow::ensure!(
             registered == Some(d.root()),
@@ -41,7 +42,9 @@ pub(crate) async fn payer_with_datanets(
 /// The store of a data dir, with a hint when another process holds it.
 pub(crate) fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<SledStore>> {
     let dir = data_dir.join("store");
-    Ok(Arc::new(SledStore::open(&dir).with_context(|| format!("cannot open the store at {} (is another attrinet using this data dir?)", dir.display()))?))
+    Ok(Arc::new(SledStore::open(&dir).with_context(|| {
+        format!("cannot open the store at {} (is another attrinet using this data dir?)", dir.display())
+    })?))
 }
 
 /// A Ctrl-C watch: turns true on the first Ctrl-C.
@@ -55,10 +58,18 @@ pub(crate) fn ctrl_c() -> tokio::sync::watch::Receiver<bool> {
 }
 
 /// Starts the network for a client-side command.
-pub(crate) async fn client_network(identity: &Identity, net: &NetArgs, file: &FileConfig) -> anyhow::Result<attrinet_p2p::Client> {
+pub(crate) async fn client_network(
+    identity: &Identity,
+    net: &NetArgs,
+    file: &FileConfig,
+) -> anyhow::Result<attrinet_p2p::Client> {
     let (listen, bootstrap) = net.resolve(file, &["/ip4/0.0.0.0/tcp/0"])?;
-    anyhow::ensure!(!bootstrap.is_empty(), "no peer to join: pass --bootstrap, set ATTRINET_BOOTSTRAP, or put `bootstrap` under [network] in the config file");
-    let (network, event_loop) = attrinet_p2p::new(identity.clone(), attrinet_p2p::NetConfig { listen, bootstrap, ..Default::default() })?;
+    anyhow::ensure!(
+        !bootstrap.is_empty(),
+        "no peer to join: pass --bootstrap, set ATTRINET_BOOTSTRAP, or put `bootstrap` under [network] in the config file"
+    );
+    let (network, event_loop) =
+        attrinet_p2p::new(identity.clone(), attrinet_p2p::NetConfig { listen, bootstrap, ..Default::default() })?;
     tokio::spawn(event_loop.run());
     Ok(network)
 }
@@ -75,7 +86,9 @@ pub(crate) async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: Serv
             (Some(w), _, _) => Ok(w),
             (None, Some(v), _) => config::parse_wei(v).map_err(|e| anyhow::anyhow!("[serve] {what}: {e}")),
             (None, None, Some(d)) => Ok(d),
-            (None, None, None) => anyhow::bail!("missing --{} (or `{what}` under [serve] in the config file)", what.replace('_', "-")),
+            (None, None, None) => {
+                anyhow::bail!("missing --{} (or `{what}` under [serve] in the config file)", what.replace('_', "-"))
+            }
         }
     };
     let backend = match (a.backend, &s.backend) {
@@ -98,7 +111,12 @@ pub(crate) async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: Serv
         data_pool: a.terms.data_pool,
         settle_every: Duration::from_secs(a.settle_every.or(s.settle_every_secs).unwrap_or(30).max(1)),
         policy: attrinet_chain::SettlementPolicy {
-            threshold: wei(a.settle_threshold, s.settle_threshold.as_ref(), "settle_threshold", Some(Wei(1_000_000_000_000_000)))?,
+            threshold: wei(
+                a.settle_threshold,
+                s.settle_threshold.as_ref(),
+                "settle_threshold",
+                Some(Wei(1_000_000_000_000_000)),
+            )?,
             max_age_secs: a.settle_max_age,
             max_gas_bps: a.settle_max_gas_bps,
         },
@@ -126,7 +144,10 @@ pub(crate) async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: Serv
     let address = identity.address();
     attrinet_node::serve::serve(identity, store, opts, metrics, ctrl_c(), |s| {
         println!("serving {} ({}) on {} as {address}", s.name, s.model, s.device);
-        println!("measured {} tokens/s, first token in {} ms (advertised)", s.speed.decode_tokens_per_s, s.speed.ttft_ms);
+        println!(
+            "measured {} tokens/s, first token in {} ms (advertised)",
+            s.speed.decode_tokens_per_s, s.speed.ttft_ms
+        );
         for addr in &s.addrs {
             println!("listening on {addr}");
         }
@@ -161,13 +182,20 @@ pub(crate) async fn query(data_dir: &std::path::Path, file: &FileConfig, q: Quer
     let model = q.model.clone().unwrap_or_else(|| first.model_name.clone());
     let opener = ChannelOpener { identity: identity.clone(), chain, store: store.clone(), deposit };
     if let Some(opened) = opener.ensure(&network, &model, q.max_tokens, q.max_price).await? {
-        eprintln!("opened channel {} with {} ({} wei deposit)", opened.params.id, opened.params.provider, opened.deposit.0);
+        eprintln!(
+            "opened channel {} with {} ({} wei deposit)",
+            opened.params.id, opened.params.provider, opened.deposit.0
+        );
     }
     let ask = attrinet_p2p::Ask {
         model,
         prompt: attrinet_p2p::Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: q.prompt }]),
         max_tokens: q.max_tokens,
-        sampling: attrinet_p2p::Sampling { temperature_milli: (q.temperature.clamp(0.0, 10.0) * 1000.0) as u32, top_p_milli: 0, seed: rand_u64()? },
+        sampling: attrinet_p2p::Sampling {
+            temperature_milli: (q.temperature.clamp(0.0, 10.0) * 1000.0) as u32,
+            top_p_milli: 0,
+            seed: rand_u64()?,
+        },
         max_cost: q.max_price,
     };
     let mut out = std::io::stdout();
@@ -203,16 +231,38 @@ pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: Watc
     // The checkpoint makes a restarted watcher resume where it was, without missing a
     // settlement still in its window.
     let checkpoint = data_dir.join("watcher.checkpoint");
-    let follower = EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, FileCheckpoint::new(&checkpoint))?;
+    let follower = EventFollower::new(
+        chain.provider().clone(),
+        deployment.channels,
+        0,
+        deployment.deploy_block,
+        FileCheckpoint::new(&checkpoint),
+    )?;
     let evidence = Arc::new(Evidence::new(store.clone()));
-    let mut fetcher = if w.offline { None } else { Some(BatchFetcher::new(client_network(&identity, &w.net, file).await?, chain.clone(), &checkpoint, evidence.clone())?) };
-    let mut watcher: Watcher<FileCheckpoint, SledStore> = Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
+    let mut fetcher = if w.offline {
+        None
+    } else {
+        Some(BatchFetcher::new(
+            client_network(&identity, &w.net, file).await?,
+            chain.clone(),
+            &checkpoint,
+            evidence.clone(),
+        )?)
+    };
+    let mut watcher: Watcher<FileCheckpoint, SledStore> =
+        Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
     for (model, path) in &w.datanet {
-        let d = attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let d =
+            attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
         watcher = watcher.with_datanet(*model, Arc::new(d));
     }
     let source = if fetcher.is_some() { "its store and the providers' batches" } else { "its store only" };
-    println!("watching Channels {} as {} every {} s, with {source}. Ctrl-C stops.", deployment.channels, identity.address(), w.interval);
+    println!(
+        "watching Channels {} as {} every {} s, with {source}. Ctrl-C stops.",
+        deployment.channels,
+        identity.address(),
+        w.interval
+    );
     let mut stop = ctrl_c();
     let mut steps = 0u64;
     loop {
@@ -291,7 +341,10 @@ pub(crate) async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: Ch
             // open a new channel instead of trying this one.
             let state = store.channel(&channel)?.context("channel vanished from the store")?;
             store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
-            println!("channel {channel} thawing: withdraw after {} (unix time); the provider settles what it is owed meanwhile", info.thaw_end);
+            println!(
+                "channel {channel} thawing: withdraw after {} (unix time); the provider settles what it is owed meanwhile",
+                info.thaw_end
+            );
         }
         ChannelCommand::Withdraw { channel, .. } => {
             attrinet_node::client::own_channel(&store, channel, me)?;
@@ -337,13 +390,20 @@ pub(crate) async fn devnet(data_dir: &std::path::Path, a: DevnetArgs) -> anyhow:
         metrics: Arc::new(attrinet_node::Metrics::default()),
         opener: None,
     };
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-    println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.", a.listen);
+    let listener =
+        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    println!(
+        "gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.",
+        a.listen
+    );
     let config_path = live.write_config(data_dir).await?;
     println!("chain and network settings for other commands: {}", config_path.display());
     println!("  e.g.  attrinet --config {} models", config_path.display());
     if let Some((_, who, _, _)) = summary.contributors.first() {
-        println!("  a contributor's earnings:  attrinet --config {} earnings --contributor {who}", config_path.display());
+        println!(
+            "  a contributor's earnings:  attrinet --config {} earnings --contributor {who}",
+            config_path.display()
+        );
     }
     let mut stop = ctrl_c();
     axum::serve(listener, attrinet_node::gateway::router(gateway))
@@ -367,4 +427,3 @@ pub(crate) fn rand32() -> anyhow::Result<[u8; 32]> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b)
 }
-

@@ -16,7 +16,10 @@ mod args;
 mod commands;
 
 use args::{Cli, Command, DatanetCommand, KeysCommand, ModelCommand, StoreCommand};
-use commands::{DEFAULT_DEPOSIT, channel, client_network, ctrl_c, devnet, open_store, payer_with_datanets, query, rand32, serve, watch};
+use commands::{
+    DEFAULT_DEPOSIT, channel, client_network, ctrl_c, devnet, open_store, payer_with_datanets, query, rand32, serve,
+    watch,
+};
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = FileConfig::load(cli.config.as_deref(), &cli.data_dir)?;
@@ -49,11 +52,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if offers.is_empty() {
                 println!("no adverts seen in {} s", m.wait_secs);
             }
-            println!("{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}", "model", "provider", "wei/1k in", "wei/1k out", "tok/s", "free");
+            println!(
+                "{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}",
+                "model", "provider", "wei/1k in", "wei/1k out", "tok/s", "free"
+            );
             for a in offers {
                 println!(
                     "{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}",
-                    a.model_name, a.evm_address.to_string(), a.price.per_1k_input.0, a.price.per_1k_output.0, a.decode_tokens_per_s, a.free_capacity
+                    a.model_name,
+                    a.evm_address.to_string(),
+                    a.price.per_1k_input.0,
+                    a.price.per_1k_output.0,
+                    a.decode_tokens_per_s,
+                    a.free_capacity
                 );
             }
         }
@@ -61,13 +72,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (rpc, deployment) = e.chain.resolve(&file)?;
             let who = match e.contributor {
                 Some(a) => a,
-                None => attrinet_node::keys::load(&cli.data_dir).context("pass --contributor, or use a data dir with keys")?.address(),
+                None => attrinet_node::keys::load(&cli.data_dir)
+                    .context("pass --contributor, or use a data dir with keys")?
+                    .address(),
             };
             let earned = attrinet_node::earnings(&rpc, deployment, who).await?;
             print!("{}", earned.render(who));
         }
         Command::Datanet(DatanetCommand::Build(d)) => {
-            let model = attrinet_compute::Model::load(&d.model).with_context(|| format!("cannot load {}", d.model.display()))?;
+            let model = attrinet_compute::Model::load(&d.model)
+                .with_context(|| format!("cannot load {}", d.model.display()))?;
             let bar = indicatif::ProgressBar::new_spinner().with_message(format!("indexing {}", d.dir.display()));
             bar.enable_steady_tick(Duration::from_millis(100));
             let tok = model.tokenizer();
@@ -75,7 +89,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             attrinet_chain::save_datanet(&datanet, &d.out)?;
             bar.finish_and_clear();
             let owners: std::collections::BTreeSet<_> = datanet.contributions().map(|(owner, _, _)| owner).collect();
-            println!("{} contributions from {} owners, {} tokens", datanet.contributions().count(), owners.len(), datanet.contributions().map(|(_, _, t)| t.len()).sum::<usize>());
+            println!(
+                "{} contributions from {} owners, {} tokens",
+                datanet.contributions().count(),
+                owners.len(),
+                datanet.contributions().map(|(_, _, t)| t.len()).sum::<usize>()
+            );
             println!("index written to {}", d.out.display());
             println!("datanet root: {}", datanet.root());
         }
@@ -97,8 +116,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics: Arc::new(attrinet_node::Metrics::default()),
                 opener: Some(ChannelOpener { identity, chain, store: store.clone(), deposit }),
             };
-            let listener = tokio::net::TcpListener::bind(g.listen).await.with_context(|| format!("cannot listen on {}", g.listen))?;
-            println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops.", listener.local_addr()?);
+            let listener = tokio::net::TcpListener::bind(g.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", g.listen))?;
+            println!(
+                "gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops.",
+                listener.local_addr()?
+            );
             let mut stop = ctrl_c();
             axum::serve(listener, attrinet_node::gateway::router(gateway))
                 .with_graceful_shutdown(async move {
@@ -116,13 +140,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let model = attrinet_node::serve::load_model_with_progress(&m.model)?;
             let id = attrinet_market::ModelId::from(model.id().0);
             let root = match &m.terms.datanet {
-                Some(p) => attrinet_chain::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?.root(),
+                Some(p) => attrinet_chain::load_datanet(p)
+                    .with_context(|| format!("cannot load datanet {}", p.display()))?
+                    .root(),
                 None => alloy_primitives::B256::ZERO,
             };
             anyhow::ensure!(chain.terms(id).await?.is_none(), "model {id} is already registered");
             let price = attrinet_market::Price { per_1k_input: m.price_in, per_1k_output: m.price_out };
-            let out = chain.register_model(id, price, m.terms.split, root, m.terms.data_pool.unwrap_or(identity.address())).await?;
-            println!("registered model {id} ({}) owned by {}; gas {}", model.name().unwrap_or("model"), identity.address(), out.gas_used);
+            let out = chain
+                .register_model(id, price, m.terms.split, root, m.terms.data_pool.unwrap_or(identity.address()))
+                .await?;
+            println!(
+                "registered model {id} ({}) owned by {}; gas {}",
+                model.name().unwrap_or("model"),
+                identity.address(),
+                out.gas_used
+            );
         }
         Command::Devnet(a) => devnet(&cli.data_dir, a).await?,
     }
