@@ -1,5 +1,7 @@
 //! The settlement client: one account on one deployment of Registry and Channels.
 
+use std::collections::BTreeMap;
+
 use alloy::contract::{CallBuilder, CallDecoder, SolCallBuilder};
 use alloy::network::{Ethereum, EthereumWallet};
 use alloy::primitives::{Address, B256, Bytes, U256};
@@ -7,109 +9,11 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
-use attrinet_market::{ChannelId, Domain, ModelId, Price, PublicKey, Seq, SignedVoucher, Split, Wei};
+use attrinet_market::{ChannelId, DataClaim, ModelId, PayoutRun, Price, PublicKey, Seq, SignedVoucher, Split, Wei};
 
-use crate::batch::{FraudProof, PayoutRun, SumPreimage};
-use crate::bindings::data_disputes::DataDisputes;
-use crate::bindings::{Channels, Registry, dd, entry_abi, leaf_abi, receipt_abi, sum_node_abi, voucher_abi};
-use crate::data::DataClaim;
+use crate::abi::{self, Channels, Registry, data_disputes::DataDisputes};
 use crate::error::{ChainError, Result};
-
-/// Where the contracts live.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Deployment {
-    /// The L2's chain id.
-    pub chain_id: u64,
-    /// The Registry contract.
-    pub registry: Address,
-    /// The Channels contract (the EIP-712 verifying contract).
-    pub channels: Address,
-    /// The block Channels was deployed in: event followers start there.
-    pub deploy_block: u64,
-}
-
-impl Deployment {
-    /// The EIP-712 domain receipts and vouchers of this deployment are signed under.
-    pub fn domain(&self) -> Domain {
-        Domain { chain_id: self.chain_id, verifying_contract: self.channels }
-    }
-}
-
-/// Parameters fixed at deployment.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct DeployConfig {
-    /// Receives the protocol share.
-    pub treasury: Address,
-    /// Seconds a settlement can be disputed.
-    pub challenge_window: u64,
-    /// Seconds between a payer's thaw and its withdrawal.
-    pub thaw_delay: u64,
-    /// Seconds between a node's unbond request and the withdrawal of its bond.
-    pub unbond_delay: u64,
-    /// The least bond a provider must hold to settle.
-    pub min_bond: Wei,
-}
-
-/// A mined transaction.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct TxOutcome {
-    /// Its hash.
-    pub tx: B256,
-    /// The block it was mined in.
-    pub block: u64,
-    /// Gas it used.
-    pub gas_used: u64,
-}
-
-/// A channel as the contract holds it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ChannelInfo {
-    /// The client.
-    pub payer: Address,
-    /// The node.
-    pub provider: Address,
-    /// Deposit (after a withdrawal: what was settled).
-    pub deposit: Wei,
-    /// Cumulative of the last finalized settlement.
-    pub settled: Wei,
-    /// Seq of the last finalized settlement: the next batch starts after it.
-    pub settled_seq: Seq,
-    /// When the payer may withdraw; zero when not thawing.
-    pub thaw_end: u64,
-    /// The payer withdrew its deposit.
-    pub closed: bool,
-    /// The payer's ed25519 key, named when it opened the channel.
-    pub payer_key: PublicKey,
-}
-
-/// A settlement in its challenge window.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct PendingInfo {
-    /// The voucher's receipts root.
-    pub receipts_root: B256,
-    /// keccak256 of the ABI-encoded payouts.
-    pub payouts_hash: B256,
-    /// The voucher's cumulative.
-    pub cumulative: Wei,
-    /// The voucher's seq.
-    pub seq: Seq,
-    /// End of the challenge window (chain time).
-    pub deadline: u64,
-}
-
-/// A model's terms on chain: the current ones and those before the last update (both are
-/// accepted by disputes, see Registry.sol).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ModelTerms {
-    /// Current prices.
-    pub price: Price,
-    /// Current split.
-    pub split: Split,
-    /// Prices before the last update.
-    pub previous_price: Price,
-    /// Split before the last update.
-    pub previous_split: Split,
-}
+use crate::types::{ChannelInfo, Cursor, DeployConfig, Deployment, FraudProof, ModelTerms, PendingInfo, TxOutcome};
 
 /// A client of the contracts, signing as one account.
 #[derive(Clone, Debug)]
@@ -270,7 +174,7 @@ impl ChainClient {
         data_pool: Address,
     ) -> Result<TxOutcome> {
         let registry = self.registry();
-        let call = registry.registerModel(model.0, terms_abi(price, split), datanet_root, data_pool);
+        let call = registry.registerModel(model.0, abi::terms(price, split), datanet_root, data_pool);
         send("Registry.registerModel", call).await
     }
 
@@ -282,7 +186,7 @@ impl ChainClient {
 
     /// Replaces a model's prices and split (owner only).
     pub async fn update_terms(&self, model: ModelId, price: Price, split: Split) -> Result<TxOutcome> {
-        send("Registry.updateTerms", self.registry().updateTerms(model.0, terms_abi(price, split))).await
+        send("Registry.updateTerms", self.registry().updateTerms(model.0, abi::terms(price, split))).await
     }
 
     /// A node's bond.
@@ -297,8 +201,8 @@ impl ChainClient {
         if !t.exists {
             return Ok(None);
         }
-        let (price, split) = terms_of(&t.current)?;
-        let (previous_price, previous_split) = terms_of(&t.previous)?;
+        let (price, split) = abi::terms_of(&t.current)?;
+        let (previous_price, previous_split) = abi::terms_of(&t.previous)?;
         Ok(Some(ModelTerms { price, split, previous_price, previous_split }))
     }
 
@@ -315,7 +219,7 @@ impl ChainClient {
 
     /// Who received a model's owner and data-pool shares over time: each registration,
     /// datanet update and transfer, in chain order, with the (owner, pool) it left.
-    pub async fn beneficiary_history(&self, model: ModelId) -> Result<Vec<(crate::Cursor, Address, Address)>> {
+    pub async fn beneficiary_history(&self, model: ModelId) -> Result<Vec<(Cursor, Address, Address)>> {
         let filter = alloy::rpc::types::Filter::new()
             .address(self.deployment.registry)
             .topic1(model.0)
@@ -334,7 +238,7 @@ impl ChainClient {
             } else {
                 continue;
             }
-            out.push((crate::Cursor { block, log_index }, owner, pool));
+            out.push((Cursor { block, log_index }, owner, pool));
         }
         Ok(out)
     }
@@ -383,7 +287,7 @@ impl ChainClient {
     /// Finalizes a settlement after its window, crediting the beneficiaries.
     pub async fn finalize(&self, channel: ChannelId, payouts: &[PayoutRun]) -> Result<TxOutcome> {
         let channels = self.channels();
-        let call = channels.finalize(channel.0, payouts.iter().map(PayoutRun::abi).collect());
+        let call = channels.finalize(channel.0, abi::payouts(payouts));
         send("Channels.finalize", call).await
     }
 
@@ -394,66 +298,12 @@ impl ChainClient {
 
     /// Submits a fraud proof against a channel's pending settlement.
     pub async fn dispute(&self, channel: ChannelId, proof: &FraudProof) -> Result<TxOutcome> {
-        if matches!(
-            proof,
-            FraudProof::DataEntry { .. }
-                | FraudProof::DataOrder { .. }
-                | FraudProof::DataMissing { .. }
-                | FraudProof::DataNode { .. }
-                | FraudProof::Weights { .. }
-                | FraudProof::Outsider { .. }
-        ) {
-            return self.dispute_data(channel, proof).await;
-        }
-        let c = self.channels();
-        let id = channel.0;
-        let runs = |p: &[PayoutRun]| p.iter().map(PayoutRun::abi).collect::<Vec<_>>();
-        match proof {
-            FraudProof::Seq { receipt, leaf_value, proof } => {
-                send("Channels.disputeSeq", c.disputeSeq(id, receipt_abi(receipt), leaf_value.0, proof_abi(proof)))
-                    .await
-            }
-            FraudProof::Value { receipt, leaf_value, proof } => {
-                let call = c.disputeValue(id, receipt_abi(receipt), leaf_value.0, proof_abi(proof));
-                send("Channels.disputeValue", call).await
-            }
-            FraudProof::Split { payouts, run } => {
-                send("Channels.disputeSplit", c.disputeSplit(id, runs(payouts), U256::from(*run))).await
-            }
-            FraudProof::Attribution { payouts, run, receipt, leaf_value, proof } => {
-                let call = c.disputeAttribution(
-                    id,
-                    runs(payouts),
-                    U256::from(*run),
-                    receipt_abi(receipt),
-                    leaf_value.0,
-                    proof_abi(proof),
-                );
-                send("Channels.disputeAttribution", call).await
-            }
-            FraudProof::RunSum { payouts, run, first, first_proof, last, last_proof } => {
-                let call = c.disputeRunSum(
-                    id,
-                    runs(payouts),
-                    U256::from(*run),
-                    leaf_abi(first.0, first.1),
-                    proof_abi(first_proof),
-                    leaf_abi(last.0, last.1),
-                    proof_abi(last_proof),
-                );
-                send("Channels.disputeRunSum", call).await
-            }
-            FraudProof::Sum { node, recorded, proof } => {
-                let (is_leaf, a, b) = match node {
-                    SumPreimage::Leaf { digest, value } => {
-                        (true, leaf_abi(*digest, *value), Channels::SumNode { hash: B256::ZERO, sum: 0 })
-                    }
-                    SumPreimage::Inner { left, right } => (false, sum_node_abi(left), sum_node_abi(right)),
-                };
-                send("Channels.disputeSum", c.disputeSum(id, is_leaf, a, b, recorded.0, proof_abi(proof))).await
-            }
-            _ => unreachable!("data frauds are sent to DataDisputes above"),
-        }
+        let call = abi::dispute(channel, proof);
+        let to = match call.to {
+            abi::Disputes::Channels => self.deployment.channels,
+            abi::Disputes::Data => self.data_disputes().await?,
+        };
+        send(call.function, CallBuilder::new_raw(&self.provider, call.data).to(to)).await
     }
 
     /// The DataDisputes contract Channels deployed.
@@ -461,164 +311,18 @@ impl ChainClient {
         self.channels().dataDisputes().call().await.map_err(reverted("Channels.dataDisputes"))
     }
 
-    async fn dispute_data(&self, channel: ChannelId, proof: &FraudProof) -> Result<TxOutcome> {
-        let d = DataDisputes::new(self.data_disputes().await?, self.provider.clone());
-        let id = channel.0;
-        match proof {
-            FraudProof::DataEntry {
-                payouts,
-                run,
-                entry,
-                entry_proof,
-                receipt,
-                leaf_value,
-                receipt_proof,
-                weight,
-                weight_proof,
-            } => {
-                let call = d.disputeDataEntry(
-                    id,
-                    dd::payouts(payouts),
-                    U256::from(*run),
-                    dd::entry(entry),
-                    dd::proof(entry_proof),
-                    dd::receipt(receipt),
-                    leaf_value.0,
-                    dd::proof(receipt_proof),
-                    dd::weight(weight),
-                    dd::plain_proof(weight_proof),
-                );
-                send("DataDisputes.disputeDataEntry", call).await
+    /// The terms of each model in `models`, read once per model; unregistered models are
+    /// left out (a settlement naming one is judged by what it can be proven of).
+    pub async fn terms_of(&self, models: impl IntoIterator<Item = ModelId>) -> Result<BTreeMap<ModelId, ModelTerms>> {
+        let mut terms = BTreeMap::new();
+        for m in models {
+            if let std::collections::btree_map::Entry::Vacant(slot) = terms.entry(m)
+                && let Some(t) = self.terms(m).await?
+            {
+                slot.insert(t);
             }
-            FraudProof::DataOrder { payouts, run, a, a_proof, b, b_proof } => {
-                let call = d.disputeDataOrder(
-                    id,
-                    dd::payouts(payouts),
-                    U256::from(*run),
-                    dd::entry(a),
-                    dd::proof(a_proof),
-                    dd::entry(b),
-                    dd::proof(b_proof),
-                );
-                send("DataDisputes.disputeDataOrder", call).await
-            }
-            FraudProof::DataMissing {
-                payouts,
-                run,
-                receipt,
-                leaf_value,
-                receipt_proof,
-                weight,
-                weight_proof,
-                gap,
-                below,
-                above,
-            } => {
-                let side = |n: &Option<(attrinet_market::DataEntry, attrinet_market::SumProof)>| match n {
-                    Some((e, p)) => (dd::entry(e), dd::proof(p)),
-                    None => dd::no_entry(),
-                };
-                let ((below, below_proof), (above, above_proof)) = (side(below), side(above));
-                let call = d.disputeDataMissing(
-                    id,
-                    dd::payouts(payouts),
-                    U256::from(*run),
-                    dd::receipt(receipt),
-                    leaf_value.0,
-                    dd::proof(receipt_proof),
-                    dd::weight(weight),
-                    dd::plain_proof(weight_proof),
-                    *gap,
-                    below,
-                    below_proof,
-                    above,
-                    above_proof,
-                );
-                send("DataDisputes.disputeDataMissing", call).await
-            }
-            FraudProof::DataNode { payouts, run, level, node, recorded, proof } => {
-                let zero = attrinet_market::SumNode::default();
-                let (is_leaf, a, b) = match node {
-                    SumPreimage::Leaf { digest, value } => {
-                        (true, attrinet_market::SumNode { hash: *digest, sum: *value }, zero)
-                    }
-                    SumPreimage::Inner { left, right } => (false, *left, *right),
-                };
-                let call = d.disputeDataNode(
-                    id,
-                    dd::payouts(payouts),
-                    U256::from(*run),
-                    U256::from(*level),
-                    is_leaf,
-                    dd::node(&a),
-                    dd::node(&b),
-                    recorded.0,
-                    dd::proof(proof),
-                );
-                send("DataDisputes.disputeDataNode", call).await
-            }
-            FraudProof::Weights { receipt, leaf_value, proof, weights } => {
-                let call = d.disputeWeights(
-                    id,
-                    dd::receipt(receipt),
-                    leaf_value.0,
-                    dd::proof(proof),
-                    weights.iter().map(dd::weight).collect(),
-                );
-                send("DataDisputes.disputeWeights", call).await
-            }
-            FraudProof::Outsider { receipt, leaf_value, proof, weight, weight_proof, datanet } => {
-                use crate::bindings::data_disputes::DataDisputes::{DatanetParts, Neighbour};
-                let side = |s: Option<&(Address, attrinet_market::MerkleProof)>| match s {
-                    Some((owner, p)) => Neighbour { present: true, owner: *owner, proof: dd::plain_proof(p) },
-                    None => Neighbour {
-                        present: false,
-                        owner: Address::ZERO,
-                        proof: dd::plain_proof(&attrinet_market::MerkleProof {
-                            index: 0,
-                            leaf_count: 0,
-                            siblings: Vec::new(),
-                        }),
-                    },
-                };
-                let (parts, lo, hi) = match datanet {
-                    Some(o) => (
-                        DatanetParts {
-                            minSpan: o.min_span,
-                            contributionsRoot: o.contributions_root,
-                            ownersRoot: o.owners_root,
-                            ownerCount: o.owner_count,
-                        },
-                        side(o.below.as_ref()),
-                        side(o.above.as_ref()),
-                    ),
-                    // A model without a datanet: the contract ignores the rest.
-                    None => (
-                        DatanetParts {
-                            minSpan: 0,
-                            contributionsRoot: B256::ZERO,
-                            ownersRoot: B256::ZERO,
-                            ownerCount: 0,
-                        },
-                        side(None),
-                        side(None),
-                    ),
-                };
-                let call = d.disputeOutsider(
-                    id,
-                    dd::receipt(receipt),
-                    leaf_value.0,
-                    dd::proof(proof),
-                    dd::weight(weight),
-                    dd::plain_proof(weight_proof),
-                    parts,
-                    lo,
-                    hi,
-                );
-                send("DataDisputes.disputeOutsider", call).await
-            }
-            _ => unreachable!("only data frauds are sent here"),
         }
+        Ok(terms)
     }
 
     /// Claims this account's data entries of run `run` of the finalized settlement of
@@ -636,12 +340,12 @@ impl ChainClient {
         let call = channels.claimData(
             channel.0,
             seq.0,
-            payouts.iter().map(PayoutRun::abi).collect(),
+            abi::payouts(payouts),
             U256::from(run),
-            entry_abi(&claim.first),
-            proof_abi(&claim.first_proof),
-            entry_abi(&claim.last),
-            proof_abi(&claim.last_proof),
+            abi::entry(&claim.first),
+            abi::proof(&claim.first_proof),
+            abi::entry(&claim.last),
+            abi::proof(&claim.last_proof),
         );
         send("Channels.claimData", call).await
     }
@@ -742,12 +446,12 @@ impl ChainClient {
 
     /// The contract's EIP-712 digest of a receipt (for cross-checking the Rust digest).
     pub async fn receipt_digest(&self, receipt: &attrinet_market::Receipt) -> Result<B256> {
-        self.channels().receiptDigest(receipt_abi(receipt)).call().await.map_err(reverted("Channels.receiptDigest"))
+        self.channels().receiptDigest(abi::receipt(receipt)).call().await.map_err(reverted("Channels.receiptDigest"))
     }
 
     /// The contract's EIP-712 digest of a voucher.
     pub async fn voucher_digest(&self, voucher: &attrinet_market::Voucher) -> Result<B256> {
-        self.channels().voucherDigest(voucher_abi(voucher)).call().await.map_err(reverted("Channels.voucherDigest"))
+        self.channels().voucherDigest(abi::voucher(voucher)).call().await.map_err(reverted("Channels.voucherDigest"))
     }
 
     /// The latest block's number and timestamp.
@@ -779,7 +483,7 @@ impl ChainClient {
         for log in logs.iter().rev() {
             let Ok(e) = log.log_decode::<Channels::Settled>() else { continue };
             if e.inner.data.seq == seq.0 {
-                return e.inner.data.payouts.iter().map(PayoutRun::from_abi).collect::<Result<Vec<_>>>().map(Some);
+                return Ok(Some(e.inner.data.payouts.iter().map(abi::payout_of).collect()));
             }
         }
         Ok(None)
@@ -791,33 +495,7 @@ fn settle_call<'a>(
     voucher: &SignedVoucher,
     payouts: &[PayoutRun],
 ) -> SolCallBuilder<&'a DynProvider, Channels::settleCall> {
-    channels.settle(
-        voucher_abi(&voucher.voucher),
-        Bytes::copy_from_slice(&voucher.signature.0),
-        payouts.iter().map(PayoutRun::abi).collect(),
-    )
-}
-
-pub(crate) fn proof_abi(p: &attrinet_market::SumProof) -> Channels::Proof {
-    Channels::Proof { index: p.index, count: p.leaf_count, siblings: p.siblings.iter().map(sum_node_abi).collect() }
-}
-
-fn terms_abi(price: Price, split: Split) -> Registry::Terms {
-    let (node, owner, data, protocol) = split.bps();
-    Registry::Terms {
-        priceIn: price.per_1k_input.0,
-        priceOut: price.per_1k_output.0,
-        nodeBps: node,
-        ownerBps: owner,
-        dataBps: data,
-        protocolBps: protocol,
-    }
-}
-
-fn terms_of(t: &Registry::Terms) -> Result<(Price, Split)> {
-    let price = Price { per_1k_input: wei(t.priceIn), per_1k_output: wei(t.priceOut) };
-    let split = Split::new(t.nodeBps, t.ownerBps, t.dataBps, t.protocolBps)?;
-    Ok((price, split))
+    channels.settle(abi::voucher(&voucher.voucher), Bytes::copy_from_slice(&voucher.signature.0), abi::payouts(payouts))
 }
 
 /// How long a sent transaction may take to be mined before it counts as failed.

@@ -91,6 +91,9 @@ pub enum ChainError {
     /// An amount does not fit or an arithmetic rule of the protocol failed.
     #[error(transparent)]
     Market(#[from] MarketError),
+    /// The honest payouts of a batch could not be made.
+    #[error(transparent)]
+    Payout(#[from] attrinet_market::PayoutError),
     /// The receipt store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -10,34 +10,10 @@ use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEvent;
 use attrinet_market::{ChannelId, Seq, Wei};
 
-use crate::batch::PayoutRun;
-use crate::bindings::Channels;
+use crate::abi::{self, Channels};
 use crate::error::{ChainError, Result};
-
-/// A position in the chain's log stream: everything at or before it has been handled.
-/// `log_index == u64::MAX` means "all of `block`".
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct Cursor {
-    /// Block number.
-    pub block: u64,
-    /// Log index within the block.
-    pub log_index: u64,
-}
-
-impl Cursor {
-    /// All of `block` (and everything before it).
-    pub fn end_of(block: u64) -> Cursor {
-        Cursor { block, log_index: u64::MAX }
-    }
-
-    /// The position just before this log: committing it leaves this log unhandled.
-    pub fn before(self) -> Cursor {
-        match self.log_index {
-            0 => Cursor::end_of(self.block.saturating_sub(1)),
-            i => Cursor { block: self.block, log_index: i - 1 },
-        }
-    }
-}
+use crate::types::Cursor;
+use attrinet_market::PayoutRun;
 
 /// Where a follower keeps its cursor between runs.
 pub trait Checkpoint: Send + Sync {
@@ -199,7 +175,7 @@ impl ChannelEvent {
                     receipts_root: e.receiptsRoot,
                     batch_start: Seq(e.batchStart),
                     deadline: e.deadline,
-                    payouts: e.payouts.iter().map(PayoutRun::from_abi).collect::<Result<_>>()?,
+                    payouts: e.payouts.iter().map(abi::payout_of).collect(),
                 }
             }
             t if t == Channels::Finalized::SIGNATURE_HASH => {

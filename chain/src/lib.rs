@@ -8,11 +8,10 @@
 //!   their committed build artifacts (`scripts/build-contracts`) and alloy bindings;
 //! - [`ChainClient`]: deploy, register, open / top up / thaw / withdraw, settle, dispute,
 //!   finalize, claim data rewards, and read state;
-//! - data rewards ([`attributed_payout_runs`], [`CommittedData`], [`DataClaim`]): the
-//!   per-contributor entries a settlement commits to and claims against them, and the
-//!   datanet files ([`build_datanet_dir`], [`save_datanet`], [`load_datanet`]);
-//! - [`examine`]: the off-chain check of a settlement against the receipts behind it,
-//!   which builds the [`FraudProof`] the contract accepts;
+//! - [`examine`] and [`outsider`]: the off-chain checks of a settlement against the
+//!   receipts (and weights, and data entries) behind it, which build the [`FraudProof`]
+//!   the contracts accept; the payouts they check against are attrinet-market's
+//!   (`payout_runs`, `CommittedData`);
 //! - [`EventFollower`]: the contract's events, N confirmations deep, resumable from a
 //!   durable [`Checkpoint`];
 //! - [`SettlementLoop`] (run by a node) and [`Watcher`] (run by `attrinet watch`);
@@ -43,30 +42,28 @@
 //! # let _ = deployment; Ok(()) }
 //! ```
 
+mod abi;
 mod anvil;
-mod batch;
-mod bindings;
+mod attribution;
 mod client;
-mod data;
-mod datanet;
 mod error;
+mod examine;
 mod follower;
 mod settlement;
+mod types;
 mod watcher;
 
+pub use abi::data_disputes::DataDisputes;
+pub use abi::{Channels, Registry};
 pub use anvil::{Anvil, AnvilConfig};
-pub use batch::{
-    Batch, CommittedTree, FraudProof, PayoutRun, Settlement, SumPreimage, Verdict, examine, payout_runs, payout_totals,
-};
-pub use bindings::data_disputes::DataDisputes;
-pub use bindings::{Channels, Registry};
-pub use client::{ChainClient, ChannelInfo, DeployConfig, Deployment, ModelTerms, PendingInfo, TxOutcome};
-pub use data::{
-    AttributionSource, CommittedData, DataClaim, DataCommitment, MemAttribution, WeightLeaf, attributed_payout_runs,
-    contributor_totals, weights_of, weights_root,
-};
-pub use datanet::{build_datanet_dir, load_datanet, read_datanet_dir, save_datanet};
+pub use attribution::{AttributionSource, MemAttribution, weights_of};
+pub use client::ChainClient;
 pub use error::{ChainError, Result};
-pub use follower::{ChannelEvent, Checkpoint, Cursor, EventFollower, FileCheckpoint, FollowedEvent, MemCheckpoint};
+pub use examine::{Registered, examine, outsider};
+pub use follower::{ChannelEvent, Checkpoint, EventFollower, FileCheckpoint, FollowedEvent, MemCheckpoint};
 pub use settlement::{SettleAction, SettlementLoop, SettlementPolicy};
+pub use types::{
+    Batch, ChannelInfo, Cursor, DeployConfig, Deployment, FraudProof, ModelTerms, PendingInfo, Settlement, SumPreimage,
+    TxOutcome, Verdict, WeightLeaf, weights_root,
+};
 pub use watcher::{MemSource, ReceiptSource, StepReport, StoreSource, Watcher};

@@ -2,17 +2,18 @@
 //! enough value or enough time has accumulated and the gas is worth it; finalize when the
 //! window has passed; never two settlements of a channel at once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::U256;
-use attrinet_market::{ChannelId, ModelId, Seq, Store, StoredReceipt, SumTree, Wei};
+use std::ops::Range;
 
-use crate::batch::{PayoutRun, payout_runs};
-use crate::client::{ChainClient, ModelTerms, TxOutcome};
-use crate::data::{AttributionSource, attributed_payout_runs, weights_of};
+use alloy::primitives::{B256, U256};
+use attrinet_market::{ChannelId, ChannelState, Seq, SignedVoucher, Store, StoredReceipt, SumTree, Wei, payout_runs};
+
+use crate::attribution::{AttributionSource, weights_of};
+use crate::client::ChainClient;
 use crate::error::{ChainError, Result};
+use crate::types::TxOutcome;
 
 /// When the loop settles.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -173,7 +174,7 @@ impl<S: Store> SettlementLoop<S> {
         }
         // A thawing payer takes back whatever is not settled when the thaw ends: settle
         // now, whatever the policy says.
-        let force = force || info.thaw_end > 0;
+        let force = force || ChannelState::payer_leaving(info.thaw_end, info.closed);
         let state = self.store.channel(&id)?.ok_or(attrinet_market::StoreError::UnknownChannel(id))?;
         let Ok(unsettled) = state.cumulative.checked_sub(info.settled) else {
             return Ok(SettleAction::NothingToSettle);
@@ -191,26 +192,14 @@ impl<S: Store> SettlementLoop<S> {
 
         let (batch, voucher) = settleable(id, &receipts)?;
 
-        let mut terms: BTreeMap<ModelId, ModelTerms> = BTreeMap::new();
-        for r in batch {
-            let m = r.receipt.receipt.model;
-            if let std::collections::btree_map::Entry::Vacant(slot) = terms.entry(m) {
-                slot.insert(self.client.terms(m).await?.ok_or(ChainError::UnknownModel(m.0))?);
-            }
-        }
         let receipts: Vec<_> = batch.iter().map(|r| r.receipt.receipt.clone()).collect();
-        let split_of = |m: &ModelId| terms.get(m).map(|t| t.split);
-        let payouts: Vec<PayoutRun> = match (&self.attribution, receipts.iter().any(|r| !r.attribution_root.is_zero()))
-        {
-            (_, false) => payout_runs(&receipts, split_of)?,
-            (Some(source), true) => {
-                attributed_payout_runs(&receipts, &weights_of(&receipts, source.as_ref())?, split_of)?.0
-            }
-            (None, true) => {
-                let r = receipts.iter().find(|r| !r.attribution_root.is_zero()).expect("one has weights");
-                return Err(ChainError::WeightsMismatch { seq: r.seq });
-            }
+        let terms = self.client.terms_of(receipts.iter().map(|r| r.model)).await?;
+        let weights = match (&self.attribution, receipts.iter().find(|r| !r.attribution_root.is_zero())) {
+            (_, None) => None,
+            (Some(source), Some(_)) => Some(weights_of(&receipts, source.as_ref())?),
+            (None, Some(r)) => return Err(ChainError::WeightsMismatch { seq: r.seq }),
         };
+        let (payouts, _) = payout_runs(&receipts, weights.as_deref(), |m| terms.get(m).map(|t| t.split))?;
         let value = voucher.voucher.cumulative.checked_sub(info.settled)?;
         // The chain already saw this voucher with these very payouts, yet holds it neither
         // pending nor settled: a dispute voided it, and the same evidence would be disputed
@@ -265,16 +254,29 @@ impl<S: Store> SettlementLoop<S> {
 /// commits to exactly that prefix. Vouchers that commit to a batch starting elsewhere
 /// (signed before a settlement was submitted, when the store had not recorded it) would
 /// be a provable fraud, so they are skipped.
-fn settleable(
-    id: ChannelId,
+fn settleable(id: ChannelId, receipts: &[StoredReceipt]) -> Result<(&[StoredReceipt], &SignedVoucher)> {
+    let prefixes = (1..=receipts.len()).rev().map(|end| 0..end);
+    match batch_with_root(receipts, prefixes, |w| receipts[w.end - 1].voucher.voucher.receipts_root)? {
+        Some(w) => Ok((&receipts[w.clone()], &receipts[w.end - 1].voucher)),
+        None => Err(ChainError::NoVoucher {
+            channel: id,
+            seq: receipts.last().map_or(Seq::ZERO, |r| r.receipt.receipt.seq),
+        }),
+    }
+}
+
+/// The first of `windows` (ranges of `receipts`) whose Merkle-sum root is `root(window)`:
+/// how a provider finds what its vouchers commit to, and a watcher what a settlement does.
+pub(crate) fn batch_with_root(
     receipts: &[StoredReceipt],
-) -> Result<(&[StoredReceipt], &attrinet_market::SignedVoucher)> {
+    windows: impl IntoIterator<Item = Range<usize>>,
+    root: impl Fn(&Range<usize>) -> B256,
+) -> Result<Option<Range<usize>>> {
     let leaves: Vec<_> = receipts.iter().map(|r| (r.receipt.receipt.digest(), r.receipt.receipt.value)).collect();
-    for j in (0..receipts.len()).rev() {
-        let root = SumTree::new(&leaves[..=j])?.root().hash;
-        if root == receipts[j].voucher.voucher.receipts_root {
-            return Ok((&receipts[..=j], &receipts[j].voucher));
+    for w in windows {
+        if SumTree::new(&leaves[w.clone()])?.root().hash == root(&w) {
+            return Ok(Some(w));
         }
     }
-    Err(ChainError::NoVoucher { channel: id, seq: receipts.last().map_or(Seq::ZERO, |r| r.receipt.receipt.seq) })
+    Ok(None)
 }

@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
-use attrinet_market::{ChannelId, Datanet, MemStore, MerkleTree, ModelId, Seq, Store, SumTree, Wei, response_hash};
+use attrinet_market::{ChannelId, Datanet, MemStore, ModelId, Seq, Store, StoredReceipt, response_hash};
 
-use crate::batch::{Batch, CommittedTree, FraudProof, Settlement, Verdict, examine};
-use crate::client::{ChainClient, ModelTerms, TxOutcome};
-use crate::data::{AttributionSource, WeightLeaf};
+use crate::attribution::{AttributionSource, weights_of};
+use crate::client::ChainClient;
 use crate::error::Result;
-use crate::follower::{ChannelEvent, Checkpoint, Cursor, EventFollower};
-use crate::settlement::{SettleAction, SettlementLoop};
+use crate::examine::{Registered, examine, outsider};
+use crate::follower::{ChannelEvent, Checkpoint, EventFollower};
+use crate::settlement::{SettleAction, SettlementLoop, batch_with_root};
+use crate::types::{Batch, Cursor, FraudProof, Settlement, TxOutcome, Verdict, WeightLeaf};
 
 /// Where the watcher gets the receipts behind a settled root: the node's own store, and
 /// later the network.
@@ -51,7 +52,7 @@ impl<S: Store> ReceiptSource for StoreSource<S> {
 
 /// Weights from the same store: the payer's and the provider's stores keep every
 /// receipt's weights (`Store::put_weights`) before the receipt is signed.
-impl<S: Store> crate::AttributionSource for StoreSource<S> {
+impl<S: Store> AttributionSource for StoreSource<S> {
     fn weights(&self, root: &B256) -> Result<Option<attrinet_market::Weights>> {
         Ok(self.0.weights(root)?)
     }
@@ -59,21 +60,12 @@ impl<S: Store> crate::AttributionSource for StoreSource<S> {
 
 /// The receipts up to the settled seq, from the first start whose batch hashes to the
 /// settled root (`only_first`: try the first start only).
-fn matching_suffix(
-    receipts: Vec<attrinet_market::StoredReceipt>,
-    s: &Settlement,
-    only_first: bool,
-) -> Result<Option<Batch>> {
+fn matching_suffix(receipts: Vec<StoredReceipt>, s: &Settlement, only_first: bool) -> Result<Option<Batch>> {
     let upto: Vec<_> = receipts.into_iter().filter(|r| r.receipt.receipt.seq <= s.seq).collect();
-    let leaves: Vec<_> = upto.iter().map(|r| (r.receipt.receipt.digest(), r.receipt.receipt.value)).collect();
-    let starts = if only_first { 0..1.min(upto.len()) } else { 0..upto.len() };
-    for start in starts {
-        if SumTree::new(&leaves[start..])?.root().hash == s.receipts_root {
-            let receipts = upto[start..].iter().map(|r| r.receipt.clone()).collect();
-            return Ok(Some(Batch::new(receipts)));
-        }
-    }
-    Ok(None)
+    let n = upto.len();
+    let starts = if only_first { 0..1.min(n) } else { 0..n };
+    let found = batch_with_root(&upto, starts.map(|start| start..n), |_| s.receipts_root)?;
+    Ok(found.map(|w| Batch::new(upto[w].iter().map(|r| r.receipt.clone()).collect())))
 }
 
 /// Batches published to the watcher by root (tests; a gossip cache).
@@ -299,19 +291,12 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
         {
             let receipts: Vec<_> = batch.receipts.iter().map(|r| r.receipt.clone()).collect();
             // Missing weights leave the batch without them: examine says what that means.
-            if let Ok(weights) = crate::data::weights_of(&receipts, source.as_ref()) {
+            if let Ok(weights) = weights_of(&receipts, source.as_ref()) {
                 batch.weights = Some(weights.iter().map(WeightLeaf::of).collect());
             }
         }
-        let mut terms: BTreeMap<ModelId, ModelTerms> = BTreeMap::new();
         let models = batch.receipts.iter().map(|r| r.receipt.model).chain(settlement.payouts.iter().map(|p| p.model));
-        for m in models {
-            if let std::collections::btree_map::Entry::Vacant(slot) = terms.entry(m)
-                && let Some(t) = self.client.terms(m).await?
-            {
-                slot.insert(t);
-            }
-        }
+        let terms = self.client.terms_of(models.collect::<Vec<_>>()).await?;
         let verdict = match examine(&settlement, &batch, &terms) {
             // Honest by the batch's own rules: then are its weights paid to contributors
             // of the model's datanet at all?
@@ -350,60 +335,22 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
     }
 
     /// Evidence that a weight of the batch pays an address outside its model's registered
-    /// datanet: provable from the weights alone when the model has no datanet, and with the
-    /// watcher's copy of the datanet (when it is the registered one) otherwise. Receipts
-    /// made before the datanet was last set (plus the contract's grace) are not judged by it.
+    /// datanet ([`outsider`]), with what the registry says of each weighted model.
     async fn outsider(&self, batch: &Batch) -> Result<Option<FraudProof>> {
         let Some(weights) = &batch.weights else { return Ok(None) };
-        let leaves: Vec<(B256, Wei)> = batch.receipts.iter().map(|r| (r.receipt.digest(), r.receipt.value)).collect();
-        let tree = match &batch.tree {
-            Some(t) => t.clone(),
-            None => CommittedTree::honest(&leaves)?,
-        };
-        let mut registry: BTreeMap<ModelId, Option<(B256, u64)>> = BTreeMap::new();
-        for (i, (sr, ws)) in batch.receipts.iter().zip(weights).enumerate() {
-            let r = &sr.receipt;
-            if ws.is_empty() {
+        let mut registered = BTreeMap::new();
+        for (sr, ws) in batch.receipts.iter().zip(weights) {
+            let model = sr.receipt.model;
+            if ws.is_empty() || registered.contains_key(&model) {
                 continue;
             }
-            let registered = match registry.get(&r.model) {
-                Some(x) => *x,
-                None => {
-                    let root = self.client.datanet_root(r.model).await?;
-                    let since = self.client.datanet_judged_from(r.model).await?;
-                    let x = root.zip(since);
-                    registry.insert(r.model, x);
-                    x
-                }
-            };
-            let Some((root, since)) = registered else { continue };
-            if r.timestamp < since {
-                continue;
-            }
-            let datanet = self.datanets.get(&r.model).filter(|d| d.root() == root);
-            for (j, w) in ws.iter().enumerate() {
-                let datanet_proof = if root.is_zero() {
-                    None
-                } else {
-                    match datanet.and_then(|d| d.outsider_proof(&w.contributor)) {
-                        Some(p) => Some(p),
-                        None => continue,
-                    }
-                };
-                let weight_tree = MerkleTree::new(&ws.iter().map(WeightLeaf::digest).collect::<Vec<_>>());
-                let (Some(proof), Some(weight_proof)) = (tree.proof(0, i), weight_tree.proof(j)) else { continue };
-                // The value the leaf hashes: the receipt's, in the honest tree examine accepted.
-                return Ok(Some(FraudProof::Outsider {
-                    receipt: r.clone(),
-                    leaf_value: r.value,
-                    proof,
-                    weight: *w,
-                    weight_proof,
-                    datanet: datanet_proof,
-                }));
+            let root = self.client.datanet_root(model).await?;
+            let since = self.client.datanet_judged_from(model).await?;
+            if let Some((root, judged_from)) = root.zip(since) {
+                registered.insert(model, Registered { root, judged_from });
             }
         }
-        Ok(None)
+        outsider(batch, &registered, &self.datanets)
     }
 
     /// The receipts of `batch` whose committed weights differ from what the model's datanet

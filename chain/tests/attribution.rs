@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
 use attrinet_chain::{
-    Batch, ChainClient, ChainError, CommittedData, CommittedTree, FraudProof, MemAttribution, MemCheckpoint, MemSource,
-    PayoutRun, SettleAction, SettlementLoop, SettlementPolicy, StoreSource, SumPreimage, Watcher, WeightLeaf,
-    attributed_payout_runs, contributor_totals, weights_root,
+    Batch, ChainClient, ChainError, FraudProof, MemAttribution, MemCheckpoint, MemSource, SettleAction, SettlementLoop,
+    SettlementPolicy, StoreSource, SumPreimage, Watcher, WeightLeaf, weights_root,
 };
 use attrinet_market::{
-    ChannelParams, DEFAULT_MIN_SPAN, Datanet, Delivered, Document, Identity, MemStore, MerkleTree, ModelId, PPM_WHOLE,
-    Price, Quote, Receipt, Seq, SignedReceipt, SignedVoucher, Split, Store, SumProof, Usage, Wei, Weight, Weights,
-    ppm_of, receipt_data_share, request_hash, response_hash,
+    Admission, ChannelParams, CommittedData, DEFAULT_MIN_SPAN, Datanet, Delivered, Document, Identity, MemStore,
+    MerkleTree, ModelId, PPM_WHOLE, PayoutRun, Price, Quote, Receipt, Seq, SignedReceipt, SignedVoucher, Split, Store,
+    SumProof, SumTree, Usage, Wei, Weight, Weights, contributor_totals, payout_runs, ppm_of, receipt_data_share,
+    request_hash, response_hash,
 };
 
 use crate::fraud::watcher;
@@ -69,13 +69,13 @@ fn serve_attributed(
     for (i, tokens) in outputs.iter().enumerate() {
         let weights = attribute(tokens);
         let request = format!("question {i}");
-        let reservation = s.provider.reserve(quote).unwrap();
+        let reservation = s.provider.reserve(quote, Admission::of(&quote)).unwrap();
         let usage = Usage {
             request_hash: request_hash(request.as_bytes()),
             response_hash: response_hash(tokens),
             input_tokens: 17 + i as u32,
             output_tokens: tokens.len() as u32,
-            attribution_root: attribution.insert_weights(weights),
+            attribution_root: attribution.insert_weights(weights.clone()),
         };
         attribution.insert_output(tokens.clone());
         let (proposal, batch_start) = s.provider.propose(reservation, &usage, now, &w.node.id).unwrap();
@@ -84,6 +84,8 @@ fn serve_attributed(
             response_hash: usage.response_hash,
             output_tokens: usage.output_tokens,
             input_tokens: None,
+            weights: weights.clone(),
+            expected_weights: None,
         };
         let (receipt, voucher) = s.payer.accept(proposal, batch_start, &quote, &delivered, now, &w.payer.id).unwrap();
         let stored = s.client_store.record_receipt(&receipt, &voucher).unwrap();
@@ -175,10 +177,10 @@ async fn two_contributors_each_claim_exactly_their_computed_total() {
     assert!(matches!(settled, SettleAction::Settled { seq: Seq(4), .. }), "{settled:?}");
     let payouts = w.node.chain.settled_payouts(id, Seq(4)).await.unwrap().unwrap();
     assert_eq!(payouts.len(), 1);
-    let weights = attributed_payout_runs(&plain, &attributions, |_| Some(split)).unwrap();
+    let weights = payout_runs(&plain, Some(&attributions), |_| Some(split)).unwrap();
     assert_eq!(payouts, weights.0, "the chain holds the honest runs");
     let data = weights.1;
-    assert_eq!(contributor_totals(&data).unwrap(), {
+    assert_eq!(contributor_totals(data.iter().flat_map(|d| &d.entries)).unwrap(), {
         let mut v = vec![(r, Wei(owed_rivers)), (b, Wei(owed_bread))];
         v.sort();
         v
@@ -308,7 +310,7 @@ async fn weights_paid_outside_the_datanet_are_disputed() {
     let forged = FraudProof::Outsider {
         receipt: receipts[0].receipt.clone(),
         leaf_value: receipts[0].receipt.value,
-        proof: tree_of(&receipts).proof(0, 0).unwrap(),
+        proof: tree_of(&receipts).proof_at(0, 0).unwrap(),
         weight: honest[0],
         weight_proof: MerkleTree::new(&honest.iter().map(WeightLeaf::digest).collect::<Vec<_>>()).proof(0).unwrap(),
         datanet: datanet.outsider_proof(&Address::repeat_byte(0x01)),
@@ -366,7 +368,7 @@ async fn any_weight_of_a_model_without_a_datanet_is_disputed() {
     let proof = FraudProof::Outsider {
         receipt: receipts[0].receipt.clone(),
         leaf_value: receipts[0].receipt.value,
-        proof: tree_of(&receipts).proof(0, 0).unwrap(),
+        proof: tree_of(&receipts).proof_at(0, 0).unwrap(),
         weight: leaf,
         weight_proof: MerkleTree::new(&[leaf.digest()]).proof(0).unwrap(),
         datanet: None,
@@ -452,7 +454,7 @@ pub(crate) async fn bad_data_case(w: &World, params: &ChannelParams, kind: &str)
         let total = receipts.last().unwrap().receipt.cumulative;
         (vec![PayoutRun::new(model, 6, split.apply(total))], CommittedData::honest(Vec::new()).unwrap())
     } else {
-        let (p, mut d) = attributed_payout_runs(&plain, &ws, |_| Some(split)).unwrap();
+        let (p, mut d) = payout_runs(&plain, Some(&ws), |_| Some(split)).unwrap();
         (p, d.remove(0))
     };
     let mut entries = committed.entries.clone();
@@ -483,7 +485,7 @@ pub(crate) async fn bad_data_case(w: &World, params: &ChannelParams, kind: &str)
         "data-sum" => {
             let leaves: Vec<_> = entries.iter().map(|e| (e.digest(), e.amount)).collect();
             let inflated = Wei(leaves[0].1.0 + leaves[1].1.0 + 7);
-            committed.tree = CommittedTree::with_recorded_sum(&leaves, 1, 0, inflated).unwrap();
+            committed.tree = SumTree::with_recorded_sum(&leaves, 1, 0, inflated).unwrap();
         }
         // The run claims to distribute one wei more than its entries hold.
         "data-total" => {}
@@ -574,18 +576,18 @@ async fn honest_data_entries_are_not_disputable() {
             payouts: payouts.clone(),
             run: 0,
             a: e0,
-            a_proof: tree.proof(0, 0).unwrap(),
+            a_proof: tree.proof_at(0, 0).unwrap(),
             b: e1,
-            b_proof: tree.proof(0, 1).unwrap(),
+            b_proof: tree.proof_at(0, 1).unwrap(),
         },
         FraudProof::DataEntry {
             payouts: payouts.clone(),
             run: 0,
             entry: e0,
-            entry_proof: tree.proof(0, 0).unwrap(),
+            entry_proof: tree.proof_at(0, 0).unwrap(),
             receipt: batch.receipts[i].receipt.clone(),
             leaf_value: batch.receipts[i].receipt.value,
-            receipt_proof: receipts_tree.proof(0, i).unwrap(),
+            receipt_proof: receipts_tree.proof_at(0, i).unwrap(),
             weight,
             weight_proof: wp.clone(),
         },
@@ -595,12 +597,12 @@ async fn honest_data_entries_are_not_disputable() {
             run: 0,
             receipt: batch.receipts[i].receipt.clone(),
             leaf_value: batch.receipts[i].receipt.value,
-            receipt_proof: receipts_tree.proof(0, i).unwrap(),
+            receipt_proof: receipts_tree.proof_at(0, i).unwrap(),
             weight,
             weight_proof: wp,
             gap: 0,
             below: None,
-            above: Some((e0, tree.proof(0, 0).unwrap())),
+            above: Some((e0, tree.proof_at(0, 0).unwrap())),
         },
         FraudProof::DataNode {
             payouts: payouts.clone(),
@@ -616,12 +618,12 @@ async fn honest_data_entries_are_not_disputable() {
             level: 0,
             node: SumPreimage::Leaf { digest: e1.digest(), value: e1.amount },
             recorded: e1.amount,
-            proof: tree.proof(0, 1).unwrap(),
+            proof: tree.proof_at(0, 1).unwrap(),
         },
         FraudProof::Weights {
             receipt: batch.receipts[3].receipt.clone(),
             leaf_value: batch.receipts[3].receipt.value,
-            proof: receipts_tree.proof(0, 3).unwrap(),
+            proof: receipts_tree.proof_at(0, 3).unwrap(),
             weights: batch.weights.as_ref().unwrap()[3].clone(),
         },
     ];

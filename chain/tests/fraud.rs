@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use attrinet_chain::{
-    Batch, CommittedTree, EventFollower, MemCheckpoint, MemSource, PayoutRun, Watcher, payout_runs, payout_totals,
+use attrinet_chain::{Batch, EventFollower, MemCheckpoint, MemSource, Watcher};
+use attrinet_market::{
+    ChannelParams, MemStore, ModelId, PayoutRun, Seq, SignedReceipt, SignedVoucher, Split, SumTree, Wei, payout_runs,
+    payout_totals,
 };
-use attrinet_market::{ChannelParams, MemStore, ModelId, Seq, SignedReceipt, SignedVoucher, Split, Wei};
 
 use crate::util::{BOND, ETH, WINDOW, World, forge_receipts, leaves, tree_of, voucher};
 
@@ -26,7 +27,7 @@ pub(crate) fn watcher(w: &World, source: Arc<dyn attrinet_chain::ReceiptSource>)
 
 pub(crate) struct Bad {
     pub(crate) receipts: Vec<SignedReceipt>,
-    pub(crate) tree: CommittedTree,
+    pub(crate) tree: SumTree,
     pub(crate) voucher: SignedVoucher,
     pub(crate) payouts: Vec<PayoutRun>,
     /// The channel's settled seq and cumulative before the bad settlement.
@@ -36,7 +37,7 @@ pub(crate) struct Bad {
 
 fn honest_payouts(receipts: &[SignedReceipt], models: &[(ModelId, Split)]) -> Vec<PayoutRun> {
     let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
-    payout_runs(&plain, |m| models.iter().find(|(id, _)| id == m).map(|(_, s)| *s)).unwrap()
+    payout_runs(&plain, None, |m| models.iter().find(|(id, _)| id == m).map(|(_, s)| *s)).unwrap().0
 }
 
 /// Settles a bad batch of class `kind`, lets the watcher dispute it, checks the dispute's
@@ -145,7 +146,7 @@ pub(crate) async fn bad_case(w: &World, params: &ChannelParams, kind: &str) -> B
             let receipts = forge_receipts(w, params, &one, 1, Wei::ZERO, 6, now, |_, _| {});
             let honest = leaves(&receipts);
             let inflated = Wei(honest[0].1.0 + honest[1].1.0 + 7);
-            let tree = CommittedTree::with_recorded_sum(&honest, 1, 0, inflated).unwrap();
+            let tree = SumTree::with_recorded_sum(&honest, 1, 0, inflated).unwrap();
             let cumulative = Wei(cumulative_of(&receipts).0 + 7);
             assert_eq!(tree.root().sum, cumulative);
             let v = voucher(w, params, 6, cumulative, &tree);

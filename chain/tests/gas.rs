@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use alloy::primitives::{Address, U256};
-use attrinet_chain::{Batch, ChainClient, MemSource, attributed_payout_runs, payout_runs};
-use attrinet_market::{Identity, PPM_WHOLE, Seq, Wei, Weight, Weights};
+use attrinet_chain::{Batch, ChainClient, MemSource};
+use attrinet_market::{Identity, PPM_WHOLE, Seq, Wei, Weight, Weights, payout_runs};
 
 use crate::attribution::bad_data_case;
 use crate::fraud::{bad_case, watcher};
@@ -38,7 +38,7 @@ async fn measure() -> BTreeMap<String, u64> {
         let last = receipts.last().unwrap().receipt.clone();
         let v = voucher(&w, &params, last.seq.0, last.cumulative, &tree);
         let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
-        let payouts = payout_runs(&plain, |_| Some(w.split)).unwrap();
+        let payouts = payout_runs(&plain, None, |_| Some(w.split)).unwrap().0;
         // A new block time for each: the bond lock is then rewritten every time, not
         // only when the clock happened to tick between two settlements.
         w.anvil.advance(1).await.unwrap();
@@ -71,7 +71,7 @@ async fn measure() -> BTreeMap<String, u64> {
         let v = voucher(&w, &params, last.seq.0, last.cumulative, &tree);
         let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
         let ws: Vec<Weights> = (0..n).map(|i| weights[i % 3].clone()).collect();
-        let (payouts, data) = attributed_payout_runs(&plain, &ws, |_| Some(w.split)).unwrap();
+        let (payouts, data) = payout_runs(&plain, Some(&ws), |_| Some(w.split)).unwrap();
         w.anvil.advance(1).await.unwrap();
         gas.insert(name.to_string(), w.node.chain.settle(&v, &payouts).await.unwrap().gas_used);
         if n == 10 {

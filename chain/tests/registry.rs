@@ -1,8 +1,8 @@
 //! The registry's rules: owners alone update their models, and a bond cannot leave while
 //! a settlement of its node can still be disputed.
 
-use attrinet_chain::{ChainError, payout_runs};
-use attrinet_market::{Price, Split, Wei};
+use attrinet_chain::ChainError;
+use attrinet_market::{Price, Split, Wei, payout_runs};
 
 use crate::util::{BOND, ETH, THAW, WINDOW, World, forge_receipts, tree_of, voucher};
 
@@ -44,7 +44,7 @@ async fn a_bond_stays_while_a_settlement_of_its_node_can_be_disputed() {
     let last = receipts.last().unwrap().receipt.clone();
     let v = voucher(&w, &params, 3, last.cumulative, &tree);
     let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
-    w.node.chain.settle(&v, &payout_runs(&plain, |_| Some(w.split)).unwrap()).await.unwrap();
+    w.node.chain.settle(&v, &payout_runs(&plain, None, |_| Some(w.split)).unwrap().0).await.unwrap();
 
     // ... keeps the bond slashable until its window ends, past the delay.
     w.anvil.advance(10).await.unwrap();

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
-use attrinet_chain::{Anvil, AnvilConfig, ChainClient, CommittedTree, DeployConfig, Deployment};
+use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig, Deployment};
 use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Delivered, Identity, MemStore, ModelId, PayerChannel, Price,
-    ProviderChannel, Quote, Receipt, Seq, SignedReceipt, SignedVoucher, Split, Store, Usage, Voucher, Wei,
-    request_hash, response_hash,
+    Admission, ChannelId, ChannelParams, ChannelState, Delivered, Identity, MemStore, ModelId, PayerChannel, Price,
+    ProviderChannel, Quote, Receipt, Seq, SignedReceipt, SignedVoucher, Split, Store, SumTree, Usage, Voucher, Wei,
+    Weights, request_hash, response_hash,
 };
 
 pub(crate) const ETH: u128 = 1_000_000_000_000_000_000;
@@ -149,7 +149,7 @@ impl Session {
         for i in 0..n {
             let request = format!("request {i} at {now}");
             let tokens: Vec<u32> = (0..(1 + (i * 7) % 300) as u32).collect();
-            let reservation = self.provider.reserve(quote).unwrap();
+            let reservation = self.provider.reserve(quote, Admission::of(&quote)).unwrap();
             let usage = Usage {
                 request_hash: request_hash(request.as_bytes()),
                 response_hash: response_hash(&tokens),
@@ -163,6 +163,8 @@ impl Session {
                 response_hash: usage.response_hash,
                 output_tokens: usage.output_tokens,
                 input_tokens: None,
+                weights: Weights::none(),
+                expected_weights: None,
             };
             let (receipt, voucher) =
                 self.payer.accept(proposal, batch_start, &quote, &delivered, now, &w.payer.id).unwrap();
@@ -227,8 +229,8 @@ pub(crate) fn forge_receipts(
 
 /// The honest tree over receipts.
 #[allow(dead_code)]
-pub(crate) fn tree_of(receipts: &[SignedReceipt]) -> CommittedTree {
-    CommittedTree::honest(&leaves(receipts)).unwrap()
+pub(crate) fn tree_of(receipts: &[SignedReceipt]) -> SumTree {
+    SumTree::new(&leaves(receipts)).unwrap()
 }
 
 #[allow(dead_code)]
@@ -238,13 +240,7 @@ pub(crate) fn leaves(receipts: &[SignedReceipt]) -> Vec<(B256, Wei)> {
 
 /// The payer's voucher for a batch committed as `tree`.
 #[allow(dead_code)]
-pub(crate) fn voucher(
-    w: &World,
-    params: &ChannelParams,
-    seq: u64,
-    cumulative: Wei,
-    tree: &CommittedTree,
-) -> SignedVoucher {
+pub(crate) fn voucher(w: &World, params: &ChannelParams, seq: u64, cumulative: Wei, tree: &SumTree) -> SignedVoucher {
     Voucher { domain: params.domain, channel: params.id, seq: Seq(seq), cumulative, receipts_root: tree.root().hash }
         .sign(&w.payer.id.evm)
 }

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use attrinet_chain::{
-    Batch, EventFollower, FileCheckpoint, MemCheckpoint, MemSource, PayoutRun, SettlementLoop, SettlementPolicy,
-    StoreSource, Watcher, payout_totals,
+    Batch, EventFollower, FileCheckpoint, MemCheckpoint, MemSource, SettlementLoop, SettlementPolicy, StoreSource,
+    Watcher,
 };
-use attrinet_market::{MemStore, Seq, Store, Wei};
+use attrinet_market::{MemStore, PayoutRun, Seq, Store, Wei, payout_totals};
 
 use crate::util::{BOND, ETH, Session, THAW, WINDOW, World, forge_receipts, tree_of, voucher};
 

@@ -58,6 +58,8 @@ fn main() {
         response_hash: usage.response_hash,
         output_tokens: 256,
         input_tokens: Some(100),
+        weights: Weights::none(),
+        expected_weights: None,
     };
 
     // Reference: one raw ed25519 verification of a 32-byte message.
@@ -80,7 +82,7 @@ fn main() {
     let mut state_c = payer.state().clone();
     let mut settled_every = 0u32;
     let round = rate(budget, || {
-        let r = provider.reserve(quote).expect("within limits");
+        let r = provider.reserve(quote, Admission::of(&quote)).expect("within limits");
         let (proposal, start) = provider.propose(r, &usage, 1, &node).expect("proposes");
         let wire = encode(&proposal);
         let proposal: ProposedReceipt = decode(&wire).expect("decodes");
@@ -103,7 +105,7 @@ fn main() {
     });
 
     // Verification of a stored co-signed receipt (what a watcher does per receipt).
-    let r = provider.reserve(quote).expect("within limits");
+    let r = provider.reserve(quote, Admission::of(&quote)).expect("within limits");
     let (proposal, start) = provider.propose(r, &usage, 1, &node).expect("proposes");
     let (receipt, _) = payer.accept(proposal, start, &quote, &delivered, 1, &client).expect("accepts");
     let verify = rate(budget, || {

@@ -4,6 +4,7 @@
 use alloy_primitives::B256;
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::Weights;
 use crate::error::{MarketError, VerifyError};
 use crate::keys::Identity;
 use crate::merkle::SumTree;
@@ -37,7 +38,7 @@ impl Quote {
 }
 
 /// What the payer itself observed of an inference.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Delivered {
     /// Hash of the request it sent.
     pub request_hash: B256,
@@ -47,6 +48,58 @@ pub struct Delivered {
     pub output_tokens: u32,
     /// Its own count of prompt tokens, if it tokenised the prompt.
     pub input_tokens: Option<u32>,
+    /// The attribution weights the provider sent with its proposal (none when it sent
+    /// none): they must be the ones the receipt commits to.
+    pub weights: Weights,
+    /// The weights the payer computed itself for the tokens it received, from the model's
+    /// datanet; `None` when it does not hold the datanet (a watcher holding it checks them
+    /// later).
+    pub expected_weights: Option<Weights>,
+}
+
+impl Delivered {
+    /// What was delivered without attribution weights.
+    pub fn plain(request_hash: B256, response_hash: B256, output_tokens: u32, input_tokens: Option<u32>) -> Delivered {
+        Delivered {
+            request_hash,
+            response_hash,
+            output_tokens,
+            input_tokens,
+            weights: Weights::none(),
+            expected_weights: None,
+        }
+    }
+}
+
+/// What a provider knows of a request when it admits it: the model the request names, the
+/// price and context length it serves that model at, and how many tokens the request
+/// takes (its prompt, counted by the provider's tokenizer) and asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Admission {
+    /// The model the request names.
+    pub model: ModelId,
+    /// The price the provider serves it at.
+    pub price: Price,
+    /// The model's context length.
+    pub context_length: u32,
+    /// The prompt's length in tokens.
+    pub input_tokens: u32,
+    /// The most tokens the request asks to generate.
+    pub max_tokens: u32,
+}
+
+impl Admission {
+    /// The admission of a request that takes exactly what `quote` allows, at its price
+    /// (a provider without a context limit: tests and benchmarks).
+    pub fn of(quote: &Quote) -> Admission {
+        Admission {
+            model: quote.model,
+            price: quote.price,
+            context_length: u32::MAX,
+            input_tokens: quote.max_input_tokens,
+            max_tokens: quote.max_output_tokens,
+        }
+    }
 }
 
 /// What the provider measured of an inference it ran.
@@ -182,6 +235,47 @@ pub enum LedgerError {
     /// The voucher does not match the receipt.
     #[error("voucher does not match the receipt: {0} differs")]
     WrongVoucher(&'static str),
+    /// The weights sent with a proposal are not the ones its receipt commits to.
+    #[error("attribution weights hash to {weights}, the receipt commits to {committed}")]
+    WeightsNotCommitted {
+        /// Root of the weights sent.
+        weights: B256,
+        /// The receipt's attribution root.
+        committed: B256,
+    },
+    /// The weights are not what the model's datanet gives for the tokens received.
+    #[error("attribution weights are not the datanet's for this output (root {got}, expected {expected})")]
+    WrongWeights {
+        /// Root of the weights on the receipt.
+        got: B256,
+        /// Root of the datanet's weights for the output.
+        expected: B256,
+    },
+    /// The quote the request carries is not for this offer: another model, another price,
+    /// or fewer output tokens than the request asks for.
+    #[error("quote {quote:?} does not match the offer at {price:?} for {max_tokens} new tokens")]
+    QuoteMismatch {
+        /// The request's quote.
+        quote: Quote,
+        /// The price the provider serves at.
+        price: Price,
+        /// The tokens the request asks for.
+        max_tokens: u32,
+    },
+    /// The prompt and the tokens asked for do not fit the quote or the model's context.
+    #[error(
+        "prompt of {input_tokens} tokens plus {max_tokens} new ones does not fit (quote allows {quote_input}, context {context})"
+    )]
+    DoesNotFit {
+        /// The prompt's tokens.
+        input_tokens: u32,
+        /// The tokens asked for.
+        max_tokens: u32,
+        /// Prompt tokens the quote allows.
+        quote_input: u32,
+        /// The model's context length.
+        context: u32,
+    },
     /// The voucher commits to another batch than the receipts since the last settlement.
     #[error("voucher receipts root {got} differs from the batch root {expected}")]
     WrongReceiptsRoot {
@@ -315,6 +409,17 @@ impl PayerChannel {
                 last: self.state.last_seq,
             });
         }
+        // The payer stores and co-signs these weights: they must be the committed ones, and
+        // the datanet's when the payer can tell.
+        let weights = delivered.weights.root();
+        if weights != r.attribution_root {
+            return Err(LedgerError::WeightsNotCommitted { weights, committed: r.attribution_root });
+        }
+        if let Some(expected) = &delivered.expected_weights
+            && *expected != delivered.weights
+        {
+            return Err(LedgerError::WrongWeights { got: weights, expected: expected.root() });
+        }
         Ok(())
     }
 
@@ -416,9 +521,25 @@ impl ProviderChannel {
         self.pending.as_ref()
     }
 
-    /// Admits a request under `quote` if its maximum value fits both the exposure limit and
-    /// the deposit; the reservation holds that value until the receipt is proposed.
-    pub fn reserve(&mut self, quote: Quote) -> Result<Reservation, LedgerError> {
+    /// Admits a request under `quote`: the quote must be for this offer (model, price,
+    /// enough output tokens) and the request must fit it and the model's context. The
+    /// reservation is for what the request can cost at most (its prompt, the tokens it asks
+    /// for), and only when that fits both the exposure limit and the deposit; it holds that
+    /// value until the receipt is proposed.
+    pub fn reserve(&mut self, quote: Quote, request: Admission) -> Result<Reservation, LedgerError> {
+        let Admission { model, price, context_length, input_tokens, max_tokens } = request;
+        if quote.model != model || quote.price != price || quote.max_output_tokens < max_tokens {
+            return Err(LedgerError::QuoteMismatch { quote, price, max_tokens });
+        }
+        if input_tokens > quote.max_input_tokens || input_tokens.saturating_add(max_tokens) > context_length {
+            return Err(LedgerError::DoesNotFit {
+                input_tokens,
+                max_tokens,
+                quote_input: quote.max_input_tokens,
+                context: context_length,
+            });
+        }
+        let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: max_tokens, ..quote };
         let requested = quote.max_value()?;
         let unpaid = self.unpaid()?;
         let exposure = unpaid.checked_add(requested)?;

@@ -39,7 +39,7 @@
 //! let now = 1_700_000_000;
 //!
 //! // The node admits the request, runs it, and proposes a receipt.
-//! let reservation = provider.reserve(quote)?;
+//! let reservation = provider.reserve(quote, Admission::of(&quote))?;
 //! let usage = Usage {
 //!     request_hash: request_hash(request),
 //!     response_hash: response_hash(&tokens),
@@ -55,6 +55,8 @@
 //!     response_hash: response_hash(&tokens),
 //!     output_tokens: tokens.len() as u32,
 //!     input_tokens: None,
+//!     weights: Weights::none(),
+//!     expected_weights: None,
 //! };
 //! let (receipt, voucher) = payer.accept(proposal, batch_start, &quote, &delivered, now, &client)?;
 //! let stored = client_store.record_receipt(&receipt, &voucher)?;
@@ -76,6 +78,7 @@ mod error;
 mod keys;
 mod ledger;
 mod merkle;
+mod payout;
 mod receipt;
 mod select;
 mod split;
@@ -95,15 +98,19 @@ pub mod sol {
 }
 pub use attribution::{
     Attribution, AttributionError, Contribution, DEFAULT_MIN_SPAN, DataEntry, Datanet, Document, OutsiderProof,
-    PPM_WHOLE, Span, Weight, Weights, contributor_totals, datanet_root, owner_digest, owners_root, ppm_of,
-    receipt_data_share, run_data_entries, weight_digest,
+    PPM_WHOLE, Span, Weight, Weights, datanet_root, owner_digest, owners_root, ppm_of, receipt_data_share,
+    run_data_entries, weight_digest,
 };
 pub use error::{MarketError, VerifyError};
 pub use keys::Identity;
 pub use ledger::{
-    Delivered, LedgerError, MAX_CLOCK_SKEW_SECS, PayerChannel, ProviderChannel, Quote, Reservation, Usage,
+    Admission, Delivered, LedgerError, MAX_CLOCK_SKEW_SECS, PayerChannel, ProviderChannel, Quote, Reservation, Usage,
 };
 pub use merkle::{MerkleProof, MerkleTree, ProofError, SumNode, SumProof, SumTree, leaf_hash};
+pub use payout::{
+    Beneficiaries, CommittedData, DataClaim, DataCommitment, PayoutError, PayoutRun, Role, contributor_totals,
+    payout_runs, payout_totals,
+};
 pub use receipt::{Ed25519Signature, ProposedReceipt, PublicKey, Receipt, SignedReceipt, request_hash, response_hash};
 pub use select::{Demand, ProviderBook, ProviderRecord, rank};
 pub use split::{BPS_WHOLE, Payout, Split};

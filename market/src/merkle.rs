@@ -75,19 +75,26 @@ fn levels<T: Clone>(
     mut combine: impl FnMut(&T, &T) -> Result<T, MarketError>,
 ) -> Result<Vec<Vec<T>>, MarketError> {
     let mut levels = vec![leaves];
-    while levels.last().is_some_and(|l| l.len() > 1) {
-        let below = levels.last().expect("checked non-empty");
-        let mut up = Vec::with_capacity(below.len().div_ceil(2));
-        for pair in below.chunks(2) {
-            up.push(match pair {
-                [l, r] => combine(l, r)?,
-                [last] => last.clone(),
-                _ => unreachable!("chunks(2) yields one or two"),
-            });
-        }
+    while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+        let up = level_up(below, &mut combine)?;
         levels.push(up);
     }
     Ok(levels)
+}
+
+/// The level above `below`: pairs joined by `combine`, an odd last node promoted unchanged.
+fn level_up<T: Clone>(
+    below: &[T],
+    combine: &mut impl FnMut(&T, &T) -> Result<T, MarketError>,
+) -> Result<Vec<T>, MarketError> {
+    below
+        .chunks(2)
+        .map(|pair| match pair {
+            [l, r] => combine(l, r),
+            [last] => Ok(last.clone()),
+            _ => unreachable!("chunks(2) yields one or two"),
+        })
+        .collect()
 }
 
 fn siblings<T: Clone>(levels: &[Vec<T>], mut index: usize) -> Vec<T> {
@@ -150,7 +157,7 @@ impl MerkleTree {
 
     /// Number of leaves.
     pub fn len(&self) -> usize {
-        self.levels[0].len()
+        self.levels.first().map_or(0, Vec::len)
     }
 
     /// Whether the tree has no leaves.
@@ -169,6 +176,12 @@ impl MerkleTree {
 }
 
 impl MerkleProof {
+    /// A proof of nothing (no index, no leaves): what a contract call takes where its
+    /// evidence is absent and ignored, but must decode.
+    pub fn empty() -> MerkleProof {
+        MerkleProof { index: 0, leaf_count: 0, siblings: Vec::new() }
+    }
+
     /// Checks that `digest` is leaf `index` of the tree with root `root`.
     pub fn verify(&self, digest: &B256, root: &B256) -> Result<(), ProofError> {
         let steps = path(self.index, self.leaf_count)?;
@@ -217,8 +230,11 @@ impl SumNode {
     }
 }
 
-/// A Merkle-sum tree over `(receipt digest, value)` leaves: a settlement batch.
-#[derive(Clone, Debug)]
+/// A Merkle-sum tree over `(digest, value)` leaves: a settlement batch (receipt digests
+/// and values) or a payout run's data entries. Every level is kept, so that proofs can be
+/// made for any node; a tree taken as published ([`SumTree::from_levels`]) may record sums
+/// that do not add up, which is what a watcher looks for.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SumTree {
     levels: Vec<Vec<SumNode>>,
 }
@@ -241,6 +257,47 @@ impl SumTree {
         Ok(SumTree { levels: levels(leaves, SumNode::parent)? })
     }
 
+    /// A tree as published: its levels from the leaves up to the root, taken as they are
+    /// (sums unchecked).
+    pub fn from_levels(levels: Vec<Vec<SumNode>>) -> SumTree {
+        SumTree { levels }
+    }
+
+    /// A tree whose node `index` of `level` records `sum` instead of its children's sum,
+    /// with every ancestor hashed over that record: the shape of a batch a dishonest
+    /// builder commits to, for tests and simulations. An error if a sum overflows.
+    pub fn with_recorded_sum(
+        leaves: &[(B256, Wei)],
+        level: usize,
+        index: usize,
+        sum: Wei,
+    ) -> Result<Self, MarketError> {
+        let mut below: Vec<SumNode> = leaves.iter().map(|(d, v)| SumNode::leaf(d, *v)).collect();
+        let mut out = Vec::new();
+        let mut depth = 0usize;
+        loop {
+            if depth == level
+                && let Some(node) = below.get_mut(index)
+            {
+                node.sum = sum;
+            }
+            let done = below.len() <= 1;
+            let up = if done { Vec::new() } else { level_up(&below, &mut SumNode::parent)? };
+            out.push(below);
+            if done {
+                return Ok(SumTree { levels: out });
+            }
+            below = up;
+            depth = depth.saturating_add(1);
+        }
+    }
+
+    /// The levels, leaves first (the last holds the root alone; none for an empty tree
+    /// given as such).
+    pub fn levels(&self) -> &[Vec<SumNode>] {
+        &self.levels
+    }
+
     /// The root node; hash zero and sum zero for an empty batch.
     pub fn root(&self) -> SumNode {
         self.levels.last().and_then(|l| l.first()).copied().unwrap_or_default()
@@ -248,7 +305,7 @@ impl SumTree {
 
     /// Number of leaves.
     pub fn len(&self) -> usize {
-        self.levels[0].len()
+        self.levels.first().map_or(0, Vec::len)
     }
 
     /// Whether the tree has no leaves.
@@ -258,15 +315,34 @@ impl SumTree {
 
     /// Proof for leaf `index`, or `None` when out of range.
     pub fn proof(&self, index: usize) -> Option<SumProof> {
-        (index < self.len()).then(|| SumProof {
+        self.proof_at(0, index)
+    }
+
+    /// The path from node `index` of `level` to the root, in the contracts' format: the
+    /// index and count are those of the node's level, as a dispute of an inner node takes
+    /// them. `None` when there is no such node.
+    pub fn proof_at(&self, level: usize, index: usize) -> Option<SumProof> {
+        let nodes = self.levels.get(level)?;
+        (index < nodes.len()).then(|| SumProof {
             index: index as u64,
-            leaf_count: self.len() as u64,
-            siblings: siblings(&self.levels, index),
+            leaf_count: nodes.len() as u64,
+            siblings: siblings(&self.levels[level..], index),
         })
     }
 }
 
 impl SumProof {
+    /// A proof of nothing (no index, no leaves), like [`MerkleProof::empty`].
+    pub fn empty() -> SumProof {
+        SumProof { index: 0, leaf_count: 0, siblings: Vec::new() }
+    }
+
+    /// The path of a tree's root: index 0 of a level of one, no siblings (the contracts
+    /// take it so for a dispute of the root itself, whose sum no parent records).
+    pub fn of_root() -> SumProof {
+        SumProof { index: 0, leaf_count: 1, siblings: Vec::new() }
+    }
+
     /// Checks that `(digest, value)` is leaf `index` of the batch whose root is `root`
     /// (hash and total).
     pub fn verify(&self, digest: &B256, value: Wei, root: &SumNode) -> Result<(), ProofError> {
@@ -317,6 +393,40 @@ mod tests {
         let s = SumTree::new(&[(d(7), Wei(5))]).unwrap();
         assert_eq!(s.root(), SumNode::leaf(&d(7), Wei(5)));
         assert_eq!(SumTree::new(&[]).unwrap().root(), SumNode::default());
+    }
+
+    #[test]
+    fn inner_node_proofs_verify_and_a_recorded_sum_changes_every_ancestor() {
+        for n in 1..=9u8 {
+            let leaves: Vec<_> = (0..n).map(|i| (d(i), Wei(u128::from(i) + 1))).collect();
+            let t = SumTree::new(&leaves).unwrap();
+            assert_eq!(SumTree::from_levels(t.levels().to_vec()), t);
+            for (level, nodes) in t.levels().iter().enumerate() {
+                for (i, node) in nodes.iter().enumerate() {
+                    let p = t.proof_at(level, i).unwrap();
+                    assert_eq!((p.index, p.leaf_count), (i as u64, nodes.len() as u64));
+                    // Walk up from the node: it must reach the root.
+                    let steps = path(p.index, p.leaf_count).unwrap();
+                    let mut sib = p.siblings.iter();
+                    let mut h = *node;
+                    for left in steps.into_iter().flatten() {
+                        let s = sib.next().unwrap();
+                        h = if left { SumNode::parent(s, &h).unwrap() } else { SumNode::parent(&h, s).unwrap() };
+                    }
+                    assert!(sib.next().is_none());
+                    assert_eq!(h, t.root(), "n = {n}, level {level}, node {i}");
+                }
+                assert!(t.proof_at(level, nodes.len()).is_none());
+            }
+            assert_eq!(t.proof_at(0, 0), t.proof(0));
+            // Recording the honest sum changes nothing; recording another changes the root hash.
+            let honest_sum = t.levels()[0][0].sum;
+            assert_eq!(SumTree::with_recorded_sum(&leaves, 0, 0, honest_sum).unwrap(), t);
+            let lie = SumTree::with_recorded_sum(&leaves, 0, 0, Wei(honest_sum.0 + 7)).unwrap();
+            assert_eq!(lie.len(), t.len());
+            // (A lone leaf is its own root: its sum is recorded by no parent's hash.)
+            assert_eq!(lie.root().hash != t.root().hash, n > 1, "n = {n}");
+        }
     }
 
     #[test]

@@ -163,6 +163,28 @@ impl ChannelState {
         self.deposit > self.cumulative
     }
 
+    /// The thaw rule, as the chain states a channel (its thaw end, zero when not thawing,
+    /// and whether the payer withdrew): a payer that has started to leave gets no new
+    /// service, since it could withdraw before paying for it; and its provider settles what
+    /// it is owed at once, whatever its policy, since whatever is unsettled when the thaw
+    /// ends goes back to the payer.
+    pub fn payer_leaving(thaw_end: u64, closed: bool) -> bool {
+        closed || thaw_end > 0
+    }
+
+    /// The state a provider serves a channel from, learnt from the chain: open with
+    /// `deposit`, or `None` when its payer is leaving ([`ChannelState::payer_leaving`]).
+    pub fn servable(params: ChannelParams, deposit: Wei, thaw_end: u64, closed: bool) -> Option<ChannelState> {
+        (!ChannelState::payer_leaving(thaw_end, closed)).then(|| ChannelState::open(params, deposit))
+    }
+
+    /// The state once the payer started its thaw: the deposit cut to what is already owed,
+    /// so that every new request is refused for want of deposit. `None` when there was
+    /// nothing left to cut.
+    pub fn thawed(&self) -> Option<ChannelState> {
+        self.has_deposit_left().then(|| ChannelState { deposit: self.cumulative, ..self.clone() })
+    }
+
     /// The state after a settlement covering receipts up to `seq`.
     pub fn settled_at(&self, seq: Seq) -> Result<ChannelState, StoreError> {
         if seq < self.settled_seq || seq > self.last_seq {

@@ -288,6 +288,8 @@ impl Channel {
             response_hash: usage.response_hash,
             output_tokens: usage.output_tokens,
             input_tokens: Some(input),
+            weights: Weights::none(),
+            expected_weights: None,
         };
         (usage, delivered)
     }
@@ -296,7 +298,7 @@ impl Channel {
     fn round(&mut self, input: u32, out: u32) -> Result<(SignedReceipt, SignedVoucher), LedgerError> {
         let tokens: Vec<u32> = (0..out).collect();
         let (usage, delivered) = Channel::usage(input, &tokens);
-        let r = self.provider.reserve(self.quote)?;
+        let r = self.provider.reserve(self.quote, Admission::of(&self.quote))?;
         let (proposal, start) = self.provider.propose(r, &usage, NOW, &self.node)?;
         let (receipt, voucher) = self.payer.accept(proposal, start, &self.quote, &delivered, NOW, &self.client)?;
         let s = self.client_store.record_receipt(&receipt, &voucher).unwrap();
@@ -334,7 +336,7 @@ proptest! {
         // and re-sign it with the node's key, so only the rule can catch it.
         let tokens = [1, 2, 3];
         let (usage, delivered) = Channel::usage(10, &tokens);
-        let r = ch.provider.reserve(ch.quote).unwrap();
+        let r = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
         let (honest, start) = ch.provider.propose(r, &usage, NOW, &ch.node).unwrap();
         let next = honest.receipt.seq;
 
@@ -382,7 +384,7 @@ fn payer_refuses_each_dishonest_field() {
     ch.round(10, 5).unwrap();
     let tokens = [1, 2, 3];
     let (usage, delivered) = Channel::usage(10, &tokens);
-    let r = ch.provider.reserve(ch.quote).unwrap();
+    let r = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
     let (honest, start) = ch.provider.propose(r, &usage, NOW, &ch.node).unwrap();
     let check = |f: &dyn Fn(&mut Receipt)| {
         let mut r = honest.receipt.clone();
@@ -410,9 +412,9 @@ fn payer_refuses_each_dishonest_field() {
 fn provider_refuses_past_its_exposure_limit_and_the_deposit() {
     // Max value of one request: 100 × 1000/1000 + 50 × 3000/1000 = 250 wei.
     let mut ch = Channel::new(Wei(10_000), Wei(600));
-    let a = ch.provider.reserve(ch.quote).unwrap();
-    let _b = ch.provider.reserve(ch.quote).unwrap();
-    let err = ch.provider.reserve(ch.quote).unwrap_err();
+    let a = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
+    let _b = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
+    let err = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap_err();
     assert_eq!(err, LedgerError::ExposureLimit { unpaid: Wei(500), requested: Wei(250), limit: Wei(600) });
     // A proposal the payer never co-signs stays unpaid, also once written off.
     let (usage, _) = Channel::usage(100, &(0..50).collect::<Vec<_>>());
@@ -420,16 +422,16 @@ fn provider_refuses_past_its_exposure_limit_and_the_deposit() {
     assert_eq!(ch.provider.unpaid().unwrap(), Wei(500));
     ch.provider.abandon().unwrap();
     assert_eq!(ch.provider.unpaid().unwrap(), Wei(500));
-    assert!(matches!(ch.provider.reserve(ch.quote), Err(LedgerError::ExposureLimit { .. })));
+    assert!(matches!(ch.provider.reserve(ch.quote, Admission::of(&ch.quote)), Err(LedgerError::ExposureLimit { .. })));
     // The abandoned seq is reused by the next proposal.
     ch.provider.release(_b);
-    let c = ch.provider.reserve(ch.quote).unwrap();
+    let c = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
     let (next, _) = ch.provider.propose(c, &usage, NOW, &ch.node).unwrap();
     assert_eq!(next.receipt.seq, first.receipt.seq);
     // One proposal at a time.
     let mut ch2 = Channel::new(Wei(10_000), Wei(10_000));
-    let a = ch2.provider.reserve(ch2.quote).unwrap();
-    let b = ch2.provider.reserve(ch2.quote).unwrap();
+    let a = ch2.provider.reserve(ch2.quote, Admission::of(&ch2.quote)).unwrap();
+    let b = ch2.provider.reserve(ch2.quote, Admission::of(&ch2.quote)).unwrap();
     ch2.provider.propose(a, &usage, NOW, &ch2.node).unwrap();
     assert!(matches!(ch2.provider.propose(b, &usage, NOW, &ch2.node), Err(LedgerError::ProposalInFlight { .. })));
     assert_eq!(ch2.provider.unpaid().unwrap(), Wei(250), "a failed proposal releases its reservation");
@@ -438,7 +440,7 @@ fn provider_refuses_past_its_exposure_limit_and_the_deposit() {
     let mut ch = Channel::new(Wei(400), Wei(1_000_000));
     ch.round(100, 50).unwrap();
     assert_eq!(
-        ch.provider.reserve(ch.quote).unwrap_err(),
+        ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap_err(),
         LedgerError::DepositExceeded { needed: Wei(500), deposit: Wei(400) }
     );
 }
@@ -469,7 +471,7 @@ fn provider_refuses_a_voucher_for_the_wrong_batch() {
     ch.round(10, 5).unwrap();
     let tokens = [1, 2];
     let (usage, delivered) = Channel::usage(3, &tokens);
-    let r = ch.provider.reserve(ch.quote).unwrap();
+    let r = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
     let (proposal, _) = ch.provider.propose(r, &usage, NOW, &ch.node).unwrap();
     // The payer builds its root from a wrong batch start (pretending seq 1 was settled).
     let (receipt, voucher) = ch.payer.accept(proposal, Seq(1), &ch.quote, &delivered, NOW, &ch.client).unwrap();
@@ -556,4 +558,79 @@ fn advert_validation_names_each_fault() {
     assert_eq!(view.find("SmolLM2-135M-Instruct", now).len(), 2);
     view.expire(now + 30);
     assert_eq!(view.offers(&ModelId::from([5; 32]), now + 30).len(), 1);
+}
+
+#[test]
+fn provider_admits_only_requests_under_its_offer_and_reserves_what_they_can_cost() {
+    let mut ch = Channel::new(Wei(10_000), Wei(10_000));
+    let quote = ch.quote;
+    let admission =
+        Admission { model: quote.model, price: quote.price, context_length: 120, input_tokens: 40, max_tokens: 20 };
+    // Another model, another price, fewer output tokens than asked for: the quote is wrong.
+    for bad in [
+        Quote { model: ModelId::from([8; 32]), ..quote },
+        Quote { price: Price { per_1k_input: Wei(999), ..quote.price }, ..quote },
+        Quote { max_output_tokens: 19, ..quote },
+    ] {
+        assert!(matches!(ch.provider.reserve(bad, admission), Err(LedgerError::QuoteMismatch { .. })), "{bad:?}");
+    }
+    // A prompt past the quote, or prompt + new tokens past the context: it does not fit.
+    for (input_tokens, context_length) in [(101, 1_000), (101, 120), (40, 59)] {
+        let a = Admission { input_tokens, context_length, ..admission };
+        assert!(matches!(ch.provider.reserve(quote, a), Err(LedgerError::DoesNotFit { .. })), "{a:?}");
+    }
+    assert_eq!(ch.provider.unpaid().unwrap(), Wei::ZERO, "a refusal reserves nothing");
+    // Admitted: the reservation is for this request's tokens, not the quote's maximum.
+    let r = ch.provider.reserve(quote, admission).unwrap();
+    assert_eq!((r.quote().max_input_tokens, r.quote().max_output_tokens), (40, 20));
+    assert_eq!(ch.provider.unpaid().unwrap(), quote.price.value(40, 20).unwrap());
+}
+
+#[test]
+fn payer_refuses_weights_not_committed_or_not_the_datanets() {
+    let mut ch = Channel::new(Wei(10_000), Wei(10_000));
+    let w = |c: u8| Weights::new(vec![Weight { contributor: Address::repeat_byte(c), ppm: PPM_WHOLE }]).unwrap();
+    let tokens: Vec<u32> = (0..5).collect();
+    let (mut usage, mut delivered) = Channel::usage(10, &tokens);
+    usage.attribution_root = w(1).root();
+    let r = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
+    let (proposal, start) = ch.provider.propose(r, &usage, NOW, &ch.node).unwrap();
+    // Sent without the weights it commits to, or with others.
+    for sent in [Weights::none(), w(2)] {
+        delivered.weights = sent.clone();
+        let err = ch.payer.check(&proposal, start, &ch.quote, &delivered, NOW).unwrap_err();
+        assert_eq!(err, LedgerError::WeightsNotCommitted { weights: sent.root(), committed: w(1).root() });
+    }
+    // The committed weights, but the payer's datanet gives others for this output.
+    delivered.weights = w(1);
+    delivered.expected_weights = Some(w(2));
+    let err = ch.payer.check(&proposal, start, &ch.quote, &delivered, NOW).unwrap_err();
+    assert_eq!(err, LedgerError::WrongWeights { got: w(1).root(), expected: w(2).root() });
+    // The datanet agrees, or the payer cannot tell: accepted.
+    delivered.expected_weights = Some(w(1));
+    ch.payer.check(&proposal, start, &ch.quote, &delivered, NOW).unwrap();
+    delivered.expected_weights = None;
+    ch.payer.check(&proposal, start, &ch.quote, &delivered, NOW).unwrap();
+}
+
+#[test]
+fn a_leaving_payer_gets_no_service_and_a_thaw_cuts_the_deposit_to_what_is_owed() {
+    let mut ch = Channel::new(Wei(10_000), Wei(10_000));
+    let params = ch.provider.state().params.clone();
+    assert_eq!(
+        ChannelState::servable(params.clone(), Wei(10_000), 0, false),
+        Some(ChannelState::open(params.clone(), Wei(10_000)))
+    );
+    assert!(ChannelState::servable(params.clone(), Wei(10_000), 1_700_000_000, false).is_none());
+    assert!(ChannelState::servable(params.clone(), Wei(10_000), 0, true).is_none());
+    assert!(!ChannelState::payer_leaving(0, false) && ChannelState::payer_leaving(5, false));
+    ch.round(10, 5).unwrap();
+    let state = ch.node_store.channel(&params.id).unwrap().unwrap();
+    let thawed = state.thawed().unwrap();
+    assert_eq!((thawed.deposit, thawed.cumulative), (state.cumulative, state.cumulative));
+    assert!(thawed.thawed().is_none(), "nothing left to cut");
+    // Every new request is refused for want of deposit.
+    let mut provider = ProviderChannel::restore(thawed, &[], Wei(10_000));
+    let quote = Quote { max_input_tokens: 1, max_output_tokens: 1, ..ch.quote };
+    assert!(matches!(provider.reserve(quote, Admission::of(&quote)), Err(LedgerError::DepositExceeded { .. })));
 }

@@ -12,12 +12,12 @@ use alloy_primitives::{Address, U256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
     Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
-    SettlementPolicy, StoreSource, Watcher, attributed_payout_runs,
+    SettlementPolicy, StoreSource, Watcher,
 };
 use attrinet_compute::{Backend, Model, open_engine};
 use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt, Seq, Split,
-    Store, Wei,
+    Beneficiaries, ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt,
+    Seq, Split, Store, Wei, payout_runs,
 };
 use attrinet_p2p::{Ask, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling};
 use tracing::info;
@@ -343,7 +343,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
                 .collect();
             let voucher = n.store.receipt(&channel.params.id, channel.last_seq)?.expect("stored").voucher;
             let weights = attrinet_chain::weights_of(&receipts, &StoreSource(n.store.clone()))?;
-            let (mut runs, _) = attributed_payout_runs(&receipts, &weights, |_| Some(split))?;
+            let (mut runs, _) = payout_runs(&receipts, Some(&weights), |_| Some(split))?;
             // One wei moved from the owner's part to the node's: a split that differs
             // from the registered one.
             if let Some(r) = runs.first_mut()
@@ -456,17 +456,17 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .collect();
         receipts += batch.len() as u64;
         let weights = attrinet_chain::weights_of(&batch, client_weights.as_ref())?;
-        let (runs, data) = attributed_payout_runs(&batch, &weights, |_| Some(split))?;
+        let (runs, data) = payout_runs(&batch, Some(&weights), |_| Some(split))?;
         let settled = watcher_chain.settled_payouts(channel, seq).await?.context("settled payouts not found")?;
         for (k, run) in runs.iter().enumerate() {
             paid = paid.checked_add(run.value()?)?;
-            let undistributed = run.parts.data.checked_sub(run.data.distributed)?;
-            for (who, amount) in [
-                (n.identity.address(), run.parts.node),
-                (owner.address(), run.parts.owner),
-                (data_pool, undistributed),
-                (deployer.address(), run.parts.protocol),
-            ] {
+            let to = Beneficiaries {
+                node: n.identity.address(),
+                owner: owner.address(),
+                data_pool,
+                protocol: deployer.address(),
+            };
+            for (_, who, amount) in run.credits(&to)? {
                 let e = expected_by.entry(who).or_default();
                 *e = e.checked_add(amount)?;
             }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use alloy_primitives::Address;
-use attrinet_chain::{ChainClient, ChannelEvent, Cursor, Deployment, EventFollower, MemCheckpoint, PayoutRun};
-use attrinet_market::{ChannelId, ModelId, Wei};
+use attrinet_chain::{ChainClient, ChannelEvent, Cursor, Deployment, EventFollower, MemCheckpoint};
+use attrinet_market::{Beneficiaries, ChannelId, ModelId, PayoutRun, Wei};
 
 /// What an address earned in one role for one model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,17 +76,12 @@ pub async fn earnings(endpoint: &str, deployment: Deployment, who: Address) -> a
                 .find(|(c, _, _)| *c < at)
                 .map(|(_, o, p)| (*o, *p))
                 .unwrap_or_default();
-            let undistributed = run.parts.data.checked_sub(run.data.distributed)?;
-            for (role, account, amount) in [
-                ("node", *provider, run.parts.node),
-                ("model owner", owner, run.parts.owner),
-                ("data pool", pool, undistributed),
-                ("protocol", treasury, run.parts.protocol),
-            ] {
+            let to = Beneficiaries { node: *provider, owner, data_pool: pool, protocol: treasury };
+            for (role, account, amount) in run.credits(&to)? {
                 if account != who || amount == Wei::ZERO {
                     continue;
                 }
-                let share = by_model.entry((run.model, role)).or_default();
+                let share = by_model.entry((run.model, role.name())).or_default();
                 let slot = if done { &mut share.finalized } else { &mut share.pending };
                 *slot = slot.checked_add(amount)?;
             }

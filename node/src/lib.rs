@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod datanet;
 pub mod devnet;
 mod earnings;
 mod engine;

@@ -97,8 +97,7 @@ impl ChannelLookup for ChainLookup {
                 Err(attrinet_chain::ChainError::UnknownChannel(_)) => return Ok(None),
                 Err(e) => return Err(e.to_string()),
             };
-            // A payer that is leaving gets no new service: it could withdraw before paying.
-            if info.closed || info.thaw_end > 0 || info.provider != this.identity.address() {
+            if info.provider != this.identity.address() {
                 return Ok(None);
             }
             let params = ChannelParams {
@@ -109,7 +108,8 @@ impl ChannelLookup for ChainLookup {
                 payer_key: info.payer_key,
                 provider_key: this.identity.public_key(),
             };
-            Ok(Some(ChannelState::open(params, info.deposit)))
+            // The thaw rule: a payer that is leaving gets no new service.
+            Ok(ChannelState::servable(params, info.deposit, info.thaw_end, info.closed))
         })
     }
 }
@@ -148,7 +148,7 @@ pub async fn serve(
     let context_length = model.config().context_length as u32;
     let datanet = match &opts.datanet {
         Some(p) => Some(Arc::new(
-            attrinet_chain::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?,
+            crate::datanet::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?,
         )),
         None => None,
     };
@@ -291,10 +291,8 @@ async fn freeze_thawing(
         if provider != me {
             continue;
         }
-        if let Some(state) = store.channel(&channel)?
-            && state.has_deposit_left()
-        {
-            store.put_channel(&ChannelState { deposit: state.cumulative, ..state })?;
+        if let Some(thawed) = store.channel(&channel)?.as_ref().and_then(ChannelState::thawed) {
+            store.put_channel(&thawed)?;
             frozen.push(channel);
         }
     }

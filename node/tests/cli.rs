@@ -6,7 +6,7 @@
 //! client's, and a third party's that fetches the batch from the provider over the
 //! network), and the client leaving with `channel thaw` and `channel withdraw`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

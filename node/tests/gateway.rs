@@ -2,8 +2,6 @@
 //! node serving a (tiny, randomly initialised) GGUF model on the candle engine, and a
 //! client paying through a channel.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +15,7 @@ use attrinet_node::{EngineGenerator, Metrics};
 use attrinet_p2p::{Limits, NetConfig, Offer, Payer, Provider};
 use serde_json::{Value, json};
 
-use common::http;
+use crate::common::http;
 
 struct Setup {
     base: std::net::SocketAddr,

@@ -315,35 +315,18 @@ impl Payer {
                 }
             }
         };
+        // The ledger checks the weights: they must be the ones the receipt commits to and,
+        // when this client holds the model's datanet, the ones it gives for this output;
+        // otherwise whoever holds it (a watcher) checks them later.
+        let datanet = self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).get(&request.model).cloned();
         let delivered = Delivered {
             request_hash: request_hash(&encode(&request)),
             response_hash: response_hash(&tokens),
             output_tokens: tokens.len() as u32,
             input_tokens: None,
+            expected_weights: datanet.map(|d| d.attribute(&tokens).weights),
+            weights,
         };
-        // The weights must be the ones the receipt commits to, and, when this client holds
-        // the model's datanet, the ones the datanet gives for this output; otherwise whoever
-        // holds it (a watcher) checks them later.
-        let datanet = self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).get(&request.model).cloned();
-        let wrong = if weights.root() != proposal.receipt.attribution_root {
-            Some(format!(
-                "attribution weights hash to {}, the receipt commits to {}",
-                weights.root(),
-                proposal.receipt.attribution_root
-            ))
-        } else {
-            datanet.map(|d| d.attribute(&tokens).weights).filter(|expected| *expected != weights).map(|expected| {
-                format!(
-                    "attribution weights are not the datanet's for this output (root {}, expected {})",
-                    weights.root(),
-                    expected.root()
-                )
-            })
-        };
-        if let Some(reason) = wrong {
-            let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: reason.clone() }).await;
-            return Err(InferError::BadReceipt(reason));
-        }
         let mut ch = channel.lock().await;
         // A settlement or top-up recorded in the store since the ledger was loaded.
         if let Some(s) = self.inner.store.channel(&channel_id).map_err(|e| InferError::Store(e.to_string()))? {
@@ -359,8 +342,8 @@ impl Payer {
             };
         // Store what we signed before handing it over: our record of what we owe must never
         // be behind the provider's.
-        if !weights.is_empty() {
-            self.inner.store.put_weights(&weights).map_err(|e| InferError::Store(e.to_string()))?;
+        if !delivered.weights.is_empty() {
+            self.inner.store.put_weights(&delivered.weights).map_err(|e| InferError::Store(e.to_string()))?;
         }
         let stored =
             self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| InferError::Store(e.to_string()))?;
@@ -375,6 +358,14 @@ impl Payer {
             other => return Err(InferError::Transport(format!("expected an acknowledgement, got {other:?}"))),
         }
         info!(target: "p2p::payer", seq = %receipt.receipt.seq, value = %receipt.receipt.value, tokens = tokens.len(), "paid");
-        Ok(Answer { provider: provider.clone(), tokens, text, receipt, voucher, failed: Vec::new(), weights })
+        Ok(Answer {
+            provider: provider.clone(),
+            tokens,
+            text,
+            receipt,
+            voucher,
+            failed: Vec::new(),
+            weights: delivered.weights,
+        })
     }
 }

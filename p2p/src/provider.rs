@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, ChannelState, Identity, LedgerError, ModelAdvert, ModelId, Price, ProviderChannel, Quote, Store, Usage,
-    Wei, encode, request_hash, response_hash,
+    Admission, ChannelId, ChannelState, Identity, LedgerError, ModelAdvert, ModelId, Price, ProviderChannel, Store,
+    Usage, Wei, encode, request_hash, response_hash,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -362,26 +362,16 @@ impl Provider {
             ));
         }
         let quote = request.quote;
-        if quote.model != request.model || quote.price != offer.price || quote.max_output_tokens < request.max_tokens {
-            return Err(reply(
-                ErrorCode::QuoteRejected,
-                format!("quote {quote:?} does not match the offer at {:?}", offer.price),
-            ));
-        }
         let input_tokens =
             offer.generator.count_tokens(&request.prompt).map_err(|e| reply(ErrorCode::BadRequest, e))?;
-        if input_tokens > quote.max_input_tokens
-            || input_tokens.saturating_add(request.max_tokens) > offer.context_length
-        {
-            return Err(reply(
-                ErrorCode::BadRequest,
-                format!(
-                    "prompt of {input_tokens} tokens plus {} new ones does not fit (quote allows {}, context {})",
-                    request.max_tokens, quote.max_input_tokens, offer.context_length
-                ),
-            ));
-        }
-        let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: request.max_tokens, ..quote };
+        // The ledger checks the quote against this offer and the request against both.
+        let admission = Admission {
+            model: request.model,
+            price: offer.price,
+            context_length: offer.context_length,
+            input_tokens,
+            max_tokens: request.max_tokens,
+        };
 
         // The requester must be the channel's payer: only it can co-sign.
         let channel = self.channel(&request.channel, &peer).await?;
@@ -395,16 +385,23 @@ impl Provider {
                     format!("channel {} does not belong to you and this node", request.channel),
                 ));
             }
-            match ch.reserve(quote) {
+            match ch.reserve(quote, admission) {
                 // The payer may have topped the deposit up since it was last seen.
                 Err(LedgerError::DepositExceeded { .. }) if self.inner.lookup.get().is_some() => {
                     self.look_up(&request.channel, &peer).await?;
                     self.refresh(&mut ch)?;
-                    ch.reserve(quote)
+                    ch.reserve(quote, admission)
                 }
                 r => r,
             }
-            .map_err(|e| reply(ErrorCode::Unpaid, e.to_string()))?
+            .map_err(|e| {
+                let code = match e {
+                    LedgerError::QuoteMismatch { .. } => ErrorCode::QuoteRejected,
+                    LedgerError::DoesNotFit { .. } => ErrorCode::BadRequest,
+                    _ => ErrorCode::Unpaid,
+                };
+                reply(code, e.to_string())
+            })?
         };
 
         write_msg(stream, &ServerMsg::Started { input_tokens })

@@ -6,8 +6,8 @@
 
 use alloy_primitives::Address;
 use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Delivered, Domain, Identity, ModelId, PPM_WHOLE, PayerChannel, Price,
-    ProviderChannel, Quote, Seq, SignedReceipt, Store, Usage, Wei, Weight, Weights, request_hash, response_hash,
+    Admission, ChannelId, ChannelParams, ChannelState, Delivered, Domain, Identity, ModelId, PPM_WHOLE, PayerChannel,
+    Price, ProviderChannel, Quote, Seq, SignedReceipt, Store, Usage, Wei, Weight, Weights, request_hash, response_hash,
 };
 
 /// The node's identity in these tests.
@@ -122,9 +122,11 @@ impl Driver {
             response_hash: usage.response_hash,
             output_tokens: output,
             input_tokens: Some(input),
+            weights: weights.clone(),
+            expected_weights: None,
         };
         let quote = test_quote();
-        let reservation = self.provider.reserve(quote)?;
+        let reservation = self.provider.reserve(quote, Admission::of(&quote))?;
         let (proposal, start) = self.provider.propose(reservation, &usage, now, &self.node)?;
         let (receipt, voucher) = self.payer.accept(proposal, start, &quote, &delivered, now, &self.client)?;
         self.provider.check_cosigned(&receipt, &voucher)?;

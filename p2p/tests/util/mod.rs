@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelAdvert, ModelId, PayerChannel, Price,
-    ProviderChannel, Quote, Seq, Store, Usage, Wei, encode, request_hash, response_hash,
+    Admission, ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelAdvert, ModelId, PayerChannel,
+    Price, ProviderChannel, Quote, Seq, Store, Usage, Wei, encode, request_hash, response_hash,
 };
 use attrinet_p2p::{
     Ask, Client, ClientMsg, ErrorCode, Generator, INFER_PROTOCOL, InferError, InferRequest, Limits, Multiaddr,
@@ -340,7 +340,7 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
                 write_msg(&mut s, &ServerMsg::Token { id: *id, text: "x".into() }).await.unwrap();
             }
             let quote = Quote { max_input_tokens: 1, ..req.quote };
-            let r = ch.reserve(quote).unwrap();
+            let r = ch.reserve(quote, Admission::of(&quote)).unwrap();
             let usage = Usage {
                 request_hash: request_hash(&encode(&req)),
                 response_hash: response_hash(&tokens),

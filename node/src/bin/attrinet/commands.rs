@@ -25,8 +25,8 @@ pub(crate) async fn payer_with_datanets(
 ) -> anyhow::Result<attrinet_p2p::Payer> {
     let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
     for (model, path) in datanets {
-        let d =
-            attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let d = attrinet_node::datanet::load_datanet(path)
+            .with_context(|| format!("cannot load datanet {}", path.display()))?;
         let registered = chain.datanet_root(*model).await?;
         anyhow::ensure!(
             registered == Some(d.root()),
@@ -252,8 +252,8 @@ pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: Watc
     let mut watcher: Watcher<FileCheckpoint, SledStore> =
         Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
     for (model, path) in &w.datanet {
-        let d =
-            attrinet_chain::load_datanet(path).with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let d = attrinet_node::datanet::load_datanet(path)
+            .with_context(|| format!("cannot load datanet {}", path.display()))?;
         watcher = watcher.with_datanet(*model, Arc::new(d));
     }
     let source = if fetcher.is_some() { "its store and the providers' batches" } else { "its store only" };

@@ -85,8 +85,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bar = indicatif::ProgressBar::new_spinner().with_message(format!("indexing {}", d.dir.display()));
             bar.enable_steady_tick(Duration::from_millis(100));
             let tok = model.tokenizer();
-            let datanet = attrinet_chain::build_datanet_dir(&d.dir, d.min_span, |text| tok.encode(text, false))?;
-            attrinet_chain::save_datanet(&datanet, &d.out)?;
+            let datanet =
+                attrinet_node::datanet::build_datanet_dir(&d.dir, d.min_span, |text| tok.encode(text, false))?;
+            attrinet_node::datanet::save_datanet(&datanet, &d.out)?;
             bar.finish_and_clear();
             let owners: std::collections::BTreeSet<_> = datanet.contributions().map(|(owner, _, _)| owner).collect();
             println!(
@@ -140,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let model = attrinet_node::serve::load_model_with_progress(&m.model)?;
             let id = attrinet_market::ModelId::from(model.id().0);
             let root = match &m.terms.datanet {
-                Some(p) => attrinet_chain::load_datanet(p)
+                Some(p) => attrinet_node::datanet::load_datanet(p)
                     .with_context(|| format!("cannot load datanet {}", p.display()))?
                     .root(),
                 None => alloy_primitives::B256::ZERO,

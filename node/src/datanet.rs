@@ -12,13 +12,24 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use alloy::primitives::Address;
+use alloy_primitives::Address;
 use attrinet_market::{Datanet, Document};
 
-use crate::error::{ChainError, Result};
+/// A datanet could not be read, built or saved.
+#[derive(Debug, thiserror::Error)]
+#[error("datanet {path}: {reason}")]
+pub struct DatanetError {
+    /// The file or directory.
+    pub path: String,
+    /// What went wrong, and what to do about it.
+    pub reason: String,
+}
 
-fn err(path: &Path, reason: impl Into<String>) -> ChainError {
-    ChainError::Datanet { path: path.display().to_string(), reason: reason.into() }
+/// `Result` with [`DatanetError`].
+pub type Result<T, E = DatanetError> = std::result::Result<T, E>;
+
+fn err(path: &Path, reason: impl Into<String>) -> DatanetError {
+    DatanetError { path: path.display().to_string(), reason: reason.into() }
 }
 
 fn hidden(path: &Path) -> bool {
