@@ -141,52 +141,27 @@ pub(crate) fn terms_of(t: &Registry::Terms) -> Result<(Price, Split)> {
     Ok((price, split))
 }
 
-/// Conversions to the ABI types of the `DataDisputes` binding: alloy generates its own
-/// copies of Channels' structs, so each is the Channels conversion re-tagged, field by field.
+/// Conversions to the ABI types of the `DataDisputes` binding. alloy generates its own
+/// copies of Channels' structs there; each is the Channels conversion re-tagged through its
+/// ABI encoding (the layouts are the same Solidity structs), so no field list is written
+/// twice.
 mod dd {
+    use alloy::sol_types::SolValue;
+
     use super::data_disputes::Channels as C;
     use super::*;
 
+    /// The same ABI value as another binding's type.
+    fn retag<A: SolValue, B: SolValue + From<<B::SolType as alloy::sol_types::SolType>::RustType>>(a: &A) -> B {
+        B::abi_decode(&a.abi_encode()).expect("both bindings are generated from the same Solidity struct")
+    }
+
     pub(super) fn payouts(runs: &[PayoutRun]) -> Vec<C::Payout> {
-        runs.iter()
-            .map(|r| {
-                let p = super::payout(r);
-                C::Payout {
-                    model: p.model,
-                    leaves: p.leaves,
-                    node: p.node,
-                    owner: p.owner,
-                    data: p.data,
-                    protocol: p.protocol,
-                    dataRoot: p.dataRoot,
-                    dataEntries: p.dataEntries,
-                    distributed: p.distributed,
-                }
-            })
-            .collect()
+        runs.iter().map(|r| retag(&super::payout(r))).collect()
     }
 
     pub(super) fn receipt(r: &market::Receipt) -> C::Receipt {
-        let e = super::receipt(r);
-        C::Receipt {
-            channel: e.channel,
-            seq: e.seq,
-            payer: e.payer,
-            provider: e.provider,
-            payerKey: e.payerKey,
-            providerKey: e.providerKey,
-            model: e.model,
-            requestHash: e.requestHash,
-            responseHash: e.responseHash,
-            inputTokens: e.inputTokens,
-            outputTokens: e.outputTokens,
-            priceIn: e.priceIn,
-            priceOut: e.priceOut,
-            value: e.value,
-            cumulative: e.cumulative,
-            attributionRoot: e.attributionRoot,
-            timestamp: e.timestamp,
-        }
+        retag(&super::receipt(r))
     }
 
     pub(super) fn node(n: &SumNode) -> C::SumNode {
@@ -198,8 +173,7 @@ mod dd {
     }
 
     pub(super) fn entry(e: &DataEntry) -> C::DataEntry {
-        let e = super::entry(e);
-        C::DataEntry { contributor: e.contributor, leaf: e.leaf, weightIndex: e.weightIndex, amount: e.amount }
+        retag(&super::entry(e))
     }
 
     pub(super) fn weight(w: &WeightLeaf) -> C::Weight {

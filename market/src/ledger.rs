@@ -255,8 +255,8 @@ pub enum LedgerError {
     /// or fewer output tokens than the request asks for.
     #[error("quote {quote:?} does not match the offer at {price:?} for {max_tokens} new tokens")]
     QuoteMismatch {
-        /// The request's quote.
-        quote: Quote,
+        /// The request's quote (boxed: it would make every ledger error large).
+        quote: Box<Quote>,
         /// The price the provider serves at.
         price: Price,
         /// The tokens the request asks for.
@@ -529,7 +529,7 @@ impl ProviderChannel {
     pub fn reserve(&mut self, quote: Quote, request: Admission) -> Result<Reservation, LedgerError> {
         let Admission { model, price, context_length, input_tokens, max_tokens } = request;
         if quote.model != model || quote.price != price || quote.max_output_tokens < max_tokens {
-            return Err(LedgerError::QuoteMismatch { quote, price, max_tokens });
+            return Err(LedgerError::QuoteMismatch { quote: Box::new(quote), price, max_tokens });
         }
         if input_tokens > quote.max_input_tokens || input_tokens.saturating_add(max_tokens) > context_length {
             return Err(LedgerError::DoesNotFit {
@@ -557,7 +557,9 @@ impl ProviderChannel {
     /// Gives back a reservation whose request produced nothing billable.
     pub fn release(&mut self, reservation: Reservation) {
         // Cannot underflow: `reserved` is the sum of outstanding reservations.
-        self.reserved = Wei(self.reserved.0 - reservation.amount.0);
+        #[allow(clippy::arithmetic_side_effects)]
+        let reserved = Wei(self.reserved.0 - reservation.amount.0);
+        self.reserved = reserved;
     }
 
     /// Turns a reservation into a signed receipt proposal for the actual usage. Returns the

@@ -70,6 +70,10 @@
 //! # Ok(()) }
 //! ```
 
+// Money is computed here: an unchecked `+`, `-`, `*`, `/` or `%` is a warning (an error in
+// scripts/test). Each exception is allowed where it stands, with why it cannot overflow.
+#![warn(clippy::arithmetic_side_effects)]
+
 mod advert;
 mod attribution;
 mod codec;

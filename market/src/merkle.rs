@@ -58,7 +58,7 @@ fn path(mut index: u64, mut count: u64) -> Result<Vec<Option<bool>>, ProofError>
     }
     let mut steps = Vec::new();
     while count > 1 {
-        if index.is_multiple_of(2) && index == count - 1 {
+        if index.is_multiple_of(2) && index.checked_add(1) == Some(count) {
             steps.push(None);
         } else {
             steps.push(Some(index % 2 == 1));

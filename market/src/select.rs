@@ -82,12 +82,20 @@ pub fn rank(offers: &[ModelAdvert], demand: &Demand, book: &ProviderBook) -> Vec
                 return None;
             }
             let tps = u64::from(a.decode_tokens_per_s.max(1));
+            // u32 figures in u64: no overflow; tps ≥ 1.
+            #[allow(clippy::arithmetic_side_effects)]
             let latency_ms = u64::from(a.ttft_ms) + u64::from(demand.max_output_tokens) * 1000 / tps;
             let r = book.record(&a.node_key);
             let (s, f) = (u64::from(r.successes), u64::from(r.failures));
             // cost × latency × (s + f + 2) / (s + 1); +1 on cost so free offers still rank
             // by latency and reliability.
-            let score = U256::from(cost.0 + 1) * U256::from(latency_ms + 1) * U256::from(s + f + 2) / U256::from(s + 1);
+            // In 256 bits: three factors below 2^129, 2^65 and 2^34; the divisor is ≥ 1. The
+            // +1s saturate at their type's top, where an advert's absurd price would land.
+            #[allow(clippy::arithmetic_side_effects)]
+            let score = U256::from(cost.0.saturating_add(1))
+                * U256::from(latency_ms.saturating_add(1))
+                * (U256::from(s) + U256::from(f) + U256::from(2u8))
+                / (U256::from(s) + U256::from(1u8));
             Some((score, a))
         })
         .collect();

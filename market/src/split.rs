@@ -51,6 +51,8 @@ impl Payout {
 
 /// `floor(v × bps / 10000)` without overflow: with `v = q·10000 + r`, it is
 /// `q·bps + floor(r·bps / 10000)`, and `q·bps ≤ v`, `r·bps < 10^8`.
+// The derivation above; `bps` ≤ 10000 for every part of a checked split.
+#[allow(clippy::arithmetic_side_effects)]
 fn bps_of(v: Wei, bps: u16) -> Wei {
     let whole = u128::from(BPS_WHOLE);
     let bps = u128::from(bps);
@@ -60,6 +62,8 @@ fn bps_of(v: Wei, bps: u16) -> Wei {
 impl Split {
     /// A split of `node + owner + data + protocol = 10000` basis points.
     pub fn new(node: u16, owner: u16, data: u16, protocol: u16) -> Result<Split, MarketError> {
+        // Four u16 in a u32: no overflow.
+        #[allow(clippy::arithmetic_side_effects)]
         let sum = u32::from(node) + u32::from(owner) + u32::from(data) + u32::from(protocol);
         if sum != u32::from(BPS_WHOLE) {
             return Err(MarketError::SplitNotWhole { sum });
@@ -80,6 +84,7 @@ impl Split {
         let data = bps_of(value, self.data);
         let protocol = bps_of(value, self.protocol);
         // Cannot underflow: the three floors sum to at most floor(value × (10000 − node) / 10000).
+        #[allow(clippy::arithmetic_side_effects)]
         let node = Wei(value.0 - owner.0 - data.0 - protocol.0);
         Payout { node, owner, data, protocol }
     }

@@ -127,9 +127,10 @@ impl Price {
     /// The value the contracts compute for these tokens: the same floor, in 256 bits, so it
     /// never overflows. A receipt whose `value` is not this is provable fraud
     /// (`disputeValue`); where [`Price::value`] succeeds the two are equal.
+    // Each product is below 2^32 × 2^128 and their sum below 2^161: no 256-bit overflow.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn contract_value(&self, input_tokens: u32, output_tokens: u32) -> alloy_primitives::U256 {
         use alloy_primitives::U256;
-        // Each product is below 2^32 × 2^128 and their sum below 2^161: no 256-bit overflow.
         (U256::from(input_tokens) * U256::from(self.per_1k_input.0)
             + U256::from(output_tokens) * U256::from(self.per_1k_output.0))
             / U256::from(TOKENS_PER_PRICE_UNIT)

@@ -34,7 +34,10 @@ impl EvmSignature {
         let mut out = [0u8; 65];
         out[..32].copy_from_slice(&sig.r().to_be_bytes::<32>());
         out[32..64].copy_from_slice(&sig.s().to_be_bytes::<32>());
-        out[64] = 27 + u8::from(sig.v());
+        // v is 0 or 1.
+        #[allow(clippy::arithmetic_side_effects)]
+        let v = 27 + u8::from(sig.v());
+        out[64] = v;
         EvmSignature(out)
     }
 

@@ -56,6 +56,8 @@ pub fn datanet_root(min_span: u32, contribution_digests: &[B256], owners: &[Addr
 }
 
 pub(super) fn datanet_root_of(min_span: u32, contributions_root: &B256, owners_root: &B256) -> B256 {
+    // A capacity of constants: a short tag, a u32 and two hashes.
+    #[allow(clippy::arithmetic_side_effects)]
     let mut buf = Vec::with_capacity(DATANET_TAG.len() + 4 + 64);
     buf.extend_from_slice(DATANET_TAG);
     buf.extend_from_slice(&min_span.to_be_bytes());
@@ -118,8 +120,8 @@ impl OutsiderProof {
             })
         };
         match (at(&self.below), at(&self.above)) {
-            (Some(Some((lo, i))), Some(Some((hi, j)))) => lo < *who && *who < hi && j == i + 1,
-            (Some(Some((lo, i))), None) => lo < *who && i + 1 == n,
+            (Some(Some((lo, i))), Some(Some((hi, j)))) => lo < *who && *who < hi && i.checked_add(1) == Some(j),
+            (Some(Some((lo, i))), None) => lo < *who && i.checked_add(1) == Some(n),
             (None, Some(Some((hi, j)))) => *who < hi && j == 0,
             _ => false,
         }

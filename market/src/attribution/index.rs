@@ -2,6 +2,11 @@
 //! prefix doubling, checked in linear time when loaded), the longest-match search that
 //! cuts an output into [`Span`]s, and the index's saved form.
 
+// Positions and lengths within a datanet's text held in memory: every index is below the
+// text's length, which `check_contributions` bounds to u32 before anything is built, so
+// this arithmetic on positions cannot overflow. Money is not computed here.
+#![allow(clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 
 use alloy_primitives::{Address, B256};

@@ -43,6 +43,8 @@ impl DataEntry {
 /// A receipt's part of its run's data share: `floor(value × run_data / run_value)` (zero
 /// for a run of zero value). Receipts of one run share its data share by value; the parts
 /// never sum to more than `run_data`.
+// Two u128 factors cannot overflow 256 bits, and the divisor is checked non-zero above.
+#[allow(clippy::arithmetic_side_effects)]
 pub fn receipt_data_share(value: Wei, run_value: Wei, run_data: Wei) -> Wei {
     if run_value.0 == 0 {
         return Wei::ZERO;
@@ -53,6 +55,9 @@ pub fn receipt_data_share(value: Wei, run_value: Wei, run_data: Wei) -> Wei {
 }
 
 /// `floor(amount × ppm / 10^6)`, exactly and without overflow.
+// With `amount = q·10^6 + r`: `q·ppm ≤ amount` for ppm ≤ 10^6 (a weight never exceeds a
+// whole), `r·ppm < 10^12`, and the sum is at most `amount`.
+#[allow(clippy::arithmetic_side_effects)]
 pub fn ppm_of(amount: Wei, ppm: u32) -> Wei {
     let whole = u128::from(PPM_WHOLE);
     let ppm = u128::from(ppm);

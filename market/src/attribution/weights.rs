@@ -32,10 +32,10 @@ impl Weights {
             if w.ppm == 0 {
                 return Err(AttributionError::ZeroWeight { contributor: w.contributor });
             }
-            if i > 0 && weights[i - 1].contributor >= w.contributor {
+            if i.checked_sub(1).is_some_and(|prev| weights[prev].contributor >= w.contributor) {
                 return Err(AttributionError::WeightsUnsorted { index: i });
             }
-            sum += u64::from(w.ppm);
+            sum = sum.saturating_add(u64::from(w.ppm));
         }
         if !weights.is_empty() && sum != u64::from(PPM_WHOLE) {
             return Err(AttributionError::WeightsSum { sum });
@@ -53,6 +53,10 @@ impl Weights {
     /// than the number of contributors) go one each to the largest remainders
     /// `score × 10^6 mod total`, ties to the smaller address. Contributors left at zero
     /// are dropped. All zero scores give no weights.
+    // Scores are summed and scaled in 256 bits (no u128 set can overflow it; `total` is
+    // non-zero below); each base is ≤ 10^6, so `given` ≤ 10^6 and `missing` ≥ 0 and less
+    // than the number of contributors, each of whose part stays ≤ 10^6.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn from_scores(scores: &BTreeMap<Address, u128>) -> Weights {
         let whole = u128::from(PPM_WHOLE);
         // Summed in 256 bits: no set of u128 scores can overflow it.
