@@ -52,7 +52,9 @@ fn u128_of(what: &'static str, x: U256) -> Result<u128> {
 }
 
 fn wallet_provider(endpoint: &str, signer: PrivateKeySigner) -> Result<DynProvider> {
-    let url = endpoint.parse().map_err(|e| ChainError::AnvilStart(format!("bad RPC endpoint {endpoint:?}: {e}")))?;
+    let url = endpoint
+        .parse()
+        .map_err(|e| ChainError::BadEndpoint { endpoint: endpoint.to_string(), reason: format!("{e}") })?;
     // Nonces are read from the node for every transaction, never cached: a transaction
     // that fails before it is sent (a revert found by gas estimation) must not leave a
     // gap that would strand every later one, and a restarted process must not reuse one.

@@ -1,7 +1,7 @@
 //! The crate's error type.
 
 use alloy::primitives::{Address, B256};
-use attrinet_market::{ChannelId, MarketError, Seq, StoreError, Wei};
+use attrinet_market::{ChannelId, MarketError, Seq, StoreError};
 
 /// Everything that can go wrong talking to the chain, running anvil, or settling and
 /// watching channels.
@@ -46,6 +46,14 @@ pub enum ChainError {
     AnvilNotFound {
         /// Where it was looked for.
         path: String,
+    },
+    /// The RPC endpoint is not a URL.
+    #[error("bad RPC endpoint {endpoint:?}: {reason}; give an http(s) URL such as http://127.0.0.1:8545")]
+    BadEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it does not parse.
+        reason: String,
     },
     /// anvil could not be started or did not start listening in time.
     #[error("anvil did not start: {0}")]
@@ -129,14 +137,6 @@ pub enum ChainError {
         account: Address,
         /// payer or provider.
         role: &'static str,
-    },
-    /// The settlement's amount is below what settling costs under the policy.
-    #[error("settling {value} would cost {gas_cost} in gas")]
-    NotWorthIt {
-        /// Unsettled value.
-        value: Wei,
-        /// Estimated gas cost.
-        gas_cost: Wei,
     },
 }
 
