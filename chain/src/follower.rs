@@ -8,12 +8,11 @@ use alloy::primitives::{Address, B256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEvent;
-use attrinet_market::{ChannelId, Seq, Wei};
+use attrinet_market::{ChannelId, PayoutRun, Seq, Wei};
 
 use crate::abi::{self, Channels};
 use crate::error::{ChainError, Result};
 use crate::types::Cursor;
-use attrinet_market::PayoutRun;
 
 /// Where a follower keeps its cursor between runs.
 pub trait Checkpoint: Send + Sync {

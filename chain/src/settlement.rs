@@ -2,10 +2,9 @@
 //! enough value or enough time has accumulated and the gas is worth it; finalize when the
 //! window has passed; never two settlements of a channel at once.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::ops::Range;
 
 use alloy::primitives::{B256, U256};
 use attrinet_market::{ChannelId, ChannelState, Seq, SignedVoucher, Store, StoredReceipt, SumTree, Wei, payout_runs};

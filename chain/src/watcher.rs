@@ -296,7 +296,7 @@ impl<C: Checkpoint, S: Store> Watcher<C, S> {
             }
         }
         let models = batch.receipts.iter().map(|r| r.receipt.model).chain(settlement.payouts.iter().map(|p| p.model));
-        let terms = self.client.terms_of(models.collect::<Vec<_>>()).await?;
+        let terms = self.client.terms_of(models).await?;
         let verdict = match examine(&settlement, &batch, &terms) {
             // Honest by the batch's own rules: then are its weights paid to contributors
             // of the model's datanet at all?

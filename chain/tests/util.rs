@@ -9,7 +9,7 @@ use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig, Deployment};
 use attrinet_market::{
     Admission, ChannelId, ChannelParams, ChannelState, Delivered, Identity, MemStore, ModelId, PayerChannel, Price,
     ProviderChannel, Quote, Receipt, Seq, SignedReceipt, SignedVoucher, Split, Store, SumTree, Usage, Voucher, Wei,
-    Weights, request_hash, response_hash,
+    request_hash, response_hash,
 };
 
 pub(crate) const ETH: u128 = 1_000_000_000_000_000_000;
@@ -158,14 +158,7 @@ impl Session {
                 attribution_root: B256::ZERO,
             };
             let (proposal, batch_start) = self.provider.propose(reservation, &usage, now, &w.node.id).unwrap();
-            let delivered = Delivered {
-                request_hash: usage.request_hash,
-                response_hash: usage.response_hash,
-                output_tokens: usage.output_tokens,
-                input_tokens: None,
-                weights: Weights::none(),
-                expected_weights: None,
-            };
+            let delivered = Delivered::plain(usage.request_hash, usage.response_hash, usage.output_tokens, None);
             let (receipt, voucher) =
                 self.payer.accept(proposal, batch_start, &quote, &delivered, now, &w.payer.id).unwrap();
             let stored = self.client_store.record_receipt(&receipt, &voucher).unwrap();

@@ -53,14 +53,7 @@ fn main() {
         output_tokens: 256,
         attribution_root: Default::default(),
     };
-    let delivered = Delivered {
-        request_hash: usage.request_hash,
-        response_hash: usage.response_hash,
-        output_tokens: 256,
-        input_tokens: Some(100),
-        weights: Weights::none(),
-        expected_weights: None,
-    };
+    let delivered = Delivered::plain(usage.request_hash, usage.response_hash, 256, Some(100));
 
     // Reference: one raw ed25519 verification of a 32-byte message.
     let msg = [5u8; 32];

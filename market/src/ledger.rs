@@ -100,6 +100,26 @@ impl Admission {
             max_tokens: quote.max_output_tokens,
         }
     }
+
+    /// The quote narrowed to this request (its prompt, the tokens it asks for), when the
+    /// quote is for this offer (model, price, enough output tokens) and the request fits it
+    /// and the model's context. [`ProviderChannel::reserve`] applies it; a provider may
+    /// also call it first, to refuse before any channel lookup.
+    pub fn admit(&self, quote: Quote) -> Result<Quote, LedgerError> {
+        let Admission { model, price, context_length, input_tokens, max_tokens } = *self;
+        if quote.model != model || quote.price != price || quote.max_output_tokens < max_tokens {
+            return Err(LedgerError::QuoteMismatch { quote: Box::new(quote), price, max_tokens });
+        }
+        if input_tokens > quote.max_input_tokens || input_tokens.saturating_add(max_tokens) > context_length {
+            return Err(LedgerError::DoesNotFit {
+                input_tokens,
+                max_tokens,
+                quote_input: quote.max_input_tokens,
+                context: context_length,
+            });
+        }
+        Ok(Quote { max_input_tokens: input_tokens, max_output_tokens: max_tokens, ..quote })
+    }
 }
 
 /// What the provider measured of an inference it ran.
@@ -521,25 +541,12 @@ impl ProviderChannel {
         self.pending.as_ref()
     }
 
-    /// Admits a request under `quote`: the quote must be for this offer (model, price,
-    /// enough output tokens) and the request must fit it and the model's context. The
-    /// reservation is for what the request can cost at most (its prompt, the tokens it asks
-    /// for), and only when that fits both the exposure limit and the deposit; it holds that
-    /// value until the receipt is proposed.
+    /// Admits a request under `quote` ([`Admission::admit`]: the quote must be for this
+    /// offer and the request must fit it). The reservation is for what the request can cost
+    /// at most (its prompt, the tokens it asks for), and only when that fits both the
+    /// exposure limit and the deposit; it holds that value until the receipt is proposed.
     pub fn reserve(&mut self, quote: Quote, request: Admission) -> Result<Reservation, LedgerError> {
-        let Admission { model, price, context_length, input_tokens, max_tokens } = request;
-        if quote.model != model || quote.price != price || quote.max_output_tokens < max_tokens {
-            return Err(LedgerError::QuoteMismatch { quote: Box::new(quote), price, max_tokens });
-        }
-        if input_tokens > quote.max_input_tokens || input_tokens.saturating_add(max_tokens) > context_length {
-            return Err(LedgerError::DoesNotFit {
-                input_tokens,
-                max_tokens,
-                quote_input: quote.max_input_tokens,
-                context: context_length,
-            });
-        }
-        let quote = Quote { max_input_tokens: input_tokens, max_output_tokens: max_tokens, ..quote };
+        let quote = request.admit(quote)?;
         let requested = quote.max_value()?;
         let unpaid = self.unpaid()?;
         let exposure = unpaid.checked_add(requested)?;

@@ -50,14 +50,8 @@
 //! let (proposal, batch_start) = provider.propose(reservation, &usage, now, &node)?;
 //!
 //! // The client checks it against what it sent and received, co-signs, signs a voucher.
-//! let delivered = Delivered {
-//!     request_hash: request_hash(request),
-//!     response_hash: response_hash(&tokens),
-//!     output_tokens: tokens.len() as u32,
-//!     input_tokens: None,
-//!     weights: Weights::none(),
-//!     expected_weights: None,
-//! };
+//! let delivered =
+//!     Delivered::plain(request_hash(request), response_hash(&tokens), tokens.len() as u32, None);
 //! let (receipt, voucher) = payer.accept(proposal, batch_start, &quote, &delivered, now, &client)?;
 //! let stored = client_store.record_receipt(&receipt, &voucher)?;
 //! payer.commit(&stored, &receipt);

@@ -178,24 +178,24 @@ pub fn payout_runs(
     let mut runs = Vec::new();
     let mut data = Vec::new();
     let mut start = 0usize;
-    while let Some(first) = receipts.get(start) {
-        let model = first.model;
-        let len = receipts[start..].iter().take_while(|r| r.model == model).count();
-        // `len` ≥ 1 (the first receipt is of its own model) and start + len ≤ receipts.len().
-        let end = start.checked_add(len).ok_or(MarketError::AmountOverflow)?;
-        let value = receipts[start..end].iter().try_fold(Wei::ZERO, |acc, r| acc.checked_add(r.value))?;
+    for run in receipts.chunk_by(|a, b| a.model == b.model) {
+        let model = run[0].model;
+        // The runs tile the batch: start + run.len() ≤ receipts.len().
+        #[allow(clippy::arithmetic_side_effects)]
+        let leaves = start..start + run.len();
+        let value = run.iter().try_fold(Wei::ZERO, |acc, r| acc.checked_add(r.value))?;
         let split = split_of(&model).ok_or(PayoutError::UnknownModel(model))?;
         let parts = split.apply(value);
         let entries =
-            run_data_entries((start..end).map(|i| (i as u64, receipts[i].value, weight(i))), value, parts.data);
+            run_data_entries(leaves.clone().map(|i| (i as u64, receipts[i].value, weight(i))), value, parts.data);
         let committed = CommittedData::honest(entries)?;
-        let mut run = PayoutRun::new(model, len as u64, parts);
+        let mut payout = PayoutRun::new(model, run.len() as u64, parts);
         if !committed.entries.is_empty() {
-            run.data = committed.commitment();
+            payout.data = committed.commitment();
         }
-        runs.push(run);
+        runs.push(payout);
         data.push(committed);
-        start = end;
+        start = leaves.end;
     }
     Ok((runs, data))
 }

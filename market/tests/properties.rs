@@ -283,14 +283,7 @@ impl Channel {
             output_tokens: tokens.len() as u32,
             attribution_root: B256::ZERO,
         };
-        let delivered = Delivered {
-            request_hash: usage.request_hash,
-            response_hash: usage.response_hash,
-            output_tokens: usage.output_tokens,
-            input_tokens: Some(input),
-            weights: Weights::none(),
-            expected_weights: None,
-        };
+        let delivered = Delivered::plain(usage.request_hash, usage.response_hash, usage.output_tokens, Some(input));
         (usage, delivered)
     }
 

@@ -103,11 +103,11 @@ pub fn read_datanet_dir(dir: &Path) -> Result<Vec<Document>> {
 pub fn build_datanet_dir(dir: &Path, min_span: u32, tokenize: impl Fn(&str) -> Vec<u32>) -> Result<Datanet> {
     let documents = read_datanet_dir(dir)?;
     let bytes: usize = documents.iter().map(|d| d.text.len()).sum();
-    tracing::info!(target: "chain::datanet", dir = %dir.display(), files = documents.len(), bytes, "tokenizing contributions");
+    tracing::info!(target: "node::datanet", dir = %dir.display(), files = documents.len(), bytes, "tokenizing contributions");
     let start = Instant::now();
     let datanet = Datanet::from_texts(min_span, documents, tokenize).map_err(|e| err(dir, e.to_string()))?;
     tracing::info!(
-        target: "chain::datanet",
+        target: "node::datanet",
         root = %datanet.root(),
         tokens = datanet.token_count(),
         contributors = datanet.contributors().len(),

@@ -364,7 +364,9 @@ impl Provider {
         let quote = request.quote;
         let input_tokens =
             offer.generator.count_tokens(&request.prompt).map_err(|e| reply(ErrorCode::BadRequest, e))?;
-        // The ledger checks the quote against this offer and the request against both.
+        // The ledger's rule for the quote against this offer and the request against both,
+        // applied first here so that a bad request is refused before any channel lookup
+        // (`reserve` applies it again; it is a few comparisons).
         let admission = Admission {
             model: request.model,
             price: offer.price,
@@ -372,6 +374,15 @@ impl Provider {
             input_tokens,
             max_tokens: request.max_tokens,
         };
+        let refused = |e: LedgerError| {
+            let code = match e {
+                LedgerError::QuoteMismatch { .. } => ErrorCode::QuoteRejected,
+                LedgerError::DoesNotFit { .. } => ErrorCode::BadRequest,
+                _ => ErrorCode::Unpaid,
+            };
+            reply(code, e.to_string())
+        };
+        admission.admit(quote).map_err(refused)?;
 
         // The requester must be the channel's payer: only it can co-sign.
         let channel = self.channel(&request.channel, &peer).await?;
@@ -394,14 +405,7 @@ impl Provider {
                 }
                 r => r,
             }
-            .map_err(|e| {
-                let code = match e {
-                    LedgerError::QuoteMismatch { .. } => ErrorCode::QuoteRejected,
-                    LedgerError::DoesNotFit { .. } => ErrorCode::BadRequest,
-                    _ => ErrorCode::Unpaid,
-                };
-                reply(code, e.to_string())
-            })?
+            .map_err(refused)?
         };
 
         write_msg(stream, &ServerMsg::Started { input_tokens })

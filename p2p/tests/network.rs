@@ -286,6 +286,29 @@ async fn quic_carries_a_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quote_not_for_the_offer_or_a_prompt_past_it_is_refused_and_reserves_nothing() {
+    // One request's worth of exposure (8 wei, as below): a refusal that reserved anything
+    // would leave no room for the honest request at the end.
+    let limits = Limits { exposure_limit: Wei(8), ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 0).await;
+    let provider = &providers[0];
+    let code = |m: attrinet_p2p::ServerMsg| match m {
+        attrinet_p2p::ServerMsg::Error(e) => e.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Another price, or fewer output tokens than asked for: the quote is not for this offer.
+    let reply = first_reply_to(&client, provider, |r| r.quote.price.per_1k_output.0 += 1).await;
+    assert_eq!(code(reply), ErrorCode::QuoteRejected);
+    let reply = first_reply_to(&client, provider, |r| r.quote.max_output_tokens = r.max_tokens - 1).await;
+    assert_eq!(code(reply), ErrorCode::QuoteRejected);
+    // A prompt of more tokens than the quote allows does not fit.
+    let reply = first_reply_to(&client, provider, |r| r.quote.max_input_tokens = 1).await;
+    assert_eq!(code(reply), ErrorCode::BadRequest);
+    // Nothing was reserved: the honest request is served up to its proposal.
+    assert_eq!(refusing_round(&client, provider).await, Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payer_that_does_not_cosign_is_refused_at_the_exposure_limit() {
     // Each request is worth (2 × 1000 + 3 × 2000) / 1000 = 8 wei at most; the limit allows
     // 20 wei unpaid: two refused receipts (16 wei written off), then no more service.

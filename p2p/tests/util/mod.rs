@@ -411,6 +411,21 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
 /// Sends a small request on the client's channel with the first advertised provider,
 /// by hand (no payer logic), and returns the channel and the open stream.
 async fn send_raw_request(client: &Node, provider: &Node) -> (attrinet_market::ChannelId, libp2p::Stream) {
+    send_raw_request_with(client, provider, |_| {}).await
+}
+
+/// The provider's first answer to a request that `edit` changed before it was sent.
+pub async fn first_reply_to(client: &Node, provider: &Node, edit: impl FnOnce(&mut InferRequest)) -> ServerMsg {
+    let (_, mut s) = send_raw_request_with(client, provider, edit).await;
+    read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap()
+}
+
+/// [`send_raw_request`], with the request changed by `edit` before it is sent.
+async fn send_raw_request_with(
+    client: &Node,
+    provider: &Node,
+    edit: impl FnOnce(&mut InferRequest),
+) -> (attrinet_market::ChannelId, libp2p::Stream) {
     let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
     let channel = client.channel_with(&advert).await;
     let id = channel.lock().await.state().params.id;
@@ -422,6 +437,8 @@ async fn send_raw_request(client: &Node, provider: &Node) -> (attrinet_market::C
         channel: id,
         quote: Quote { model: advert.model, price: advert.price, max_input_tokens: 2048, max_output_tokens: 3 },
     };
+    let mut req = req;
+    edit(&mut req);
     let peer = attrinet_p2p::key_peer(&provider.identity.public_key()).unwrap();
     let mut s = client.client.open_stream(peer, INFER_PROTOCOL).await.unwrap();
     write_msg(&mut s, &req).await.unwrap();
