@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 
-use crate::error::{ChainError, Result};
+use crate::error::{AnvilError, Result, RpcError};
 
 /// How to start anvil.
 #[derive(Clone, Debug, Default)]
@@ -63,7 +63,7 @@ impl Anvil {
     pub fn spawn(config: AnvilConfig) -> Result<Anvil> {
         let binary = config.binary.clone().unwrap_or_else(Anvil::default_binary);
         if !binary.exists() {
-            return Err(ChainError::AnvilNotFound { path: binary.display().to_string() });
+            return Err(AnvilError::NotFound(binary).into());
         }
         // Anvil picks its own port (0) and says which: probing for a free port first
         // raced with parallel tests, two of which could end up talking to one anvil.
@@ -76,7 +76,7 @@ impl Anvil {
             cmd.args(["--block-time", &t.to_string()]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-        let mut child = cmd.spawn().map_err(|e| ChainError::AnvilStart(format!("{}: {e}", binary.display())))?;
+        let mut child = cmd.spawn().map_err(|source| AnvilError::Spawn { binary: binary.clone(), source })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         // The reader drains anvil's output for as long as it runs (a full pipe would stall
         // it), handing over the port from its "Listening on 127.0.0.1:PORT" line.
@@ -99,28 +99,28 @@ impl Anvil {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(ChainError::AnvilStart("anvil did not report a listening port within 30 s".into()));
+                return Err(AnvilError::NoPort(Duration::from_secs(30)).into());
             }
         };
         // The guard exists from here on, so an early return still kills the process.
         let url = format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses");
         let mut anvil = Anvil { child, port, provider: ProviderBuilder::new().connect_http(url).erased() };
-        anvil.wait_listening(Duration::from_secs(30)).map_err(ChainError::AnvilStart)?;
+        anvil.wait_listening(Duration::from_secs(30))?;
         tracing::info!(target: "chain::anvil", port, "anvil started");
         Ok(anvil)
     }
 
-    fn wait_listening(&mut self, timeout: Duration) -> std::result::Result<(), String> {
+    fn wait_listening(&mut self, timeout: Duration) -> std::result::Result<(), AnvilError> {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("anvil exited with {status}"));
+                return Err(AnvilError::Exited(status));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                return Err(format!("anvil did not listen on port {} within {timeout:?}", self.port));
+                return Err(AnvilError::NotListening { port: self.port, within: timeout });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -142,7 +142,7 @@ impl Anvil {
             .provider
             .raw_request("anvil_setBalance".into(), (account, wei))
             .await
-            .map_err(|source| ChainError::Rpc { call: "anvil_setBalance", source })?;
+            .map_err(|source| RpcError::Call { call: "anvil_setBalance", source })?;
         Ok(())
     }
 
@@ -153,7 +153,7 @@ impl Anvil {
             .provider
             .raw_request("evm_increaseTime".into(), (seconds,))
             .await
-            .map_err(|source| ChainError::Rpc { call: "evm_increaseTime", source })?;
+            .map_err(|source| RpcError::Call { call: "evm_increaseTime", source })?;
         self.mine(1).await
     }
 
@@ -163,7 +163,7 @@ impl Anvil {
             .provider
             .raw_request("anvil_mine".into(), (blocks,))
             .await
-            .map_err(|source| ChainError::Rpc { call: "anvil_mine", source })?;
+            .map_err(|source| RpcError::Call { call: "anvil_mine", source })?;
         Ok(())
     }
 
@@ -173,8 +173,8 @@ impl Anvil {
             .provider
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await
-            .map_err(|source| ChainError::Rpc { call: "eth_getBlockByNumber", source })?
-            .ok_or_else(|| ChainError::AnvilStart("no latest block".into()))?;
+            .map_err(|source| RpcError::Call { call: "eth_getBlockByNumber", source })?
+            .ok_or(AnvilError::NoBlock)?;
         Ok(block.header.timestamp)
     }
 }

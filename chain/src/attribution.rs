@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use alloy::primitives::B256;
-use attrinet_market::{self as market, Receipt, Weights};
+use attrinet_market::{self as market, PayoutError, Receipt, Weights};
 
-use crate::error::{ChainError, Result};
+use crate::error::Result;
 
 /// Where a node or a watcher finds the attribution data behind receipts: the weights a
 /// receipt's `attributionRoot` commits to (content-addressed by that root), and, for
@@ -71,7 +71,7 @@ pub fn weights_of(receipts: &[Receipt], source: &dyn AttributionSource) -> Resul
             if r.attribution_root == B256::ZERO {
                 return Ok(Weights::none());
             }
-            source.weights(&r.attribution_root)?.ok_or(ChainError::WeightsMismatch { seq: r.seq })
+            source.weights(&r.attribution_root)?.ok_or(PayoutError::WeightsMismatch { seq: r.seq }.into())
         })
         .collect()
 }

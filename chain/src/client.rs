@@ -12,7 +12,7 @@ use alloy::sol_types::SolEvent;
 use attrinet_market::{ChannelId, DataClaim, ModelId, PayoutRun, Price, PublicKey, Seq, SignedVoucher, Split, Wei};
 
 use crate::abi::{self, Channels, Registry, data_disputes::DataDisputes};
-use crate::error::{ChainError, Result};
+use crate::error::{ChainError, Result, RpcError};
 use crate::types::{ChannelInfo, Cursor, DeployConfig, Deployment, FraudProof, ModelTerms, PendingInfo, TxOutcome};
 
 /// A client of the contracts, signing as one account.
@@ -24,7 +24,7 @@ pub struct ChainClient {
 }
 
 fn rpc(call: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
-    move |source| ChainError::Rpc { call, source }
+    move |source| RpcError::Call { call, source }.into()
 }
 
 /// Turns a contract error into one that names the contract's custom error.
@@ -39,7 +39,7 @@ fn reverted(call: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainE
         } else {
             e.to_string()
         };
-        ChainError::Reverted { call, reason }
+        RpcError::Reverted { call, reason }.into()
     }
 }
 
@@ -48,13 +48,13 @@ fn wei(x: u128) -> Wei {
 }
 
 fn u128_of(what: &'static str, x: U256) -> Result<u128> {
-    u128::try_from(x).map_err(|_| ChainError::OutOfRange { what, value: x.to_string() })
+    u128::try_from(x).map_err(|_| RpcError::OutOfRange { what, value: x.to_string() }.into())
 }
 
 fn wallet_provider(endpoint: &str, signer: PrivateKeySigner) -> Result<DynProvider> {
     let url = endpoint
         .parse()
-        .map_err(|e| ChainError::BadEndpoint { endpoint: endpoint.to_string(), reason: format!("{e}") })?;
+        .map_err(|e| RpcError::BadEndpoint { endpoint: endpoint.to_string(), reason: format!("{e}") })?;
     // Nonces are read from the node for every transaction, never cached: a transaction
     // that fails before it is sent (a revert found by gas estimation) must not leave a
     // gap that would strand every later one, and a restarted process must not reuse one.
@@ -255,7 +255,7 @@ impl ChainClient {
         let (out, receipt) = send_receipt("Channels.open", call).await?;
         let opened = receipt
             .decoded_log::<Channels::Opened>()
-            .ok_or(ChainError::MissingEvent { call: "Channels.open", event: "Opened" })?;
+            .ok_or(RpcError::MissingEvent { call: "Channels.open", event: "Opened" })?;
         Ok((ChannelId(opened.data.channel), out))
     }
 
@@ -463,7 +463,7 @@ impl ChainClient {
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await
             .map_err(rpc("eth_getBlockByNumber"))?
-            .ok_or(ChainError::OutOfRange { what: "latest block", value: "none".into() })?;
+            .ok_or(RpcError::OutOfRange { what: "latest block", value: "none".into() })?;
         Ok((block.header.number, block.header.timestamp))
     }
 
@@ -524,9 +524,9 @@ async fn send_receipt<D: CallDecoder>(
         .with_timeout(Some(RECEIPT_TIMEOUT))
         .get_receipt()
         .await
-        .map_err(|e| ChainError::Reverted { call, reason: format!("waiting for the receipt: {e}") })?;
+        .map_err(|e| RpcError::Reverted { call, reason: format!("waiting for the receipt: {e}") })?;
     if !receipt.status() {
-        return Err(ChainError::TxFailed { call, tx: receipt.transaction_hash });
+        return Err(RpcError::TxFailed { call, tx: receipt.transaction_hash }.into());
     }
     let out = TxOutcome {
         tx: receipt.transaction_hash,

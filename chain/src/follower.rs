@@ -11,7 +11,7 @@ use alloy::sol_types::SolEvent;
 use attrinet_market::{ChannelId, PayoutRun, Seq, Wei};
 
 use crate::abi::{self, Channels};
-use crate::error::{ChainError, Result};
+use crate::error::{ChainError, CheckpointError, Result, RpcError};
 use crate::types::Cursor;
 
 /// Where a follower keeps its cursor between runs.
@@ -35,7 +35,7 @@ impl FileCheckpoint {
     }
 
     fn io(&self) -> impl FnOnce(std::io::Error) -> ChainError + '_ {
-        move |source| ChainError::Checkpoint { path: self.path.display().to_string(), source }
+        move |source| CheckpointError::Io { path: self.path.clone(), source }.into()
     }
 }
 
@@ -46,7 +46,7 @@ impl Checkpoint for FileCheckpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io()(e)),
         };
-        let corrupt = || ChainError::CorruptCheckpoint { path: self.path.display().to_string(), content: text.clone() };
+        let corrupt = || CheckpointError::Corrupt { path: self.path.clone(), content: text.clone() };
         let mut parts = text.split_whitespace();
         let block = parts.next().and_then(|b| b.parse().ok()).ok_or_else(corrupt)?;
         let log_index = parts.next().and_then(|b| b.parse().ok()).ok_or_else(corrupt)?;
@@ -149,13 +149,12 @@ pub enum ChannelEvent {
 impl ChannelEvent {
     fn decode(log: &Log) -> Result<ChannelEvent> {
         let topic = log.topic0().copied().unwrap_or_default();
-        let decode_err =
-            |e: alloy::sol_types::Error| ChainError::OutOfRange { what: "event log", value: e.to_string() };
+        let decode_err = |e: alloy::sol_types::Error| RpcError::OutOfRange { what: "event log", value: e.to_string() };
         Ok(match topic {
             t if t == Channels::Opened::SIGNATURE_HASH => {
                 let e = log.log_decode::<Channels::Opened>().map_err(decode_err)?.inner.data;
                 let deposit = u128::try_from(e.deposit)
-                    .map_err(|_| ChainError::OutOfRange { what: "deposit", value: e.deposit.to_string() })?;
+                    .map_err(|_| RpcError::OutOfRange { what: "deposit", value: e.deposit.to_string() })?;
                 ChannelEvent::Opened {
                     channel: ChannelId(e.channel),
                     payer: e.payer,
@@ -184,7 +183,7 @@ impl ChannelEvent {
             t if t == Channels::Disputed::SIGNATURE_HASH => {
                 let e = log.log_decode::<Channels::Disputed>().map_err(decode_err)?.inner.data;
                 let slashed = u128::try_from(e.slashed)
-                    .map_err(|_| ChainError::OutOfRange { what: "slashed", value: e.slashed.to_string() })?;
+                    .map_err(|_| RpcError::OutOfRange { what: "slashed", value: e.slashed.to_string() })?;
                 ChannelEvent::Disputed { channel: ChannelId(e.channel), disputer: e.disputer, slashed: Wei(slashed) }
             }
             t if t == Channels::Thawing::SIGNATURE_HASH => {
@@ -257,7 +256,7 @@ impl<C: Checkpoint> EventFollower<C> {
             .provider
             .get_block_number()
             .await
-            .map_err(|source| ChainError::Rpc { call: "eth_blockNumber", source })?;
+            .map_err(|source| RpcError::Call { call: "eth_blockNumber", source })?;
         let Some(safe) = head.checked_sub(self.confirmations) else { return Ok(Vec::new()) };
         let from = if self.position.log_index == u64::MAX { self.position.block + 1 } else { self.position.block };
         if from > safe {
@@ -266,7 +265,7 @@ impl<C: Checkpoint> EventFollower<C> {
         let to = safe.min(from + self.max_span - 1);
         let filter = Filter::new().address(self.address).from_block(from).to_block(to);
         let logs =
-            self.provider.get_logs(&filter).await.map_err(|source| ChainError::Rpc { call: "eth_getLogs", source })?;
+            self.provider.get_logs(&filter).await.map_err(|source| RpcError::Call { call: "eth_getLogs", source })?;
         let mut out = Vec::new();
         for log in &logs {
             let (Some(block), Some(log_index)) = (log.block_number, log.log_index) else { continue };

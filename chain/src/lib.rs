@@ -58,7 +58,7 @@ pub use abi::{Channels, Registry};
 pub use anvil::{Anvil, AnvilConfig};
 pub use attribution::{AttributionSource, MemAttribution, weights_of};
 pub use client::ChainClient;
-pub use error::{ChainError, Result};
+pub use error::{AnvilError, BatchError, ChainError, CheckpointError, Result, RpcError};
 pub use examine::{Registered, examine, outsider};
 pub use follower::{ChannelEvent, Checkpoint, EventFollower, FileCheckpoint, FollowedEvent, MemCheckpoint};
 pub use settlement::{SettleAction, SettlementLoop, SettlementPolicy};

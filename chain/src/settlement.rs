@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
-use attrinet_market::{ChannelId, ChannelState, Seq, SignedVoucher, Store, StoredReceipt, SumTree, Wei, payout_runs};
+use attrinet_market::{
+    ChannelId, ChannelState, PayoutError, Seq, SignedVoucher, Store, StoredReceipt, SumTree, Wei, payout_runs,
+};
 
 use crate::attribution::{AttributionSource, weights_of};
 use crate::client::ChainClient;
-use crate::error::{ChainError, Result};
+use crate::error::{BatchError, ChainError, Result};
 use crate::types::TxOutcome;
 
 /// When the loop settles.
@@ -158,7 +160,7 @@ impl<S: Store> SettlementLoop<S> {
                 // voucher's batch starts where this one ends.
                 return Ok(SettleAction::Pending { deadline: p.deadline });
             }
-            let payouts = self.client.settled_payouts(id, p.seq).await?.ok_or_else(|| ChainError::BadBatch {
+            let payouts = self.client.settled_payouts(id, p.seq).await?.ok_or_else(|| BatchError::Inconsistent {
                 channel: id,
                 reason: format!("no Settled event for seq {}", p.seq),
             })?;
@@ -196,7 +198,7 @@ impl<S: Store> SettlementLoop<S> {
         let weights = match (&self.attribution, receipts.iter().find(|r| !r.attribution_root.is_zero())) {
             (_, None) => None,
             (Some(source), Some(_)) => Some(weights_of(&receipts, source.as_ref())?),
-            (None, Some(r)) => return Err(ChainError::WeightsMismatch { seq: r.seq }),
+            (None, Some(r)) => return Err(PayoutError::WeightsMismatch { seq: r.seq }.into()),
         };
         let (payouts, _) = payout_runs(&receipts, weights.as_deref(), |m| terms.get(m).map(|t| t.split))?;
         let value = voucher.voucher.cumulative.checked_sub(info.settled)?;
@@ -257,10 +259,11 @@ fn settleable(id: ChannelId, receipts: &[StoredReceipt]) -> Result<(&[StoredRece
     let prefixes = (1..=receipts.len()).rev().map(|end| 0..end);
     match batch_with_root(receipts, prefixes, |w| receipts[w.end - 1].voucher.voucher.receipts_root)? {
         Some(w) => Ok((&receipts[w.clone()], &receipts[w.end - 1].voucher)),
-        None => Err(ChainError::NoVoucher {
+        None => Err(BatchError::NoVoucher {
             channel: id,
             seq: receipts.last().map_or(Seq::ZERO, |r| r.receipt.receipt.seq),
-        }),
+        }
+        .into()),
     }
 }
 

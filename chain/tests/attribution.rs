@@ -9,18 +9,18 @@ use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
 use attrinet_chain::{
-    Batch, ChainClient, ChainError, FraudProof, MemAttribution, MemCheckpoint, MemSource, SettleAction, SettlementLoop,
-    SettlementPolicy, StoreSource, SumPreimage, Watcher, WeightLeaf, weights_root,
+    Batch, ChainClient, ChainError, FraudProof, MemAttribution, MemCheckpoint, MemSource, RpcError, SettleAction,
+    SettlementLoop, SettlementPolicy, StoreSource, SumPreimage, Watcher, WeightLeaf, weights_root,
 };
 use attrinet_market::{
     Admission, ChannelParams, CommittedData, DEFAULT_MIN_SPAN, Datanet, Delivered, Document, Identity, MemStore,
-    MerkleTree, ModelId, PPM_WHOLE, PayoutRun, Price, Quote, Receipt, Seq, SignedReceipt, SignedVoucher, Split, Store,
-    SumProof, SumTree, Usage, Wei, Weight, Weights, contributor_totals, payout_runs, ppm_of, receipt_data_share,
-    request_hash, response_hash,
+    MerkleTree, ModelId, PPM_WHOLE, PayoutError, PayoutRun, Price, Quote, Receipt, Seq, SignedReceipt, SignedVoucher,
+    Split, Store, SumProof, SumTree, Usage, Wei, Weight, Weights, contributor_totals, payout_runs, ppm_of,
+    receipt_data_share, request_hash, response_hash,
 };
 
 use crate::fraud::watcher;
-use crate::util::{BOND, ETH, Session, WINDOW, World, forge_receipts, tree_of, voucher};
+use crate::util::{BOND, ETH, Session, WINDOW, World, forge_receipts, reverted_with, tree_of, voucher};
 
 /// A whitespace tokenizer over a fixed vocabulary, standing in for the model's.
 fn tokenize(text: &str) -> Vec<u32> {
@@ -108,13 +108,6 @@ async fn rivers_and_bread(w: &World, seeds: (u8, u8)) -> (Contributor, Contribut
     (rivers, bread, datanet)
 }
 
-fn reverted_with(e: ChainError, name: &str) {
-    match e {
-        ChainError::Reverted { reason, .. } => assert!(reason.contains(name), "expected {name}, got {reason}"),
-        other => panic!("expected a revert with {name}, got {other}"),
-    }
-}
-
 #[tokio::test]
 async fn two_contributors_each_claim_exactly_their_computed_total() {
     let w = World::new().await;
@@ -172,7 +165,10 @@ async fn two_contributors_each_claim_exactly_their_computed_total() {
     );
     // Without the weights it refuses: settling without entries would be a provable fraud.
     let blind = SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy);
-    assert!(matches!(blind.settle_channel(id, true).await, Err(ChainError::WeightsMismatch { seq: Seq(1) })));
+    assert!(matches!(
+        blind.settle_channel(id, true).await,
+        Err(ChainError::Payout(PayoutError::WeightsMismatch { seq: Seq(1) }))
+    ));
     let settled = settler.settle_channel(id, true).await.unwrap();
     assert!(matches!(settled, SettleAction::Settled { seq: Seq(4), .. }), "{settled:?}");
     let payouts = w.node.chain.settled_payouts(id, Seq(4)).await.unwrap().unwrap();
@@ -317,7 +313,7 @@ async fn weights_paid_outside_the_datanet_are_disputed() {
     };
     let err = w.watcher.chain.dispute(id, &forged).await.unwrap_err();
     match err {
-        ChainError::Reverted { reason, .. } => {
+        ChainError::Rpc(RpcError::Reverted { reason, .. }) => {
             assert!(reason.contains("NotFraud") || reason.contains("WrongPosition"), "{reason}")
         }
         other => panic!("expected a revert, got {other}"),

@@ -1,17 +1,9 @@
 //! The registry's rules: owners alone update their models, and a bond cannot leave while
 //! a settlement of its node can still be disputed.
 
-use attrinet_chain::ChainError;
 use attrinet_market::{Price, Split, Wei, payout_runs};
 
-use crate::util::{BOND, ETH, THAW, WINDOW, World, forge_receipts, tree_of, voucher};
-
-fn reverted_with(e: ChainError, name: &str) {
-    match e {
-        ChainError::Reverted { reason, .. } => assert!(reason.contains(name), "expected {name}, got {reason}"),
-        other => panic!("expected a revert with {name}, got {other}"),
-    }
-}
+use crate::util::{BOND, ETH, THAW, WINDOW, World, forge_receipts, reverted_with, tree_of, voucher};
 
 #[tokio::test]
 async fn only_the_owner_updates_a_model_and_splits_must_be_whole() {

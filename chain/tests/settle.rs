@@ -1,17 +1,9 @@
 //! Settlement without disputes: the happy path, and vouchers `settle` must refuse.
 
 use alloy::primitives::U256;
-use attrinet_chain::ChainError;
 use attrinet_market::{EvmSignature, Seq, SignedVoucher, Voucher, Wei, payout_runs, payout_totals};
 
-use crate::util::{ETH, Session, THAW, WINDOW, World};
-
-fn reverted_with(e: ChainError, name: &str) {
-    match e {
-        ChainError::Reverted { reason, .. } => assert!(reason.contains(name), "expected {name}, got {reason}"),
-        other => panic!("expected a revert with {name}, got {other}"),
-    }
-}
+use crate::util::{ETH, Session, THAW, WINDOW, World, reverted_with};
 
 #[tokio::test]
 async fn open_200_receipts_settle_once_finalize_and_everyone_is_paid_exactly() {

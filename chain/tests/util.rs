@@ -237,3 +237,13 @@ pub(crate) fn voucher(w: &World, params: &ChannelParams, seq: u64, cumulative: W
     Voucher { domain: params.domain, channel: params.id, seq: Seq(seq), cumulative, receipts_root: tree.root().hash }
         .sign(&w.payer.id.evm)
 }
+
+/// Asserts that `e` is a revert naming the contract error `name`.
+pub(crate) fn reverted_with(e: attrinet_chain::ChainError, name: &str) {
+    match e {
+        attrinet_chain::ChainError::Rpc(attrinet_chain::RpcError::Reverted { reason, .. }) => {
+            assert!(reason.contains(name), "expected {name}, got {reason}")
+        }
+        other => panic!("expected a revert with {name}, got {other}"),
+    }
+}

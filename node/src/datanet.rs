@@ -13,23 +13,52 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use alloy_primitives::Address;
-use attrinet_market::{Datanet, Document};
+use attrinet_market::{AttributionError, Datanet, Document};
 
-/// A datanet could not be read, built or saved.
+/// A datanet could not be read, built or saved. Every variant names the file or directory.
 #[derive(Debug, thiserror::Error)]
-#[error("datanet {path}: {reason}")]
-pub struct DatanetError {
-    /// The file or directory.
-    pub path: String,
-    /// What went wrong, and what to do about it.
-    pub reason: String,
+pub enum DatanetError {
+    /// A file or directory could not be read or written.
+    #[error("datanet {}: {source}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory is not laid out as the module says; `reason` says what to change.
+    #[error("datanet {}: {reason}", .path.display())]
+    Layout {
+        /// The offending file or directory.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+    /// The contributions do not make a datanet, or the index file is not one.
+    #[error("datanet {}: {source}", .path.display())]
+    Index {
+        /// The directory or index file.
+        path: PathBuf,
+        /// The index's own error.
+        #[source]
+        source: AttributionError,
+    },
 }
 
 /// `Result` with [`DatanetError`].
 pub type Result<T, E = DatanetError> = std::result::Result<T, E>;
 
-fn err(path: &Path, reason: impl Into<String>) -> DatanetError {
-    DatanetError { path: path.display().to_string(), reason: reason.into() }
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatanetError + '_ {
+    move |source| DatanetError::Io { path: path.to_path_buf(), source }
+}
+
+fn layout(path: &Path, reason: impl Into<String>) -> DatanetError {
+    DatanetError::Layout { path: path.to_path_buf(), reason: reason.into() }
+}
+
+fn index(path: &Path) -> impl FnOnce(AttributionError) -> DatanetError + '_ {
+    move |source| DatanetError::Index { path: path.to_path_buf(), source }
 }
 
 fn hidden(path: &Path) -> bool {
@@ -38,13 +67,13 @@ fn hidden(path: &Path) -> bool {
 
 /// Every non-hidden file below `dir`, recursively.
 fn files_below(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| err(dir, e.to_string()))?;
+    let entries = std::fs::read_dir(dir).map_err(io(dir))?;
     for entry in entries {
-        let path = entry.map_err(|e| err(dir, e.to_string()))?.path();
+        let path = entry.map_err(io(dir))?.path();
         if hidden(&path) {
             continue;
         }
-        let kind = std::fs::metadata(&path).map_err(|e| err(&path, e.to_string()))?;
+        let kind = std::fs::metadata(&path).map_err(io(&path))?;
         if kind.is_dir() {
             files_below(&path, out)?;
         } else if kind.is_file() {
@@ -57,20 +86,20 @@ fn files_below(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// The contributions under `dir` (see the module's layout), in commitment order.
 pub fn read_datanet_dir(dir: &Path) -> Result<Vec<Document>> {
     let mut owners = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| err(dir, e.to_string()))? {
-        let path = entry.map_err(|e| err(dir, e.to_string()))?.path();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
         if hidden(&path) {
             continue;
         }
         if !path.is_dir() {
-            return Err(err(
+            return Err(layout(
                 &path,
                 "files must be inside a directory named by their owner's address, e.g. DIR/0xAbC…/notes.txt",
             ));
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let owner = Address::from_str(name)
-            .map_err(|_| err(&path, format!("{name:?} is not an EVM address (0x and 40 hex digits)")))?;
+            .map_err(|_| layout(&path, format!("{name:?} is not an EVM address (0x and 40 hex digits)")))?;
         owners.push((owner, path));
     }
     let mut documents = Vec::new();
@@ -80,9 +109,9 @@ pub fn read_datanet_dir(dir: &Path) -> Result<Vec<Document>> {
         for file in files {
             let relative = file.strip_prefix(dir).expect("below dir");
             let name = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-            let bytes = std::fs::read(&file).map_err(|e| err(&file, e.to_string()))?;
+            let bytes = std::fs::read(&file).map_err(io(&file))?;
             let text = String::from_utf8(bytes).map_err(|e| {
-                err(
+                layout(
                     &file,
                     format!(
                         "not UTF-8 text (invalid byte at offset {}); convert it or remove it",
@@ -105,7 +134,7 @@ pub fn build_datanet_dir(dir: &Path, min_span: u32, tokenize: impl Fn(&str) -> V
     let bytes: usize = documents.iter().map(|d| d.text.len()).sum();
     tracing::info!(target: "node::datanet", dir = %dir.display(), files = documents.len(), bytes, "tokenizing contributions");
     let start = Instant::now();
-    let datanet = Datanet::from_texts(min_span, documents, tokenize).map_err(|e| err(dir, e.to_string()))?;
+    let datanet = Datanet::from_texts(min_span, documents, tokenize).map_err(index(dir))?;
     tracing::info!(
         target: "node::datanet",
         root = %datanet.root(),
@@ -122,17 +151,17 @@ pub fn build_datanet_dir(dir: &Path, min_span: u32, tokenize: impl Fn(&str) -> V
 pub fn save_datanet(datanet: &Datanet, path: &Path) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e.to_string()))?;
-    f.write_all(&datanet.to_bytes()).map_err(|e| err(&tmp, e.to_string()))?;
-    f.sync_all().map_err(|e| err(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e.to_string()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&datanet.to_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
     Ok(())
 }
 
 /// Loads an index saved by [`save_datanet`], verifying it (see `Datanet::from_bytes`).
 pub fn load_datanet(path: &Path) -> Result<Datanet> {
-    let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
-    Datanet::from_bytes(&bytes).map_err(|e| err(path, e.to_string()))
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Datanet::from_bytes(&bytes).map_err(index(path))
 }
 
 #[cfg(test)]

@@ -11,19 +11,21 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, U256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    Anvil, AnvilConfig, ChainClient, DeployConfig, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
-    SettlementPolicy, StoreSource, Watcher,
+    Anvil, AnvilConfig, ChainClient, DeployConfig, MemCheckpoint, SettleAction, SettlementPolicy, StoreSource,
 };
-use attrinet_compute::{Backend, Model, open_engine};
+use attrinet_compute::{Backend, Model};
 use attrinet_market::{
-    Beneficiaries, ChannelId, ChannelParams, ChannelState, Contribution, Datanet, Identity, ModelId, Price, Receipt,
-    Seq, Split, Store, Wei, payout_runs,
+    Beneficiaries, ChannelId, Contribution, Datanet, Identity, ModelId, Price, Receipt, Seq, Split, Store, Wei,
+    payout_runs,
 };
-use attrinet_p2p::{Ask, Limits, NetConfig, Offer, Payer, Prompt, Provider, Sampling};
+use attrinet_p2p::{Ask, Limits, NetConfig, Payer, Prompt, Sampling};
 use tracing::info;
 
-use crate::engine::EngineGenerator;
+use crate::client::ChannelOpener;
+use crate::engine::{EngineGenerator, Speed};
+use crate::serve::{listening_addrs, offer, settler, start_network, start_provider};
 use crate::store::SledStore;
+use crate::watch::Evidence;
 
 /// 1 ether in wei.
 pub const ETH: u128 = 1_000_000_000_000_000_000;
@@ -192,7 +194,9 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         datanet.root()
     ));
 
-    // Providers.
+    // Providers: the pieces `serve` runs, with fixed development keys and no speed
+    // measurement (the advertised figures only rank providers, and the devnet asks each
+    // node by name).
     let mut nodes: Vec<NodeHandle> = Vec::new();
     let mut boot: Vec<attrinet_p2p::Multiaddr> = Vec::new();
     let mut device = String::new();
@@ -201,69 +205,41 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         anvil.fund(id.address(), U256::from(100 * ETH)).await?;
         let chain = ChainClient::connect(&endpoint, id.evm.clone(), deployment)?;
         chain.register_node(&id.public_key(), Wei(ETH)).await?;
-        let engine = open_engine(&model, config.backend)?;
-        let generator = EngineGenerator::new(Model::load(&config.model)?, engine);
+        let generator = EngineGenerator::open(Model::load(&config.model)?, config.backend)?;
         device = generator.device();
         let store = Arc::new(SledStore::open(&run_dir.join(format!("node-{i}")))?);
-        let net = NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            bootstrap: boot.clone(),
-            republish_every: Duration::from_secs(5),
-            ..NetConfig::default()
-        };
-        let (network, event_loop) = attrinet_p2p::new(id.clone(), net)?;
-        tokio::spawn(event_loop.run());
-        let offer = Offer {
-            model: model_id,
-            name: name.clone(),
-            price,
-            context_length: model.config().context_length as u32,
-            decode_tokens_per_s: 20,
-            ttft_ms: 200,
-            generator: Arc::new(generator),
-            datanet: Some(datanet.clone()),
-        };
-        // Channels opened later (by `attrinet query` against a `--keep` devnet) are looked
-        // up on chain.
-        let provider = Provider::new(
-            id.clone(),
-            store.clone(),
-            vec![offer],
-            Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() },
-        )
-        .with_lookup(Arc::new(crate::serve::ChainLookup { chain: chain.clone(), identity: id.clone() }));
-        tokio::spawn(provider.serve(network.clone()));
+        let network = start_network(
+            &id,
+            NetConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+                bootstrap: boot.clone(),
+                republish_every: Duration::from_secs(5),
+                ..NetConfig::default()
+            },
+        )?;
+        let offer = offer(generator, price, Speed { decode_tokens_per_s: 20, ttft_ms: 200 }, Some(datanet.clone()));
+        let limits = Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() };
+        start_provider(&id, store.clone(), &chain, offer, limits, &network);
         if boot.is_empty() {
-            boot = crate::serve::listening_addrs(&network).await?;
+            boot = listening_addrs(&network).await?;
         }
         progress(&format!("node {i} serving as {} ({})", id.address(), network.peer_id()));
         nodes.push(NodeHandle { identity: id, chain, store, _network: network });
     }
 
-    // The client: channels opened on chain, mirrored into both parties' stores (what a
-    // chain follower does in a long-running node).
+    // The client opens a channel with every node on chain, as `query` and `channel open`
+    // do; each node learns of its channel from the chain on the first request.
     let client_store = Arc::new(SledStore::open(&run_dir.join("client"))?);
     let client_chain = ChainClient::connect(&endpoint, client_id.evm.clone(), deployment)?;
-    let net =
-        NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), ..NetConfig::default() };
-    let (client_net, event_loop) = attrinet_p2p::new(client_id.clone(), net)?;
-    tokio::spawn(event_loop.run());
+    let client_net = start_network(
+        &client_id,
+        NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap: boot.clone(), ..NetConfig::default() },
+    )?;
     let deposit = Wei(10 * ETH);
+    let opener =
+        ChannelOpener { identity: client_id.clone(), chain: client_chain, store: client_store.clone(), deposit };
     for n in &nodes {
-        let (channel, _) = client_chain.open(n.identity.address(), &client_id.public_key(), deposit).await?;
-        let state = ChannelState::open(
-            ChannelParams {
-                domain: deployment.domain(),
-                id: channel,
-                payer: client_id.address(),
-                provider: n.identity.address(),
-                payer_key: client_id.public_key(),
-                provider_key: n.identity.public_key(),
-            },
-            client_chain.channel(channel).await?.deposit,
-        );
-        client_store.put_channel(&state)?;
-        n.store.put_channel(&state)?;
+        opener.open(n.identity.address(), deposit).await?;
     }
     progress(&format!("client {} opened {} channels of {deposit} each", client_id.address(), nodes.len()));
     let payer = Payer::new(client_id.clone(), client_store.clone(), Duration::from_secs(120));
@@ -278,7 +254,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
 
     // Queries. The client's store keeps each answer's weights; the watcher checks them.
-    let client_weights = Arc::new(StoreSource(client_store.clone()));
+    let evidence = Arc::new(Evidence::new(client_store.clone()));
     let offers = client_net.market().await?.all(attrinet_p2p::unix_now());
     let mut lines = Vec::new();
     for q in 0..config.queries {
@@ -311,29 +287,21 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     let policy = SettlementPolicy { threshold: Wei(0), max_age_secs: 0, max_gas_bps: 10_000 };
     let mut gas = Vec::new();
     let watcher_chain = ChainClient::connect(&endpoint, watcher_id.evm.clone(), deployment)?;
-    let follower = EventFollower::new(
-        watcher_chain.provider().clone(),
-        deployment.channels,
-        0,
-        deployment.deploy_block,
+    let mut watcher = crate::watch::watcher(
+        watcher_chain.clone(),
         MemCheckpoint::default(),
+        evidence.clone(),
+        [(model_id, datanet.clone())],
     )?;
-    let mut watcher: Watcher<MemCheckpoint, SledStore> =
-        Watcher::new(watcher_chain.clone(), follower, Arc::new(StoreSource(client_store.clone())), None)
-            .with_attribution(client_weights.clone())
-            .with_datanet(model_id, datanet.clone());
     // Every settled batch, for the contributors' claims: (node, channel, batch start, seq).
     let mut batches: Vec<(usize, ChannelId, Seq, Seq)> = Vec::new();
     let mut dispute = None;
     // The last node that has receipts to settle is the dishonest one.
     let cheat = (nodes.len() - 1).min(config.queries.saturating_sub(1));
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy)
-            .with_attribution(Arc::new(StoreSource(n.store.clone())));
-        let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
-        if channel.last_seq == Seq::ZERO {
-            continue;
-        }
+        let settler = settler(&n.chain, &n.store, policy);
+        // A node that got no query never looked its channel up.
+        let Some(channel) = n.store.channels()?.into_iter().next() else { continue };
         if i == cheat {
             let receipts: Vec<_> = n
                 .store
@@ -385,13 +353,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     }
     anvil.advance(config.challenge_window + 1).await?;
     for (i, n) in nodes.iter().enumerate() {
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy)
-            .with_attribution(Arc::new(StoreSource(n.store.clone())));
-        let channel = n.store.channels()?.into_iter().next().expect("one channel per node");
-        if channel.last_seq == Seq::ZERO {
-            continue;
-        }
-        match settler.settle_channel(channel.params.id, true).await? {
+        let Some(channel) = n.store.channels()?.into_iter().next() else { continue };
+        match settler(&n.chain, &n.store, policy).settle_channel(channel.params.id, true).await? {
             SettleAction::Finalized { .. } => {}
             other => bail!("node {i} could not finalise: {other:?}"),
         }
@@ -412,8 +375,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             seq: answer.receipt.receipt.seq,
             value: answer.receipt.receipt.value,
         });
-        let settler = SettlementLoop::new(n.chain.clone(), n.store.clone(), policy)
-            .with_attribution(Arc::new(StoreSource(n.store.clone())));
+        let settler = settler(&n.chain, &n.store, policy);
         let id = answer.receipt.receipt.channel;
         let start = n.store.channel(&id)?.map(|c| c.settled_seq).unwrap_or_default();
         match settler.settle_channel(id, true).await? {
@@ -455,7 +417,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .filter(|r| r.seq <= seq)
             .collect();
         receipts += batch.len() as u64;
-        let weights = attrinet_chain::weights_of(&batch, client_weights.as_ref())?;
+        let weights = attrinet_chain::weights_of(&batch, evidence.as_ref())?;
         let (runs, data) = payout_runs(&batch, Some(&weights), |_| Some(split))?;
         let settled = watcher_chain.settled_payouts(channel, seq).await?.context("settled payouts not found")?;
         for (k, run) in runs.iter().enumerate() {

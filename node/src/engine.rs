@@ -3,8 +3,8 @@
 
 use std::sync::Mutex;
 
-use attrinet_compute::{Engine, GenerateParams, Model, SamplingParams};
-use attrinet_p2p::{Generator, Prompt, Sampling};
+use attrinet_compute::{Backend, Engine, GenerateParams, Model, SamplingParams};
+use attrinet_p2p::{GenerateError, Generator, Prompt, Sampling};
 
 /// One model on one engine. Generation is serialised: an engine holds one KV cache.
 pub struct EngineGenerator {
@@ -19,6 +19,12 @@ impl std::fmt::Debug for EngineGenerator {
 }
 
 impl EngineGenerator {
+    /// Opens `backend`'s engine on `model`.
+    pub fn open(model: Model, backend: Backend) -> Result<EngineGenerator, attrinet_compute::Error> {
+        let engine = attrinet_compute::open_engine(&model, backend)?;
+        Ok(EngineGenerator::new(model, engine))
+    }
+
     /// Wraps an engine opened on `model`.
     pub fn new(model: Model, engine: Box<dyn Engine>) -> EngineGenerator {
         EngineGenerator { model, engine: Mutex::new(engine) }
@@ -78,7 +84,7 @@ pub struct Speed {
 impl EngineGenerator {
     /// Generates `tokens` greedy tokens from a fixed prompt and times them: the figures a
     /// node advertises, so that clients rank it by what it does rather than by a claim.
-    pub fn measure(&self, tokens: u32) -> Result<Speed, String> {
+    pub fn measure(&self, tokens: u32) -> Result<Speed, GenerateError> {
         let prompt = Prompt::Text("The history of the printing press begins".into());
         let start = std::time::Instant::now();
         let mut stamps = Vec::new();
@@ -87,7 +93,7 @@ impl EngineGenerator {
             true
         })?;
         let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
-            return Err("the engine produced no token".into());
+            return Err(GenerateError::Engine("it produced no token".into()));
         };
         let decode = last.saturating_sub(*first).as_secs_f64();
         let per_s = if stamps.len() > 1 && decode > 0.0 { (stamps.len() - 1) as f64 / decode } else { 0.0 };
@@ -96,7 +102,7 @@ impl EngineGenerator {
 }
 
 impl Generator for EngineGenerator {
-    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String> {
+    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, GenerateError> {
         Ok(self.tokens(prompt).len() as u32)
     }
 
@@ -106,7 +112,7 @@ impl Generator for EngineGenerator {
         max_tokens: u32,
         sampling: &Sampling,
         on_token: &mut dyn FnMut(u32, String) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), GenerateError> {
         let tokens = self.tokens(prompt);
         let tok = self.model.tokenizer();
         let stops = tok.stop_tokens().to_vec();
@@ -134,6 +140,6 @@ impl Generator for EngineGenerator {
                 open = on_token(id, text);
             })
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| GenerateError::Engine(Box::new(e)))
     }
 }

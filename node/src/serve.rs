@@ -13,14 +13,14 @@ use attrinet_chain::{
     ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
     SettlementPolicy, StoreSource,
 };
-use attrinet_compute::{Backend, Model, open_engine};
-use attrinet_market::{ChannelId, ChannelParams, ChannelState, Identity, ModelId, Price, Split, Store, Wei};
-use attrinet_p2p::{ChannelLookup, Limits, Multiaddr, NetConfig, Offer, Provider};
+use attrinet_compute::{Backend, Model};
+use attrinet_market::{ChannelId, ChannelParams, ChannelState, Datanet, Identity, ModelId, Price, Split, Store, Wei};
+use attrinet_p2p::{ChannelLookup, Limits, LookupError, Multiaddr, NetConfig, Offer, Provider};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::engine::EngineGenerator;
+use crate::engine::{EngineGenerator, Speed};
 use crate::metrics::Metrics;
 use crate::store::SledStore;
 
@@ -89,13 +89,13 @@ pub struct ChainLookup {
 }
 
 impl ChannelLookup for ChainLookup {
-    fn lookup(&self, id: ChannelId) -> BoxFuture<'static, Result<Option<ChannelState>, String>> {
+    fn lookup(&self, id: ChannelId) -> BoxFuture<'static, Result<Option<ChannelState>, LookupError>> {
         let this = self.clone();
         Box::pin(async move {
             let info = match this.chain.channel(id).await {
                 Ok(i) => i,
                 Err(attrinet_chain::ChainError::UnknownChannel(_)) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(LookupError(Box::new(e))),
             };
             if info.provider != this.identity.address() {
                 return Ok(None);
@@ -141,66 +141,43 @@ pub async fn serve(
     let model = load_model_with_progress(&opts.model)?;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("opening the {:?} engine", opts.backend));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let engine = open_engine(&model, opts.backend)?;
+    let generator = EngineGenerator::open(model, opts.backend)?;
     spinner.finish_and_clear();
-    let model_id = ModelId::from(model.id().0);
-    let name = model.name().unwrap_or("model").to_string();
-    let context_length = model.config().context_length as u32;
     let datanet = match &opts.datanet {
-        Some(p) => Some(Arc::new(
-            crate::datanet::load_datanet(p).with_context(|| format!("cannot load datanet {}", p.display()))?,
-        )),
+        Some(p) => Some(Arc::new(crate::datanet::load_datanet(p)?)),
         None => None,
     };
+    let model_id = ModelId::from(generator.model().id().0);
 
     let chain = crate::client::connect_chain(&opts.rpc, &identity, opts.deployment).await?;
     let datanet_root = datanet.as_ref().map(|d| d.root());
     register(&chain, &identity, &opts, model_id, datanet_root).await?;
 
-    let generator = EngineGenerator::new(model, engine);
     let device = generator.device();
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("measuring speed on {device}"));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let speed = generator.measure(16).map_err(|e| anyhow::anyhow!("the engine failed its first generation: {e}"))?;
+    let speed = generator.measure(16).context("the engine failed its first generation")?;
     spinner.finish_and_clear();
-    let (network, event_loop) = attrinet_p2p::new(
-        identity.clone(),
+    let network = start_network(
+        &identity,
         NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() },
     )?;
-    tokio::spawn(event_loop.run());
-    let offer = Offer {
-        model: model_id,
-        name: name.clone(),
-        price: opts.price,
-        context_length,
-        decode_tokens_per_s: speed.decode_tokens_per_s,
-        ttft_ms: speed.ttft_ms,
-        generator: Arc::new(generator),
-        datanet,
-    };
+    let offer = offer(generator, opts.price, speed, datanet);
+    let name = offer.name.clone();
     let limits = Limits { capacity: opts.capacity, exposure_limit: opts.exposure_limit, ..Limits::default() };
-    let provider = Provider::new(identity.clone(), store.clone(), vec![offer], limits)
-        .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
-    let serving = tokio::spawn(provider.clone().serve(network.clone()));
+    let serving = start_provider(&identity, store.clone(), &chain, offer, limits, &network);
     let addrs = listening_addrs(&network).await?;
     metrics
         .peers
         .store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
     ready(&Serving { model: model_id, name, device, addrs, speed });
 
-    let settler = SettlementLoop::new(chain.clone(), store.clone(), opts.policy)
-        .with_attribution(Arc::new(StoreSource(store.clone())));
+    let settler = settler(&chain, &store, opts.policy);
     let served_root = datanet_root.unwrap_or_default();
     let mut stopped_for = None;
     // Thaws, from the deployment's first block: a channel whose payer is leaving gets no
     // more service (what it already owes is settled by the loop, forced by the thaw).
-    let mut thaws = EventFollower::new(
-        chain.provider().clone(),
-        opts.deployment.channels,
-        0,
-        opts.deployment.deploy_block,
-        MemCheckpoint::default(),
-    )?;
+    let mut thaws = crate::watch::follow_channels(&chain, MemCheckpoint::default())?;
     loop {
         match freeze_thawing(&mut thaws, store.as_ref(), identity.address()).await {
             Ok(frozen) => frozen.iter().for_each(|c| eprintln!("channel {c} is thawing: no more service on it")),
@@ -263,6 +240,48 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// The network of a node, its event loop running on this runtime.
+pub fn start_network(identity: &Identity, config: NetConfig) -> anyhow::Result<attrinet_p2p::Client> {
+    let (network, event_loop) = attrinet_p2p::new(identity.clone(), config)?;
+    tokio::spawn(event_loop.run());
+    Ok(network)
+}
+
+/// What a node offers of the model its engine holds, at `price`, advertising `speed`.
+pub fn offer(generator: EngineGenerator, price: Price, speed: Speed, datanet: Option<Arc<Datanet>>) -> Offer {
+    let model = generator.model();
+    Offer {
+        model: ModelId::from(model.id().0),
+        name: model.name().unwrap_or("model").to_string(),
+        price,
+        context_length: model.config().context_length as u32,
+        decode_tokens_per_s: speed.decode_tokens_per_s,
+        ttft_ms: speed.ttft_ms,
+        generator: Arc::new(generator),
+        datanet,
+    }
+}
+
+/// Serves `offer` on `network` (spawned): channels the store does not hold yet are
+/// looked up on chain, so a client can open one and query at once.
+pub fn start_provider(
+    identity: &Identity,
+    store: Arc<SledStore>,
+    chain: &ChainClient,
+    offer: Offer,
+    limits: Limits,
+    network: &attrinet_p2p::Client,
+) -> tokio::task::JoinHandle<Result<(), attrinet_p2p::NetError>> {
+    let provider = Provider::new(identity.clone(), store, vec![offer], limits)
+        .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
+    tokio::spawn(provider.serve(network.clone()))
+}
+
+/// A provider's settlement loop: receipts and their weights come from its own store.
+pub fn settler(chain: &ChainClient, store: &Arc<SledStore>, policy: SettlementPolicy) -> SettlementLoop<SledStore> {
+    SettlementLoop::new(chain.clone(), store.clone(), policy).with_attribution(Arc::new(StoreSource(store.clone())))
 }
 
 /// The node's listen addresses, once its listeners are up (within 2 s).

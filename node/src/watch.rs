@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use alloy_primitives::B256;
 use attrinet_chain::{
-    AttributionSource, Batch, ChainClient, ChannelEvent, EventFollower, FileCheckpoint, MemAttribution, MemSource,
-    ReceiptSource, Settlement, StoreSource,
+    AttributionSource, Batch, ChainClient, ChannelEvent, Checkpoint, EventFollower, FileCheckpoint, MemAttribution,
+    MemSource, ReceiptSource, Settlement, StoreSource, Watcher,
 };
-use attrinet_market::{Store, SumTree, Weights};
+use attrinet_market::{Datanet, ModelId, Store, SumTree, Weights};
 use attrinet_p2p::{BatchRequest, Client, fetch_batch, key_peer};
 
 use crate::store::SledStore;
@@ -48,6 +48,26 @@ impl AttributionSource for Evidence {
     }
 }
 
+/// Follows the deployment's Channels contract from its first block, resuming from
+/// `checkpoint`.
+pub fn follow_channels<C: Checkpoint>(chain: &ChainClient, checkpoint: C) -> attrinet_chain::Result<EventFollower<C>> {
+    let deployment = chain.deployment();
+    EventFollower::new(chain.provider().clone(), deployment.channels, 0, deployment.deploy_block, checkpoint)
+}
+
+/// A watcher disputing as `chain`'s account with `evidence` for receipts and weights, and
+/// recomputing the weights of the models whose datanets it is given.
+pub fn watcher<C: Checkpoint>(
+    chain: ChainClient,
+    checkpoint: C,
+    evidence: Arc<Evidence>,
+    datanets: impl IntoIterator<Item = (ModelId, Arc<Datanet>)>,
+) -> attrinet_chain::Result<Watcher<C, SledStore>> {
+    let follower = follow_channels(&chain, checkpoint)?;
+    let watcher = Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
+    Ok(datanets.into_iter().fold(watcher, |w, (model, d)| w.with_datanet(model, d)))
+}
+
 /// A settlement whose batch is still to be fetched.
 #[derive(Clone, Copy, Debug)]
 struct Wanted {
@@ -78,14 +98,7 @@ impl BatchFetcher {
         checkpoint: &std::path::Path,
         evidence: Arc<Evidence>,
     ) -> anyhow::Result<BatchFetcher> {
-        let d = chain.deployment();
-        let follower = EventFollower::new(
-            chain.provider().clone(),
-            d.channels,
-            0,
-            d.deploy_block,
-            FileCheckpoint::new(checkpoint),
-        )?;
+        let follower = follow_channels(&chain, FileCheckpoint::new(checkpoint))?;
         Ok(BatchFetcher { network, chain, follower, evidence, wanted: Vec::new() })
     }
 

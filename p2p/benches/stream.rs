@@ -22,7 +22,7 @@ const RAW: StreamProtocol = StreamProtocol::new("/attrinet/bench-raw/1");
 /// Emits `max_tokens` fixed tokens at once: the network is all that is measured.
 struct Fixed;
 impl Generator for Fixed {
-    fn count_tokens(&self, _: &Prompt) -> Result<u32, String> {
+    fn count_tokens(&self, _: &Prompt) -> Result<u32, attrinet_p2p::GenerateError> {
         Ok(16)
     }
     fn generate(
@@ -31,7 +31,7 @@ impl Generator for Fixed {
         n: u32,
         _: &Sampling,
         on: &mut dyn FnMut(u32, String) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), attrinet_p2p::GenerateError> {
         for i in 0..n {
             if !on(1000 + i, " tok".into()) {
                 break;

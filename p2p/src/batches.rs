@@ -20,7 +20,7 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::network::Client;
+use crate::network::{Client, NetError};
 use crate::wire::{ErrorCode, ErrorReply, WireError, read_msg, write_msg};
 
 /// The batch protocol.
@@ -76,7 +76,7 @@ pub struct FetchedBatch {
 pub enum FetchError {
     /// The stream could not be opened.
     #[error("cannot reach the provider: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] NetError),
     /// The stream failed, timed out or carried nonsense.
     #[error("batch stream: {0}")]
     Wire(#[from] WireError),
@@ -185,9 +185,8 @@ pub async fn fetch_batch(
     req: BatchRequest,
     idle: Duration,
 ) -> Result<FetchedBatch, FetchError> {
-    network.connect(peer).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
-    let mut stream =
-        network.open_stream(peer, BATCH_PROTOCOL).await.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    network.connect(peer).await?;
+    let mut stream = network.open_stream(peer, BATCH_PROTOCOL).await?;
     write_msg(&mut stream, &req).await?;
     let max = req.upto.0.saturating_sub(req.after.0);
     let mut out = FetchedBatch::default();

@@ -95,6 +95,9 @@ pub enum NetError {
     /// Publishing an advert failed.
     #[error("publish advert: {0}")]
     Publish(String),
+    /// The peer could not be reached on the protocol, or does not speak it.
+    #[error("open stream: {0}")]
+    OpenStream(#[from] libp2p_stream::OpenStreamError),
 }
 
 #[derive(NetworkBehaviour)]
@@ -258,8 +261,8 @@ impl Client {
         &self,
         peer: PeerId,
         protocol: libp2p::StreamProtocol,
-    ) -> Result<libp2p::Stream, libp2p_stream::OpenStreamError> {
-        self.opener.lock().await.open_stream(peer, protocol).await
+    ) -> Result<libp2p::Stream, NetError> {
+        Ok(self.opener.lock().await.open_stream(peer, protocol).await?)
     }
 
     /// The addresses this node listens on (with `/p2p/PEER_ID` appended).

@@ -6,15 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attrinet_market::{
-    ChannelId, Datanet, Delivered, Demand, Identity, ModelAdvert, ModelId, PayerChannel, ProviderBook, Quote,
-    SignedReceipt, SignedVoucher, Store, encode, rank, request_hash, response_hash,
+    ChannelId, Datanet, Delivered, Demand, Identity, LedgerError, ModelAdvert, ModelId, PayerChannel, ProviderBook,
+    PublicKey, Quote, SignedReceipt, SignedVoucher, Store, StoreError, encode, rank, request_hash, response_hash,
 };
 use libp2p::Stream;
 use tracing::{info, warn};
 
-use crate::network::{Client, key_peer, unix_now};
+use crate::network::{Client, NetError, key_peer, unix_now};
 use crate::wire::{
-    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, read_msg, write_msg,
+    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, WireError, read_msg,
+    write_msg,
 };
 
 /// What the client asks for.
@@ -74,15 +75,38 @@ pub enum InferError {
     /// The provider answered with an error.
     #[error("provider refused ({:?}): {}", .0.code, .0.message)]
     Remote(ErrorReply),
-    /// The stream broke, timed out or carried nonsense.
-    #[error("transport: {0}")]
-    Transport(String),
+    /// This node's network could not reach the provider (dial, stream, event loop).
+    #[error("network: {0}")]
+    Network(#[from] NetError),
+    /// The stream broke, timed out, or carried a frame that is not a message.
+    #[error("stream: {0}")]
+    Stream(#[from] WireError),
+    /// The provider reset the stream before answering, every time it was asked.
+    #[error("the provider dropped the stream {attempts} times; last: {last}")]
+    Dropped {
+        /// How many times the request was sent.
+        attempts: u64,
+        /// The last reset.
+        #[source]
+        last: std::io::Error,
+    },
+    /// The provider sent a well-formed message out of the protocol's order.
+    #[error("protocol: {got} {when}")]
+    OutOfOrder {
+        /// What arrived.
+        got: &'static str,
+        /// Where in the exchange.
+        when: &'static str,
+    },
+    /// The advert names a key that is not an ed25519 key, so no peer can be dialled.
+    #[error("the advert's node key {0:?} is not an ed25519 key")]
+    BadAdvertKey(PublicKey),
     /// The proposed receipt broke a rule; the client did not sign it.
     #[error("receipt refused: {0}")]
-    BadReceipt(String),
+    BadReceipt(#[source] LedgerError),
     /// The local store failed.
     #[error("local store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// Every provider tried failed.
     #[error("all {} providers failed; last: {}", .0.len(), .0.last().map(|f| f.reason.as_str()).unwrap_or(""))]
     AllFailed(Vec<Failure>),
@@ -93,8 +117,15 @@ impl InferError {
     fn try_next(&self) -> bool {
         match self {
             InferError::Remote(r) => !matches!(r.code, ErrorCode::TooLarge | ErrorCode::BadRequest),
-            InferError::Transport(_) | InferError::BadReceipt(_) => true,
-            _ => false,
+            InferError::Network(_)
+            | InferError::Stream(_)
+            | InferError::Dropped { .. }
+            | InferError::OutOfOrder { .. }
+            | InferError::BadAdvertKey(_)
+            | InferError::BadReceipt(_) => true,
+            InferError::NoProvider(_) | InferError::NoChannel(_) | InferError::Store(_) | InferError::AllFailed(_) => {
+                false
+            }
         }
     }
 }
@@ -148,13 +179,11 @@ impl Payer {
         &self,
         provider: &ModelAdvert,
     ) -> Result<Option<Arc<tokio::sync::Mutex<PayerChannel>>>, InferError> {
-        let store_err = |e: attrinet_market::StoreError| InferError::Store(e.to_string());
         let me = self.inner.identity.address();
         let Some(state) = self
             .inner
             .store
-            .channels()
-            .map_err(store_err)?
+            .channels()?
             .into_iter()
             // Another channel with this provider may still have deposit where one is spent.
             .find(|c| {
@@ -170,7 +199,7 @@ impl Payer {
         if let Some(c) = map.get(&state.params.id) {
             return Ok(Some(c.clone()));
         }
-        let receipts = self.inner.store.receipts_after(&state.params.id, state.settled_seq).map_err(store_err)?;
+        let receipts = self.inner.store.receipts_after(&state.params.id, state.settled_seq)?;
         let id = state.params.id;
         let ch = Arc::new(tokio::sync::Mutex::new(PayerChannel::restore(state, &receipts)));
         map.insert(id, ch.clone());
@@ -186,7 +215,7 @@ impl Payer {
         ask: &Ask,
         mut on_token: impl FnMut(&str) + Send,
     ) -> Result<Answer, InferError> {
-        let view = network.market().await.map_err(|e| InferError::Transport(e.to_string()))?;
+        let view = network.market().await?;
         let offers = view.find(&ask.model, unix_now());
         let demand = Demand { input_tokens: 0, max_output_tokens: ask.max_tokens, max_cost: ask.max_cost };
         let ranked = {
@@ -238,11 +267,10 @@ impl Payer {
         request: &InferRequest,
     ) -> Result<(Stream, ServerMsg), InferError> {
         const ATTEMPTS: u64 = 6;
-        let mut last = String::new();
-        network.connect(peer).await.map_err(|e| InferError::Transport(e.to_string()))?;
-        for attempt in 1..=ATTEMPTS {
-            let mut stream =
-                network.open_stream(peer, INFER_PROTOCOL).await.map_err(|e| InferError::Transport(e.to_string()))?;
+        network.connect(peer).await?;
+        let mut attempt = 1;
+        loop {
+            let mut stream = network.open_stream(peer, INFER_PROTOCOL).await?;
             // A reset shows on the write as well as on the read.
             let sent = write_msg(&mut stream, request).await;
             let first = match sent {
@@ -251,14 +279,16 @@ impl Payer {
             };
             match first {
                 Ok(first) => return Ok((stream, first)),
-                Err(crate::wire::WireError::Io(e)) => {
-                    last = e.to_string();
-                    tokio::time::sleep(Duration::from_millis(25 * attempt * attempt)).await;
+                Err(WireError::Io(last)) if attempt == ATTEMPTS => {
+                    return Err(InferError::Dropped { attempts: ATTEMPTS, last });
                 }
-                Err(e) => return Err(InferError::Transport(e.to_string())),
+                Err(WireError::Io(_)) => {
+                    tokio::time::sleep(Duration::from_millis(25 * attempt * attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(InferError::Transport(format!("provider dropped the stream {ATTEMPTS} times: {last}")))
     }
 
     /// Asks one provider.
@@ -270,9 +300,7 @@ impl Payer {
         ask: &Ask,
         on_token: &mut (impl FnMut(&str) + Send),
     ) -> Result<Answer, InferError> {
-        let transport = |e: &dyn std::fmt::Display| InferError::Transport(e.to_string());
-        let peer = key_peer(&provider.node_key)
-            .ok_or_else(|| InferError::Transport("advert key is not an ed25519 key".into()))?;
+        let peer = key_peer(&provider.node_key).ok_or(InferError::BadAdvertKey(provider.node_key))?;
         let channel_id = channel.lock().await.state().params.id;
         let request = InferRequest {
             model: provider.model,
@@ -296,13 +324,13 @@ impl Payer {
         let (proposal, batch_start, weights) = loop {
             let msg = match first.take() {
                 Some(m) => m,
-                None => read_msg::<ServerMsg>(&mut stream, idle).await.map_err(|e| transport(&e))?,
+                None => read_msg::<ServerMsg>(&mut stream, idle).await?,
             };
             match msg {
                 ServerMsg::Started { input_tokens: n } => input_tokens = Some(n),
                 ServerMsg::Token { id, text: t } => {
                     if input_tokens.is_none() {
-                        return Err(InferError::Transport("token before the request was admitted".into()));
+                        return Err(InferError::OutOfOrder { got: "a token", when: "before the request was admitted" });
                     }
                     on_token(&t);
                     text.push_str(&t);
@@ -311,7 +339,7 @@ impl Payer {
                 ServerMsg::Propose { proposal, batch_start, weights } => break (proposal, batch_start, weights),
                 ServerMsg::Error(e) => return Err(InferError::Remote(e)),
                 ServerMsg::Ack { .. } => {
-                    return Err(InferError::Transport("acknowledgement before any receipt".into()));
+                    return Err(InferError::OutOfOrder { got: "an acknowledgement", when: "before any receipt" });
                 }
             }
         };
@@ -329,7 +357,7 @@ impl Payer {
         };
         let mut ch = channel.lock().await;
         // A settlement or top-up recorded in the store since the ledger was loaded.
-        if let Some(s) = self.inner.store.channel(&channel_id).map_err(|e| InferError::Store(e.to_string()))? {
+        if let Some(s) = self.inner.store.channel(&channel_id)? {
             ch.settled(&s);
         }
         let (receipt, voucher) =
@@ -337,25 +365,27 @@ impl Payer {
                 Ok(signed) => signed,
                 Err(e) => {
                     let _ = write_msg(&mut stream, &ClientMsg::Refuse { reason: e.to_string() }).await;
-                    return Err(InferError::BadReceipt(e.to_string()));
+                    return Err(InferError::BadReceipt(e));
                 }
             };
         // Store what we signed before handing it over: our record of what we owe must never
         // be behind the provider's.
         if !delivered.weights.is_empty() {
-            self.inner.store.put_weights(&delivered.weights).map_err(|e| InferError::Store(e.to_string()))?;
+            self.inner.store.put_weights(&delivered.weights)?;
         }
-        let stored =
-            self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| InferError::Store(e.to_string()))?;
+        let stored = self.inner.store.record_receipt(&receipt, &voucher)?;
         ch.commit(&stored, &receipt);
         drop(ch);
-        write_msg(&mut stream, &ClientMsg::Pay { receipt: receipt.clone(), voucher: voucher.clone() })
-            .await
-            .map_err(|e| transport(&e))?;
-        match read_msg::<ServerMsg>(&mut stream, idle).await.map_err(|e| transport(&e))? {
+        write_msg(&mut stream, &ClientMsg::Pay { receipt: receipt.clone(), voucher: voucher.clone() }).await?;
+        match read_msg::<ServerMsg>(&mut stream, idle).await? {
             ServerMsg::Ack { seq } if seq == receipt.receipt.seq => {}
             ServerMsg::Error(e) => return Err(InferError::Remote(e)),
-            other => return Err(InferError::Transport(format!("expected an acknowledgement, got {other:?}"))),
+            ServerMsg::Started { .. } | ServerMsg::Token { .. } | ServerMsg::Propose { .. } | ServerMsg::Ack { .. } => {
+                return Err(InferError::OutOfOrder {
+                    got: "another message",
+                    when: "where the acknowledgement of the receipt belongs",
+                });
+            }
         }
         info!(target: "p2p::payer", seq = %receipt.receipt.seq, value = %receipt.receipt.value, tokens = tokens.len(), "paid");
         Ok(Answer {

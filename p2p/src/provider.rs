@@ -21,11 +21,34 @@ use crate::wire::{
     write_msg,
 };
 
+/// The error of a component plugged into this crate (an engine, a chain client): its type
+/// is the plug-in's, kept whole as the source so that the chain of causes survives.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a [`Generator`] failed. The two are told apart because the client is told
+/// differently: a prompt the model cannot take is the request's fault
+/// ([`ErrorCode::BadRequest`]), an engine failure is the node's ([`ErrorCode::Engine`]).
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The prompt cannot be rendered with the model's chat template or tokenised.
+    #[error("the prompt cannot be used with this model: {0}")]
+    Prompt(#[source] BoxError),
+    /// The engine failed while generating.
+    #[error("the engine failed: {0}")]
+    Engine(#[source] BoxError),
+}
+
+/// Why a [`ChannelLookup`] could not answer (a channel that does not exist is not an
+/// error: the lookup answers `None`).
+#[derive(Debug, thiserror::Error)]
+#[error("channel lookup failed: {0}")]
+pub struct LookupError(#[source] pub BoxError);
+
 /// Something that generates tokens: the node plugs in a compute engine; tests plug in a
 /// deterministic stand-in.
 pub trait Generator: Send + Sync + 'static {
     /// Prompt tokens the prompt counts (with the chat template applied, for chats).
-    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String>;
+    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, GenerateError>;
 
     /// Generates at most `max_tokens`, calling `on_token(id, text)` for each as it comes;
     /// stops early when `on_token` returns `false`. Runs on a blocking thread.
@@ -35,7 +58,7 @@ pub trait Generator: Send + Sync + 'static {
         max_tokens: u32,
         sampling: &Sampling,
         on_token: &mut dyn FnMut(u32, String) -> bool,
-    ) -> Result<(), String>;
+    ) -> Result<(), GenerateError>;
 }
 
 /// One model this node serves.
@@ -110,7 +133,7 @@ impl Default for Limits {
 pub trait ChannelLookup: Send + Sync + 'static {
     /// The channel's parameters and current deposit, or `None` when there is no such open
     /// channel. The provider checks that it names this provider and its key.
-    fn lookup(&self, id: ChannelId) -> BoxFuture<'static, Result<Option<ChannelState>, String>>;
+    fn lookup(&self, id: ChannelId) -> BoxFuture<'static, Result<Option<ChannelState>, LookupError>>;
 }
 
 struct Inner {
@@ -133,6 +156,14 @@ pub struct Provider {
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provider").field("offers", &self.inner.offers.len()).finish()
+    }
+}
+
+/// What the client is told of a generator's failure.
+fn generate_error_code(e: &GenerateError) -> ErrorCode {
+    match e {
+        GenerateError::Prompt(_) => ErrorCode::BadRequest,
+        GenerateError::Engine(_) => ErrorCode::Engine,
     }
 }
 
@@ -363,7 +394,7 @@ impl Provider {
         }
         let quote = request.quote;
         let input_tokens =
-            offer.generator.count_tokens(&request.prompt).map_err(|e| reply(ErrorCode::BadRequest, e))?;
+            offer.generator.count_tokens(&request.prompt).map_err(|e| reply(generate_error_code(&e), e.to_string()))?;
         // The ledger's rule for the quote against this offer and the request against both,
         // applied first here so that a bad request is refused before any channel lookup
         // (`reserve` applies it again; it is a few comparisons).
@@ -513,7 +544,7 @@ impl Provider {
         if let Some(e) = send_failed {
             return Err(reply(ErrorCode::Internal, format!("client went away: {e}")));
         }
-        result.map_err(|e| reply(ErrorCode::Engine, e))?;
+        result.map_err(|e| reply(generate_error_code(&e), e.to_string()))?;
         Ok(tokens)
     }
 }

@@ -309,6 +309,26 @@ async fn a_quote_not_for_the_offer_or_a_prompt_past_it_is_refused_and_reserves_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_the_model_cannot_take_is_a_bad_request_and_an_engine_failure_is_the_nodes() {
+    let limits = Limits { exposure_limit: Wei(8), ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 0).await;
+    let refusal = |e: InferError| match e {
+        InferError::Remote(r) => r.code,
+        other => panic!("expected the provider's refusal, got {other}"),
+    };
+    // The request's fault: not retried elsewhere, nothing billed.
+    let err = client.payer.infer(&client.client, &ask("test-model", UNUSABLE_PROMPT, 3), |_| {}).await.unwrap_err();
+    assert_eq!(refusal(err), ErrorCode::BadRequest);
+    // The node's fault: the client is told the engine failed (and would try another node).
+    let err = client.payer.infer(&client.client, &ask("test-model", ENGINE_FAILS, 3), |_| {}).await.unwrap_err();
+    let InferError::AllFailed(failed) = err else { panic!("expected every provider to have failed, got {err}") };
+    assert_eq!(failed.iter().map(|f| f.code).collect::<Vec<_>>(), [Some(ErrorCode::Engine)]);
+    // Neither was billed or left a reservation: an honest request is served in full.
+    assert_eq!(client.store.channels().unwrap()[0].last_seq, Seq::ZERO);
+    assert_eq!(refusing_round(&client, &providers[0]).await, Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payer_that_does_not_cosign_is_refused_at_the_exposure_limit() {
     // Each request is worth (2 × 1000 + 3 × 2000) / 1000 = 8 wei at most; the limit allows
     // 20 wei unpaid: two refused receipts (16 wei written off), then no more service.
@@ -559,7 +579,7 @@ async fn attribution_weights_travel_with_the_receipt() {
         .infer_with(&careful.client, &advert, channel, &ask("test-model", "copy this please", 12), &mut |_| {})
         .await
         .unwrap_err();
-    assert!(matches!(&err, InferError::BadReceipt(r) if r.contains("not the datanet's")), "{err}");
+    assert!(matches!(&err, InferError::BadReceipt(attrinet_market::LedgerError::WrongWeights { .. })), "{err}");
     assert_eq!(careful.store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
     assert_eq!(cheat.store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO);
     // The same node's honest answers (nothing attributed) are paid as usual.

@@ -17,7 +17,7 @@ use attrinet_market::{ChannelId, ModelId, Receipt, SumNode, SumProof, SumTree, W
 
 pub use outsider::{Registered, outsider};
 
-use crate::error::{ChainError, Result};
+use crate::error::{BatchError, ChainError, Result};
 use crate::types::{Batch, FraudProof, ModelTerms, Settlement, SumPreimage, Verdict};
 
 /// Number of levels above the leaves of a tree of `n` leaves.
@@ -32,7 +32,7 @@ fn depth(mut n: u64) -> usize {
 
 /// A batch that does not match its settlement: nothing can be proven from it.
 fn bad(channel: ChannelId, reason: impl Into<String>) -> ChainError {
-    ChainError::BadBatch { channel, reason: reason.into() }
+    BatchError::Inconsistent { channel, reason: reason.into() }.into()
 }
 
 /// Decides whether `s` is honest given the batch behind it and the terms of the models
@@ -141,7 +141,7 @@ pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, ModelTer
     // 5. Payouts: each run's split, then (positional) its models and its sum.
     for (k, run) in s.payouts.iter().enumerate() {
         let value = run.value()?;
-        let t = terms.get(&run.model).ok_or(ChainError::UnknownModel(run.model.0))?;
+        let t = terms.get(&run.model).ok_or(BatchError::UnknownModel(run.model))?;
         if run.parts != t.split.apply(value) && run.parts != t.previous_split.apply(value) {
             return Ok(Verdict::Fraud(Box::new(FraudProof::Split { payouts: s.payouts.clone(), run: k })));
         }
@@ -352,7 +352,7 @@ mod tests {
         // A batch that is not behind the root is an error, not a verdict.
         let mut s4 = s.clone();
         s4.receipts_root = B256::repeat_byte(1);
-        assert!(matches!(examine(&s4, &batch, &terms()), Err(ChainError::BadBatch { .. })));
+        assert!(matches!(examine(&s4, &batch, &terms()), Err(ChainError::Batch(BatchError::Inconsistent { .. }))));
     }
 
     #[test]

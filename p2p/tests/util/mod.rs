@@ -22,6 +22,11 @@ pub fn model(i: u8) -> ModelId {
     ModelId::from([i; 32])
 }
 
+/// A prompt the test engine cannot take (as a chat template that raises would).
+pub const UNUSABLE_PROMPT: &str = "unusable-prompt";
+/// A prompt on which the test engine fails after its first token.
+pub const ENGINE_FAILS: &str = "engine-fails";
+
 /// Stands in for a model in these tests only: the tokens are a function of the prompt, each
 /// takes `delay_ms`, and it records how many generations ever ran at once.
 #[derive(Debug, Default)]
@@ -36,6 +41,13 @@ impl TestEngine {
         Arc::new(TestEngine { delay_ms, ..Default::default() })
     }
 
+    fn says(prompt: &Prompt, what: &str) -> bool {
+        match prompt {
+            Prompt::Text(t) => t.contains(what),
+            Prompt::Chat(m) => m.iter().any(|m| m.content.contains(what)),
+        }
+    }
+
     pub fn expected(prompt: &Prompt, n: u32) -> Vec<u32> {
         let seed = request_hash(&encode(prompt));
         (0..n).map(|i| u32::from(seed[(i % 32) as usize]) * 1000 + i).collect()
@@ -43,7 +55,10 @@ impl TestEngine {
 }
 
 impl Generator for TestEngine {
-    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, String> {
+    fn count_tokens(&self, prompt: &Prompt) -> Result<u32, attrinet_p2p::GenerateError> {
+        if TestEngine::says(prompt, UNUSABLE_PROMPT) {
+            return Err(attrinet_p2p::GenerateError::Prompt("the template refuses this prompt".into()));
+        }
         match prompt {
             Prompt::Text(t) => Ok(t.split_whitespace().count() as u32),
             Prompt::Chat(m) => Ok(m.iter().map(|m| m.content.split_whitespace().count() as u32 + 2).sum()),
@@ -56,7 +71,11 @@ impl Generator for TestEngine {
         max_tokens: u32,
         _: &Sampling,
         on_token: &mut dyn FnMut(u32, String) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), attrinet_p2p::GenerateError> {
+        if TestEngine::says(prompt, ENGINE_FAILS) {
+            on_token(1, " t1".into());
+            return Err(attrinet_p2p::GenerateError::Engine("device lost".into()));
+        }
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         for id in TestEngine::expected(prompt, max_tokens) {
@@ -261,7 +280,10 @@ pub fn channel_state(client: &Node, provider: &Node, deposit: Wei) -> ChannelSta
 pub struct TableLookup(pub std::sync::Mutex<std::collections::HashMap<ChannelId, ChannelState>>);
 
 impl attrinet_p2p::ChannelLookup for TableLookup {
-    fn lookup(&self, id: ChannelId) -> futures::future::BoxFuture<'static, Result<Option<ChannelState>, String>> {
+    fn lookup(
+        &self,
+        id: ChannelId,
+    ) -> futures::future::BoxFuture<'static, Result<Option<ChannelState>, attrinet_p2p::LookupError>> {
         let found = self.0.lock().unwrap().get(&id).cloned();
         Box::pin(async move { Ok(found) })
     }

@@ -1,7 +1,7 @@
-//! The commands that run a process or change the chain: serve, query, watch, channel,
-//! devnet, and what they share (the store, the client network, Ctrl-C, chain checks).
+//! What each command does, and what they share (the store, the client network, Ctrl-C,
+//! chain checks).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,12 @@ use attrinet_market::{ChannelState, Identity, Store, Wei};
 use attrinet_node::SledStore;
 use attrinet_node::client::ChannelOpener;
 use attrinet_node::config::{self, FileConfig};
+use attrinet_node::datanet::load_datanet;
 
-use crate::args::{ChannelCommand, DevnetArgs, NetArgs, QueryArgs, ServeArgs, WatchArgs, parse_backend};
+use crate::args::{
+    ChannelCommand, DatanetBuildArgs, DevnetArgs, EarningsArgs, GatewayArgs, ModelRegisterArgs, ModelsArgs, NetArgs,
+    QueryArgs, ServeArgs, WatchArgs, parse_backend,
+};
 
 /// A payer that checks the attribution of the given models against their datanets, each
 /// of which must be the one its model is registered with (a stale index would make it
@@ -25,8 +29,7 @@ pub(crate) async fn payer_with_datanets(
 ) -> anyhow::Result<attrinet_p2p::Payer> {
     let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
     for (model, path) in datanets {
-        let d = attrinet_node::datanet::load_datanet(path)
-            .with_context(|| format!("cannot load datanet {}", path.display()))?;
+        let d = load_datanet(path)?;
         let registered = chain.datanet_root(*model).await?;
         anyhow::ensure!(
             registered == Some(d.root()),
@@ -40,7 +43,7 @@ pub(crate) async fn payer_with_datanets(
 }
 
 /// The store of a data dir, with a hint when another process holds it.
-pub(crate) fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<SledStore>> {
+pub(crate) fn open_store(data_dir: &Path) -> anyhow::Result<Arc<SledStore>> {
     let dir = data_dir.join("store");
     Ok(Arc::new(SledStore::open(&dir).with_context(|| {
         format!("cannot open the store at {} (is another attrinet using this data dir?)", dir.display())
@@ -76,7 +79,164 @@ pub(crate) async fn client_network(
 
 pub(crate) const DEFAULT_DEPOSIT: Wei = Wei(10_000_000_000_000_000);
 
-pub(crate) async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn store_audit(data_dir: &Path) -> anyhow::Result<()> {
+    let dir = data_dir.join("store");
+    anyhow::ensure!(dir.exists(), "no store at {} (is --data-dir right?)", dir.display());
+    let store = SledStore::open(&dir)?;
+    let audit = attrinet_node::audit(&store).context("store audit failed")?;
+    println!("ok: {} channels, {} receipts, all consistent", audit.channels, audit.receipts);
+    Ok(())
+}
+
+pub(crate) fn keys_new(data_dir: &Path) -> anyhow::Result<()> {
+    let id = attrinet_node::keys::create(data_dir)?;
+    print_identity(&id);
+    println!("keys written to {} (mode 0600)", attrinet_node::keys::key_path(data_dir).display());
+    Ok(())
+}
+
+pub(crate) fn keys_show(data_dir: &Path) -> anyhow::Result<()> {
+    print_identity(&attrinet_node::keys::load(data_dir)?);
+    Ok(())
+}
+
+fn print_identity(id: &Identity) {
+    println!("ed25519 public key: {:?}", id.public_key());
+    if let Some(peer) = attrinet_p2p::key_peer(&id.public_key()) {
+        println!("peer id:            {peer}");
+    }
+    println!("EVM address:        {}", id.address());
+}
+
+pub(crate) async fn models(data_dir: &Path, file: &FileConfig, m: ModelsArgs) -> anyhow::Result<()> {
+    let id = match attrinet_node::keys::load(data_dir) {
+        Ok(id) => id,
+        // Listing needs no identity of its own: a throwaway one will do.
+        Err(_) => Identity::from_secrets(rand32()?, [7; 32])?,
+    };
+    let net = client_network(&id, &m.net, file).await?;
+    let bar = indicatif::ProgressBar::new_spinner().with_message("listening for adverts");
+    bar.enable_steady_tick(Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(m.wait_secs)).await;
+    bar.finish_and_clear();
+    let offers = net.market().await?.all(attrinet_p2p::unix_now());
+    if offers.is_empty() {
+        println!("no adverts seen in {} s", m.wait_secs);
+    }
+    println!(
+        "{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}",
+        "model", "provider", "wei/1k in", "wei/1k out", "tok/s", "free"
+    );
+    for a in offers {
+        println!(
+            "{:<34} {:<44} {:>16} {:>16} {:>7} {:>6}",
+            a.model_name,
+            a.evm_address.to_string(),
+            a.price.per_1k_input.0,
+            a.price.per_1k_output.0,
+            a.decode_tokens_per_s,
+            a.free_capacity
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn earnings(data_dir: &Path, file: &FileConfig, e: EarningsArgs) -> anyhow::Result<()> {
+    let (rpc, deployment) = e.chain.resolve(file)?;
+    let who = match e.contributor {
+        Some(a) => a,
+        None => {
+            attrinet_node::keys::load(data_dir).context("pass --contributor, or use a data dir with keys")?.address()
+        }
+    };
+    let earned = attrinet_node::earnings(&rpc, deployment, who).await?;
+    print!("{}", earned.render(who));
+    Ok(())
+}
+
+pub(crate) fn datanet_build(d: DatanetBuildArgs) -> anyhow::Result<()> {
+    let model =
+        attrinet_compute::Model::load(&d.model).with_context(|| format!("cannot load {}", d.model.display()))?;
+    let bar = indicatif::ProgressBar::new_spinner().with_message(format!("indexing {}", d.dir.display()));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let tok = model.tokenizer();
+    let datanet = attrinet_node::datanet::build_datanet_dir(&d.dir, d.min_span, |text| tok.encode(text, false))?;
+    attrinet_node::datanet::save_datanet(&datanet, &d.out)?;
+    bar.finish_and_clear();
+    let owners: std::collections::BTreeSet<_> = datanet.contributions().map(|(owner, _, _)| owner).collect();
+    println!(
+        "{} contributions from {} owners, {} tokens",
+        datanet.contributions().count(),
+        owners.len(),
+        datanet.contributions().map(|(_, _, t)| t.len()).sum::<usize>()
+    );
+    println!("index written to {}", d.out.display());
+    println!("datanet root: {}", datanet.root());
+    Ok(())
+}
+
+pub(crate) async fn gateway(data_dir: &Path, file: &FileConfig, g: GatewayArgs) -> anyhow::Result<()> {
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let (rpc, deployment) = g.chain.resolve(file)?;
+    let store = open_store(data_dir)?;
+    let network = client_network(&identity, &g.net, file).await?;
+    let deposit = match g.deposit {
+        Some(d) => d,
+        None => config::wei_or(file.client.deposit.as_deref(), "[client] deposit", DEFAULT_DEPOSIT)?,
+    };
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    let gateway = attrinet_node::gateway::Gateway {
+        network,
+        payer: payer_with_datanets(identity.clone(), store.clone(), &chain, &g.check.datanet).await?,
+        metrics: Arc::new(attrinet_node::Metrics::default()),
+        opener: Some(ChannelOpener { identity, chain, store: store.clone(), deposit }),
+    };
+    serve_gateway(gateway, g.listen, "Ctrl-C stops.").await?;
+    store.flush()?;
+    Ok(())
+}
+
+/// Serves the OpenAI-compatible gateway on `listen` until Ctrl-C.
+async fn serve_gateway(
+    gateway: attrinet_node::gateway::Gateway,
+    listen: std::net::SocketAddr,
+    stops: &str,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    println!("gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). {stops}", listener.local_addr()?);
+    let mut stop = ctrl_c();
+    axum::serve(listener, attrinet_node::gateway::router(gateway))
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn model_register(data_dir: &Path, file: &FileConfig, m: ModelRegisterArgs) -> anyhow::Result<()> {
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let (rpc, deployment) = m.chain.resolve(file)?;
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    let model = attrinet_node::serve::load_model_with_progress(&m.model)?;
+    let id = attrinet_market::ModelId::from(model.id().0);
+    let root = match &m.terms.datanet {
+        Some(p) => load_datanet(p)?.root(),
+        None => alloy_primitives::B256::ZERO,
+    };
+    anyhow::ensure!(chain.terms(id).await?.is_none(), "model {id} is already registered");
+    let price = attrinet_market::Price { per_1k_input: m.price_in, per_1k_output: m.price_out };
+    let out =
+        chain.register_model(id, price, m.terms.split, root, m.terms.data_pool.unwrap_or(identity.address())).await?;
+    println!(
+        "registered model {id} ({}) owned by {}; gas {}",
+        model.name().unwrap_or("model"),
+        identity.address(),
+        out.gas_used
+    );
+    Ok(())
+}
+
+pub(crate) async fn serve(data_dir: &Path, file: &FileConfig, a: ServeArgs) -> anyhow::Result<()> {
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = a.chain.resolve(file)?;
     let (listen, bootstrap) = a.net.resolve(file, &["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"])?;
@@ -158,7 +318,7 @@ pub(crate) async fn serve(data_dir: &std::path::Path, file: &FileConfig, a: Serv
     Ok(())
 }
 
-pub(crate) async fn query(data_dir: &std::path::Path, file: &FileConfig, q: QueryArgs) -> anyhow::Result<()> {
+pub(crate) async fn query(data_dir: &Path, file: &FileConfig, q: QueryArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = q.chain.resolve(file)?;
@@ -221,8 +381,8 @@ pub(crate) async fn query(data_dir: &std::path::Path, file: &FileConfig, q: Quer
     Ok(())
 }
 
-pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: WatchArgs) -> anyhow::Result<()> {
-    use attrinet_chain::{EventFollower, FileCheckpoint, Watcher};
+pub(crate) async fn watch(data_dir: &Path, file: &FileConfig, w: WatchArgs) -> anyhow::Result<()> {
+    use attrinet_chain::FileCheckpoint;
     use attrinet_node::watch::{BatchFetcher, Evidence};
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = w.chain.resolve(file)?;
@@ -231,13 +391,6 @@ pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: Watc
     // The checkpoint makes a restarted watcher resume where it was, without missing a
     // settlement still in its window.
     let checkpoint = data_dir.join("watcher.checkpoint");
-    let follower = EventFollower::new(
-        chain.provider().clone(),
-        deployment.channels,
-        0,
-        deployment.deploy_block,
-        FileCheckpoint::new(&checkpoint),
-    )?;
     let evidence = Arc::new(Evidence::new(store.clone()));
     let mut fetcher = if w.offline {
         None
@@ -249,13 +402,9 @@ pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: Watc
             evidence.clone(),
         )?)
     };
-    let mut watcher: Watcher<FileCheckpoint, SledStore> =
-        Watcher::new(chain, follower, evidence.clone(), None).with_attribution(evidence);
-    for (model, path) in &w.datanet {
-        let d = attrinet_node::datanet::load_datanet(path)
-            .with_context(|| format!("cannot load datanet {}", path.display()))?;
-        watcher = watcher.with_datanet(*model, Arc::new(d));
-    }
+    let datanets = w.datanet.iter().map(|(model, path)| Ok((*model, Arc::new(load_datanet(path)?))));
+    let datanets = datanets.collect::<anyhow::Result<Vec<_>>>()?;
+    let mut watcher = attrinet_node::watch::watcher(chain, FileCheckpoint::new(&checkpoint), evidence, datanets)?;
     let source = if fetcher.is_some() { "its store and the providers' batches" } else { "its store only" };
     println!(
         "watching Channels {} as {} every {} s, with {source}. Ctrl-C stops.",
@@ -304,7 +453,7 @@ pub(crate) async fn watch(data_dir: &std::path::Path, file: &FileConfig, w: Watc
     Ok(())
 }
 
-pub(crate) async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: ChannelCommand) -> anyhow::Result<()> {
+pub(crate) async fn channel(data_dir: &Path, file: &FileConfig, c: ChannelCommand) -> anyhow::Result<()> {
     let identity = attrinet_node::keys::load(data_dir)?;
     let chain_args = match &c {
         ChannelCommand::Open { chain, .. }
@@ -367,7 +516,7 @@ pub(crate) async fn channel(data_dir: &std::path::Path, file: &FileConfig, c: Ch
     Ok(())
 }
 
-pub(crate) async fn devnet(data_dir: &std::path::Path, a: DevnetArgs) -> anyhow::Result<()> {
+pub(crate) async fn devnet(data_dir: &Path, a: DevnetArgs) -> anyhow::Result<()> {
     let config = attrinet_node::devnet::DevnetConfig {
         nodes: usize::from(a.nodes),
         queries: a.queries,
@@ -390,12 +539,6 @@ pub(crate) async fn devnet(data_dir: &std::path::Path, a: DevnetArgs) -> anyhow:
         metrics: Arc::new(attrinet_node::Metrics::default()),
         opener: None,
     };
-    let listener =
-        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-    println!(
-        "gateway: http://{}/v1 (OpenAI-compatible; model names at /v1/models). Ctrl-C stops everything.",
-        a.listen
-    );
     let config_path = live.write_config(data_dir).await?;
     println!("chain and network settings for other commands: {}", config_path.display());
     println!("  e.g.  attrinet --config {} models", config_path.display());
@@ -405,12 +548,7 @@ pub(crate) async fn devnet(data_dir: &std::path::Path, a: DevnetArgs) -> anyhow:
             config_path.display()
         );
     }
-    let mut stop = ctrl_c();
-    axum::serve(listener, attrinet_node::gateway::router(gateway))
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await?;
+    serve_gateway(gateway, a.listen, "Ctrl-C stops everything.").await?;
     drop(live);
     println!("stopped");
     Ok(())
