@@ -71,10 +71,16 @@ pub(crate) const LOADABLE_TYPES: &[GgmlDType] = &[
     GgmlDType::F16,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
     GgmlDType::Q8_0,
     GgmlDType::Q4K,
+    GgmlDType::Q5K,
     GgmlDType::Q6K,
 ];
+
+/// [`LOADABLE_TYPES`] as a person reads them.
+pub(crate) const LOADABLE_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K";
 
 /// A GGUF model loaded into memory: metadata, tokenizer and the raw file.
 ///
@@ -364,7 +370,7 @@ fn check_tensors(path: &Path, content: &Content, config: &LlamaConfig, file_len:
                 tensor: name.clone(),
                 dtype: format!("{:?}", info.ggml_dtype),
                 backend: "any",
-                supported: "F32, F16, Q4_0, Q4_1, Q8_0, Q4K, Q6K",
+                supported: LOADABLE_NAMES,
             });
         }
         let elems = info.shape.elem_count();

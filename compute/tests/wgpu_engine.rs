@@ -15,7 +15,9 @@ const STYLES: [KernelStyle; 2] = [KernelStyle::PerRow, KernelStyle::Cooperative]
 /// the same way and use the same per-block integer dot products, but a 1e-7 difference
 /// upstream occasionally moves an activation across a rounding boundary, changing it by
 /// 1/127 of its block's maximum; the worst case measured over these shapes is 1.5e-2. A
-/// real kernel bug (a wrong position, head or scale) moves logits by O(1) relative.
+/// real kernel bug (a wrong position, head or scale) moves logits by O(1) relative. K-quants
+/// stay within the same bound although their activations are blocked differently on the
+/// two backends (see `greedy_tokens_match_candle_for_32_steps`).
 fn tolerance(spec: &TinyLlamaSpec) -> f32 {
     match spec.weight_type {
         GgmlDType::F32 | GgmlDType::F16 => 1e-4,
@@ -85,9 +87,36 @@ fn shapes() -> Vec<(&'static str, TinyLlamaSpec)> {
         ),
         (
             "Q4_1, head width 8, Q4_0 embedding",
-            TinyLlamaSpec { embedding_type: GgmlDType::Q4_0, hidden: 64, n_heads: 8, n_kv_heads: 4, seed: 6, ..base },
+            TinyLlamaSpec {
+                embedding_type: GgmlDType::Q4_0,
+                hidden: 64,
+                n_heads: 8,
+                n_kv_heads: 4,
+                seed: 6,
+                ..base.clone()
+            },
+        ),
+        // Q4_K_M files: Q4_K matrices with a Q6_K output and embedding.
+        ("Q4_K, Q6_K embedding (as in Q4_K_M files)", k_quant(GgmlDType::Q4K, GgmlDType::Q6K, 8, &base)),
+        ("Q5_K, Q8_0 embedding (as in Q5_K_M files)", k_quant(GgmlDType::Q5K, GgmlDType::Q8_0, 9, &base)),
+        (
+            "Q6_K, tied Q6_K embedding",
+            TinyLlamaSpec { tied_embeddings: true, ..k_quant(GgmlDType::Q6K, GgmlDType::Q6K, 10, &base) },
+        ),
+        (
+            "Q5_0, Q5_1 embedding",
+            TinyLlamaSpec { weight_type: GgmlDType::Q5_0, embedding_type: GgmlDType::Q5_1, seed: 11, ..base.clone() },
+        ),
+        (
+            "Q5_1, Q4_K embedding",
+            TinyLlamaSpec { weight_type: GgmlDType::Q5_1, ..k_quant(GgmlDType::Q5_1, GgmlDType::Q4K, 12, &base) },
         ),
     ]
+}
+
+/// A model shaped for K-quants, whose blocks are 256 values wide.
+fn k_quant(weights: GgmlDType, embedding: GgmlDType, seed: u64, base: &TinyLlamaSpec) -> TinyLlamaSpec {
+    TinyLlamaSpec { weight_type: weights, embedding_type: embedding, hidden: 256, ffn: 512, seed, ..base.clone() }
 }
 
 fn assert_close(name: &str, what: &str, tolerance: f32, reference: &[f32], got: &[f32]) {
@@ -144,10 +173,36 @@ fn greedy_tokens_match_candle_for_32_steps() {
         assert!(distinct.len() > 1, "{name}: degenerate output {:?}", a.tokens);
         for style in STYLES {
             let b = wgpu_with(&t.model, style).generate(&prompt, &greedy(32), &mut |_| {}).unwrap();
-            assert_eq!(a.tokens, b.tokens, "{name} ({style:?})");
-            assert_eq!(a.tokens_hash, b.tokens_hash, "{name} ({style:?})");
+            if !is_k_quant(spec.weight_type) {
+                assert_eq!(a.tokens, b.tokens, "{name} ({style:?})");
+                assert_eq!(a.tokens_hash, b.tokens_hash, "{name} ({style:?})");
+                continue;
+            }
+            // K-quants: candle quantizes activations per 256 values (Q8_K) and sums each
+            // 256-value block as one integer; the device quantizes per 32 (as for every
+            // other type) and scales each 32-value block's integer sum, so the two round
+            // differently and the exact-integer agreement cannot hold. The paths may part
+            // only at a near-tie: where candle's logits for the two tokens are within the
+            // logit tolerance of each other.
+            let Some(k) = a.tokens.iter().zip(&b.tokens).position(|(x, y)| x != y) else { continue };
+            let mut context = prompt.clone();
+            context.extend(&a.tokens[..k]);
+            cpu.reset();
+            let logits = cpu.forward_logits(&context).unwrap();
+            let scale = logits.iter().fold(1f32, |m, x| m.max(x.abs()));
+            let gap = logits[a.tokens[k] as usize] - logits[b.tokens[k] as usize];
+            assert!(
+                gap.abs() <= tolerance(&spec) * scale,
+                "{name} ({style:?}): step {k}: candle's {} leads wgpu's {} by {gap}, no near-tie",
+                a.tokens[k],
+                b.tokens[k]
+            );
         }
     }
+}
+
+fn is_k_quant(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
 }
 
 #[test]
@@ -218,17 +273,6 @@ fn smollm2_matches_candle_and_answers_sensibly() {
         }
         assert!(text.contains(expected), "{question}: {text:?} lacks {expected:?}");
     }
-}
-
-#[test]
-fn wgpu_rejects_types_it_cannot_compute() {
-    let spec = TinyLlamaSpec { weight_type: GgmlDType::Q4K, hidden: 256, ffn: 256, ..TinyLlamaSpec::default() };
-    let t = tiny(&spec);
-    // candle runs K-quants; the wgpu kernels do not (yet), and say so before using a device.
-    assert!(CandleEngine::new(&t.model).is_ok());
-    let options = attrinet_compute::WgpuOptions { allow_software: true, ..Default::default() };
-    let err = attrinet_compute::WgpuEngine::new(&t.model, &options).unwrap_err();
-    assert!(matches!(&err, Error::UnsupportedTensorType { dtype, backend: "wgpu", .. } if dtype == "Q4K"), "{err}");
 }
 
 #[test]

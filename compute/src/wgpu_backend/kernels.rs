@@ -8,27 +8,45 @@ const COMMON: &str = include_str!("wgsl/common.wgsl");
 const WEIGHTS: &str = include_str!("wgsl/weights.wgsl");
 const QUANT_DEQ: &str = include_str!("wgsl/quant_deq.wgsl");
 
-/// The weight types the wgpu kernels compute with.
-pub(crate) const SUPPORTED: &[GgmlDType] =
-    &[GgmlDType::F32, GgmlDType::F16, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
-pub(crate) const SUPPORTED_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q8_0";
+/// The file types the wgpu kernels compute with (each in its device layout:
+/// `weights::device_layout`).
+pub(crate) const SUPPORTED: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+pub(crate) const SUPPORTED_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K";
 
 /// Whether a type's matrix kernels take 8-bit quantized activations (candle's scheme for
 /// quantized weights) rather than f32 ones (candle dequantizes F32/F16 weights).
 pub(crate) fn is_quantized(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)
+    !matches!(dtype, GgmlDType::F32 | GgmlDType::F16)
 }
 
-fn type_snippet(dtype: GgmlDType) -> String {
-    let (body, deq) = match dtype {
-        GgmlDType::Q4_0 => (include_str!("wgsl/q4_0.wgsl"), true),
-        GgmlDType::Q4_1 => (include_str!("wgsl/q4_1.wgsl"), true),
-        GgmlDType::Q8_0 => (include_str!("wgsl/q8_0.wgsl"), true),
-        GgmlDType::F16 => (include_str!("wgsl/f16.wgsl"), false),
-        GgmlDType::F32 => (include_str!("wgsl/f32.wgsl"), false),
-        other => unreachable!("{other:?} is rejected before kernels are built"),
+/// The WGSL that reads weights of a device layout: `WPB` (words per 32-value block), `wq`
+/// (a quarter block's integers), `wscale` and `bdot` (how the block's pairs scale them).
+fn type_snippet(layout: GgmlDType) -> String {
+    const BLOCK32: &str = include_str!("wgsl/block32.wgsl");
+    let (body, scaling) = match layout {
+        GgmlDType::Q4_0 => (include_str!("wgsl/q4_0.wgsl"), BLOCK32),
+        GgmlDType::Q4_1 => (include_str!("wgsl/q4_1.wgsl"), BLOCK32),
+        GgmlDType::Q5_0 => (include_str!("wgsl/q5_0.wgsl"), BLOCK32),
+        GgmlDType::Q5_1 => (include_str!("wgsl/q5_1.wgsl"), BLOCK32),
+        GgmlDType::Q8_0 => (include_str!("wgsl/q8_0.wgsl"), BLOCK32),
+        // Its own wscale and bdot: a scale per 16 values.
+        GgmlDType::Q6K => (include_str!("wgsl/q6k.wgsl"), ""),
+        GgmlDType::F16 => return format!("{WEIGHTS}\n{}", include_str!("wgsl/f16.wgsl")),
+        GgmlDType::F32 => return format!("{WEIGHTS}\n{}", include_str!("wgsl/f32.wgsl")),
+        other => unreachable!("{other:?} is not a device layout"),
     };
-    format!("{WEIGHTS}\n{body}\n{}", if deq { QUANT_DEQ } else { "" })
+    format!("{WEIGHTS}\n{body}\n{scaling}\n{QUANT_DEQ}")
 }
 
 /// A kernel, with the weight type for those that read weights.

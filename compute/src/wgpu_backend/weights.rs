@@ -9,12 +9,13 @@ use crate::model::Model;
 /// A weight matrix on the device.
 #[derive(Debug)]
 pub(crate) struct WeightBuffer {
+    /// The device layout ([`device_layout`] of the file's type).
     pub(crate) dtype: GgmlDType,
     pub(crate) rows: u32,
     pub(crate) blocks_per_row: u32,
     /// Block data as u32 words (quantized values, or raw F32/F16 bits).
     pub(crate) data: wgpu::Buffer,
-    /// One (scale, min) pair per block, for the quantized types.
+    /// One pair per 32-value block, for the quantized types (see [`Unpacked`]).
     pub(crate) scales: Option<wgpu::Buffer>,
 }
 
@@ -45,28 +46,170 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
     bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
 }
 
-/// Splits GGML blocks into aligned quant words and (d, m) pairs.
+/// The layout a file's tensor type takes on the device. Every quantized layout is built
+/// of 32-value blocks with a pair of f32s each, so that one set of kernels serves them all:
+/// K-quants are re-laid out on upload, losslessly, into the layout of the simple type with
+/// the same values (Q4_K's 4-bit values with a scale and a minimum per 32 are Q4_1's; Q5_K's
+/// are Q5_1's). Q6_K has a scale per 16 values and keeps a layout of its own (`Q6K`).
+pub(crate) fn device_layout(dtype: GgmlDType) -> Option<GgmlDType> {
+    match dtype {
+        GgmlDType::F32
+        | GgmlDType::F16
+        | GgmlDType::Q4_0
+        | GgmlDType::Q4_1
+        | GgmlDType::Q5_0
+        | GgmlDType::Q5_1
+        | GgmlDType::Q8_0
+        | GgmlDType::Q6K => Some(dtype),
+        GgmlDType::Q4K => Some(GgmlDType::Q4_1),
+        GgmlDType::Q5K => Some(GgmlDType::Q5_1),
+        _ => None,
+    }
+}
+
+/// The values of a quantized tensor as the device layouts hold them: each value's
+/// unsigned integer (the layout's offset, -8, -16 or -32, is applied by the kernels), and
+/// per 32-value block the pair the kernels scale with: (d, m) with value = q * d + m, or
+/// for Q6_K (d of the first 16 values, d of the last 16).
+#[derive(Debug, Default)]
+struct Unpacked {
+    q: Vec<u8>,
+    pairs: Vec<f32>,
+}
+
+/// Q4_K's and Q5_K's 6-bit scale and minimum `j` of 8 (GGML's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+/// Splits GGML blocks into each value's integer and each 32-value block's pair, in GGML's
+/// own arithmetic (the products of an f16 and a 6- or 8-bit integer are exact in f32).
+fn unpack(dtype: GgmlDType, data: &[u8]) -> Unpacked {
+    let mut u = Unpacked::default();
+    match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            let (size, has_min, has_high) = match dtype {
+                GgmlDType::Q4_0 => (18, false, false),
+                GgmlDType::Q4_1 => (20, true, false),
+                GgmlDType::Q5_0 => (22, false, true),
+                _ => (24, true, true),
+            };
+            for b in data.chunks_exact(size) {
+                u.pairs.push(f16_to_f32(le_u16(&b[0..2])));
+                u.pairs.push(if has_min { f16_to_f32(le_u16(&b[2..4])) } else { 0.0 });
+                let mut at = if has_min { 4 } else { 2 };
+                let high = if has_high {
+                    at += 4;
+                    u32::from_le_bytes([b[at - 4], b[at - 3], b[at - 2], b[at - 1]])
+                } else {
+                    0
+                };
+                let qs = &b[at..at + 16];
+                for e in 0..32 {
+                    let nibble = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 };
+                    u.q.push(nibble | ((((high >> e) & 1) as u8) << 4));
+                }
+            }
+        }
+        GgmlDType::Q8_0 => {
+            for b in data.chunks_exact(34) {
+                u.pairs.extend([f16_to_f32(le_u16(&b[0..2])), 0.0]);
+                // Stored as the two's-complement byte: the Q8_0 kernels read signed bytes.
+                u.q.extend_from_slice(&b[2..34]);
+            }
+        }
+        GgmlDType::Q4K | GgmlDType::Q5K => {
+            let five = dtype == GgmlDType::Q5K;
+            for b in data.chunks_exact(if five { 176 } else { 144 }) {
+                let (d, dmin) = (f16_to_f32(le_u16(&b[0..2])), f16_to_f32(le_u16(&b[2..4])));
+                let scales = &b[4..16];
+                let (qh, qs) = if five { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+                // Four 64-value chunks; each 32-byte run of qs holds one chunk, its first
+                // 32 values in the low nibbles and the next 32 in the high ones.
+                for chunk in 0..4 {
+                    for half in 0..2 {
+                        let (sc, m) = scale_min_k4(chunk * 2 + half, scales);
+                        u.pairs.push(d * f32::from(sc));
+                        u.pairs.push(-(dmin * f32::from(m)));
+                        for l in 0..32 {
+                            let byte = qs[chunk * 32 + l];
+                            let nibble = if half == 0 { byte & 0xF } else { byte >> 4 };
+                            let bit = if five { (qh[l] >> (chunk * 2 + half)) & 1 } else { 0 };
+                            u.q.push(nibble | (bit << 4));
+                        }
+                    }
+                }
+            }
+        }
+        GgmlDType::Q6K => {
+            for b in data.chunks_exact(210) {
+                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+                let d = f16_to_f32(le_u16(&b[208..210]));
+                let mut q = [0u8; 256];
+                // Two 128-value halves; in each, value l + 32k takes its low bits from ql
+                // and bits 2k, 2k+1 of qh[l] (GGML's dequantize_row_q6_K).
+                for half in 0..2 {
+                    let (ql, qh) = (&ql[half * 64..], &qh[half * 32..]);
+                    for l in 0..32 {
+                        let at = half * 128 + l;
+                        q[at] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                        q[at + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                        q[at + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        q[at + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+                u.q.extend_from_slice(&q);
+                for pair in sc.chunks_exact(2) {
+                    u.pairs.extend(pair.iter().map(|&s| d * f32::from(s as i8)));
+                }
+            }
+        }
+        other => unreachable!("{other:?} has no device layout"),
+    }
+    u
+}
+
+/// Packs unpacked values into `layout`'s words: per 32-value block, four words of nibbles
+/// (byte j holds value j low and value j + 16 high), then for 5-bit layouts a word of fifth
+/// bits (bit e for value e) and for Q6K two words of 2-bit high parts (value e at bits
+/// 2 (e % 16) of word e / 16). Q8_0 keeps its bytes.
+fn pack(layout: GgmlDType, u: &Unpacked) -> Vec<u32> {
+    let mut words = Vec::new();
+    for q in u.q.chunks_exact(32) {
+        if layout == GgmlDType::Q8_0 {
+            words.extend(self::words(q));
+            continue;
+        }
+        let nibbles: Vec<u8> = (0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)).collect();
+        words.extend(self::words(&nibbles));
+        match layout {
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+                words.push((0..32).fold(0u32, |w, e| w | (u32::from(q[e] >> 4) << e)));
+            }
+            GgmlDType::Q6K => {
+                for half in q.chunks_exact(16) {
+                    words.push(half.iter().enumerate().fold(0u32, |w, (e, v)| w | (u32::from(v >> 4) << (2 * e))));
+                }
+            }
+            _ => {}
+        }
+    }
+    words
+}
+
+/// A tensor's words and pairs in its device layout.
 fn repack(dtype: GgmlDType, data: &[u8]) -> (Vec<u32>, Option<Vec<f32>>) {
     match dtype {
         GgmlDType::F32 | GgmlDType::F16 => (words(data).collect(), None),
-        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 => {
-            // (block bytes, bytes before the quants, whether a min follows the scale)
-            let (size, head, has_min) = match dtype {
-                GgmlDType::Q4_0 => (18, 2, false),
-                GgmlDType::Q4_1 => (20, 4, true),
-                _ => (34, 2, false),
-            };
-            let blocks = data.len() / size;
-            let mut q = Vec::with_capacity(blocks * (size - head) / 4);
-            let mut s = Vec::with_capacity(blocks * 2);
-            for block in data.chunks_exact(size) {
-                s.push(f16_to_f32(le_u16(&block[0..2])));
-                s.push(if has_min { f16_to_f32(le_u16(&block[2..4])) } else { 0.0 });
-                q.extend(words(&block[head..]));
-            }
-            (q, Some(s))
+        _ => {
+            let layout = device_layout(dtype).expect("checked before upload");
+            let u = unpack(dtype, data);
+            (pack(layout, &u), Some(u.pairs))
         }
-        other => unreachable!("{other:?} is rejected before upload"),
     }
 }
 
@@ -111,10 +254,11 @@ pub(crate) fn upload_stacked(device: &wgpu::Device, model: &Model, names: &[&str
                 reason: format!("{cols} columns are not a multiple of 32, which the wgpu kernels need"),
             });
         }
-        if dtype.is_some_and(|d| d != t) || width.is_some_and(|w| w != cols) {
+        let layout = device_layout(t).expect("checked before upload");
+        if dtype.is_some_and(|d| d != layout) || width.is_some_and(|w| w != cols) {
             return Ok(None);
         }
-        dtype = Some(t);
+        dtype = Some(layout);
         width = Some(cols);
         let (tq, ts) = repack(t, data);
         q.extend(tq);
@@ -150,7 +294,61 @@ pub(crate) fn dequantize_norm(name: &str, dtype: GgmlDType, data: &[u8]) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::f16_to_f32;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::{device_layout, f16_to_f32, pack, unpack};
+
+    /// The values the kernels compute with, from the unpacked integers and pairs (each
+    /// layout's offset applied as the WGSL does).
+    fn values(dtype: GgmlDType, q: &[u8], pairs: &[f32]) -> Vec<f32> {
+        q.iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let (block, within) = (i / 32, i % 32);
+                let (d, m) = (pairs[block * 2], pairs[block * 2 + 1]);
+                match dtype {
+                    GgmlDType::Q4_0 => f32::from(q as i8 - 8) * d,
+                    GgmlDType::Q5_0 => f32::from(q as i8 - 16) * d,
+                    GgmlDType::Q8_0 => f32::from(q as i8) * d,
+                    GgmlDType::Q6K => f32::from(q as i8 - 32) * if within < 16 { d } else { m },
+                    _ => f32::from(q) * d + m,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_layout_holds_exactly_the_values_candle_dequantizes() {
+        let (rows, cols) = (3, 512);
+        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0).powi(3)).collect();
+        let x = Tensor::from_vec(x, (rows, cols), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let qt = QTensor::quantize(&x, dtype).unwrap();
+            let want: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let u = unpack(dtype, &qt.data().unwrap());
+            let layout = device_layout(dtype).unwrap();
+            assert_eq!(values(layout, &u.q, &u.pairs), want, "{dtype:?}");
+            // The packed words hold every bit of every value: 4 words of nibbles per block,
+            // plus a word of fifth bits (Q5) or two of sixth and seventh (Q6K).
+            let per_block = match layout {
+                GgmlDType::Q8_0 => 8,
+                GgmlDType::Q5_0 | GgmlDType::Q5_1 => 5,
+                GgmlDType::Q6K => 6,
+                _ => 4,
+            };
+            assert_eq!(pack(layout, &u).len(), rows * cols / 32 * per_block, "{dtype:?}");
+        }
+    }
 
     #[test]
     fn f16_conversion_matches_known_values() {

@@ -35,3 +35,15 @@ fn nib4(w: u32, shift: u32) -> vec4<i32> {
     let s = vec4<u32>(shift, shift + 8u, shift + 16u, shift + 24u);
     return vec4<i32>((vec4<u32>(w) >> s) & vec4<u32>(15u));
 }
+
+// Four single bits at `shift` .. `shift` + 3 of a u32, each as 16 (a fifth bit).
+fn bit4(w: u32, shift: u32) -> vec4<i32> {
+    let s = vec4<u32>(shift, shift + 1u, shift + 2u, shift + 3u);
+    return vec4<i32>(((vec4<u32>(w) >> s) & vec4<u32>(1u)) << vec4<u32>(4u));
+}
+
+// Four 2-bit fields at `shift`, `shift` + 2, + 4, + 6 of a u32, each shifted to bits 4-5.
+fn bits2x4(w: u32, shift: u32) -> vec4<i32> {
+    let s = vec4<u32>(shift, shift + 2u, shift + 4u, shift + 6u);
+    return vec4<i32>(((vec4<u32>(w) >> s) & vec4<u32>(3u)) << vec4<u32>(4u));
+}

@@ -56,9 +56,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (var j = 0u; j < 2u; j++) {
                 let r = lr + 16u * i;
                 let t = lt + 16u * j;
-                var sumi = 0;
-                for (var v = 0u; v < 8u; v++) { sumi += dot(tw[r * 8u + v], tx[t * 8u + v]); }
-                acc[i * 2u + j] += f32(sumi) * tws[r].x * txs[t].x + tws[r].y * txs[t].y;
+                // Values 0-15 of the block are vectors 0-3, values 16-31 vectors 4-7.
+                var lo = 0;
+                var hi = 0;
+                for (var v = 0u; v < 4u; v++) {
+                    lo += dot(tw[r * 8u + v], tx[t * 8u + v]);
+                    hi += dot(tw[r * 8u + v + 4u], tx[t * 8u + v + 4u]);
+                }
+                acc[i * 2u + j] += bdot(lo, hi, tws[r], txs[t]);
             }
         }
         workgroupBarrier();

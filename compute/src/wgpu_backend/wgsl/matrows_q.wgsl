@@ -26,12 +26,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             for (var j = 0u; j < nt; j++) {
                 let xblk = (t0 + j) * p.bpr + blk;
                 let xb = xblk * 8u;
-                let sumi = dot(w0.a, i8x4(xq[xb])) + dot(w0.b, i8x4(xq[xb + 1u]))
-                    + dot(w1.a, i8x4(xq[xb + 2u])) + dot(w1.b, i8x4(xq[xb + 3u]))
-                    + dot(w2.a, i8x4(xq[xb + 4u])) + dot(w2.b, i8x4(xq[xb + 5u]))
+                let lo = dot(w0.a, i8x4(xq[xb])) + dot(w0.b, i8x4(xq[xb + 1u]))
+                    + dot(w1.a, i8x4(xq[xb + 2u])) + dot(w1.b, i8x4(xq[xb + 3u]));
+                let hi = dot(w2.a, i8x4(xq[xb + 4u])) + dot(w2.b, i8x4(xq[xb + 5u]))
                     + dot(w3.a, i8x4(xq[xb + 6u])) + dot(w3.b, i8x4(xq[xb + 7u]));
-                let xv = xs[xblk];
-                acc[j] += f32(sumi) * ws.x * xv.x + ws.y * xv.y;
+                acc[j] += bdot(lo, hi, ws, xs[xblk]);
             }
         }
         for (var j = 0u; j < nt; j++) {

@@ -1,8 +1,8 @@
 // y[row] (+)= W[row] . x for one token, with x quantized to 8 bits. TPR invocations share
 // a row (64 / TPR rows per workgroup): on GPUs many lanes per row keep memory accesses
 // together; on software rasterizers (lavapipe) one lane per row avoids workgroup barriers,
-// which they implement slowly. Each lane takes whole blocks and computes candle's per-block
-// formula sumi * d_w * d_x + m_w * s_x.
+// which they implement slowly. Each lane takes whole blocks and computes the type's per-block
+// formula (`bdot`).
 // Row r of token t goes to y[t * y_stride + y_off + r]: products that share an input can
 // write side by side into one buffer (q, k and v; gate and up).
 struct P { rows: u32, bpr: u32, accumulate: u32, y_stride: u32, y_off: u32, _a: u32, _b: u32, _c: u32 }
@@ -22,15 +22,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (row < p.rows) {
         for (var blk = lane; blk < p.bpr; blk += TPR) {
             let gb = row * p.bpr + blk;
-            var sumi = 0;
+            var sums = vec2<i32>(0);
             for (var sub = 0u; sub < 4u; sub++) {
                 let w = wq(gb, sub);
                 let xb = blk * 8u + sub * 2u;
-                sumi += dot(w.a, i8x4(xq[xb])) + dot(w.b, i8x4(xq[xb + 1u]));
+                let s = dot(w.a, i8x4(xq[xb])) + dot(w.b, i8x4(xq[xb + 1u]));
+                if (sub < 2u) { sums.x += s; } else { sums.y += s; }
             }
-            let ws = w_s[gb];
-            let xv = xs[blk];
-            acc += f32(sumi) * ws.x * xv.x + ws.y * xv.y;
+            acc += bdot(sums.x, sums.y, w_s[gb], xs[blk]);
         }
     }
     if (TPR > 1u) {
