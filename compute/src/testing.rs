@@ -265,3 +265,30 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     std::io::Write::flush(&mut file).map_err(io)?;
     Ok(())
 }
+
+/// Writes a copy of the GGUF file at `src` to `dst` with every tensor re-quantized to the
+/// type `choose` gives for its name and shape (metadata unchanged): real models in the mix
+/// of types a quantizer makes, e.g. Q4_K_M's, from the one file the tests download.
+pub fn requantize(src: &Path, dst: &Path, choose: &dyn Fn(&str, &[usize]) -> GgmlDType) -> Result<()> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io { path: path.to_path_buf(), source }
+    }
+    let mut reader = std::io::BufReader::new(std::fs::File::open(src).map_err(io(src))?);
+    let content = gguf_file::Content::read(&mut reader).map_err(Error::candle("reading the GGUF file"))?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let q = content.tensor(&mut reader, name, &Device::Cpu).map_err(Error::candle(format!("reading {name}")))?;
+        let dtype = choose(name, q.shape().dims());
+        let values = q.dequantize(&Device::Cpu).map_err(Error::candle(format!("dequantizing {name}")))?;
+        let q = QTensor::quantize(&values, dtype).map_err(Error::candle(format!("quantizing {name} to {dtype:?}")))?;
+        tensors.push((name.as_str(), q));
+    }
+    let md: Vec<(&str, &Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dst).map_err(io(dst))?);
+    gguf_file::write(&mut file, &md, &ts).map_err(Error::candle("writing the GGUF file"))?;
+    std::io::Write::flush(&mut file).map_err(io(dst))?;
+    Ok(())
+}

@@ -242,9 +242,51 @@ fn device_sampler_is_seeded_and_follows_the_host_algorithm() {
 /// failure prints the reference's margin at the first difference to tell the cases apart.
 #[test]
 fn smollm2_matches_candle_and_answers_sensibly() {
-    let model = smollm2();
-    let mut cpu = CandleEngine::new(&model).unwrap();
-    let mut gpu = wgpu(&model);
+    follows_candle_and_answers(&smollm2(), None);
+}
+
+/// SmolLM2 in the types llama.cpp's Q4_K_M gives it: its 576-wide matrices cannot hold
+/// 256-value K-quant blocks, so they fall back to Q5_0 (and the embedding to Q8_0); the
+/// 1,536-wide ffn_down is Q4_K, and Q6_K in every other layer (as llama.cpp spends more bits
+/// on some). The candle path quantizes K-quant activations per 256 values and the device
+/// per 32, so greedy paths may part at near-ties (see `K_QUANT_NEAR_TIE`).
+#[test]
+fn smollm2_in_q4_k_m_types_matches_candle_and_answers_sensibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smollm2-q4_k_m-types.gguf");
+    let choose = |name: &str, shape: &[usize]| {
+        let cols = shape.last().copied().unwrap_or(0);
+        let layer: usize = name.split('.').nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+        match name {
+            n if n.ends_with("norm.weight") => GgmlDType::F32,
+            "token_embd.weight" => GgmlDType::Q8_0,
+            n if n.ends_with("ffn_down.weight") && cols.is_multiple_of(256) => {
+                if layer.is_multiple_of(2) {
+                    GgmlDType::Q6K
+                } else {
+                    GgmlDType::Q4K
+                }
+            }
+            _ => GgmlDType::Q5_0,
+        }
+    };
+    attrinet_compute::testing::requantize(&crate::util::smollm2_path(), &path, &choose).unwrap();
+    let model = attrinet_compute::Model::load(&path).unwrap();
+    follows_candle_and_answers(&model, Some(K_QUANT_NEAR_TIE));
+}
+
+/// Largest margin between candle's two best tokens at which the backends' greedy paths may
+/// part on a K-quant model: the bound measured for Q4_1 SmolLM2 (about a logit). Measured on
+/// lavapipe: "gold" parts at token 8 (margin 0.02), "sky" at token 14 (0.17); both answers
+/// are right on both backends.
+const K_QUANT_NEAR_TIE: f32 = 1.0;
+
+/// Greedy answers to three questions: both backends give the same tokens (or, with
+/// `near_tie`, part only where candle's two best tokens are that close), and the answer is
+/// right.
+fn follows_candle_and_answers(model: &attrinet_compute::Model, near_tie: Option<f32>) {
+    let mut cpu = CandleEngine::new(model).unwrap();
+    let mut gpu = wgpu(model);
     let cases = [
         ("What is the capital of France?", "Paris"),
         ("What is the chemical symbol for gold?", "Au"),
@@ -256,6 +298,7 @@ fn smollm2_matches_candle_and_answers_sensibly() {
         let a = cpu.generate(&prompt, &params, &mut |_| {}).unwrap();
         let b = gpu.generate(&prompt, &params, &mut |_| {}).unwrap();
         let text = model.tokenizer().decode(&b.tokens).unwrap();
+        let reference = model.tokenizer().decode(&a.tokens).unwrap();
         if a.tokens != b.tokens {
             let at = a.tokens.iter().zip(&b.tokens).take_while(|(x, y)| x == y).count();
             let mut context = prompt.clone();
@@ -264,12 +307,14 @@ fn smollm2_matches_candle_and_answers_sensibly() {
             let logits = cpu.forward_logits(&context).unwrap();
             let mut sorted = logits.clone();
             sorted.sort_by(|x, y| y.total_cmp(x));
-            panic!(
-                "{question}: tokens differ from position {at}, where candle's top-2 margin is {}\n\
-                 candle: {:?}\nwgpu:   {text:?}",
-                sorted[0] - sorted[1],
-                model.tokenizer().decode(&a.tokens).unwrap()
+            let margin = sorted[0] - sorted[1];
+            eprintln!("{question}: paths part at token {at}, candle's top-2 margin {margin}");
+            assert!(
+                near_tie.is_some_and(|t| margin <= t),
+                "{question}: tokens differ from position {at}, where candle's top-2 margin is {margin}\n\
+                 candle: {reference:?}\nwgpu:   {text:?}"
             );
+            assert!(reference.contains(expected), "{question}: candle's {reference:?} lacks {expected:?}");
         }
         assert!(text.contains(expected), "{question}: {text:?} lacks {expected:?}");
     }
