@@ -33,6 +33,10 @@ struct Args {
     /// Measured runs per backend (after one warm-up).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Re-quantize the model to the types of llama.cpp's Q4_K_M first (Q4_K, Q6_K, and
+    /// Q5_0/Q8_0 where a matrix is too narrow for K-quants), in a temporary file.
+    #[arg(long)]
+    q4_k_m_types: bool,
     /// Only these backends (default: candle and wgpu).
     #[arg(long, value_delimiter = ',')]
     backends: Vec<Backend>,
@@ -83,7 +87,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model = Model::load(&args.model)?;
+    let dir = tempfile::tempdir()?;
+    let model = if args.q4_k_m_types {
+        let path = dir.path().join("q4_k_m-types.gguf");
+        eprintln!("re-quantizing {} to Q4_K_M's types", args.model.display());
+        attrinet_compute::testing::requantize(&args.model, &path, &attrinet_compute::testing::q4_k_m_types)?;
+        Model::load(&path)?
+    } else {
+        Model::load(&args.model)?
+    };
     // A prompt of ordinary English of the requested length.
     let text = "The quick brown fox jumps over the lazy dog while the farmer watches from the \
                 porch and thinks about the harvest, the weather and the price of grain. ";
@@ -96,8 +108,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let backends = if args.backends.is_empty() { vec![Backend::Candle, Backend::Wgpu] } else { args.backends.clone() };
     println!(
-        "model {} ({}), {} prompt tokens, {} decoded tokens, best of {} runs",
+        "model {}{} ({}), {} prompt tokens, {} decoded tokens, best of {} runs",
         args.model.display(),
+        if args.q4_k_m_types { " in Q4_K_M's types" } else { "" },
         model.id(),
         prompt.len(),
         args.decode_tokens,

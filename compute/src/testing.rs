@@ -266,6 +266,24 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     Ok(())
 }
 
+/// The types llama.cpp's Q4_K_M gives a llama model's tensors, as far as a tensor's width
+/// allows: a matrix whose rows cannot hold 256-value K-quant blocks falls back to Q5_0 (the
+/// embedding, to Q8_0); ffn_down is Q4_K, and Q6_K in every other layer, as llama.cpp spends
+/// more bits on some; norms stay F32. For SmolLM2 (576 wide) that is Q5_0, Q8_0, Q4_K and
+/// Q6_K, the types llama.cpp's own Q4_K_M of it has.
+pub fn q4_k_m_types(name: &str, shape: &[usize]) -> GgmlDType {
+    let k_blocks = shape.last().is_some_and(|c| c.is_multiple_of(256));
+    let layer: usize = name.split('.').nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+    match name {
+        n if n.ends_with("norm.weight") => GgmlDType::F32,
+        "token_embd.weight" | "output.weight" if k_blocks => GgmlDType::Q6K,
+        "token_embd.weight" | "output.weight" => GgmlDType::Q8_0,
+        n if n.ends_with("ffn_down.weight") && k_blocks && layer.is_multiple_of(2) => GgmlDType::Q6K,
+        _ if k_blocks => GgmlDType::Q4K,
+        _ => GgmlDType::Q5_0,
+    }
+}
+
 /// Writes a copy of the GGUF file at `src` to `dst` with every tensor re-quantized to the
 /// type `choose` gives for its name and shape (metadata unchanged): real models in the mix
 /// of types a quantizer makes, e.g. Q4_K_M's, from the one file the tests download.

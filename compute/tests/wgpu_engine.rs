@@ -245,33 +245,22 @@ fn smollm2_matches_candle_and_answers_sensibly() {
     follows_candle_and_answers(&smollm2(), None);
 }
 
-/// SmolLM2 in the types llama.cpp's Q4_K_M gives it: its 576-wide matrices cannot hold
-/// 256-value K-quant blocks, so they fall back to Q5_0 (and the embedding to Q8_0); the
-/// 1,536-wide ffn_down is Q4_K, and Q6_K in every other layer (as llama.cpp spends more bits
-/// on some). The candle path quantizes K-quant activations per 256 values and the device
-/// per 32, so greedy paths may part at near-ties (see `K_QUANT_NEAR_TIE`).
+/// SmolLM2 in the types llama.cpp's Q4_K_M gives it (`testing::q4_k_m_types`: Q5_0, Q8_0,
+/// Q4_K and Q6_K). The candle path quantizes K-quant activations per 256 values and the
+/// device per 32, so greedy paths may part at near-ties (see `K_QUANT_NEAR_TIE`).
 #[test]
 fn smollm2_in_q4_k_m_types_matches_candle_and_answers_sensibly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("smollm2-q4_k_m-types.gguf");
-    let choose = |name: &str, shape: &[usize]| {
-        let cols = shape.last().copied().unwrap_or(0);
-        let layer: usize = name.split('.').nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
-        match name {
-            n if n.ends_with("norm.weight") => GgmlDType::F32,
-            "token_embd.weight" => GgmlDType::Q8_0,
-            n if n.ends_with("ffn_down.weight") && cols.is_multiple_of(256) => {
-                if layer.is_multiple_of(2) {
-                    GgmlDType::Q6K
-                } else {
-                    GgmlDType::Q4K
-                }
-            }
-            _ => GgmlDType::Q5_0,
-        }
-    };
-    attrinet_compute::testing::requantize(&crate::util::smollm2_path(), &path, &choose).unwrap();
+    let types = attrinet_compute::testing::q4_k_m_types;
+    attrinet_compute::testing::requantize(&crate::util::smollm2_path(), &path, &types).unwrap();
     let model = attrinet_compute::Model::load(&path).unwrap();
+    let kinds: std::collections::BTreeSet<String> =
+        ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight", "blk.0.attn_q.weight", "token_embd.weight"]
+            .iter()
+            .map(|n| format!("{:?}", model.tensor_type(n).unwrap()))
+            .collect();
+    assert_eq!(kinds, ["Q4K", "Q5_0", "Q6K", "Q8_0"].map(String::from).into(), "the mix of Q4_K_M");
     follows_candle_and_answers(&model, Some(K_QUANT_NEAR_TIE));
 }
 
