@@ -86,9 +86,13 @@ pub enum Error {
         /// The vocabulary size.
         vocab_size: usize,
     },
-    /// The model has no chat template this crate understands; `--raw` prompts still work.
-    #[error("the model has no supported chat template (ChatML or Zephyr); send a raw prompt instead")]
-    NoChatTemplate,
+    /// The model's chat template cannot be compiled or refused the conversation (its
+    /// `raise_exception`, e.g. for roles that do not alternate); raw prompts still work.
+    #[error("the model's chat template failed: {reason}")]
+    ChatTemplate {
+        /// The template's message, or the template engine's.
+        reason: String,
+    },
     /// The prompt tokenized to nothing.
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,

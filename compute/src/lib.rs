@@ -55,7 +55,7 @@ use std::str::FromStr;
 
 pub use candle_backend::CandleEngine;
 pub use candle_core::quantized::GgmlDType;
-pub use chat::ChatTemplate;
+pub use chat::{ChatTemplate, ChatTurn};
 pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, TokensHash};
 pub use error::{Error, Result};
 pub use model::{LlamaConfig, Model, ModelId};

@@ -93,7 +93,7 @@ pub struct Model {
     content: Content,
     config: LlamaConfig,
     tokenizer: Tokenizer,
-    chat_template: Option<ChatTemplate>,
+    chat_template: ChatTemplate,
     name: Option<String>,
 }
 
@@ -145,10 +145,8 @@ impl Model {
                 ),
             });
         }
-        let chat_template = md
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .and_then(|t| ChatTemplate::detect(t, &tokenizer));
+        let jinja = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok());
+        let chat_template = ChatTemplate::detect(jinja.map(String::as_str), &tokenizer);
         let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned();
         Ok(Model { path, id, bytes, content, config, tokenizer, chat_template, name })
     }
@@ -178,16 +176,21 @@ impl Model {
         &self.tokenizer
     }
 
-    /// The chat template, for instruct models that declare one this crate understands.
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat_template.as_ref()
+    /// How chats are rendered for this model (see [`ChatTemplate`]).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat_template
     }
 
     /// Tokens of a user message wrapped in the model's chat template, ready to generate the
     /// assistant's answer.
     pub fn chat_prompt(&self, user_message: &str) -> Result<Vec<u32>> {
-        let template = self.chat_template.as_ref().ok_or(Error::NoChatTemplate)?;
-        Ok(template.encode_user_turn(&self.tokenizer, user_message))
+        self.chat_template.encode_user_turn(&self.tokenizer, user_message)
+    }
+
+    /// Tokens of a conversation in the model's chat template, ready to generate the
+    /// assistant's next answer.
+    pub fn chat_tokens(&self, messages: &[crate::ChatTurn<'_>]) -> Result<Vec<u32>> {
+        self.chat_template.encode(&self.tokenizer, messages)
     }
 
     /// The GGML type of a tensor, if the file has it.

@@ -46,7 +46,17 @@ pub enum TinyTokenizer {
     ByteLevel,
     /// SentencePiece with `<0xXX>` byte fallback, BOS and a Zephyr template (like TinyLlama).
     SentencePiece,
+    /// Byte-level BPE with Llama 3's special tokens and chat template ([`LLAMA3_TEMPLATE`]).
+    Llama3,
 }
+
+/// Meta-Llama-3-8B-Instruct's chat template (`scripts/chat-template-reference` renders the
+/// same text with Jinja2 for the tests).
+pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}\
+{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'\
++ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}\
+{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 impl Default for TinyLlamaSpec {
     fn default() -> Self {
@@ -83,9 +93,10 @@ const MERGES: &[(&str, &str)] = &[
 
 /// Special tokens of the tiny tokenizer, ChatML-style.
 const SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+const LLAMA3_SPECIALS: &[&str] = &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
 
 /// Vocabulary of the tiny models: 256 byte tokens, the merged tokens, then the specials.
-fn tiny_vocab() -> Vec<String> {
+fn tiny_vocab(specials: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     let mut n = 0u32;
     for b in 0..=255u8 {
@@ -101,16 +112,32 @@ fn tiny_vocab() -> Vec<String> {
     for (a, b) in MERGES {
         v.push(format!("{a}{b}"));
     }
-    v.extend(SPECIALS.iter().map(|s| s.to_string()));
+    v.extend(specials.iter().map(|s| s.to_string()));
     v
 }
 
-fn byte_level_metadata() -> (usize, Vec<(&'static str, Value)>) {
-    let vocab = tiny_vocab();
+fn byte_level_metadata(llama3: bool) -> (usize, Vec<(&'static str, Value)>) {
+    let specials = if llama3 { LLAMA3_SPECIALS } else { SPECIALS };
+    let vocab = tiny_vocab(specials);
     let n = vocab.len();
-    let token_types: Vec<Value> = (0..n).map(|i| Value::I32(if i >= n - SPECIALS.len() { 3 } else { 1 })).collect();
+    let token_types: Vec<Value> = (0..n).map(|i| Value::I32(if i >= n - specials.len() { 3 } else { 1 })).collect();
     let merges: Vec<Value> = MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect();
     let im_end = (n - 1) as u32;
+    if llama3 {
+        let first = (n - specials.len()) as u32;
+        let md = vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String("llama-bpe".into())),
+            ("tokenizer.ggml.tokens", Value::Array(vocab.into_iter().map(Value::String).collect())),
+            ("tokenizer.ggml.token_type", Value::Array(token_types)),
+            ("tokenizer.ggml.merges", Value::Array(merges)),
+            ("tokenizer.ggml.bos_token_id", Value::U32(first)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(first + 3)),
+            ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+            ("tokenizer.chat_template", Value::String(LLAMA3_TEMPLATE.into())),
+        ];
+        return (n, md);
+    }
     let md = vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
@@ -202,7 +229,8 @@ impl Rng {
 /// Writes a random llama model to `path`.
 pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     let (n_vocab, tokenizer_md) = match spec.tokenizer {
-        TinyTokenizer::ByteLevel => byte_level_metadata(),
+        TinyTokenizer::ByteLevel => byte_level_metadata(false),
+        TinyTokenizer::Llama3 => byte_level_metadata(true),
         TinyTokenizer::SentencePiece => sentencepiece_metadata(),
     };
     let head_dim = spec.hidden / spec.n_heads;

@@ -4,5 +4,6 @@ mod util;
 
 mod bad_input;
 mod candle_engine;
+mod chat;
 mod tokenizer;
 mod wgpu_engine;

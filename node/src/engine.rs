@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use attrinet_compute::{Backend, Engine, GenerateParams, Model, SamplingParams};
+use attrinet_compute::{Backend, ChatTurn, Engine, GenerateParams, Model, SamplingParams};
 use attrinet_p2p::{GenerateError, Generator, Prompt, Sampling};
 
 /// One model on one engine. Generation is serialised: an engine holds one KV cache.
@@ -41,32 +41,15 @@ impl EngineGenerator {
     }
 
     /// Prompt tokens: raw text as is (special tokens written in it are parsed, as
-    /// llama.cpp does), chats through the model's template.
-    pub fn tokens(&self, prompt: &Prompt) -> Vec<u32> {
-        let tok = self.model.tokenizer();
+    /// llama.cpp does), chats through the model's template (`ChatTemplate`: the file's own
+    /// Jinja, or a built-in rendering of ChatML and Zephyr).
+    pub fn tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
         match prompt {
-            Prompt::Text(t) => tok.encode_prompt(t),
+            Prompt::Text(t) => Ok(self.model.tokenizer().encode_prompt(t)),
             Prompt::Chat(messages) => {
-                let mut out: Vec<u32> = tok.bos_token().filter(|_| tok.add_bos()).into_iter().collect();
-                // ChatML, the template of SmolLM2 and most small instruct models; a model
-                // without a known template gets its messages one per line.
-                let chatml = self.model.chat_template().is_some();
-                let mut parts: Vec<(String, bool)> = Vec::new();
-                for m in messages {
-                    if chatml {
-                        parts.push((format!("<|im_start|>{}\n", m.role), true));
-                        parts.push((m.content.clone(), false));
-                        parts.push(("<|im_end|>\n".into(), true));
-                    } else {
-                        parts.push((format!("{}: {}\n", m.role, m.content), false));
-                    }
-                }
-                if chatml {
-                    parts.push(("<|im_start|>assistant\n".into(), true));
-                }
-                let borrowed: Vec<(&str, bool)> = parts.iter().map(|(s, b)| (s.as_str(), *b)).collect();
-                out.extend(tok.encode_parts(&borrowed));
-                out
+                let turns: Vec<ChatTurn<'_>> =
+                    messages.iter().map(|m| ChatTurn { role: &m.role, content: &m.content }).collect();
+                self.model.chat_tokens(&turns).map_err(|e| GenerateError::Prompt(Box::new(e)))
             }
         }
     }
@@ -103,7 +86,7 @@ impl EngineGenerator {
 
 impl Generator for EngineGenerator {
     fn count_tokens(&self, prompt: &Prompt) -> Result<u32, GenerateError> {
-        Ok(self.tokens(prompt).len() as u32)
+        Ok(self.tokens(prompt)?.len() as u32)
     }
 
     fn generate(
@@ -113,7 +96,7 @@ impl Generator for EngineGenerator {
         sampling: &Sampling,
         on_token: &mut dyn FnMut(u32, String) -> bool,
     ) -> Result<(), GenerateError> {
-        let tokens = self.tokens(prompt);
+        let tokens = self.tokens(prompt)?;
         let tok = self.model.tokenizer();
         let stops = tok.stop_tokens().to_vec();
         let params = GenerateParams {

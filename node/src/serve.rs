@@ -148,6 +148,7 @@ pub async fn serve(
         None => None,
     };
     let model_id = ModelId::from(generator.model().id().0);
+    eprintln!("chats are rendered with {}", generator.model().chat_template().name());
 
     let chain = crate::client::connect_chain(&opts.rpc, &identity, opts.deployment).await?;
     let datanet_root = datanet.as_ref().map(|d| d.root());
