@@ -104,19 +104,11 @@ impl ChatTemplate {
         let mut parts: Vec<(String, bool)> = Vec::new();
         match self {
             ChatTemplate::ChatMl => {
-                for m in messages {
-                    parts.push((format!("<|im_start|>{}\n", m.role), true));
-                    parts.push((m.content.to_owned(), false));
-                    parts.push(("<|im_end|>\n".into(), true));
-                }
+                markup_turns(&mut parts, messages, |role| format!("<|im_start|>{role}\n"), "<|im_end|>\n");
                 parts.push(("<|im_start|>assistant\n".into(), true));
             }
             ChatTemplate::Zephyr => {
-                for m in messages {
-                    parts.push((format!("<|{}|>\n", m.role), true));
-                    parts.push((m.content.to_owned(), false));
-                    parts.push(("</s>\n".into(), true));
-                }
+                markup_turns(&mut parts, messages, |role| format!("<|{role}|>\n"), "</s>\n");
                 parts.push(("<|assistant|>\n".into(), true));
             }
             ChatTemplate::Plain => {
@@ -131,6 +123,20 @@ impl ChatTemplate {
             }
         }
         Ok(parts)
+    }
+}
+
+/// Each message between its opening markup (which names the role) and its closing markup.
+fn markup_turns(
+    parts: &mut Vec<(String, bool)>,
+    messages: &[ChatTurn<'_>],
+    open: impl Fn(&str) -> String,
+    close: &str,
+) {
+    for m in messages {
+        parts.push((open(m.role), true));
+        parts.push((m.content.to_owned(), false));
+        parts.push((close.to_owned(), true));
     }
 }
 

@@ -80,18 +80,12 @@ fn a_llama3_file_chats_in_its_own_template_with_one_bos_and_no_forged_turn() {
 fn smollm2_uses_built_in_chatml_which_equals_its_template_once_a_system_turn_leads() {
     let model = smollm2();
     assert_eq!(model.chat_template(), &ChatTemplate::ChatMl);
-    let case = case("smollm2 conversation");
-    assert_eq!(text(model.chat_template(), model.tokenizer(), &turns(&case)), case.rendered);
+    let conversation = case("smollm2 conversation");
+    assert_eq!(text(model.chat_template(), model.tokenizer(), &turns(&conversation)), conversation.rendered);
     // Without a system turn the file's template adds a default one, which the built-in
     // rendering leaves out (see ChatTemplate::ChatMl for why).
-    let question = case_turn("smollm2 question");
-    assert!(!text(model.chat_template(), model.tokenizer(), &[question]).contains("SmolLM"));
-}
-
-fn case_turn(name: &str) -> ChatTurn<'static> {
-    let c = case(name);
-    let (role, content) = c.messages[0].clone();
-    ChatTurn { role: role.leak(), content: content.leak() }
+    let question = case("smollm2 question");
+    assert!(!text(model.chat_template(), model.tokenizer(), &turns(&question)).contains("SmolLM"));
 }
 
 #[test]

@@ -312,13 +312,9 @@ async fn a_quote_not_for_the_offer_or_a_prompt_past_it_is_refused_and_reserves_n
 async fn a_prompt_the_model_cannot_take_is_a_bad_request_and_an_engine_failure_is_the_nodes() {
     let limits = Limits { exposure_limit: Wei(8), ..Limits::default() };
     let (client, providers) = market_of(1, limits, 0).await;
-    let refusal = |e: InferError| match e {
-        InferError::Remote(r) => r.code,
-        other => panic!("expected the provider's refusal, got {other}"),
-    };
     // The request's fault: not retried elsewhere, nothing billed.
     let err = client.payer.infer(&client.client, &ask("test-model", UNUSABLE_PROMPT, 3), |_| {}).await.unwrap_err();
-    assert_eq!(refusal(err), ErrorCode::BadRequest);
+    assert_eq!(remote_code(err), ErrorCode::BadRequest);
     // The node's fault: the client is told the engine failed (and would try another node).
     let err = client.payer.infer(&client.client, &ask("test-model", ENGINE_FAILS, 3), |_| {}).await.unwrap_err();
     let InferError::AllFailed(failed) = err else { panic!("expected every provider to have failed, got {err}") };
@@ -367,11 +363,6 @@ async fn channels_are_learnt_through_the_lookup_and_checked() {
     })
     .await;
     let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
-    let remote_code = |e: InferError| match e {
-        InferError::Remote(r) => r.code,
-        other => panic!("expected a refusal, got {other}"),
-    };
-
     // Each request is worth at most (4 × 1000 + 5 × 2000) / 1000 = 14 wei: a deposit of
     // 20 covers one.
     let state = channel_state(&client, &provider, Wei(20));

@@ -8,20 +8,7 @@ const COMMON: &str = include_str!("wgsl/common.wgsl");
 const WEIGHTS: &str = include_str!("wgsl/weights.wgsl");
 const QUANT_DEQ: &str = include_str!("wgsl/quant_deq.wgsl");
 
-/// The file types the wgpu kernels compute with (each in its device layout:
-/// `weights::device_layout`).
-pub(crate) const SUPPORTED: &[GgmlDType] = &[
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
+/// The file types the wgpu kernels compute with: those `weights::device_layout` lays out.
 pub(crate) const SUPPORTED_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K";
 
 /// Whether a type's matrix kernels take 8-bit quantized activations (candle's scheme for

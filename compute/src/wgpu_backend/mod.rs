@@ -336,7 +336,7 @@ impl WgpuEngine {
         for (name, _) in crate::model::expected_shapes(&c, model.tensor_type("output.weight").is_some()) {
             let dtype = model.tensor_type(&name).expect("validated at load");
             let is_matrix = !name.ends_with("norm.weight");
-            if is_matrix && !kernels::SUPPORTED.contains(&dtype) {
+            if is_matrix && weights::device_layout(dtype).is_none() {
                 return Err(Error::UnsupportedTensorType {
                     tensor: name,
                     dtype: format!("{dtype:?}"),

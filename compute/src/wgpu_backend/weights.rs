@@ -323,16 +323,9 @@ mod tests {
         let (rows, cols) = (3, 512);
         let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0).powi(3)).collect();
         let x = Tensor::from_vec(x, (rows, cols), &Device::Cpu).unwrap();
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-        ] {
+        // Every quantized type a model may hold (the float ones are uploaded as they are).
+        let quantized = crate::model::LOADABLE_TYPES.iter().filter(|t| !matches!(t, GgmlDType::F32 | GgmlDType::F16));
+        for &dtype in quantized {
             let qt = QTensor::quantize(&x, dtype).unwrap();
             let want: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let u = unpack(dtype, &qt.data().unwrap());

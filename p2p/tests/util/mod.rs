@@ -115,6 +115,14 @@ pub fn fast_config(ttl: Duration) -> NetConfig {
     }
 }
 
+/// The code of a provider's refusal (panics on any other failure).
+pub fn remote_code(e: InferError) -> ErrorCode {
+    match e {
+        InferError::Remote(r) => r.code,
+        other => panic!("expected the provider's refusal, got {other}"),
+    }
+}
+
 pub fn ask(model: &str, prompt: &str, max_tokens: u32) -> Ask {
     Ask {
         model: model.into(),
