@@ -1,16 +1,22 @@
-//! The candle CPU backend: candle-transformers' quantized llama, the reference the wgpu
-//! kernels are tested against and the fallback where no GPU exists.
+//! The candle CPU backend: the forward pass of every supported architecture in candle's
+//! tensors and quantized kernels, the reference the wgpu kernels are tested against and the
+//! fallback where no GPU exists.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use candle_core::{D, Device, IndexOp, Module, Tensor};
 
 use crate::engine::{BackendKind, Engine, check_input};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Activation, Model, ModelConfig};
 use crate::sampling::{SamplingParams, sample};
+
+/// Positions the RoPE tables (and so the context) cover when the model's own context is
+/// longer: the same bound as the wgpu backend's default.
+const MAX_CONTEXT: usize = 4096;
 
 /// Whether candle's quantized kernels were compiled with their AVX2/FMA paths: they are
 /// chosen at compile time (`.cargo/config.toml` enables them for x86-64), and without them
@@ -23,10 +29,46 @@ const SIMD: &str = if cfg!(all(target_feature = "avx2", target_feature = "fma"))
     "no AVX2/FMA: slow scalar kernels"
 };
 
-/// Runs a model with candle on the CPU.
+/// One transformer block's weights and KV cache.
+struct Layer {
+    attn_norm: Tensor,
+    /// q, k, v, or one fused matrix.
+    qkv: Vec<QMatMul>,
+    qkv_bias: Option<[Tensor; 3]>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    wo: QMatMul,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    /// gate, up, or one fused matrix.
+    gate_up: Vec<QMatMul>,
+    down: QMatMul,
+    post_ffn_norm: Option<Tensor>,
+    /// Index into the engine's RoPE tables.
+    rope: usize,
+    /// Keys and values of the positions so far, `[1, kv_heads, positions, head_dim]`.
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// Runs a model with candle's tensors and quantized kernels on the CPU, one forward pass for
+/// every architecture the crate knows (see [`ModelConfig`]); the reference the wgpu kernels
+/// are tested against and the fallback where no GPU exists.
+///
+/// The pass is written here rather than taken from candle-transformers, whose quantized
+/// Gemma 3 computes its MLP with SiLU instead of GELU and so leaves llama.cpp's greedy path
+/// within a few tokens. The operations, and the order of floating-point work within them,
+/// follow candle-transformers' quantized llama, so llama files give the logits they gave
+/// there.
 pub struct CandleEngine {
-    weights: ModelWeights,
-    vocab_size: usize,
+    config: ModelConfig,
+    /// The embedding in its file type; rows are dequantized per token. Shared with the
+    /// output projection when the embeddings are tied.
+    embedding: Arc<QTensor>,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: QMatMul,
+    /// `(cos, sin)` tables, `[positions, head_dim / 2]`, one per distinct RoPE of the layers.
+    ropes: Vec<(Tensor, Tensor)>,
     context_length: usize,
     position: usize,
 }
@@ -34,43 +76,240 @@ pub struct CandleEngine {
 impl std::fmt::Debug for CandleEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CandleEngine")
+            .field("architecture", &self.config.architecture)
             .field("context_length", &self.context_length)
             .field("position", &self.position)
             .finish_non_exhaustive()
     }
 }
 
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(x, w, eps).map_err(Error::candle("RMSNorm"))
+}
+
+/// Grouped-query attention: each key/value head serves `n` query heads.
+fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, heads, len, hd) = x.dims4()?;
+    // Concatenating along the sequence then reshaping is a plain copy, cheaper than a
+    // strided broadcast.
+    Tensor::cat(&vec![&x; n], 2)?.reshape((b, heads * n, len, hd))
+}
+
+/// Reads tensors out of the model's bytes into candle's CPU storage.
+struct Loader<'a> {
+    content: &'a Content,
+    reader: Cursor<&'a [u8]>,
+}
+
+impl Loader<'_> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(Error::candle(format!("loading `{name}`")))
+    }
+
+    fn matrix(&mut self, name: &str) -> Result<QMatMul> {
+        QMatMul::from_qtensor(self.qtensor(name)?).map_err(Error::candle(format!("preparing `{name}`")))
+    }
+
+    /// A norm weight or bias, in f32.
+    fn vector(&mut self, name: &str) -> Result<Tensor> {
+        self.qtensor(name)?.dequantize(&Device::Cpu).map_err(Error::candle(format!("dequantizing `{name}`")))
+    }
+
+    fn optional(&mut self, name: &Option<String>) -> Result<Option<Tensor>> {
+        name.as_deref().map(|n| self.vector(n)).transpose()
+    }
+}
+
 impl CandleEngine {
     /// Loads the model's weights into candle's CPU tensors.
     pub fn new(model: &Model) -> Result<Self> {
-        let mut reader = Cursor::new(model.bytes());
-        // ModelWeights takes the parsed header by value; parsing again is cheap (no tensors).
-        let content = Content::read(&mut reader).map_err(Error::candle("parsing the GGUF header"))?;
-        let weights = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
-            .map_err(Error::candle("loading the weights"))?;
-        let config = model.config();
-        Ok(CandleEngine {
-            weights,
-            vocab_size: config.vocab_size,
-            // candle precomputes RoPE tables for MAX_SEQ_LEN positions only.
-            context_length: config.context_length.min(MAX_SEQ_LEN),
-            position: 0,
-        })
+        let config = model.config().clone();
+        let mut load = Loader { content: model.content(), reader: Cursor::new(model.bytes()) };
+        let context_length = config.context_length.min(MAX_CONTEXT);
+        let freq_factors = if config.rope_freq_factors {
+            let f = load.vector("rope_freqs.weight")?;
+            Some(f.to_vec1::<f32>().map_err(Error::candle("reading rope_freqs.weight"))?)
+        } else {
+            None
+        };
+        let mut rope_keys: Vec<(u32, u32)> = Vec::new();
+        let mut ropes = Vec::new();
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let (theta, scale) = config.rope_of_layer(l);
+            let key = (theta.to_bits(), scale.to_bits());
+            let rope = match rope_keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    let table = config.rope_table(l, context_length, freq_factors.as_deref());
+                    let (cos, sin): (Vec<f32>, Vec<f32>) = table.into_iter().unzip();
+                    let shape = (context_length, config.head_dim / 2);
+                    let t = |v: Vec<f32>| Tensor::from_vec(v, shape, &Device::Cpu).map_err(Error::candle("RoPE table"));
+                    ropes.push((t(cos)?, t(sin)?));
+                    rope_keys.push(key);
+                    ropes.len() - 1
+                }
+            };
+            let n = config.layer_names(l);
+            let qkv = n.qkv.iter().map(|t| load.matrix(t)).collect::<Result<Vec<_>>>()?;
+            let gate_up = n.gate_up.iter().map(|t| load.matrix(t)).collect::<Result<Vec<_>>>()?;
+            let qkv_bias = match &n.qkv_bias {
+                Some([q, k, v]) => Some([load.vector(q)?, load.vector(k)?, load.vector(v)?]),
+                None => None,
+            };
+            layers.push(Layer {
+                attn_norm: load.vector(&n.attn_norm)?,
+                qkv,
+                qkv_bias,
+                q_norm: load.optional(&n.q_norm)?,
+                k_norm: load.optional(&n.k_norm)?,
+                wo: load.matrix(&n.attn_output)?,
+                post_attn_norm: load.optional(&n.post_attn_norm)?,
+                ffn_norm: load.vector(&n.ffn_norm)?,
+                gate_up,
+                down: load.matrix(&n.down)?,
+                post_ffn_norm: load.optional(&n.post_ffn_norm)?,
+                rope,
+                kv: None,
+            });
+        }
+        let output_norm = load.vector("output_norm.weight")?;
+        let embedding = Arc::new(load.qtensor("token_embd.weight")?);
+        let output = if model.output_tensor_name() == "token_embd.weight" {
+            QMatMul::from_arc(embedding.clone())
+        } else {
+            QMatMul::from_qtensor(load.qtensor("output.weight")?)
+        }
+        .map_err(Error::candle("the output projection"))?;
+        Ok(CandleEngine { config, embedding, layers, output_norm, output, ropes, context_length, position: 0 })
+    }
+
+    /// Rows of the embedding for `tokens`, `[1, tokens, hidden]`, dequantized one row at a
+    /// time so the whole matrix (671 MB in f32 for Gemma 3's 262k vocabulary) never is.
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let d = self.config.hidden;
+        let dtype: GgmlDType = self.embedding.dtype();
+        let row_bytes = d / dtype.block_size() * dtype.type_size();
+        let data = self.embedding.data().map_err(Error::candle("reading the embedding"))?;
+        let mut rows = Vec::with_capacity(tokens.len() * d);
+        for &t in tokens {
+            let raw = &data[t as usize * row_bytes..(t as usize + 1) * row_bytes];
+            let row = qtensor_from_ggml(dtype, raw, vec![d], &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .and_then(|r| r.to_vec1::<f32>())
+                .map_err(Error::candle("dequantizing an embedding row"))?;
+            rows.extend_from_slice(&row);
+        }
+        let x = Tensor::from_vec(rows, (1, tokens.len(), d), &Device::Cpu).map_err(Error::candle("embedding"))?;
+        match self.config.embedding_scale {
+            Some(s) => x.affine(s as f64, 0.0).map_err(Error::candle("scaling the embedding")),
+            None => Ok(x),
+        }
     }
 
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        check_input(tokens, self.vocab_size, self.position, self.context_length)?;
-        let input = Tensor::new(tokens, &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(Error::candle("building the input"))?;
-        let logits = self
-            .weights
-            .forward(&input, self.position)
+        check_input(tokens, self.config.vocab_size, self.position, self.context_length)?;
+        let mut x = self.embed(tokens)?;
+        let pos = self.position;
+        for l in 0..self.layers.len() {
+            x = self.block(l, &x, pos).map_err(Error::candle(format!("layer {l} at position {pos}")))?;
+        }
+        let x = rms_norm(&x, &self.output_norm, self.config.rms_eps)?;
+        let logits = x
+            .i((.., tokens.len() - 1, ..))
+            .and_then(|last| self.output.forward(&last))
             .and_then(|l| l.squeeze(0))
             .and_then(|l| l.to_vec1::<f32>())
-            .map_err(Error::candle(format!("running {} tokens at position {}", tokens.len(), self.position)))?;
+            .map_err(Error::candle(format!("the output of {} tokens at position {pos}", tokens.len())))?;
         self.position += tokens.len();
         Ok(logits)
+    }
+
+    /// One transformer block over `x` (`[1, t, hidden]`), whose first token is at `pos`.
+    fn block(&mut self, l: usize, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let layer = &mut self.layers[l];
+        let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, c.rms_eps);
+        let (_, t, _) = x.dims3()?;
+        let (qw, kvw, hd) = (c.q_width(), c.kv_width(), c.head_dim);
+
+        let h = norm(x, &layer.attn_norm)?;
+        let (mut q, mut k, mut v) = match layer.qkv.as_slice() {
+            [wq, wk, wv] => (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?),
+            [fused] => {
+                let qkv = fused.forward(&h)?;
+                (qkv.narrow(D::Minus1, 0, qw)?, qkv.narrow(D::Minus1, qw, kvw)?, qkv.narrow(D::Minus1, qw + kvw, kvw)?)
+            }
+            _ => unreachable!("one or three projections"),
+        };
+        if let Some([bq, bk, bv]) = &layer.qkv_bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let heads = |x: Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+        let mut q = heads(q, c.n_heads)?;
+        let mut k = heads(k, c.n_kv_heads)?;
+        let v = heads(v, c.n_kv_heads)?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = norm(&q, qn)?;
+            k = norm(&k, kn)?;
+        }
+        let (cos, sin) = &self.ropes[layer.rope];
+        let (cos, sin) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
+        let rope = if c.rope_neox { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
+        let q = rope(&q, &cos, &sin)?;
+        let k = rope(&k, &cos, &sin)?;
+        let (k, v) = match &layer.kv {
+            Some((kc, vc)) if pos > 0 => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
+            _ => (k, v),
+        };
+        layer.kv = Some((k.clone(), v.clone()));
+        let k = repeat_kv(k, c.n_heads / c.n_kv_heads)?;
+        let v = repeat_kv(v, c.n_heads / c.n_kv_heads)?;
+        let att = (q.matmul(&k.t()?)? * c.attention_scale as f64)?;
+        // Causal, and within the window on sliding layers: query i (at pos + i) sees keys
+        // first_key..=pos + i.
+        let len = pos + t;
+        let masked = |i: usize, j: usize| j > pos + i || j < c.first_key(l, pos + i);
+        let att = if (0..t).any(|i| masked(i, 0) || masked(i, len - 1)) {
+            let mask: Vec<u8> = (0..t).flat_map(|i| (0..len).map(move |j| masked(i, j) as u8)).collect();
+            let mask = Tensor::from_vec(mask, (t, len), att.device())?.broadcast_as(att.shape())?;
+            let neg_inf = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
+            mask.where_cond(&neg_inf, &att)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((1, t, qw))?;
+        let mut o = layer.wo.forward(&y)?;
+        if let Some(pn) = &layer.post_attn_norm {
+            o = norm(&o, pn)?;
+        }
+        let x = (x + o)?;
+
+        let h = norm(&x, &layer.ffn_norm)?;
+        let (gate, up) = match layer.gate_up.as_slice() {
+            [g, u] => (g.forward(&h)?, u.forward(&h)?),
+            [fused] => {
+                let gu = fused.forward(&h)?;
+                (gu.narrow(D::Minus1, 0, c.ffn)?, gu.narrow(D::Minus1, c.ffn, c.ffn)?)
+            }
+            _ => unreachable!("one or two projections"),
+        };
+        let act = match c.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            // candle's gelu is the tanh approximation, as GGML's.
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let mut m = layer.down.forward(&(act * up)?)?;
+        if let Some(pn) = &layer.post_ffn_norm {
+            m = norm(&m, pn)?;
+        }
+        x + m
     }
 }
 
@@ -92,7 +331,9 @@ impl Engine for CandleEngine {
     }
 
     fn reset(&mut self) {
-        self.weights.clear_kv_cache();
+        for layer in &mut self.layers {
+            layer.kv = None;
+        }
         self.position = 0;
     }
 

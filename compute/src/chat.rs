@@ -40,7 +40,13 @@ pub enum ChatTemplate {
     /// `<|user|>\n...</s>\n<|assistant|>\n` (Zephyr, TinyLlama-Chat), as llama.cpp's
     /// built-in Zephyr template renders it.
     Zephyr,
-    /// The file's own Jinja template (Llama 3, Gemma, Mistral and everything else).
+    /// `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n` (Gemma), as
+    /// llama.cpp's built-in Gemma template renders it: a system message is put before the
+    /// first user message, messages are trimmed, `assistant` is called `model`. Used when a
+    /// Gemma file carries no template (the Gemma 3 270M Q4_K_M this project fetches has
+    /// none) and for Gemma's own Jinja source, whose `| trim` the placeholders would defeat.
+    Gemma,
+    /// The file's own Jinja template (Llama 3, Mistral and everything else).
     Jinja(String),
     /// No template in the file: each message on a line of its own as `role: content`,
     /// then `assistant:`. A base model continues that as text; nothing in it is special.
@@ -56,7 +62,11 @@ impl ChatTemplate {
     /// The template for a file's Jinja source (or its absence): ChatML and Zephyr when the
     /// tokenizer has their special tokens, the Jinja source otherwise.
     pub(crate) fn detect(jinja: Option<&str>, tokenizer: &Tokenizer) -> Self {
-        let Some(jinja) = jinja else { return ChatTemplate::Plain };
+        let gemma = tokenizer.token_id("<start_of_turn>").is_some() && tokenizer.token_id("<end_of_turn>").is_some();
+        let Some(jinja) = jinja else { return if gemma { ChatTemplate::Gemma } else { ChatTemplate::Plain } };
+        if gemma && jinja.contains("<start_of_turn>") {
+            return ChatTemplate::Gemma;
+        }
         if jinja.contains("<|im_start|>")
             && tokenizer.token_id("<|im_start|>").is_some()
             && tokenizer.token_id("<|im_end|>").is_some()
@@ -74,6 +84,7 @@ impl ChatTemplate {
         match self {
             ChatTemplate::ChatMl => "ChatML (built in)",
             ChatTemplate::Zephyr => "Zephyr (built in)",
+            ChatTemplate::Gemma => "Gemma (built in)",
             ChatTemplate::Jinja(_) => "the file's Jinja template",
             ChatTemplate::Plain => "plain `role: content` lines (the file has no template)",
         }
@@ -110,6 +121,23 @@ impl ChatTemplate {
             ChatTemplate::Zephyr => {
                 markup_turns(&mut parts, messages, |role| format!("<|{role}|>\n"), "</s>\n");
                 parts.push(("<|assistant|>\n".into(), true));
+            }
+            ChatTemplate::Gemma => {
+                let mut system = String::new();
+                for m in messages {
+                    if m.role == "system" {
+                        system.push_str(m.content.trim());
+                        continue;
+                    }
+                    let role = if m.role == "assistant" { "model" } else { m.role };
+                    parts.push((format!("<start_of_turn>{role}\n"), true));
+                    if !system.is_empty() && role != "model" {
+                        parts.push((std::mem::take(&mut system) + "\n\n", false));
+                    }
+                    parts.push((m.content.trim().to_owned(), false));
+                    parts.push(("<end_of_turn>\n".into(), true));
+                }
+                parts.push(("<start_of_turn>model\n".into(), true));
             }
             ChatTemplate::Plain => {
                 for m in messages {

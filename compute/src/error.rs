@@ -34,13 +34,12 @@ pub enum Error {
         reason: String,
     },
     /// The model is not of an architecture this crate runs.
-    #[error(
-        "unsupported model architecture `{architecture}`: only llama-family models \
-         (general.architecture = \"llama\", without experts) are supported"
-    )]
+    #[error("unsupported model architecture `{architecture}` (supported: {supported})")]
     UnsupportedArchitecture {
         /// The value of `general.architecture` (with a note, e.g. for mixtures of experts).
         architecture: String,
+        /// The architectures this crate runs.
+        supported: &'static str,
     },
     /// A tensor uses a storage type the selected backend cannot compute with.
     #[error(

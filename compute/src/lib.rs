@@ -7,7 +7,7 @@
 //!   quantized on the device and are dequantized inside the matrix kernels; the KV cache
 //!   and sampling live on the device; each decode step is one queue submission that reads
 //!   back one token id.
-//! - [`CandleEngine`]: candle-transformers' quantized llama on the CPU, the reference the
+//! - [`CandleEngine`]: the forward pass in candle's tensors on the CPU, the reference the
 //!   wgpu kernels are tested against and the fallback where no GPU exists.
 //!
 //! A model's id is the SHA-256 of its file ([`ModelId`]); a generation's output is committed
@@ -58,7 +58,7 @@ pub use candle_core::quantized::GgmlDType;
 pub use chat::{ChatTemplate, ChatTurn};
 pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, TokensHash};
 pub use error::{Error, Result};
-pub use model::{LlamaConfig, Model, ModelId};
+pub use model::{Activation, Architecture, Model, ModelConfig, ModelId, SUPPORTED_ARCHITECTURES};
 pub use sampling::SamplingParams;
 pub use tokenizer::{StreamDecoder, Tokenizer};
 pub use wgpu_backend::{KernelStyle, WgpuEngine, WgpuOptions};

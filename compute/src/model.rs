@@ -1,4 +1,4 @@
-//! Loading a GGUF model file: its id, its llama hyper-parameters, tokenizer and chat template.
+//! Loading a GGUF model file: its id, architecture, hyper-parameters, tokenizer and chat template.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,20 +39,79 @@ impl fmt::Debug for ModelId {
     }
 }
 
-/// Hyper-parameters of a llama-family model, read from GGUF metadata.
+/// The transformer families this crate runs, named as `general.architecture` names them.
+///
+/// Each is described by the features of [`ModelConfig`] rather than by code of its own, so
+/// both backends run every one through the same forward pass (llama.cpp's model graphs are
+/// the reference for what each feature means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// Llama 1-3 (with Llama 3's RoPE frequency factors), Mistral, SmolLM, TinyLlama.
+    Llama,
+    /// Qwen 2 and 2.5: biases on the query, key and value projections.
+    Qwen2,
+    /// Qwen 3: RMSNorm of each query and key head.
+    Qwen3,
+    /// Gemma 3: GeGLU, norms after attention and MLP, embedding scaling, interleaved
+    /// sliding-window and global layers with their own RoPE bases.
+    Gemma3,
+    /// Phi-3: fused query/key/value and gate/up matrices.
+    Phi3,
+}
+
+/// The architectures [`Architecture`] covers, as a person reads them.
+pub const SUPPORTED_ARCHITECTURES: &str = "llama (also Mistral and Llama 3), qwen2, qwen3, gemma3, phi3";
+
+impl Architecture {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            "gemma3" => Architecture::Gemma3,
+            "phi3" => Architecture::Phi3,
+            _ => return None,
+        })
+    }
+
+    /// The `general.architecture` value, which also prefixes the file's hyper-parameters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3",
+            Architecture::Phi3 => "phi3",
+        }
+    }
+}
+
+/// The MLP's activation on its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: `silu(gate) * up`.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma).
+    GeluTanh,
+}
+
+/// Hyper-parameters and structural features of a model, read from GGUF metadata and
+/// tensor names.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
+pub struct ModelConfig {
+    /// The architecture the file declares.
+    pub architecture: Architecture,
     /// Transformer blocks.
     pub n_layers: usize,
     /// Width of the residual stream.
     pub hidden: usize,
-    /// Width of the SwiGLU hidden layer.
+    /// Width of the MLP's hidden layer.
     pub ffn: usize,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads (fewer than query heads under grouped-query attention).
     pub n_kv_heads: usize,
-    /// Width of one head.
+    /// Width of one head (`attention.key_length`, else the embedding over the heads).
     pub head_dim: usize,
     /// Vocabulary size (rows of the embedding).
     pub vocab_size: usize,
@@ -60,8 +119,89 @@ pub struct LlamaConfig {
     pub context_length: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
-    /// RoPE base frequency.
+    /// RoPE base frequency (of the global layers, where layers differ).
     pub rope_theta: f32,
+    /// RoPE base frequency of sliding-window layers.
+    pub rope_theta_local: f32,
+    /// Linear RoPE position scaling of the global layers (1 = none).
+    pub rope_scale: f32,
+    /// Whether RoPE rotates the pairs (i, i + head_dim / 2) (GPT-NeoX style, as Qwen, Gemma
+    /// and Phi-3 do) rather than adjacent pairs (2i, 2i + 1), the llama layout of GGUF.
+    pub rope_neox: bool,
+    /// Per-frequency divisors of RoPE (`rope_freqs.weight`, Llama 3.1's scaling).
+    pub rope_freq_factors: bool,
+    /// Keys a sliding-window layer sees, counting the query's own position.
+    pub sliding_window: Option<usize>,
+    /// Every this-many-th layer is global, the others slide (with `sliding_window`).
+    pub sliding_pattern: usize,
+    /// Scale of the attention scores.
+    pub attention_scale: f32,
+    /// Factor on the embedding rows (Gemma: the square root of the width).
+    pub embedding_scale: Option<f32>,
+    /// Activation of the MLP.
+    pub activation: Activation,
+    /// Biases on the q, k, v projections (`attn_q.bias`, ...).
+    pub qkv_bias: bool,
+    /// RMSNorm of every query and key head (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and MLP outputs before the residual add.
+    pub post_norms: bool,
+    /// One `attn_qkv` matrix instead of three.
+    pub fused_qkv: bool,
+    /// One `ffn_up` matrix holding gate then up, instead of two.
+    pub fused_gate_up: bool,
+}
+
+impl ModelConfig {
+    /// Width of all query heads together.
+    pub fn q_width(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Whether layer `l` attends within the sliding window only.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        self.sliding_window.is_some() && !(l + 1).is_multiple_of(self.sliding_pattern)
+    }
+
+    /// RoPE base and linear position scale of layer `l`.
+    pub fn rope_of_layer(&self, l: usize) -> (f32, f32) {
+        if self.is_sliding(l) { (self.rope_theta_local, 1.0) } else { (self.rope_theta, self.rope_scale) }
+    }
+
+    /// Keys layer `l` sees from a query at position `pos`: `first..=pos`.
+    pub fn first_key(&self, l: usize, pos: usize) -> usize {
+        match self.sliding_window {
+            Some(w) if self.is_sliding(l) => (pos + 1).saturating_sub(w),
+            _ => 0,
+        }
+    }
+
+    /// The cos/sin table of layer `l` for positions `0..positions`, `[pos][pair]` as
+    /// `(cos, sin)`, computed in f32 as llama.cpp does (`freq_factors` are the values of
+    /// `rope_freqs.weight`, when the file has it).
+    pub fn rope_table(&self, l: usize, positions: usize, freq_factors: Option<&[f32]>) -> Vec<(f32, f32)> {
+        let (theta, scale) = self.rope_of_layer(l);
+        let hd = self.head_dim;
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| {
+                let f = 1f32 / theta.powf((2 * i) as f32 / hd as f32);
+                f / freq_factors.map_or(1.0, |ff| ff[i])
+            })
+            .collect();
+        let mut t = Vec::with_capacity(positions * hd / 2);
+        for pos in 0..positions {
+            for f in &inv {
+                let a = (pos as f32 * scale) * f;
+                t.push((a.cos(), a.sin()));
+            }
+        }
+        t
+    }
 }
 
 /// The tensor types that can be loaded at all (the candle backend runs all of them; see each
@@ -91,7 +231,7 @@ pub struct Model {
     id: ModelId,
     bytes: Vec<u8>,
     content: Content,
-    config: LlamaConfig,
+    config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: ChatTemplate,
     name: Option<String>,
@@ -124,14 +264,6 @@ impl Model {
         let content = Content::read(&mut Cursor::new(&bytes))
             .map_err(|e| Error::InvalidGguf { path: path.clone(), reason: e.to_string() })?;
         let md = &content.metadata;
-
-        let arch = get_str(md, "general.architecture")?;
-        if arch != "llama" {
-            return Err(Error::UnsupportedArchitecture { architecture: arch.to_owned() });
-        }
-        if md.get("llama.expert_count").and_then(|v| v.to_u32().ok()).unwrap_or(0) > 1 {
-            return Err(Error::UnsupportedArchitecture { architecture: "llama with mixture of experts".to_owned() });
-        }
 
         let config = read_config(&content)?;
         check_tensors(&path, &content, &config, bytes.len())?;
@@ -166,8 +298,8 @@ impl Model {
         self.name.as_deref()
     }
 
-    /// The llama hyper-parameters.
-    pub fn config(&self) -> &LlamaConfig {
+    /// The hyper-parameters and structure.
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -196,6 +328,10 @@ impl Model {
     /// The GGML type of a tensor, if the file has it.
     pub fn tensor_type(&self, name: &str) -> Option<GgmlDType> {
         self.content.tensor_infos.get(name).map(|t| t.ggml_dtype)
+    }
+
+    pub(crate) fn content(&self) -> &Content {
+        &self.content
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -263,16 +399,29 @@ fn get_f32(md: &HashMap<String, Value>, key: &str) -> Result<f32> {
     }
 }
 
-fn read_config(content: &Content) -> Result<LlamaConfig> {
+fn read_config(content: &Content) -> Result<ModelConfig> {
     let md = &content.metadata;
-    let n_layers = get_usize(md, "llama.block_count")?;
-    let hidden = get_usize(md, "llama.embedding_length")?;
-    let ffn = get_usize(md, "llama.feed_forward_length")?;
-    let n_heads = get_usize(md, "llama.attention.head_count")?;
-    let n_kv_heads = get_usize(md, "llama.attention.head_count_kv").unwrap_or(n_heads);
-    let context_length = get_usize(md, "llama.context_length")?;
-    let rms_eps = get_f32(md, "llama.attention.layer_norm_rms_epsilon")?;
-    let rope_theta = get_f32(md, "llama.rope.freq_base").unwrap_or(10_000.0);
+    let arch_name = get_str(md, "general.architecture")?;
+    let architecture = Architecture::from_name(arch_name).ok_or_else(|| Error::UnsupportedArchitecture {
+        architecture: arch_name.to_owned(),
+        supported: SUPPORTED_ARCHITECTURES,
+    })?;
+    let a = architecture.name();
+    let key = |k: &str| format!("{a}.{k}");
+    if md.get(&key("expert_count")).and_then(|v| v.to_u32().ok()).unwrap_or(0) > 1 {
+        return Err(Error::UnsupportedArchitecture {
+            architecture: format!("{a} with a mixture of experts"),
+            supported: SUPPORTED_ARCHITECTURES,
+        });
+    }
+    let n_layers = get_usize(md, &key("block_count"))?;
+    let hidden = get_usize(md, &key("embedding_length"))?;
+    let ffn = get_usize(md, &key("feed_forward_length"))?;
+    let n_heads = get_usize(md, &key("attention.head_count"))?;
+    let n_kv_heads = get_usize(md, &key("attention.head_count_kv")).unwrap_or(n_heads);
+    let context_length = get_usize(md, &key("context_length"))?;
+    let rms_eps = get_f32(md, &key("attention.layer_norm_rms_epsilon"))?;
+    let rope_theta = get_f32(md, &key("rope.freq_base")).unwrap_or(10_000.0);
     let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| Error::BadTensor {
         tensor: "token_embd.weight".to_owned(),
         reason: "absent from the file".to_owned(),
@@ -287,47 +436,78 @@ fn read_config(content: &Content) -> Result<LlamaConfig> {
         }
     };
 
-    let positive = [
-        ("llama.block_count", n_layers),
-        ("llama.embedding_length", hidden),
-        ("llama.feed_forward_length", ffn),
-        ("llama.attention.head_count", n_heads),
-        ("llama.attention.head_count_kv", n_kv_heads),
-        ("llama.context_length", context_length),
-    ];
-    for (key, v) in positive {
-        if v == 0 {
-            return Err(Error::metadata(key, "must be positive"));
+    for k in ["block_count", "embedding_length", "feed_forward_length", "attention.head_count", "context_length"] {
+        if get_usize(md, &key(k))? == 0 {
+            return Err(Error::metadata(&key(k), "must be positive"));
         }
     }
-    if hidden % n_heads != 0 {
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(Error::metadata(
-            "llama.attention.head_count",
-            format!("{n_heads} heads do not divide the embedding length {hidden}"),
-        ));
-    }
-    if n_heads % n_kv_heads != 0 {
-        return Err(Error::metadata(
-            "llama.attention.head_count_kv",
+            &key("attention.head_count_kv"),
             format!("{n_kv_heads} key/value heads do not divide {n_heads} query heads"),
         ));
     }
-    let head_dim = hidden / n_heads;
-    if head_dim % 2 != 0 {
+    let head_dim = match get_usize(md, &key("attention.key_length")) {
+        Ok(k) => k,
+        Err(_) if hidden % n_heads == 0 => hidden / n_heads,
+        Err(_) => {
+            return Err(Error::metadata(
+                &key("attention.head_count"),
+                format!("{n_heads} heads do not divide the embedding length {hidden}"),
+            ));
+        }
+    };
+    if let Ok(v) = get_usize(md, &key("attention.value_length"))
+        && v != head_dim
+    {
         return Err(Error::metadata(
-            "llama.attention.head_count",
-            format!("head width {head_dim} is odd; RoPE rotates pairs"),
+            &key("attention.value_length"),
+            format!("value heads of {v} differ from key heads of {head_dim}, which is not supported"),
         ));
     }
-    if let Ok(rope_dim) = get_usize(md, "llama.rope.dimension_count")
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return Err(Error::metadata(
+            &key("attention.key_length"),
+            format!("head width {head_dim} is not a positive even number; RoPE rotates pairs"),
+        ));
+    }
+    if let Ok(rope_dim) = get_usize(md, &key("rope.dimension_count"))
         && rope_dim != head_dim
     {
         return Err(Error::metadata(
-            "llama.rope.dimension_count",
+            &key("rope.dimension_count"),
             format!("partial RoPE ({rope_dim} of {head_dim} dimensions) is not supported"),
         ));
     }
-    Ok(LlamaConfig {
+    let rope_scale = match md.get(&key("rope.scaling.type")).and_then(|v| v.to_string().ok()).map(String::as_str) {
+        None | Some("none") => 1.0,
+        Some("linear") => 1.0 / get_f32(md, &key("rope.scaling.factor")).unwrap_or(1.0),
+        Some(other) => {
+            return Err(Error::UnsupportedArchitecture {
+                architecture: format!("{a} with {other} RoPE scaling"),
+                supported: SUPPORTED_ARCHITECTURES,
+            });
+        }
+    };
+    if !(rope_scale.is_finite() && rope_scale > 0.0) {
+        return Err(Error::metadata(&key("rope.scaling.factor"), "must be a positive number"));
+    }
+    let has = |name: &str| content.tensor_infos.contains_key(name);
+    let gemma = architecture == Architecture::Gemma3;
+    // What llama.cpp hard-codes for Gemma 3: five sliding layers to one global, a local
+    // RoPE base of 10,000, and (for all sizes but 27B) scores scaled by the head width.
+    let sliding_window = if gemma {
+        Some(get_usize(md, &key("attention.sliding_window"))?).filter(|&w| w > 0)
+    } else {
+        None
+    };
+    let attention_scale = if gemma && n_layers == 62 {
+        1.0 / ((hidden / n_heads) as f32).sqrt()
+    } else {
+        1.0 / (head_dim as f32).sqrt()
+    };
+    Ok(ModelConfig {
+        architecture,
         n_layers,
         hidden,
         ffn,
@@ -338,35 +518,108 @@ fn read_config(content: &Content) -> Result<LlamaConfig> {
         context_length,
         rms_eps,
         rope_theta,
+        rope_theta_local: if gemma { 10_000.0 } else { rope_theta },
+        rope_scale,
+        rope_neox: architecture != Architecture::Llama,
+        rope_freq_factors: has("rope_freqs.weight"),
+        sliding_window,
+        sliding_pattern: if gemma { 6 } else { 1 },
+        attention_scale,
+        embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
+        activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        qkv_bias: architecture == Architecture::Qwen2 || has("blk.0.attn_q.bias"),
+        qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+        post_norms: gemma,
+        fused_qkv: architecture == Architecture::Phi3,
+        fused_gate_up: architecture == Architecture::Phi3,
     })
 }
 
-/// Expected `[rows, columns]` of every tensor the engines read.
-pub(crate) fn expected_shapes(c: &LlamaConfig, has_output: bool) -> Vec<(String, Vec<usize>)> {
-    let kv = c.n_kv_heads * c.head_dim;
+/// Names of one layer's tensors, by role; `None` where the architecture has no such tensor.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNames {
+    pub attn_norm: String,
+    /// q, k, v as separate matrices, or one fused `attn_qkv` (rows q, then k, then v).
+    pub qkv: Vec<String>,
+    pub qkv_bias: Option<[String; 3]>,
+    pub q_norm: Option<String>,
+    pub k_norm: Option<String>,
+    pub attn_output: String,
+    pub post_attn_norm: Option<String>,
+    pub ffn_norm: String,
+    /// gate, up as separate matrices, or one fused `ffn_up` (rows gate, then up).
+    pub gate_up: Vec<String>,
+    pub down: String,
+    pub post_ffn_norm: Option<String>,
+}
+
+impl ModelConfig {
+    pub(crate) fn layer_names(&self, l: usize) -> LayerNames {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        LayerNames {
+            attn_norm: n("attn_norm"),
+            qkv: if self.fused_qkv { vec![n("attn_qkv")] } else { vec![n("attn_q"), n("attn_k"), n("attn_v")] },
+            qkv_bias: self
+                .qkv_bias
+                .then(|| ["attn_q", "attn_k", "attn_v"].map(|t| format!("blk.{l}.{t}.bias"))),
+            q_norm: self.qk_norm.then(|| n("attn_q_norm")),
+            k_norm: self.qk_norm.then(|| n("attn_k_norm")),
+            attn_output: n("attn_output"),
+            post_attn_norm: self.post_norms.then(|| n("post_attention_norm")),
+            ffn_norm: n("ffn_norm"),
+            gate_up: if self.fused_gate_up { vec![n("ffn_up")] } else { vec![n("ffn_gate"), n("ffn_up")] },
+            down: n("ffn_down"),
+            post_ffn_norm: self.post_norms.then(|| n("post_ffw_norm")),
+        }
+    }
+}
+
+/// Expected `[rows, columns]` (candle order) of every tensor the engines read.
+pub(crate) fn expected_shapes(c: &ModelConfig, has_output: bool) -> Vec<(String, Vec<usize>)> {
+    let (q, kv, d, f) = (c.q_width(), c.kv_width(), c.hidden, c.ffn);
     let mut v = vec![
-        ("token_embd.weight".to_owned(), vec![c.vocab_size, c.hidden]),
-        ("output_norm.weight".to_owned(), vec![c.hidden]),
+        ("token_embd.weight".to_owned(), vec![c.vocab_size, d]),
+        ("output_norm.weight".to_owned(), vec![d]),
     ];
     if has_output {
-        v.push(("output.weight".to_owned(), vec![c.vocab_size, c.hidden]));
+        v.push(("output.weight".to_owned(), vec![c.vocab_size, d]));
+    }
+    if c.rope_freq_factors {
+        v.push(("rope_freqs.weight".to_owned(), vec![c.head_dim / 2]));
     }
     for l in 0..c.n_layers {
-        let p = format!("blk.{l}");
-        v.push((format!("{p}.attn_norm.weight"), vec![c.hidden]));
-        v.push((format!("{p}.attn_q.weight"), vec![c.hidden, c.hidden]));
-        v.push((format!("{p}.attn_k.weight"), vec![kv, c.hidden]));
-        v.push((format!("{p}.attn_v.weight"), vec![kv, c.hidden]));
-        v.push((format!("{p}.attn_output.weight"), vec![c.hidden, c.hidden]));
-        v.push((format!("{p}.ffn_norm.weight"), vec![c.hidden]));
-        v.push((format!("{p}.ffn_gate.weight"), vec![c.ffn, c.hidden]));
-        v.push((format!("{p}.ffn_up.weight"), vec![c.ffn, c.hidden]));
-        v.push((format!("{p}.ffn_down.weight"), vec![c.hidden, c.ffn]));
+        let n = c.layer_names(l);
+        v.push((n.attn_norm, vec![d]));
+        match n.qkv.as_slice() {
+            [qkv] => v.push((qkv.clone(), vec![q + 2 * kv, d])),
+            [wq, wk, wv] => {
+                v.push((wq.clone(), vec![q, d]));
+                v.push((wk.clone(), vec![kv, d]));
+                v.push((wv.clone(), vec![kv, d]));
+            }
+            _ => unreachable!("layer_names gives one or three"),
+        }
+        if let Some([bq, bk, bv]) = n.qkv_bias {
+            v.extend([(bq, vec![q]), (bk, vec![kv]), (bv, vec![kv])]);
+        }
+        v.extend(n.q_norm.into_iter().chain(n.k_norm).map(|t| (t, vec![c.head_dim])));
+        v.push((n.attn_output, vec![d, q]));
+        v.extend(n.post_attn_norm.into_iter().chain(n.post_ffn_norm).map(|t| (t, vec![d])));
+        v.push((n.ffn_norm, vec![d]));
+        match n.gate_up.as_slice() {
+            [up] => v.push((up.clone(), vec![2 * f, d])),
+            [gate, up] => {
+                v.push((gate.clone(), vec![f, d]));
+                v.push((up.clone(), vec![f, d]));
+            }
+            _ => unreachable!("layer_names gives one or two"),
+        }
+        v.push((n.down, vec![d, f]));
     }
     v
 }
 
-fn check_tensors(path: &Path, content: &Content, config: &LlamaConfig, file_len: usize) -> Result<()> {
+fn check_tensors(path: &Path, content: &Content, config: &ModelConfig, file_len: usize) -> Result<()> {
     for (name, info) in &content.tensor_infos {
         if !LOADABLE_TYPES.contains(&info.ggml_dtype) {
             return Err(Error::UnsupportedTensorType {

@@ -36,9 +36,15 @@ pub struct Tokenizer {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
     algorithm: Algorithm,
-    /// Special tokens (control and user-defined), longest first so that matching is greedy.
-    specials: Vec<(String, u32)>,
-    is_special: Vec<bool>,
+    /// Tokens matched as wholes in the text before the algorithm runs, longest first so that
+    /// matching is greedy: `(text, id, control)`. As in llama.cpp, user-defined tokens
+    /// (Gemma's runs of newlines, spaces and tabs) are matched in every text and control
+    /// tokens (`<|im_start|>`, `<end_of_turn>`) only where special tokens are parsed.
+    specials: Vec<(String, u32, bool)>,
+    /// Indices into `specials` by their first byte, so a scan looks only at candidates.
+    specials_by_byte: HashMap<u8, Vec<usize>>,
+    /// Control tokens, which decode to nothing.
+    is_control: Vec<bool>,
     unknown: Option<u32>,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -301,17 +307,22 @@ impl Tokenizer {
     ) -> Result<Self> {
         let n = tokens.len();
         let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let mut is_special = vec![false; n];
+        let mut is_control = vec![false; n];
         let mut specials = Vec::new();
         for (i, t) in types.iter().enumerate().take(n) {
             if *t == TOKEN_TYPE_CONTROL || *t == TOKEN_TYPE_USER_DEFINED {
-                is_special[i] = true;
+                let control = *t == TOKEN_TYPE_CONTROL;
+                is_control[i] = control;
                 if !tokens[i].is_empty() {
-                    specials.push((tokens[i].clone(), i as u32));
+                    specials.push((tokens[i].clone(), i as u32, control));
                 }
             }
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let mut specials_by_byte: HashMap<u8, Vec<usize>> = HashMap::new();
+        for (i, (text, _, _)) in specials.iter().enumerate() {
+            specials_by_byte.entry(text.as_bytes()[0]).or_default().push(i);
+        }
         let unknown = unknown.filter(|&u| (u as usize) < n);
         for id in [bos, eos].into_iter().flatten() {
             if id as usize >= n {
@@ -330,7 +341,19 @@ impl Tokenizer {
                 stop_tokens.push(id);
             }
         }
-        Ok(Tokenizer { tokens, ids, algorithm, specials, is_special, unknown, bos, eos, add_bos, stop_tokens })
+        Ok(Tokenizer {
+            tokens,
+            ids,
+            algorithm,
+            specials,
+            specials_by_byte,
+            is_control,
+            unknown,
+            bos,
+            eos,
+            add_bos,
+            stop_tokens,
+        })
     }
 
     /// Whether prompts start with the BOS token (`tokenizer.ggml.add_bos_token`).
@@ -402,29 +425,26 @@ impl Tokenizer {
         };
         let mut fragments: Vec<Fragment> = Vec::new();
         for &(text, parse_special) in parts {
-            if !parse_special {
-                push_text(&mut fragments, text);
-                continue;
-            }
-            let mut rest = text;
-            while !rest.is_empty() {
-                // The earliest special token; at equal positions the longest wins.
-                let mut best: Option<(usize, &str, u32)> = None;
-                for (s, id) in &self.specials {
-                    if let Some(pos) = rest.find(s.as_str())
-                        && best.is_none_or(|(bp, bs, _)| pos < bp || (pos == bp && s.len() > bs.len()))
-                    {
-                        best = Some((pos, s, *id));
+            let mut start = 0;
+            let mut i = 0;
+            while i < text.len() {
+                let found = self.specials_by_byte.get(&text.as_bytes()[i]).and_then(|candidates| {
+                    candidates.iter().map(|&c| &self.specials[c]).find(|(s, _, control)| {
+                        (parse_special || !control) && text.as_bytes()[i..].starts_with(s.as_bytes())
+                    })
+                });
+                match found {
+                    Some((s, id, _)) => {
+                        push_text(&mut fragments, &text[start..i]);
+                        fragments.push(Fragment::Special(*id));
+                        i += s.len();
+                        start = i;
                     }
+                    // Next character: tokens are whole strings, so they start on boundaries.
+                    None => i += text[i..].chars().next().map_or(1, char::len_utf8),
                 }
-                let Some((pos, s, id)) = best else {
-                    push_text(&mut fragments, rest);
-                    break;
-                };
-                push_text(&mut fragments, &rest[..pos]);
-                fragments.push(Fragment::Special(id));
-                rest = &rest[pos + s.len()..];
             }
+            push_text(&mut fragments, &text[start..]);
         }
         let mut out = Vec::new();
         // SentencePiece adds its space prefix at the start and after each special token.
@@ -449,11 +469,11 @@ impl Tokenizer {
         out
     }
 
-    /// The bytes a token stands for; special tokens decode to nothing.
+    /// The bytes a token stands for; control tokens decode to nothing, user-defined ones to their text.
     pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
         let text =
             self.tokens.get(id as usize).ok_or(Error::TokenOutOfRange { token: id, vocab_size: self.tokens.len() })?;
-        if self.is_special[id as usize] {
+        if self.is_control[id as usize] {
             return Ok(Vec::new());
         }
         match &self.algorithm {

@@ -53,12 +53,18 @@ fn corrupt_header_bytes_never_panic() {
 fn unsupported_architecture() {
     let t = tiny(&TinyLlamaSpec::default());
     let mut bytes = std::fs::read(&t.path).unwrap();
-    // Rename the architecture in place: "llama" -> "gemma" keeps every length the same.
+    // Rename the architecture in place: "llama" -> "mamba" keeps every length the same.
     let needle = b"\x05\x00\x00\x00\x00\x00\x00\x00llama";
     let i = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
-    bytes[i + 8..i + 13].copy_from_slice(b"gemma");
-    let err = Model::from_bytes("gemma.gguf".into(), bytes).unwrap_err();
-    assert!(matches!(&err, Error::UnsupportedArchitecture { architecture } if architecture == "gemma"), "{err}");
+    bytes[i + 8..i + 13].copy_from_slice(b"mamba");
+    let err = Model::from_bytes("mamba.gguf".into(), bytes).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedArchitecture { architecture, supported }
+            if architecture == "mamba" && supported.contains("gemma3") && supported.contains("qwen3")),
+        "{err}"
+    );
+    // The message names the architecture and what would work instead.
+    assert!(err.to_string().contains("`mamba`") && err.to_string().contains("phi3"), "{err}");
 }
 
 #[test]

@@ -52,6 +52,10 @@ pub(crate) enum Kernel {
     Attention,
     SwiGlu,
     Sample,
+    /// Adds the q|k|v biases.
+    Bias,
+    /// RMSNorm of each query and key head.
+    HeadNorm,
 }
 
 impl Kernel {
@@ -80,6 +84,8 @@ impl Kernel {
             Kernel::Attention => include_str!("wgsl/attention.wgsl").to_owned(),
             Kernel::SwiGlu => format!("{}\n{}", include_str!("wgsl/q8.wgsl"), include_str!("wgsl/swiglu.wgsl")),
             Kernel::Sample => include_str!("wgsl/sample.wgsl").to_owned(),
+            Kernel::Bias => include_str!("wgsl/bias.wgsl").to_owned(),
+            Kernel::HeadNorm => include_str!("wgsl/headnorm.wgsl").to_owned(),
         };
         format!("{COMMON}\n{body}")
     }
@@ -97,6 +103,8 @@ impl Kernel {
             Kernel::Attention => "uurrrww",
             Kernel::SwiGlu => "uurwww",
             Kernel::Sample => "uurww",
+            Kernel::Bias => "uurw",
+            Kernel::HeadNorm => "uuwrr",
         }
     }
 }

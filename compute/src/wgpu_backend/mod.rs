@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::{BackendKind, Engine, check_input};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Activation, Model};
 use crate::sampling::SamplingParams;
 use kernels::{Kernel, Pipelines, is_quantized};
 use weights::{WeightBuffer, upload_f32, upload_stacked, upload_weight};
@@ -271,6 +271,30 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// `x += W h`, or with a post-norm (Gemma 3) `x += norm(W h)` through `tmp`.
+    #[allow(clippy::too_many_arguments)]
+    fn residual(
+        &mut self,
+        w: &WeightBuffer,
+        h: &wgpu::Buffer,
+        xq: &wgpu::Buffer,
+        xs: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        tmp: &wgpu::Buffer,
+        post_norm: Option<wgpu::Buffer>,
+        d: usize,
+        eps: u32,
+    ) {
+        match post_norm {
+            None => self.matmul(w, h, xq, xs, x, (d, 0), true),
+            Some(pn) => {
+                self.matmul(w, h, xq, xs, tmp, (d, 0), false);
+                let dummy = self.dummy.clone();
+                self.push(Kernel::RmsNorm, None, &[d as u32, eps, 0, 0, 1], &[tmp, &pn, x, &dummy, &dummy], Size::PerToken);
+            }
+        }
+    }
+
     fn quantize(&mut self, x: &wgpu::Buffer, dim: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) {
         let blocks = (dim / 32) as u32;
         let size = Size::Elems { per_token: blocks, wg: 64 };
@@ -333,10 +357,9 @@ impl WgpuEngine {
     pub fn new(model: &Model, options: &WgpuOptions) -> Result<Self> {
         let c = model.config().clone();
         // Check types before touching a device, so the error is the same everywhere.
-        for (name, _) in crate::model::expected_shapes(&c, model.tensor_type("output.weight").is_some()) {
+        for (name, shape) in crate::model::expected_shapes(&c, model.tensor_type("output.weight").is_some()) {
             let dtype = model.tensor_type(&name).expect("validated at load");
-            let is_matrix = !name.ends_with("norm.weight");
-            if is_matrix && weights::device_layout(dtype).is_none() {
+            if shape.len() == 2 && weights::device_layout(dtype).is_none() {
                 return Err(Error::UnsupportedTensorType {
                     tensor: name,
                     dtype: format!("{dtype:?}"),
@@ -346,10 +369,12 @@ impl WgpuEngine {
             }
         }
         let bad_shape = |reason: String| Error::BadTensor { tensor: "token_embd.weight".to_owned(), reason };
-        if !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) {
+        if !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) || !c.q_width().is_multiple_of(32) {
             return Err(bad_shape(format!(
-                "the wgpu kernels need widths that are multiples of 32 (embedding {}, feed-forward {})",
-                c.hidden, c.ffn
+                "the wgpu kernels need widths that are multiples of 32 (embedding {}, feed-forward {}, queries {})",
+                c.hidden,
+                c.ffn,
+                c.q_width()
             )));
         }
         if c.head_dim > 256 {
@@ -395,12 +420,15 @@ impl WgpuEngine {
         let f = c.ffn;
         let x = storage(&device, "x", ch * d * 4);
         let xn = storage(&device, "xn", ch * d * 4);
-        let qkv_width = d + 2 * kvd;
+        let qd = c.q_width();
+        let qkv_width = qd + 2 * kvd;
         let qkv = storage(&device, "q|k|v", ch * qkv_width * 4);
-        let att = storage(&device, "att", ch * d * 4);
+        let att = storage(&device, "att", ch * qd * 4);
+        // Attention and MLP outputs, normalised before the residual add (Gemma 3).
+        let sub_out = storage(&device, "sublayer out", if c.post_norms { ch * d * 4 } else { 16 });
         let gu = storage(&device, "gate|up", ch * 2 * f * 4);
         let h = storage(&device, "swiglu", ch * f * 4);
-        let kmax = d.max(f);
+        let kmax = d.max(f).max(qd);
         let xq = storage(&device, "xq", ch * kmax / 32 * 32);
         let xs = storage(&device, "xs", ch * kmax / 32 * 8);
         let last = storage(&device, "last", d * 4);
@@ -417,19 +445,24 @@ impl WgpuEngine {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        // RoPE table, computed as candle computes it (f32 throughout).
-        let half = c.head_dim / 2;
-        let mut cs = Vec::with_capacity(context_length * half * 2);
-        let theta: Vec<f32> =
-            (0..c.head_dim).step_by(2).map(|i| 1f32 / c.rope_theta.powf(i as f32 / c.head_dim as f32)).collect();
-        for pos in 0..context_length {
-            for th in &theta {
-                let a = pos as f32 * th;
-                cs.push(a.cos());
-                cs.push(a.sin());
+        // RoPE tables, one per distinct (base, scale) of the layers.
+        let freq_factors = if c.rope_freq_factors {
+            let (dtype, _, data) = model.tensor_data("rope_freqs.weight")?;
+            Some(weights::dequantize_norm("rope_freqs.weight", dtype, data)?)
+        } else {
+            None
+        };
+        let mut rope_tables: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
+        for l in 0..c.n_layers {
+            let (theta, scale) = c.rope_of_layer(l);
+            let key = (theta.to_bits(), scale.to_bits());
+            if rope_tables.iter().all(|(k, _)| *k != key) {
+                let table = c.rope_table(l, context_length, freq_factors.as_deref());
+                let flat: Vec<f32> = table.into_iter().flat_map(|(cos, sin)| [cos, sin]).collect();
+                rope_tables.push((key, upload_f32(&device, "rope table", &flat)));
             }
         }
-        let cs_buf = upload_f32(&device, "rope table", &cs);
+        let half = c.head_dim / 2;
 
         let mut b = Builder {
             device: &device,
@@ -446,96 +479,134 @@ impl WgpuEngine {
             },
         };
 
-        let embd = upload_weight(&device, model, "token_embd.weight")?;
+        let embd = weights::upload_rows(&device, model, "token_embd.weight", max_binding)?;
         let dummy = b.dummy.clone();
-        b.push(
-            Kernel::Embed(embd.dtype),
-            None,
-            &[embd.blocks_per_row, d as u32],
-            &[&embd.data, embd.scales.as_ref().unwrap_or(&dummy), &tokens_buf, &x],
-            Size::PerToken,
-        );
-        let norm = |name: &str| -> Result<wgpu::Buffer> {
+        for (first, e) in &embd {
+            b.push(
+                Kernel::Embed(e.dtype),
+                None,
+                &[e.blocks_per_row, d as u32, c.embedding_scale.unwrap_or(1.0).to_bits(), *first, e.rows],
+                &[&e.data, e.scales.as_ref().unwrap_or(&dummy), &tokens_buf, &x],
+                Size::PerToken,
+            );
+        }
+        let norm_values = |name: &str| -> Result<Vec<f32>> {
             let (dtype, _, data) = model.tensor_data(name)?;
-            let values = weights::dequantize_norm(name, dtype, data)?;
-            Ok(upload_f32(&device, name, &values))
+            weights::dequantize_norm(name, dtype, data)
         };
+        let norm = |name: &str| -> Result<wgpu::Buffer> { Ok(upload_f32(&device, name, &norm_values(name)?)) };
         let eps = c.rms_eps.to_bits();
         for l in 0..c.n_layers {
-            let p = format!("blk.{l}");
-            let name = |n: &str| format!("{p}.{n}.weight");
-            let (q_name, k_name, v_name) = (name("attn_q"), name("attn_k"), name("attn_v"));
-            let (gate_name, up_name) = (name("ffn_gate"), name("ffn_up"));
-            let wo = upload_weight(&device, model, &name("attn_output"))?;
-            let wd = upload_weight(&device, model, &name("ffn_down"))?;
-            let quantized = |n: &str| model.tensor_type(n).is_some_and(is_quantized);
-            let attn_norm = norm(&format!("{p}.attn_norm.weight"))?;
-            let ffn_norm = norm(&format!("{p}.ffn_norm.weight"))?;
+            let n = c.layer_names(l);
+            let wo = upload_weight(&device, model, &n.attn_output)?;
+            let wd = upload_weight(&device, model, &n.down)?;
+            let quantized = |names: &[String]| names.iter().any(|t| model.tensor_type(t).is_some_and(is_quantized));
+            let attn_norm = norm(&n.attn_norm)?;
+            let ffn_norm = norm(&n.ffn_norm)?;
             let kc = storage(&device, "k cache", kv_bytes);
             let vc = storage(&device, "v cache", kv_bytes);
 
-            let q = [&q_name, &k_name, &v_name].iter().any(|n| quantized(n));
+            let q = quantized(&n.qkv);
             b.push(
                 Kernel::RmsNorm,
                 None,
-                &[d as u32, eps, 0, q as u32],
+                &[d as u32, eps, 0, q as u32, 0],
                 &[&x, &attn_norm, &xn, &xq, &xs],
                 Size::PerToken,
             );
-            b.stacked(model, &[&q_name, &k_name, &v_name], &xn, &xq, &xs, &qkv, qkv_width)?;
+            let qkv_names: Vec<&str> = n.qkv.iter().map(String::as_str).collect();
+            b.stacked(model, &qkv_names, &xn, &xq, &xs, &qkv, qkv_width)?;
+            if let Some(biases) = &n.qkv_bias {
+                let mut values = Vec::with_capacity(qkv_width);
+                for name in biases {
+                    values.extend(norm_values(name)?);
+                }
+                let bias = upload_f32(&device, "q|k|v bias", &values);
+                b.push(
+                    Kernel::Bias,
+                    None,
+                    &[qkv_width as u32],
+                    &[&bias, &qkv],
+                    Size::Elems { per_token: qkv_width as u32, wg: 64 },
+                );
+            }
+            if let (Some(qn), Some(kn)) = (&n.q_norm, &n.k_norm) {
+                let (qn, kn) = (norm(qn)?, norm(kn)?);
+                b.push(
+                    Kernel::HeadNorm,
+                    None,
+                    &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, eps],
+                    &[&qkv, &qn, &kn],
+                    Size::GridPerToken((c.n_heads + c.n_kv_heads) as u32),
+                );
+            }
+            let (theta, scale) = c.rope_of_layer(l);
+            let cs_buf = &rope_tables.iter().find(|(k, _)| *k == (theta.to_bits(), scale.to_bits())).expect("built above").1;
             let rope_items = ((c.n_heads + c.n_kv_heads) * half + kvd) as u32;
             b.push(
                 Kernel::Rope,
                 None,
-                &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32],
-                &[&qkv, &kc, &vc, &cs_buf],
+                &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, c.rope_neox as u32],
+                &[&qkv, &kc, &vc, cs_buf],
                 Size::GridPerToken(rope_items.div_ceil(64)),
             );
-            let scale = (1.0 / (c.head_dim as f32).sqrt()).to_bits();
+            let window = if c.is_sliding(l) { c.sliding_window.unwrap_or(0) as u32 } else { 0 };
             b.push(
                 Kernel::Attention,
                 None,
-                &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, context_length as u32, scale],
+                &[
+                    c.n_heads as u32,
+                    c.n_kv_heads as u32,
+                    c.head_dim as u32,
+                    context_length as u32,
+                    c.attention_scale.to_bits(),
+                    window,
+                ],
                 &[&qkv, &kc, &vc, &scratch, &att],
                 Size::GridPerToken(c.n_heads as u32),
             );
             if is_quantized(wo.dtype) {
-                b.quantize(&att, d, &xq, &xs);
+                b.quantize(&att, qd, &xq, &xs);
             }
-            b.matmul(&wo, &att, &xq, &xs, &x, (d, 0), true);
-            let q = quantized(&gate_name) || quantized(&up_name);
+            b.residual(&wo, &att, &xq, &xs, &x, &sub_out, n.post_attn_norm.as_deref().map(&norm).transpose()?, d, eps);
+            let q = quantized(&n.gate_up);
             b.push(
                 Kernel::RmsNorm,
                 None,
-                &[d as u32, eps, 0, q as u32],
+                &[d as u32, eps, 0, q as u32, 0],
                 &[&x, &ffn_norm, &xn, &xq, &xs],
                 Size::PerToken,
             );
-            b.stacked(model, &[&gate_name, &up_name], &xn, &xq, &xs, &gu, 2 * f)?;
+            let gate_up_names: Vec<&str> = n.gate_up.iter().map(String::as_str).collect();
+            b.stacked(model, &gate_up_names, &xn, &xq, &xs, &gu, 2 * f)?;
             b.push(
                 Kernel::SwiGlu,
                 None,
-                &[f as u32, is_quantized(wd.dtype) as u32],
+                &[f as u32, is_quantized(wd.dtype) as u32, (c.activation == Activation::GeluTanh) as u32],
                 &[&gu, &h, &xq, &xs],
                 Size::Elems { per_token: (f / 32) as u32, wg: 64 },
             );
-            b.matmul(&wd, &h, &xq, &xs, &x, (d, 0), true);
+            b.residual(&wd, &h, &xq, &xs, &x, &sub_out, n.post_ffn_norm.as_deref().map(&norm).transpose()?, d, eps);
         }
         let out_norm = norm("output_norm.weight")?;
         let first_final = b.ops.len();
         let out_w = if model.output_tensor_name() == "token_embd.weight" {
             embd
         } else {
-            upload_weight(&device, model, "output.weight")?
+            weights::upload_rows(&device, model, "output.weight", max_binding)?
         };
+        // Every block quantizes the same way, so one quantized copy of `last` serves all.
+        let out_quantized = out_w.iter().any(|(_, w)| is_quantized(w.dtype));
         b.push(
             Kernel::RmsNorm,
             None,
-            &[d as u32, eps, 1, is_quantized(out_w.dtype) as u32],
+            &[d as u32, eps, 1, out_quantized as u32, 0],
             &[&x, &out_norm, &last, &xq, &xs],
             Size::Fixed(1),
         );
-        b.matmul(&out_w, &last, &xq, &xs, &logits_buf, (c.vocab_size, 0), false);
+        for (first, w) in &out_w {
+            b.matmul(w, &last, &xq, &xs, &logits_buf, (c.vocab_size, *first as usize), false);
+        }
         // The final norm, quantization and output projection see one row (the last
         // position's): the projection is forced to the matrix-vector kernel by leaving out
         // the tiled alternative, and intermediate prompt chunks skip all three.

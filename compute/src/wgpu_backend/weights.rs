@@ -230,6 +230,42 @@ pub(crate) fn upload_weight(device: &wgpu::Device, model: &Model, name: &str) ->
     upload_stacked(device, model, &[name])?.ok_or_else(|| unreachable_mixed(name))
 }
 
+/// Uploads a matrix as consecutive blocks of whole rows, each within `max_binding` bytes
+/// (a buffer binding's limit: lavapipe's is 128 MiB, under the 160 MiB that Gemma 3's
+/// 262k-row embedding takes on the device), with the first row of each.
+pub(crate) fn upload_rows(
+    device: &wgpu::Device,
+    model: &Model,
+    name: &str,
+    max_binding: usize,
+) -> Result<Vec<(u32, WeightBuffer)>> {
+    let (t, shape, data) = model.tensor_data(name)?;
+    let [rows, cols] = shape[..] else {
+        return Err(Error::BadTensor { tensor: name.to_owned(), reason: format!("expected a matrix, found shape {shape:?}") });
+    };
+    let layout = device_layout(t).expect("checked before upload");
+    let row_bytes = data.len() / rows.max(1);
+    let (q1, s1) = repack(t, &data[..row_bytes]);
+    // The larger of the row's two buffers bounds how many rows fit in one binding.
+    let device_row = (q1.len() * 4).max(s1.map_or(0, |s| s.len() * 4)).max(1);
+    let per_chunk = (max_binding / device_row).max(1);
+    let mut out = Vec::new();
+    for first in (0..rows).step_by(per_chunk) {
+        let n = per_chunk.min(rows - first);
+        let (q, s) = repack(t, &data[first * row_bytes..(first + n) * row_bytes]);
+        let label = format!("{name}[{first}..]");
+        let data = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(&label),
+            contents: bytemuck::cast_slice(&q),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let scales = s.map(|s| upload_f32(device, &label, &s));
+        let w = WeightBuffer { dtype: layout, rows: n as u32, blocks_per_row: (cols / 32) as u32, data, scales };
+        out.push((first as u32, w));
+    }
+    Ok(out)
+}
+
 fn unreachable_mixed(name: &str) -> Error {
     Error::BadTensor { tensor: name.to_owned(), reason: "a single tensor cannot mix types".to_owned() }
 }

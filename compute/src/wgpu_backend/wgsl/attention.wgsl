@@ -1,7 +1,8 @@
 // Causal attention of one query head of one chunk token over the KV cache, with
 // grouped-query heads (query head h reads key/value head h / (n_heads / n_kv)). Scores go
-// to a scratch buffer so that the context length is not bounded by workgroup memory.
-struct P { n_heads: u32, n_kv: u32, hd: u32, ctx: u32, scale: f32, _a: u32, _b: u32, _c: u32 }
+// to a scratch buffer so that the context length is not bounded by workgroup memory. With a
+// `window` (sliding-window layers) a query sees only its own and the window - 1 keys before.
+struct P { n_heads: u32, n_kv: u32, hd: u32, ctx: u32, scale: f32, window: u32, _b: u32, _c: u32 }
 @group(0) @binding(1) var<uniform> p: P;
 // The queries, inside the fused q/k/v buffer (see rope.wgsl).
 @group(0) @binding(2) var<storage, read> q: array<f32>;
@@ -21,6 +22,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let t = wg.y;
     let kvh = h / (p.n_heads / p.n_kv);
     let len = st.pos + t + 1u;
+    var start = 0u;
+    if (p.window != 0u && len > p.window) { start = len - p.window; }
     let kvd = p.n_kv * p.hd;
     let qo = t * (p.n_heads * p.hd + 2u * kvd) + h * p.hd;
     let oo = t * p.n_heads * p.hd + h * p.hd;
@@ -29,7 +32,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     workgroupBarrier();
 
     var m = -3.402823e38;
-    for (var j = lid; j < len; j += WG) {
+    for (var j = start + lid; j < len; j += WG) {
         let kb = j * kvd + kvh * p.hd;
         var s = 0.0;
         for (var d = 0u; d < p.hd; d++) { s += qv[d] * kc[kb + d]; }
@@ -47,7 +50,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     workgroupBarrier();
 
     var sum = 0.0;
-    for (var j = lid; j < len; j += WG) {
+    for (var j = start + lid; j < len; j += WG) {
         let e = exp(scores[sb + j] - mx);
         scores[sb + j] = e;
         sum += e;
@@ -69,7 +72,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let d = idx % p.hd;
         let c = idx / p.hd;
         var acc = 0.0;
-        for (var j = c; j < len; j += chunks) {
+        for (var j = start + c; j < len; j += chunks) {
             acc += (scores[sb + j] / total) * vc[j * kvd + kvh * p.hd + d];
         }
         part[idx] = acc;

@@ -2,8 +2,9 @@
 // 8-bit blocks for the quantized products that read it (saving a dispatch). One workgroup
 // per token; with `last_only` a single workgroup normalises the chunk's last token into
 // row 0 (the final norm, whose only consumer is the output projection of the last
-// position).
-struct P { dim: u32, eps: f32, last_only: u32, quantize: u32 }
+// position). With `add` the result is added to `out` instead (a norm after attention or
+// the MLP, before the residual add).
+struct P { dim: u32, eps: f32, last_only: u32, quantize: u32, add: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(1) var<uniform> p: P;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<f32>;
@@ -40,7 +41,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var i = 0u; i < 32u; i++) {
             let j = b * 32u + i;
             v[i] = x[t * p.dim + j] / m * w[j];
-            out[o * p.dim + j] = v[i];
+            if (p.add != 0u) {
+                out[o * p.dim + j] += v[i];
+            } else {
+                out[o * p.dim + j] = v[i];
+            }
         }
         if (p.quantize != 0u) { store_q8(o * blocks + b, v); }
     }
