@@ -5,8 +5,8 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{D, Device, IndexOp, Module, Tensor};
 
 use crate::engine::{BackendKind, Engine, check_input};

@@ -496,16 +496,10 @@ fn read_config(content: &Content) -> Result<ModelConfig> {
     let gemma = architecture == Architecture::Gemma3;
     // What llama.cpp hard-codes for Gemma 3: five sliding layers to one global, a local
     // RoPE base of 10,000, and (for all sizes but 27B) scores scaled by the head width.
-    let sliding_window = if gemma {
-        Some(get_usize(md, &key("attention.sliding_window"))?).filter(|&w| w > 0)
-    } else {
-        None
-    };
-    let attention_scale = if gemma && n_layers == 62 {
-        1.0 / ((hidden / n_heads) as f32).sqrt()
-    } else {
-        1.0 / (head_dim as f32).sqrt()
-    };
+    let sliding_window =
+        if gemma { Some(get_usize(md, &key("attention.sliding_window"))?).filter(|&w| w > 0) } else { None };
+    let attention_scale =
+        if gemma && n_layers == 62 { 1.0 / ((hidden / n_heads) as f32).sqrt() } else { 1.0 / (head_dim as f32).sqrt() };
     Ok(ModelConfig {
         architecture,
         n_layers,
@@ -559,9 +553,7 @@ impl ModelConfig {
         LayerNames {
             attn_norm: n("attn_norm"),
             qkv: if self.fused_qkv { vec![n("attn_qkv")] } else { vec![n("attn_q"), n("attn_k"), n("attn_v")] },
-            qkv_bias: self
-                .qkv_bias
-                .then(|| ["attn_q", "attn_k", "attn_v"].map(|t| format!("blk.{l}.{t}.bias"))),
+            qkv_bias: self.qkv_bias.then(|| ["attn_q", "attn_k", "attn_v"].map(|t| format!("blk.{l}.{t}.bias"))),
             q_norm: self.qk_norm.then(|| n("attn_q_norm")),
             k_norm: self.qk_norm.then(|| n("attn_k_norm")),
             attn_output: n("attn_output"),
@@ -577,10 +569,8 @@ impl ModelConfig {
 /// Expected `[rows, columns]` (candle order) of every tensor the engines read.
 pub(crate) fn expected_shapes(c: &ModelConfig, has_output: bool) -> Vec<(String, Vec<usize>)> {
     let (q, kv, d, f) = (c.q_width(), c.kv_width(), c.hidden, c.ffn);
-    let mut v = vec![
-        ("token_embd.weight".to_owned(), vec![c.vocab_size, d]),
-        ("output_norm.weight".to_owned(), vec![d]),
-    ];
+    let mut v =
+        vec![("token_embd.weight".to_owned(), vec![c.vocab_size, d]), ("output_norm.weight".to_owned(), vec![d])];
     if has_output {
         v.push(("output.weight".to_owned(), vec![c.vocab_size, d]));
     }

@@ -8,10 +8,18 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::Architecture;
 
-/// The shape and storage of a random llama model.
+/// The shape and storage of a random model of any supported architecture (llama unless
+/// `architecture` says otherwise).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TinyLlamaSpec {
+    /// Which architecture's metadata and tensors the file has.
+    pub architecture: Architecture,
+    /// Width of one head, written as `attention.key_length` (else the width over the heads).
+    pub head_dim: Option<usize>,
+    /// Gemma 3's sliding window (its sixth layers are global).
+    pub sliding_window: usize,
     /// Transformer blocks.
     pub n_layers: usize,
     /// Residual width (a multiple of 32 for quantized types).
@@ -61,6 +69,9 @@ pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for mess
 impl Default for TinyLlamaSpec {
     fn default() -> Self {
         TinyLlamaSpec {
+            architecture: Architecture::Llama,
+            head_dim: None,
+            sliding_window: 8,
             n_layers: 2,
             hidden: 64,
             ffn: 128,
@@ -226,15 +237,17 @@ impl Rng {
     }
 }
 
-/// Writes a random llama model to `path`.
+/// Writes a random model (of `spec.architecture`) to `path`.
 pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     let (n_vocab, tokenizer_md) = match spec.tokenizer {
         TinyTokenizer::ByteLevel => byte_level_metadata(false),
         TinyTokenizer::Llama3 => byte_level_metadata(true),
         TinyTokenizer::SentencePiece => sentencepiece_metadata(),
     };
-    let head_dim = spec.hidden / spec.n_heads;
+    let head_dim = spec.head_dim.unwrap_or(spec.hidden / spec.n_heads);
     let kv = spec.n_kv_heads * head_dim;
+    let q = spec.n_heads * head_dim;
+    let arch = spec.architecture;
     let mut rng = Rng(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
 
     let quantize = |t: Tensor, dtype: GgmlDType| {
@@ -247,43 +260,85 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     let s_in = 1.0 / (h as f32).sqrt();
     // Tied embeddings are kept small and the final norm large: otherwise the residual
     // stream is dominated by the current token's embedding, and a model whose output
-    // matrix is that embedding predicts its input token forever.
-    let (embd_scale, out_norm) = if spec.tied_embeddings { (0.15, 3.0) } else { (0.5, 1.0) };
+    // matrix is that embedding predicts its input token forever. Gemma multiplies its
+    // embedding by the square root of the width, so its rows start that much smaller.
+    let (mut embd_scale, out_norm) = if spec.tied_embeddings { (0.15, 3.0) } else { (0.5, 1.0) };
+    if arch == Architecture::Gemma3 {
+        embd_scale /= (h as f32).sqrt();
+    }
+    let f32t = GgmlDType::F32;
     tensors
         .push(("token_embd.weight".into(), quantize(rng.tensor(n_vocab, h, embd_scale, 0.0)?, spec.embedding_type)?));
-    tensors.push(("output_norm.weight".into(), quantize(rng.tensor(1, h, 0.2, out_norm)?, GgmlDType::F32)?));
+    tensors.push(("output_norm.weight".into(), quantize(rng.tensor(1, h, 0.2, out_norm)?, f32t)?));
     if !spec.tied_embeddings {
         tensors.push(("output.weight".into(), quantize(rng.tensor(n_vocab, h, 0.5, 0.0)?, spec.embedding_type)?));
     }
+    let s_ffn = 1.0 / (spec.ffn as f32).sqrt();
+    let s_q = 1.0 / (q as f32).sqrt();
     for l in 0..spec.n_layers {
         let p = format!("blk.{l}");
         let w = spec.weight_type;
-        tensors.push((format!("{p}.attn_norm.weight"), quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?));
-        tensors.push((format!("{p}.attn_q.weight"), quantize(rng.tensor(h, h, 2.0 * s_in, 0.0)?, w)?));
-        tensors.push((format!("{p}.attn_k.weight"), quantize(rng.tensor(kv, h, 2.0 * s_in, 0.0)?, w)?));
-        tensors.push((format!("{p}.attn_v.weight"), quantize(rng.tensor(kv, h, s_in, 0.0)?, w)?));
-        tensors.push((format!("{p}.attn_output.weight"), quantize(rng.tensor(h, h, s_in, 0.0)?, w)?));
-        tensors.push((format!("{p}.ffn_norm.weight"), quantize(rng.tensor(1, h, 0.2, 1.0)?, GgmlDType::F32)?));
-        tensors.push((format!("{p}.ffn_gate.weight"), quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?));
-        tensors.push((format!("{p}.ffn_up.weight"), quantize(rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?));
-        let s_ffn = 1.0 / (spec.ffn as f32).sqrt();
-        tensors.push((format!("{p}.ffn_down.weight"), quantize(rng.tensor(h, spec.ffn, s_ffn, 0.0)?, w)?));
+        let mut push = |name: &str, t: Tensor, dtype: GgmlDType| -> Result<()> {
+            tensors.push((format!("{p}.{name}"), quantize(t, dtype)?));
+            Ok(())
+        };
+        push("attn_norm.weight", rng.tensor(1, h, 0.2, 1.0)?, f32t)?;
+        if arch == Architecture::Phi3 {
+            push("attn_qkv.weight", rng.tensor(q + 2 * kv, h, 2.0 * s_in, 0.0)?, w)?;
+        } else {
+            push("attn_q.weight", rng.tensor(q, h, 2.0 * s_in, 0.0)?, w)?;
+            push("attn_k.weight", rng.tensor(kv, h, 2.0 * s_in, 0.0)?, w)?;
+            push("attn_v.weight", rng.tensor(kv, h, s_in, 0.0)?, w)?;
+        }
+        if arch == Architecture::Qwen2 {
+            push("attn_q.bias", rng.tensor(1, q, 0.5, 0.0)?, f32t)?;
+            push("attn_k.bias", rng.tensor(1, kv, 0.5, 0.0)?, f32t)?;
+            push("attn_v.bias", rng.tensor(1, kv, 0.2, 0.0)?, f32t)?;
+        }
+        if matches!(arch, Architecture::Qwen3 | Architecture::Gemma3) {
+            // Normalised heads have entries of order 1, so scores of order 1 after the
+            // 1/sqrt(head width) scale: attention neither uniform nor one-hot.
+            push("attn_q_norm.weight", rng.tensor(1, head_dim, 0.2, 1.0)?, f32t)?;
+            push("attn_k_norm.weight", rng.tensor(1, head_dim, 0.2, 1.0)?, f32t)?;
+        }
+        push("attn_output.weight", rng.tensor(h, q, s_q, 0.0)?, w)?;
+        if arch == Architecture::Gemma3 {
+            push("post_attention_norm.weight", rng.tensor(1, h, 0.2, 1.0)?, f32t)?;
+            push("post_ffw_norm.weight", rng.tensor(1, h, 0.2, 1.0)?, f32t)?;
+        }
+        push("ffn_norm.weight", rng.tensor(1, h, 0.2, 1.0)?, f32t)?;
+        if arch == Architecture::Phi3 {
+            push("ffn_up.weight", rng.tensor(2 * spec.ffn, h, s_in, 0.0)?, w)?;
+        } else {
+            push("ffn_gate.weight", rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?;
+            push("ffn_up.weight", rng.tensor(spec.ffn, h, s_in, 0.0)?, w)?;
+        }
+        push("ffn_down.weight", rng.tensor(h, spec.ffn, s_ffn, 0.0)?, w)?;
     }
 
     let u32v = |x: usize| Value::U32(x as u32);
+    let a = arch.name();
+    let key = |k: &str| -> &'static str { Box::leak(format!("{a}.{k}").into_boxed_str()) };
     let mut metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("general.name", Value::String(format!("tiny random llama (seed {})", spec.seed))),
-        ("llama.block_count", u32v(spec.n_layers)),
-        ("llama.context_length", u32v(spec.context_length)),
-        ("llama.embedding_length", u32v(h)),
-        ("llama.feed_forward_length", u32v(spec.ffn)),
-        ("llama.attention.head_count", u32v(spec.n_heads)),
-        ("llama.attention.head_count_kv", u32v(spec.n_kv_heads)),
-        ("llama.rope.freq_base", Value::F32(spec.rope_theta)),
-        ("llama.rope.dimension_count", u32v(head_dim)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("general.architecture", Value::String(a.into())),
+        ("general.name", Value::String(format!("tiny random {a} (seed {})", spec.seed))),
+        (key("block_count"), u32v(spec.n_layers)),
+        (key("context_length"), u32v(spec.context_length)),
+        (key("embedding_length"), u32v(h)),
+        (key("feed_forward_length"), u32v(spec.ffn)),
+        (key("attention.head_count"), u32v(spec.n_heads)),
+        (key("attention.head_count_kv"), u32v(spec.n_kv_heads)),
+        (key("rope.freq_base"), Value::F32(spec.rope_theta)),
+        (key("rope.dimension_count"), u32v(head_dim)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
     ];
+    if spec.head_dim.is_some() {
+        metadata.push((key("attention.key_length"), u32v(head_dim)));
+        metadata.push((key("attention.value_length"), u32v(head_dim)));
+    }
+    if arch == Architecture::Gemma3 {
+        metadata.push((key("attention.sliding_window"), u32v(spec.sliding_window)));
+    }
     metadata.extend(tokenizer_md);
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -5,5 +5,6 @@ mod util;
 mod bad_input;
 mod candle_engine;
 mod chat;
+mod llama_reference;
 mod tokenizer;
 mod wgpu_engine;

@@ -290,7 +290,13 @@ impl Builder<'_> {
             Some(pn) => {
                 self.matmul(w, h, xq, xs, tmp, (d, 0), false);
                 let dummy = self.dummy.clone();
-                self.push(Kernel::RmsNorm, None, &[d as u32, eps, 0, 0, 1], &[tmp, &pn, x, &dummy, &dummy], Size::PerToken);
+                self.push(
+                    Kernel::RmsNorm,
+                    None,
+                    &[d as u32, eps, 0, 0, 1],
+                    &[tmp, &pn, x, &dummy, &dummy],
+                    Size::PerToken,
+                );
             }
         }
     }
@@ -541,7 +547,8 @@ impl WgpuEngine {
                 );
             }
             let (theta, scale) = c.rope_of_layer(l);
-            let cs_buf = &rope_tables.iter().find(|(k, _)| *k == (theta.to_bits(), scale.to_bits())).expect("built above").1;
+            let cs_buf =
+                &rope_tables.iter().find(|(k, _)| *k == (theta.to_bits(), scale.to_bits())).expect("built above").1;
             let rope_items = ((c.n_heads + c.n_kv_heads) * half + kvd) as u32;
             b.push(
                 Kernel::Rope,

@@ -241,7 +241,10 @@ pub(crate) fn upload_rows(
 ) -> Result<Vec<(u32, WeightBuffer)>> {
     let (t, shape, data) = model.tensor_data(name)?;
     let [rows, cols] = shape[..] else {
-        return Err(Error::BadTensor { tensor: name.to_owned(), reason: format!("expected a matrix, found shape {shape:?}") });
+        return Err(Error::BadTensor {
+            tensor: name.to_owned(),
+            reason: format!("expected a matrix, found shape {shape:?}"),
+        });
     };
     let layout = device_layout(t).expect("checked before upload");
     let row_bytes = data.len() / rows.max(1);

@@ -35,6 +35,13 @@ pub(crate) fn smollm2() -> Model {
     Model::load(&path).expect("load SmolLM2")
 }
 
+/// Gemma 3 270M Q4_K_M, which `scripts/fetch-model` downloads, or a panic that says how.
+pub(crate) fn gemma3() -> Model {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gemma-3-270m-q4_k_m.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/fetch-model (scripts/test does)", path.display());
+    Model::load(&path).expect("load Gemma 3")
+}
+
 pub(crate) fn greedy(max_tokens: usize) -> GenerateParams {
     GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop_tokens: Vec::new() }
 }

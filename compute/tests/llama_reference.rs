@@ -1,0 +1,252 @@
+//! Both backends and the tokenizer against llama.cpp on the two real files. The reference
+//! (`tests/data/llama_reference.json`) is what llama.cpp (llama-cpp-python 0.3.36, vendoring
+//! llama.cpp 0c1e57098) gives; `scripts/llama-reference` made it and remakes it.
+
+use attrinet_compute::{CandleEngine, Engine, Model, Tokenizer};
+
+use crate::util::{gemma3, smollm2, wgpu};
+
+/// Where the top two logits of llama.cpp are closer than this, another implementation may
+/// take either: both backends' logits, taken relative to the top one, differ from llama.cpp's
+/// by up to 0.81 (measured: 0.15-0.81 over these prompts, the same on candle and wgpu, so a
+/// difference in how activations are quantized and summed, not a kernel of one backend), and
+/// the closest margin a path has parted at is 0.47 (SmolLM2, "Who wrote Romeo and Juliet?").
+const NEAR_TIE: f32 = 0.5;
+
+/// Largest difference allowed between a backend's and llama.cpp's logit of a top-5 token,
+/// each taken relative to its own top logit. Relative, because the two differ by a constant
+/// offset on some prompts (about 1.1 on Gemma's chat prompts: a shift along the direction
+/// every embedding row shares, which no probability sees).
+const LOGIT_TOLERANCE: f32 = 1.0;
+
+fn reference() -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/llama_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reference data")).expect("valid JSON")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("ids").iter().map(|i| i.as_u64().expect("id") as u32).collect()
+}
+
+fn model_reference<'a>(all: &'a serde_json::Value, model: &Model) -> &'a serde_json::Value {
+    let name = model.path().file_name().unwrap().to_str().unwrap();
+    let r = &all["models"][name];
+    assert_eq!(r["sha256"].as_str(), Some(model.id().to_string().as_str()), "{name}: not the file the reference used");
+    r
+}
+
+/// llama.cpp's `tokenize(text, add_bos=True, special)`.
+fn tokenize(t: &Tokenizer, text: &str, special: bool) -> Vec<u32> {
+    if special {
+        return t.encode_prompt(text);
+    }
+    let mut out: Vec<u32> = t.bos_token().filter(|_| t.add_bos()).into_iter().collect();
+    out.extend(t.encode(text, false));
+    out
+}
+
+fn tokenizer_follows_llama_cpp(model: &Model) {
+    let all = reference();
+    let cases = model_reference(&all, model)["tokenize"].as_array().unwrap();
+    assert!(cases.len() >= 16);
+    let mut wrong = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let special = case["special"].as_bool().unwrap_or(false);
+        let want = ids(&case["ids"]);
+        let got = tokenize(model.tokenizer(), text, special);
+        if got != want {
+            wrong.push(format!("{text:?}: llama.cpp {want:?}, here {got:?}"));
+        }
+        // And back: ids decode to the text (a BOS decodes to nothing).
+        if !special {
+            assert_eq!(model.tokenizer().decode(&got).unwrap(), text, "decoding {text:?}");
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} texts tokenize differently:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+#[test]
+fn smollm2_tokenizes_as_llama_cpp_does() {
+    tokenizer_follows_llama_cpp(&smollm2());
+}
+
+#[test]
+fn gemma3_tokenizes_as_llama_cpp_does() {
+    tokenizer_follows_llama_cpp(&gemma3());
+}
+
+/// What following llama.cpp's greedy path showed.
+struct Followed {
+    /// Tokens generated on llama.cpp's path before the paths parted (or all of them).
+    agreed: usize,
+    /// The largest relative top-5 logit difference seen on the agreed steps.
+    worst_logit: f32,
+}
+
+/// Runs `engine` along llama.cpp's greedy path for `steps` tokens: at each step its argmax
+/// must be llama.cpp's token, or the two must be a near-tie in llama.cpp's logits, after
+/// which the paths part and the comparison ends.
+fn follow(engine: &mut dyn Engine, case: &serde_json::Value, steps: usize) -> Followed {
+    let name = case["name"].as_str().unwrap();
+    let want = ids(&case["tokens"]);
+    let top = case["top"].as_array().unwrap();
+    engine.reset();
+    let mut logits = engine.forward_logits(&ids(&case["prompt_ids"])).unwrap();
+    let mut worst_logit = 0f32;
+    for k in 0..steps.min(want.len()) {
+        let reference: Vec<(u32, f32)> = top[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
+            .collect();
+        let argmax = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
+        let (best, best_logit) = reference[0];
+        assert_eq!(best, want[k]);
+        let ours_best = logits[argmax as usize];
+        for &(id, l) in &reference {
+            let d = ((logits[id as usize] - ours_best) - (l - best_logit)).abs();
+            worst_logit = worst_logit.max(d);
+        }
+        if argmax != want[k] {
+            let theirs = reference.iter().find(|(id, _)| *id == argmax).map(|(_, l)| *l);
+            let margin = theirs.map(|l| best_logit - l);
+            assert!(
+                margin.is_some_and(|m| m <= NEAR_TIE),
+                "{name}: step {k}: {} chose {argmax} where llama.cpp chose {best}; llama.cpp's margin {margin:?} \
+                 is no near-tie",
+                engine.backend()
+            );
+            return Followed { agreed: k, worst_logit };
+        }
+        logits = engine.forward_logits(&[argmax]).unwrap();
+    }
+    Followed { agreed: steps, worst_logit }
+}
+
+/// Follows llama.cpp on the named prompts; returns the continuation along llama.cpp's path.
+fn follows_llama_cpp(model: &Model, engine: &mut dyn Engine, names: &[&str], steps: usize) -> Vec<(String, String)> {
+    let all = reference();
+    let cases = model_reference(&all, model)["greedy"].as_array().unwrap();
+    let mut texts = Vec::new();
+    let mut agreed = 0;
+    for name in names {
+        let case = cases.iter().find(|c| c["name"] == *name).unwrap_or_else(|| panic!("no reference for {name}"));
+        let f = follow(engine, case, steps);
+        println!(
+            "{} {}: {name}: {} of {steps} tokens on llama.cpp's path, worst logit {:.3}",
+            model.path().display(),
+            engine.backend(),
+            f.agreed,
+            f.worst_logit
+        );
+        assert!(
+            f.worst_logit <= LOGIT_TOLERANCE,
+            "{name}: {}'s logits leave llama.cpp's by {} relative to the top",
+            engine.backend(),
+            f.worst_logit
+        );
+        agreed += f.agreed;
+        let tokens = ids(&case["tokens"]);
+        texts.push((name.to_string(), model.tokenizer().decode(&tokens[..steps.min(tokens.len())]).unwrap()));
+    }
+    // How far the paths ran together is printed, not asserted: after a near-tie they part
+    // for good (measured: candle 34 of 72 tokens on Gemma's three completions, wgpu 58).
+    println!("{}: {agreed} of {} tokens on llama.cpp's path", engine.backend(), names.len() * steps);
+    texts
+}
+
+const SMOLLM2_PROMPTS: [&str; 8] = [
+    "capital-france",
+    "two-plus-two",
+    "largest-planet",
+    "romeo-juliet",
+    "thank-you-spanish",
+    "water-boiling",
+    "primary-colors",
+    "haiku-sea",
+];
+
+#[test]
+fn smollm2_on_candle_follows_llama_cpp() {
+    let model = smollm2();
+    let mut engine = CandleEngine::new(&model).unwrap();
+    follows_llama_cpp(&model, &mut engine, &SMOLLM2_PROMPTS, 32);
+}
+
+#[test]
+fn smollm2_on_wgpu_follows_llama_cpp() {
+    let model = smollm2();
+    let mut engine = wgpu(&model);
+    follows_llama_cpp(&model, &mut engine, &SMOLLM2_PROMPTS[..4], 32);
+}
+
+/// The base Gemma 3 270M answers completions (its chat-format prompts it echoes, in
+/// llama.cpp as here; two of those are compared on candle, for the logits).
+const GEMMA_FACTS: [(&str, &str); 3] = [
+    ("complete-capital-france", "Paris"),
+    ("complete-largest-planet", "Jupiter"),
+    ("complete-romeo-juliet", "Shakespeare"),
+];
+
+/// 24 greedy tokens of each fact prompt, which must state the fact. Except on candle for the
+/// planet: llama.cpp's own first token there is " Jupiter" by 0.147 over " Earth", a near-tie
+/// candle takes the other way (wgpu follows llama.cpp).
+fn gemma3_answers(engine: &mut dyn Engine, model: &Model) -> Vec<Vec<u32>> {
+    let all = reference();
+    let cases = model_reference(&all, model)["greedy"].as_array().unwrap();
+    let mut out = Vec::new();
+    for (name, fact) in GEMMA_FACTS {
+        let case = cases.iter().find(|c| c["name"] == name).unwrap();
+        engine.reset();
+        let g = engine.generate(&ids(&case["prompt_ids"]), &crate::util::greedy(24), &mut |_| {}).unwrap();
+        let text = model.tokenizer().decode(&g.tokens).unwrap();
+        println!("{} {name}: {text:?}", engine.backend());
+        let near_tie = engine.backend() == attrinet_compute::BackendKind::Candle && fact == "Jupiter";
+        assert!(near_tie || text.contains(fact), "{}: {name}: {text:?} lacks {fact}", engine.backend());
+        out.push(g.tokens);
+    }
+    out
+}
+
+#[test]
+fn gemma3_on_candle_follows_llama_cpp() {
+    let model = gemma3();
+    let mut engine = CandleEngine::new(&model).unwrap();
+    let names: Vec<&str> = GEMMA_FACTS.iter().map(|(n, _)| *n).collect();
+    follows_llama_cpp(&model, &mut engine, &names, 24);
+    follows_llama_cpp(&model, &mut engine, &["capital-france", "primary-colors"], 32);
+}
+
+#[test]
+fn gemma3_on_wgpu_follows_llama_cpp() {
+    let model = gemma3();
+    let mut engine = wgpu(&model);
+    let names: Vec<&str> = GEMMA_FACTS.iter().map(|(n, _)| *n).collect();
+    follows_llama_cpp(&model, &mut engine, &names, 24);
+}
+
+/// Gemma 3 on lavapipe and on candle: 24 greedy tokens for three prompts that state a fact.
+/// Its Q4_K and Q6_K matrices quantize activations per 256 values on candle and per 32 on
+/// the device (see the tiny-model tests), so where the two part it must be at a near-tie.
+#[test]
+fn gemma3_on_wgpu_and_candle_state_the_same_facts() {
+    let model = gemma3();
+    let mut cpu = CandleEngine::new(&model).unwrap();
+    let mut gpu = wgpu(&model);
+    let a = gemma3_answers(&mut cpu, &model);
+    let b = gemma3_answers(&mut gpu, &model);
+    let all = reference();
+    let cases = model_reference(&all, &model)["greedy"].as_array().unwrap();
+    for (((name, _), x), y) in GEMMA_FACTS.iter().zip(&a).zip(&b) {
+        let Some(k) = x.iter().zip(y).position(|(p, q)| p != q) else { continue };
+        let case = cases.iter().find(|c| c["name"] == *name).unwrap();
+        let mut context = ids(&case["prompt_ids"]);
+        context.extend(&x[..k]);
+        cpu.reset();
+        let logits = cpu.forward_logits(&context).unwrap();
+        let gap = logits[x[k] as usize] - logits[y[k] as usize];
+        assert!(gap.abs() <= NEAR_TIE, "{name}: step {k}: candle's {} leads wgpu's {} by {gap}", x[k], y[k]);
+    }
+}
