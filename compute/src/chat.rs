@@ -40,11 +40,12 @@ pub enum ChatTemplate {
     /// `<|user|>\n...</s>\n<|assistant|>\n` (Zephyr, TinyLlama-Chat), as llama.cpp's
     /// built-in Zephyr template renders it.
     Zephyr,
-    /// `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n` (Gemma), as
-    /// llama.cpp's built-in Gemma template renders it: a system message is put before the
-    /// first user message, messages are trimmed, `assistant` is called `model`. Used when a
-    /// Gemma file carries no template (the Gemma 3 270M Q4_K_M this project fetches has
-    /// none) and for Gemma's own Jinja source, whose `| trim` the placeholders would defeat.
+    /// `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n` (Gemma), as Gemma 3's
+    /// own template renders it: a leading system message is put before the first message's
+    /// text, messages are trimmed, `assistant` is called `model`. Unlike that template it
+    /// does not refuse turns that fail to alternate. Used when a Gemma file carries no
+    /// template (the Gemma 3 270M Q4_K_M this project fetches has none) and for Gemma's own
+    /// Jinja source, whose `| trim` the placeholders would defeat.
     Gemma,
     /// The file's own Jinja template (Llama 3, Mistral and everything else).
     Jinja(String),
@@ -123,16 +124,16 @@ impl ChatTemplate {
                 parts.push(("<|assistant|>\n".into(), true));
             }
             ChatTemplate::Gemma => {
-                let mut system = String::new();
-                for m in messages {
-                    if m.role == "system" {
-                        system.push_str(m.content.trim());
-                        continue;
-                    }
+                // A leading system message goes before the first turn's text, as it is.
+                let (prefix, rest) = match messages {
+                    [first, rest @ ..] if first.role == "system" => (format!("{}\n\n", first.content), rest),
+                    _ => (String::new(), messages),
+                };
+                for (i, m) in rest.iter().enumerate() {
                     let role = if m.role == "assistant" { "model" } else { m.role };
                     parts.push((format!("<start_of_turn>{role}\n"), true));
-                    if !system.is_empty() && role != "model" {
-                        parts.push((std::mem::take(&mut system) + "\n\n", false));
+                    if i == 0 {
+                        parts.push((prefix.clone(), false));
                     }
                     parts.push((m.content.trim().to_owned(), false));
                     parts.push(("<end_of_turn>\n".into(), true));

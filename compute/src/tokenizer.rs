@@ -291,17 +291,23 @@ impl Tokenizer {
             &types,
             opt_u32(md, "tokenizer.ggml.bos_token_id"),
             opt_u32(md, "tokenizer.ggml.eos_token_id"),
+            ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+                .iter()
+                .filter_map(|k| opt_u32(md, k))
+                .collect(),
             opt_u32(md, "tokenizer.ggml.unknown_token_id"),
             add_bos,
         )
     }
 
+    #[allow(clippy::too_many_arguments)] // each is one field of the file's tokenizer metadata
     fn new(
         tokens: Vec<String>,
         algorithm: Algorithm,
         types: &[i32],
         bos: Option<u32>,
         eos: Option<u32>,
+        end_of_turn: Vec<u32>,
         unknown: Option<u32>,
         add_bos: bool,
     ) -> Result<Self> {
@@ -331,10 +337,11 @@ impl Tokenizer {
                 });
             }
         }
-        // Generation stops at the end-of-sequence token and at the end-of-turn markers
-        // of the chat formats this crate knows, as llama.cpp's "end of generation" set does.
-        let mut stop_tokens: Vec<u32> = eos.into_iter().collect();
-        for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+        // Generation stops at the end-of-sequence token, the file's end-of-turn tokens, and
+        // the end-of-turn markers of the chat formats llama.cpp also recognises by name
+        // (its "end of generation" set), for files that do not name theirs.
+        let mut stop_tokens: Vec<u32> = eos.into_iter().chain(end_of_turn).filter(|&t| (t as usize) < n).collect();
+        for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>"] {
             if let Some(&id) = ids.get(t)
                 && !stop_tokens.contains(&id)
             {

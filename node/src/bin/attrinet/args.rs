@@ -401,7 +401,7 @@ pub(crate) struct DevnetArgs {
     /// Tokens per answer.
     #[arg(long, default_value_t = 24)]
     pub(crate) max_tokens: u32,
-    /// The GGUF model the nodes serve (`scripts/fetch-model` downloads SmolLM2).
+    /// The GGUF model the nodes serve (`scripts/fetch-model` downloads SmolLM2 and Gemma 3 270M).
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct-Q4_1.gguf")]
     pub(crate) model: PathBuf,
     /// Inference backend: auto (a GPU through wgpu if present, else CPU), wgpu, cpu.
