@@ -1,12 +1,12 @@
 //! The OpenAI-compatible gateway over real HTTP, in front of a real network: a provider
-//! node serving a (tiny, randomly initialised) GGUF model on the candle engine, and a
-//! client paying through a channel.
+//! node serving a GGUF model (a tiny, randomly initialised one on the candle engine, or
+//! Gemma 3 270M on wgpu), and a client paying through a channel.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use attrinet_compute::testing::{TinyLlamaSpec, write_random_llama};
-use attrinet_compute::{Backend, Model, open_engine};
+use attrinet_compute::{Backend, ChatTemplate, ChatTurn, Model, open_engine};
 use attrinet_market::{
     ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Seq, Store, Wei,
 };
@@ -35,14 +35,21 @@ fn net() -> NetConfig {
     }
 }
 
+/// A tiny random model on candle, offered as "tiny".
 async fn setup(deposit: Wei) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_random_llama(&path, &TinyLlamaSpec::default()).unwrap();
     let model = Model::load(&path).unwrap();
+    serve(model, Backend::Candle, "tiny", deposit, dir).await
+}
+
+/// A provider serving `model` on `backend` as `name`, a client with a channel of `deposit`,
+/// and the gateway in front of the client.
+async fn serve(model: Model, backend: Backend, name: &str, deposit: Wei, dir: tempfile::TempDir) -> Setup {
     let model_id = ModelId::from(model.id().0);
-    let engine = open_engine(&model, Backend::Candle).unwrap();
-    let generator = EngineGenerator::new(Model::load(&path).unwrap(), engine);
+    let engine = open_engine(&model, backend).unwrap();
+    let generator = EngineGenerator::new(model, engine);
 
     let node = Identity::from_secrets([1; 32], [2; 32]).unwrap();
     let client = Identity::from_secrets([3; 32], [4; 32]).unwrap();
@@ -51,7 +58,7 @@ async fn setup(deposit: Wei) -> Setup {
     let provider_store = Arc::new(MemStore::new());
     let offer = Offer {
         model: model_id,
-        name: "tiny".into(),
+        name: name.into(),
         price: Price { per_1k_input: Wei(1_000), per_1k_output: Wei(3_000) },
         context_length: 256,
         decode_tokens_per_s: 100,
@@ -192,4 +199,39 @@ async fn insufficient_deposit_is_payment_required() {
     let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
     assert_eq!((status, error_code(&body).as_str()), (402, "insufficient_deposit"), "{body}");
     assert!(s.client_store.receipts_after(&ChannelId::from([9; 32]), Seq::ZERO).unwrap().is_empty());
+}
+
+/// Issue 12's "done when": Gemma 3 270M Q4_K_M served over the network on wgpu (lavapipe
+/// here), its chat completions rendered in Gemma's format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemma3_on_wgpu_serves_chats_in_its_own_format() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gemma-3-270m-q4_k_m.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/fetch-model (scripts/test does)", path.display());
+    let model = Model::load(&path).unwrap();
+    assert_eq!(model.chat_template(), &ChatTemplate::Gemma);
+    let turns = [
+        ChatTurn { role: "system", content: "Answer in one word." },
+        ChatTurn { role: "user", content: "What is the capital of France?" },
+    ];
+    // Gemma's format and the plain fallback give prompts of different lengths, so the
+    // count the receipt bills tells which one the provider rendered.
+    let gemma_tokens = model.chat_tokens(&turns).unwrap().len() as u64;
+    let plain_tokens = ChatTemplate::Plain.encode(model.tokenizer(), &turns).unwrap().len() as u64;
+    assert_ne!(gemma_tokens, plain_tokens);
+    let s = serve(model, Backend::Wgpu, "gemma", Wei(10u128.pow(18)), tempfile::tempdir().unwrap()).await;
+
+    let messages: Vec<Value> = turns.iter().map(|t| json!({"role": t.role, "content": t.content})).collect();
+    let req = json!({"model": "gemma", "messages": messages, "max_tokens": 4});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], gemma_tokens, "{body}");
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
+
+    // The base model states the fact as a completion, computed on the device.
+    let req = json!({"model": "gemma", "prompt": "Question: What is the capital of France?\nAnswer:", "max_tokens": 3});
+    let (status, body) = http(s.base, "POST", "/v1/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["choices"][0]["text"].as_str().is_some_and(|t| t.contains("Paris")), "{body}");
 }
