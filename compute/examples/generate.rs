@@ -21,7 +21,7 @@ use attrinet_compute::{Backend, GenerateParams, Model, SamplingParams, open_engi
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(about = "Generate text with a GGUF llama-family model")]
+#[command(about = "Generate text with a GGUF model (llama, qwen2, qwen3, gemma3 or phi3)")]
 struct Args {
     /// The GGUF model file.
     #[arg(long)]

@@ -135,24 +135,16 @@ impl CandleEngine {
         } else {
             None
         };
-        let mut rope_keys: Vec<(u32, u32)> = Vec::new();
-        let mut ropes = Vec::new();
+        let rope_tables = config.rope_tables(context_length, freq_factors.as_deref());
+        let shape = (context_length, config.head_dim / 2);
+        let tensor = |v: Vec<f32>| Tensor::from_vec(v, shape, &Device::Cpu).map_err(Error::candle("RoPE table"));
+        let mut ropes = Vec::with_capacity(rope_tables.tables.len());
+        for table in rope_tables.tables {
+            let (cos, sin): (Vec<f32>, Vec<f32>) = table.into_iter().unzip();
+            ropes.push((tensor(cos)?, tensor(sin)?));
+        }
         let mut layers = Vec::with_capacity(config.n_layers);
-        for l in 0..config.n_layers {
-            let (theta, scale) = config.rope_of_layer(l);
-            let key = (theta.to_bits(), scale.to_bits());
-            let rope = match rope_keys.iter().position(|k| *k == key) {
-                Some(i) => i,
-                None => {
-                    let table = config.rope_table(l, context_length, freq_factors.as_deref());
-                    let (cos, sin): (Vec<f32>, Vec<f32>) = table.into_iter().unzip();
-                    let shape = (context_length, config.head_dim / 2);
-                    let t = |v: Vec<f32>| Tensor::from_vec(v, shape, &Device::Cpu).map_err(Error::candle("RoPE table"));
-                    ropes.push((t(cos)?, t(sin)?));
-                    rope_keys.push(key);
-                    ropes.len() - 1
-                }
-            };
+        for (l, &rope) in rope_tables.of_layer.iter().enumerate() {
             let n = config.layer_names(l);
             let qkv = n.qkv.iter().map(|t| load.matrix(t)).collect::<Result<Vec<_>>>()?;
             let gate_up = n.gate_up.iter().map(|t| load.matrix(t)).collect::<Result<Vec<_>>>()?;

@@ -3,7 +3,7 @@
 //! GGUF files carry their template as Jinja source (`tokenizer.chat_template`). It is
 //! rendered with minijinja under the Hugging Face conventions (`messages`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`; blocks trimmed and
-//! left-stripped, as `transformers` does). Two shapes are recognised and rendered by code
+//! left-stripped, as `transformers` does). Three shapes are recognised and rendered by code
 //! instead, each for a reason given at its variant. A model without a template gets
 //! [`ChatTemplate::Plain`].
 //!
@@ -60,8 +60,9 @@ const OPEN: char = '\u{F0000}';
 const CLOSE: char = '\u{F0001}';
 
 impl ChatTemplate {
-    /// The template for a file's Jinja source (or its absence): ChatML and Zephyr when the
-    /// tokenizer has their special tokens, the Jinja source otherwise.
+    /// The template for a file's Jinja source (or its absence): Gemma when the tokenizer has
+    /// Gemma's turn tokens (with or without a template), ChatML and Zephyr when the source is
+    /// theirs, the Jinja source otherwise, and plain lines without one.
     pub(crate) fn detect(jinja: Option<&str>, tokenizer: &Tokenizer) -> Self {
         let gemma = tokenizer.token_id("<start_of_turn>").is_some() && tokenizer.token_id("<end_of_turn>").is_some();
         let Some(jinja) = jinja else { return if gemma { ChatTemplate::Gemma } else { ChatTemplate::Plain } };

@@ -1,6 +1,6 @@
 //! # attrinet-compute
 //!
-//! Inference for attrinet nodes: GGUF llama-family models, a tokenizer built from the GGUF
+//! Inference for attrinet nodes: GGUF models (llama, qwen2, qwen3, gemma3, phi3), a tokenizer built from the GGUF
 //! metadata, the model's chat template, and an [`Engine`] trait with two backends:
 //!
 //! - [`WgpuEngine`]: WGSL kernels through wgpu (Vulkan, Metal, DX12). Weights stay

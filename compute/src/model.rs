@@ -181,11 +181,34 @@ impl ModelConfig {
         }
     }
 
-    /// The cos/sin table of layer `l` for positions `0..positions`, `[pos][pair]` as
-    /// `(cos, sin)`, computed in f32 as llama.cpp does (`freq_factors` are the values of
-    /// `rope_freqs.weight`, when the file has it).
-    pub fn rope_table(&self, l: usize, positions: usize, freq_factors: Option<&[f32]>) -> Vec<(f32, f32)> {
-        let (theta, scale) = self.rope_of_layer(l);
+    /// The cos/sin tables of the layers for positions `0..positions`, each distinct
+    /// (base, scale) once, computed in f32 as llama.cpp does (`freq_factors` are the values
+    /// of `rope_freqs.weight`, when the file has it).
+    pub(crate) fn rope_tables(&self, positions: usize, freq_factors: Option<&[f32]>) -> RopeTables {
+        let mut keys: Vec<(f32, f32)> = Vec::new();
+        let mut tables = Vec::new();
+        let mut of_layer = Vec::with_capacity(self.n_layers);
+        for l in 0..self.n_layers {
+            let key = self.rope_of_layer(l);
+            let i = match keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    tables.push(self.rope_table(key, positions, freq_factors));
+                    keys.push(key);
+                    keys.len() - 1
+                }
+            };
+            of_layer.push(i);
+        }
+        RopeTables { tables, of_layer }
+    }
+
+    fn rope_table(
+        &self,
+        (theta, scale): (f32, f32),
+        positions: usize,
+        freq_factors: Option<&[f32]>,
+    ) -> Vec<(f32, f32)> {
         let hd = self.head_dim;
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| {
@@ -202,6 +225,14 @@ impl ModelConfig {
         }
         t
     }
+}
+
+/// The RoPE tables of a model's layers (see [`ModelConfig::rope_tables`]).
+pub(crate) struct RopeTables {
+    /// `[pos][pair]` as `(cos, sin)`, one per distinct (base, scale) of the layers.
+    pub tables: Vec<Vec<(f32, f32)>>,
+    /// Which of `tables` each layer uses.
+    pub of_layer: Vec<usize>,
 }
 
 /// The tensor types that can be loaded at all (the candle backend runs all of them; see each

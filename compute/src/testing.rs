@@ -318,10 +318,10 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
 
     let u32v = |x: usize| Value::U32(x as u32);
     let a = arch.name();
-    let key = |k: &str| -> &'static str { Box::leak(format!("{a}.{k}").into_boxed_str()) };
-    let mut metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String(a.into())),
-        ("general.name", Value::String(format!("tiny random {a} (seed {})", spec.seed))),
+    let key = |k: &str| format!("{a}.{k}");
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        ("general.name".into(), Value::String(format!("tiny random {a} (seed {})", spec.seed))),
         (key("block_count"), u32v(spec.n_layers)),
         (key("context_length"), u32v(spec.context_length)),
         (key("embedding_length"), u32v(h)),
@@ -339,8 +339,8 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     if arch == Architecture::Gemma3 {
         metadata.push((key("attention.sliding_window"), u32v(spec.sliding_window)));
     }
-    metadata.extend(tokenizer_md);
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    metadata.extend(tokenizer_md.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let io = |source| Error::Io { path: path.to_path_buf(), source };
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
@@ -348,6 +348,9 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     std::io::Write::flush(&mut file).map_err(io)?;
     Ok(())
 }
+
+/// Every tensor type a model file may use, each of which both backends compute with.
+pub const TENSOR_TYPES: &[GgmlDType] = crate::model::LOADABLE_TYPES;
 
 /// The types llama.cpp's Q4_K_M gives a llama model's tensors, as far as a tensor's width
 /// allows: a matrix whose rows cannot hold 256-value K-quant blocks falls back to Q5_0 (the

@@ -4,7 +4,7 @@
 
 use attrinet_compute::{CandleEngine, Engine, Model, Tokenizer};
 
-use crate::util::{gemma3, smollm2, wgpu};
+use crate::util::{gemma3, parting, smollm2, wgpu};
 
 /// Where the top two logits of llama.cpp are closer than this, another implementation may
 /// take either: both backends' logits, taken relative to the top one, differ from llama.cpp's
@@ -240,12 +240,8 @@ fn gemma3_on_wgpu_and_candle_state_the_same_facts() {
     let all = reference();
     let cases = model_reference(&all, &model)["greedy"].as_array().unwrap();
     for (((name, _), x), y) in GEMMA_FACTS.iter().zip(&a).zip(&b) {
-        let Some(k) = x.iter().zip(y).position(|(p, q)| p != q) else { continue };
         let case = cases.iter().find(|c| c["name"] == *name).unwrap();
-        let mut context = ids(&case["prompt_ids"]);
-        context.extend(&x[..k]);
-        cpu.reset();
-        let logits = cpu.forward_logits(&context).unwrap();
+        let Some((k, logits)) = parting(&mut cpu, &ids(&case["prompt_ids"]), x, y) else { continue };
         let gap = logits[x[k] as usize] - logits[y[k] as usize];
         assert!(gap.abs() <= NEAR_TIE, "{name}: step {k}: candle's {} leads wgpu's {} by {gap}", x[k], y[k]);
     }

@@ -1,11 +1,11 @@
 //! The wgpu backend against the candle reference: logits, greedy tokens, sampling.
 
-use attrinet_compute::testing::{TinyLlamaSpec, TinyTokenizer};
+use attrinet_compute::testing::{TENSOR_TYPES, TinyLlamaSpec, TinyTokenizer};
 use attrinet_compute::{
     Architecture, CandleEngine, Engine, Error, GenerateParams, GgmlDType, KernelStyle, SamplingParams,
 };
 
-use crate::util::{greedy, smollm2, tiny, wgpu, wgpu_with};
+use crate::util::{greedy, parting, smollm2, tiny, wgpu, wgpu_with};
 
 /// Both kernel styles: lavapipe would otherwise only run the per-row ones.
 const STYLES: [KernelStyle; 2] = [KernelStyle::PerRow, KernelStyle::Cooperative];
@@ -30,20 +30,6 @@ fn tolerance(spec: &TinyLlamaSpec) -> f32 {
     }
 }
 
-/// Every type the wgpu kernels compute with.
-const TYPES: [GgmlDType; 10] = [
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
-
 /// The llama shapes below, then every other architecture in every type: widths of 256 for
 /// the K-quants' 256-value blocks; Qwen 3 and Gemma 3 with heads wider than the embedding
 /// over the heads (so the query width differs from the embedding's); Gemma 3 with six
@@ -53,7 +39,7 @@ fn shapes() -> Vec<(String, TinyLlamaSpec)> {
         llama_shapes().into_iter().map(|(name, spec)| (format!("llama {name}"), spec)).collect();
     let base = TinyLlamaSpec::default();
     for arch in [Architecture::Qwen2, Architecture::Qwen3, Architecture::Gemma3, Architecture::Phi3] {
-        for (i, &w) in TYPES.iter().enumerate() {
+        for (i, &w) in TENSOR_TYPES.iter().enumerate() {
             let k = is_k_quant(w);
             let wide_heads = matches!(arch, Architecture::Qwen3 | Architecture::Gemma3);
             let spec = TinyLlamaSpec {
@@ -233,11 +219,7 @@ fn greedy_tokens_match_candle_for_32_steps() {
             // differently and the exact-integer agreement cannot hold. The paths may part
             // only at a near-tie: where candle's logits for the two tokens are within the
             // logit tolerance of each other.
-            let Some(k) = a.tokens.iter().zip(&b.tokens).position(|(x, y)| x != y) else { continue };
-            let mut context = prompt.clone();
-            context.extend(&a.tokens[..k]);
-            cpu.reset();
-            let logits = cpu.forward_logits(&context).unwrap();
+            let Some((k, logits)) = parting(&mut cpu, &prompt, &a.tokens, &b.tokens) else { continue };
             let scale = logits.iter().fold(1f32, |m, x| m.max(x.abs()));
             let gap = logits[a.tokens[k] as usize] - logits[b.tokens[k] as usize];
             assert!(

@@ -1,4 +1,4 @@
-//! The wgpu backend: the llama forward pass as WGSL compute kernels.
+//! The wgpu backend: the forward pass of every supported architecture as WGSL compute kernels.
 //!
 //! Weights are uploaded once in their GGUF block formats (repacked so every block's data is
 //! 4-byte aligned) and dequantized inside the matrix kernels. Activations, the KV cache, the
@@ -12,7 +12,10 @@
 //! gate/up stacked into one, down; RoPE with the KV-cache write, attention) + 3 (final
 //! norm, output projection, sampling); for SmolLM2-135M's 30 layers, 304. Layers whose
 //! weights are F32/F16 skip the quantization; q/k/v (or gate/up) of different types take
-//! one product each.
+//! one product each. Architectures add theirs: a bias (Qwen 2) or a per-head norm (Qwen 3,
+//! Gemma 3) after the q/k/v product, a norm after each sublayer (Gemma 3: two per layer),
+//! and one embedding and output dispatch per block of rows where a matrix exceeds the
+//! adapter's binding size.
 
 mod kernels;
 mod weights;
@@ -451,23 +454,21 @@ impl WgpuEngine {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        // RoPE tables, one per distinct (base, scale) of the layers.
-        let freq_factors = if c.rope_freq_factors {
-            let (dtype, _, data) = model.tensor_data("rope_freqs.weight")?;
-            Some(weights::dequantize_norm("rope_freqs.weight", dtype, data)?)
-        } else {
-            None
+        // Norm weights, biases and RoPE factors: small vectors, in f32.
+        let f32_values = |name: &str| -> Result<Vec<f32>> {
+            let (dtype, _, data) = model.tensor_data(name)?;
+            weights::dequantize_norm(name, dtype, data)
         };
-        let mut rope_tables: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
-        for l in 0..c.n_layers {
-            let (theta, scale) = c.rope_of_layer(l);
-            let key = (theta.to_bits(), scale.to_bits());
-            if rope_tables.iter().all(|(k, _)| *k != key) {
-                let table = c.rope_table(l, context_length, freq_factors.as_deref());
-                let flat: Vec<f32> = table.into_iter().flat_map(|(cos, sin)| [cos, sin]).collect();
-                rope_tables.push((key, upload_f32(&device, "rope table", &flat)));
-            }
-        }
+        let freq_factors = if c.rope_freq_factors { Some(f32_values("rope_freqs.weight")?) } else { None };
+        let rope_tables = c.rope_tables(context_length, freq_factors.as_deref());
+        let rope_bufs: Vec<wgpu::Buffer> = rope_tables
+            .tables
+            .iter()
+            .map(|t| {
+                let flat: Vec<f32> = t.iter().flat_map(|&(cos, sin)| [cos, sin]).collect();
+                upload_f32(&device, "rope table", &flat)
+            })
+            .collect();
         let half = c.head_dim / 2;
 
         let mut b = Builder {
@@ -496,11 +497,7 @@ impl WgpuEngine {
                 Size::PerToken,
             );
         }
-        let norm_values = |name: &str| -> Result<Vec<f32>> {
-            let (dtype, _, data) = model.tensor_data(name)?;
-            weights::dequantize_norm(name, dtype, data)
-        };
-        let norm = |name: &str| -> Result<wgpu::Buffer> { Ok(upload_f32(&device, name, &norm_values(name)?)) };
+        let norm = |name: &str| -> Result<wgpu::Buffer> { Ok(upload_f32(&device, name, &f32_values(name)?)) };
         let eps = c.rms_eps.to_bits();
         for l in 0..c.n_layers {
             let n = c.layer_names(l);
@@ -525,7 +522,7 @@ impl WgpuEngine {
             if let Some(biases) = &n.qkv_bias {
                 let mut values = Vec::with_capacity(qkv_width);
                 for name in biases {
-                    values.extend(norm_values(name)?);
+                    values.extend(f32_values(name)?);
                 }
                 let bias = upload_f32(&device, "q|k|v bias", &values);
                 b.push(
@@ -546,9 +543,7 @@ impl WgpuEngine {
                     Size::GridPerToken((c.n_heads + c.n_kv_heads) as u32),
                 );
             }
-            let (theta, scale) = c.rope_of_layer(l);
-            let cs_buf =
-                &rope_tables.iter().find(|(k, _)| *k == (theta.to_bits(), scale.to_bits())).expect("built above").1;
+            let cs_buf = &rope_bufs[rope_tables.of_layer[l]];
             let rope_items = ((c.n_heads + c.n_kv_heads) * half + kvd) as u32;
             b.push(
                 Kernel::Rope,

@@ -240,12 +240,7 @@ pub(crate) fn upload_rows(
     max_binding: usize,
 ) -> Result<Vec<(u32, WeightBuffer)>> {
     let (t, shape, data) = model.tensor_data(name)?;
-    let [rows, cols] = shape[..] else {
-        return Err(Error::BadTensor {
-            tensor: name.to_owned(),
-            reason: format!("expected a matrix, found shape {shape:?}"),
-        });
-    };
+    let (rows, cols) = matrix_shape(name, &shape)?;
     let layout = device_layout(t).expect("checked before upload");
     let row_bytes = data.len() / rows.max(1);
     let (q1, s1) = repack(t, &data[..row_bytes]);
@@ -257,16 +252,39 @@ pub(crate) fn upload_rows(
         let n = per_chunk.min(rows - first);
         let (q, s) = repack(t, &data[first * row_bytes..(first + n) * row_bytes]);
         let label = format!("{name}[{first}..]");
-        let data = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(&label),
-            contents: bytemuck::cast_slice(&q),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        let scales = s.map(|s| upload_f32(device, &label, &s));
-        let w = WeightBuffer { dtype: layout, rows: n as u32, blocks_per_row: (cols / 32) as u32, data, scales };
-        out.push((first as u32, w));
+        out.push((first as u32, weight_buffer(device, &label, layout, (n, cols), &q, s.as_deref())));
     }
     Ok(out)
+}
+
+/// `[rows, columns]` of a matrix the kernels can read (columns in whole 32-value blocks).
+fn matrix_shape(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
+    let bad = |reason: String| Error::BadTensor { tensor: name.to_owned(), reason };
+    let [rows, cols] = shape[..] else {
+        return Err(bad(format!("expected a matrix, found shape {shape:?}")));
+    };
+    if !cols.is_multiple_of(32) {
+        return Err(bad(format!("{cols} columns are not a multiple of 32, which the wgpu kernels need")));
+    }
+    Ok((rows, cols))
+}
+
+/// Uploads a matrix's words (and pairs, for quantized layouts) in a device layout.
+fn weight_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    dtype: GgmlDType,
+    (rows, cols): (usize, usize),
+    words: &[u32],
+    pairs: Option<&[f32]>,
+) -> WeightBuffer {
+    let data = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: bytemuck::cast_slice(words),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let scales = pairs.map(|s| upload_f32(device, label, s));
+    WeightBuffer { dtype, rows: rows as u32, blocks_per_row: (cols / 32) as u32, data, scales }
 }
 
 fn unreachable_mixed(name: &str) -> Error {
@@ -281,18 +299,7 @@ pub(crate) fn upload_stacked(device: &wgpu::Device, model: &Model, names: &[&str
     let (mut rows, mut q, mut s) = (0usize, Vec::new(), Vec::new());
     for &name in names {
         let (t, shape, data) = model.tensor_data(name)?;
-        let [r, cols] = shape[..] else {
-            return Err(Error::BadTensor {
-                tensor: name.to_owned(),
-                reason: format!("expected a matrix, found shape {shape:?}"),
-            });
-        };
-        if cols % 32 != 0 {
-            return Err(Error::BadTensor {
-                tensor: name.to_owned(),
-                reason: format!("{cols} columns are not a multiple of 32, which the wgpu kernels need"),
-            });
-        }
+        let (r, cols) = matrix_shape(name, &shape)?;
         let layout = device_layout(t).expect("checked before upload");
         if dtype.is_some_and(|d| d != layout) || width.is_some_and(|w| w != cols) {
             return Ok(None);
@@ -307,14 +314,8 @@ pub(crate) fn upload_stacked(device: &wgpu::Device, model: &Model, names: &[&str
     let (Some(dtype), Some(cols)) = (dtype, width) else {
         return Ok(None);
     };
-    let label = names.join("+");
-    let data = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(&label),
-        contents: bytemuck::cast_slice(&q),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    let scales = (!s.is_empty()).then(|| upload_f32(device, &label, &s));
-    Ok(Some(WeightBuffer { dtype, rows: rows as u32, blocks_per_row: (cols / 32) as u32, data, scales }))
+    let pairs = (!s.is_empty()).then_some(s.as_slice());
+    Ok(Some(weight_buffer(device, &names.join("+"), dtype, (rows, cols), &q, pairs)))
 }
 
 /// A norm's weights as f32 (GGUF stores them as F32, sometimes F16).

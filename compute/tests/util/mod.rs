@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use attrinet_compute::testing::{TinyLlamaSpec, write_random_llama};
-use attrinet_compute::{GenerateParams, Model, SamplingParams};
+use attrinet_compute::{Engine, GenerateParams, Model, SamplingParams};
 
 /// A random tiny model written into a temporary directory that lives as long as the value.
 pub(crate) struct TinyModel {
@@ -59,4 +59,14 @@ pub(crate) fn wgpu_with(model: &Model, kernels: attrinet_compute::KernelStyle) -
     let options = attrinet_compute::WgpuOptions { allow_software: true, kernels, ..Default::default() };
     attrinet_compute::WgpuEngine::new(model, &options)
         .unwrap_or_else(|e| panic!("{e} (run scripts/setup-vulkan for a software Vulkan device)"))
+}
+
+/// Where two greedy paths from `prompt` first differ, with `reference`'s logits there (its
+/// view of the two candidates); `None` where they do not.
+pub(crate) fn parting(reference: &mut dyn Engine, prompt: &[u32], a: &[u32], b: &[u32]) -> Option<(usize, Vec<f32>)> {
+    let k = a.iter().zip(b).position(|(x, y)| x != y)?;
+    let mut context = prompt.to_vec();
+    context.extend(&a[..k]);
+    reference.reset();
+    Some((k, reference.forward_logits(&context).unwrap()))
 }
