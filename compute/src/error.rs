@@ -71,6 +71,16 @@ pub enum Error {
         /// The value of `tokenizer.ggml.model`.
         model: String,
     },
+    /// The GGUF's byte-level tokenizer splits text in a way this crate does not implement.
+    #[error(
+        "unsupported pre-tokenizer `{name}` (tokenizer.ggml.pre); supported: {supported}. Its tokens would differ from the model's training, so the file is refused"
+    )]
+    UnsupportedPreTokenizer {
+        /// The value of `tokenizer.ggml.pre`.
+        name: String,
+        /// The names that are supported.
+        supported: String,
+    },
     /// The tokenizer data in the GGUF is inconsistent.
     #[error("invalid tokenizer data: {reason}")]
     Tokenizer {

@@ -60,7 +60,7 @@ pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, 
 pub use error::{Error, Result};
 pub use model::{Activation, Architecture, Model, ModelConfig, ModelId, SUPPORTED_ARCHITECTURES};
 pub use sampling::SamplingParams;
-pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use tokenizer::{PreTokenizer, StreamDecoder, Tokenizer};
 pub use wgpu_backend::{KernelStyle, WgpuEngine, WgpuOptions};
 
 /// Which backend to run a model on.

@@ -396,3 +396,16 @@ pub fn requantize(src: &Path, dst: &Path, choose: &dyn Fn(&str, &[usize]) -> Ggm
     std::io::Write::flush(&mut file).map_err(io(dst))?;
     Ok(())
 }
+
+/// The tokenizer of the GGUF file at `path` with some of its metadata replaced: another
+/// pre-tokenizer over a real vocabulary, say, without writing a second file.
+pub fn tokenizer_with(path: &Path, overrides: &[(&str, Value)]) -> Result<crate::Tokenizer> {
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?,
+    );
+    let mut content = gguf_file::Content::read(&mut reader).map_err(Error::candle("reading the GGUF file"))?;
+    for (key, value) in overrides {
+        content.metadata.insert((*key).to_owned(), value.clone());
+    }
+    crate::Tokenizer::from_gguf(&content.metadata)
+}

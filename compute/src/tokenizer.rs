@@ -4,12 +4,10 @@
 //! Written here rather than through the `tokenizers` crate: the GGUF already carries the
 //! vocabulary and merges, the algorithm is short, and the crate (with its regex engine,
 //! rayon and serde machinery) would add minutes to every build on the project's 2-core
-//! machines. The pre-tokenizer follows the GPT-2 regex
-//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, hand-coded,
-//! with digits split one by one first for the `smollm` pre-tokenizer (as its
-//! `tokenizer.json` does with `Digits(individual_digits)`). Letters and numbers use Rust's
-//! Unicode `Alphabetic` and `Numeric` properties, which agree with `\p{L}`/`\p{N}` on the
-//! text these models see.
+//! machines. Byte-level BPE splits text first as `tokenizer.ggml.pre` names, with llama.cpp's
+//! regexes for each ([`PreTokenizer`]), hand-coded; letters and numbers use Rust's Unicode
+//! `Alphabetic` and `Numeric` properties, which agree with `\p{L}`/`\p{N}` on the text these
+//! models see.
 //!
 //! SentencePiece follows llama.cpp's `llm_tokenizer_spm`: spaces become `▁` (with one
 //! prepended when `tokenizer.ggml.add_space_prefix` says so), the text starts as single
@@ -66,7 +64,77 @@ struct ByteLevel {
     /// vocabularies (SmolLM2's) leave out control bytes, which then encode as `unknown`.
     byte_ids: [Option<u32>; 256],
     byte_of_char: HashMap<char, u8>,
-    split_digits: bool,
+    /// Each byte's printable stand-in, to spell a pre-token as the vocabulary does.
+    byte_chars: Box<[char; 256]>,
+    pre: PreTokenizer,
+}
+
+/// How byte-level BPE text is split before merging, by `tokenizer.ggml.pre`: llama.cpp's
+/// regex for each name (its `llama-vocab.cpp`), which the files' own `tokenizer.json`s use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreTokenizer {
+    /// GPT-2's `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+    /// (`gpt2`, `gpt-2` and the names llama.cpp gives the same regex).
+    Gpt2,
+    /// Every digit alone, then GPT-2's regex (`smollm`).
+    SmolLm,
+    /// Llama 3's `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+    /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`, and a pre-token that is itself a
+    /// token is taken whole, without merging (llama.cpp's `ignore_merges`) (`llama-bpe`,
+    /// `llama3`, `llama-v3`, `falcon3`, `pixtral`).
+    Llama3,
+    /// Llama 3's regex with single digits (`\p{N}` for `\p{N}{1,3}`), merging as usual
+    /// (`qwen2`, `deepseek-r1-qwen`).
+    Qwen2,
+    /// llama.cpp's fallback for a byte-level file that names no pre-tokenizer (`default`, or
+    /// the key absent): runs of punctuation (`[\p{P}$+<=>^~|]+`) split off, then GPT-2's
+    /// regex, digit runs, and digits in threes, each splitting the pieces of the last.
+    Default,
+}
+
+impl PreTokenizer {
+    /// The names `tokenizer.ggml.pre` may take, for errors.
+    pub const NAMES: [&'static str; 11] = [
+        "default",
+        "gpt2",
+        "gpt-2",
+        "smollm",
+        "llama-bpe",
+        "llama3",
+        "llama-v3",
+        "falcon3",
+        "pixtral",
+        "qwen2",
+        "deepseek-r1-qwen",
+    ];
+
+    /// The pre-tokenizer `tokenizer.ggml.pre` names, or `None` for one not implemented.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "default" => Self::Default,
+            "gpt2" | "gpt-2" | "phi-2" | "roberta-bpe" => Self::Gpt2,
+            "smollm" => Self::SmolLm,
+            "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => Self::Llama3,
+            "qwen2" | "deepseek-r1-qwen" => Self::Qwen2,
+            _ => return None,
+        })
+    }
+
+    /// Splits `text` into the pieces BPE merges within.
+    pub fn split(self, text: &str) -> Vec<&str> {
+        match self {
+            Self::Gpt2 => pre_tokenize(text),
+            Self::SmolLm => split_by(&runs(text, |c| c.is_numeric(), Some(1)), pre_tokenize),
+            Self::Llama3 => pre_tokenize_llama3(text, 3),
+            Self::Qwen2 => pre_tokenize_llama3(text, 1),
+            Self::Default => {
+                let pieces = runs(text, is_punctuation_or_default_symbol, None);
+                let pieces = split_by(&pieces, pre_tokenize);
+                let pieces = split_by(&pieces, |p| runs(p, |c| c.is_numeric(), None));
+                split_by(&pieces, |p| runs(p, |c| c.is_ascii_digit(), Some(3)))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +175,7 @@ fn opt_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
 }
 
 impl ByteLevel {
-    fn new(tokens: &[String], merges: &[String], split_digits: bool) -> Result<Self> {
+    fn new(tokens: &[String], merges: &[String], pre: PreTokenizer) -> Result<Self> {
         let ids: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
         let b2u = bytes_to_unicode();
         let mut byte_ids = [None; 256];
@@ -134,7 +202,7 @@ impl ByteLevel {
             // The first (lowest-rank) occurrence wins, as in the reference implementation.
             merge_map.entry((ia, ib)).or_insert((rank as u32, im));
         }
-        Ok(ByteLevel { merges: merge_map, byte_ids, byte_of_char, split_digits })
+        Ok(ByteLevel { merges: merge_map, byte_ids, byte_of_char, byte_chars: Box::new(b2u), pre })
     }
 }
 
@@ -193,26 +261,15 @@ impl SentencePiece {
 }
 
 impl ByteLevel {
-    fn encode(&self, text: &str, unknown: Option<u32>, out: &mut Vec<u32>) {
-        if self.split_digits {
-            // Digits(individual_digits): every digit is its own piece, and the regex runs
-            // on the text between them.
-            let mut start = 0;
-            for (i, c) in text.char_indices() {
-                if c.is_numeric() {
-                    self.encode_piece(&text[start..i], unknown, out);
-                    self.encode_piece(&text[i..i + c.len_utf8()], unknown, out);
-                    start = i + c.len_utf8();
+    fn encode(&self, text: &str, ids: &HashMap<String, u32>, unknown: Option<u32>, out: &mut Vec<u32>) {
+        for word in self.pre.split(text) {
+            if self.pre == PreTokenizer::Llama3 {
+                let spelled: String = word.bytes().map(|b| self.byte_chars[b as usize]).collect();
+                if let Some(&id) = ids.get(&spelled) {
+                    out.push(id);
+                    continue;
                 }
             }
-            self.encode_piece(&text[start..], unknown, out);
-        } else {
-            self.encode_piece(text, unknown, out);
-        }
-    }
-
-    fn encode_piece(&self, text: &str, unknown: Option<u32>, out: &mut Vec<u32>) {
-        for word in pre_tokenize(text) {
             self.bpe(word, unknown, out);
         }
     }
@@ -280,8 +337,12 @@ impl Tokenizer {
             ))
         } else {
             let merges = string_array(md, "tokenizer.ggml.merges")?;
-            let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok());
-            Algorithm::ByteLevel(ByteLevel::new(&tokens, &merges, pre.is_some_and(|p| p == "smollm"))?)
+            let name = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map_or("default", |p| p.as_str());
+            let pre = PreTokenizer::from_name(name).ok_or_else(|| Error::UnsupportedPreTokenizer {
+                name: name.to_owned(),
+                supported: PreTokenizer::NAMES.join(", "),
+            })?;
+            Algorithm::ByteLevel(ByteLevel::new(&tokens, &merges, pre)?)
         };
         // llama.cpp's defaults: SentencePiece vocabularies start a prompt with BOS.
         let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama");
@@ -464,7 +525,7 @@ impl Tokenizer {
                 }
                 Fragment::Text(text) => {
                     match &self.algorithm {
-                        Algorithm::ByteLevel(b) => b.encode(&text, self.unknown, &mut out),
+                        Algorithm::ByteLevel(b) => b.encode(&text, &self.ids, self.unknown, &mut out),
                         Algorithm::SentencePiece(sp) => {
                             sp.encode(&text, after_special, &self.ids, self.unknown, &mut out)
                         }
@@ -620,21 +681,111 @@ fn pre_tokenize(text: &str) -> Vec<&str> {
             i = k;
             continue;
         }
+        // A run of one class; an apostrophe inside an "other" run is part of it (the regex
+        // tries contractions only where a pre-token starts: "...'s" is "...'" and "s").
         let mut k = i + 1;
         while k < chars.len() && class(chars[k].1) == cls {
-            // An apostrophe starting a contraction ends an "other" run.
-            if cls == Class::Other && chars[k].1 == '\'' {
-                let rest = &text[chars[k].0 + 1..];
-                if ["s", "t", "re", "ve", "m", "ll", "d"].iter().any(|s| rest.starts_with(s)) {
-                    break;
-                }
-            }
             k += 1;
         }
         out.push(&text[start..end_of(k)]);
         i = k;
     }
     out
+}
+
+/// Splits text as Llama 3's regex does (see [`PreTokenizer::Llama3`]), with digit runs of at
+/// most `max_digits`: at each position the first alternative that matches, as a regex would.
+fn pre_tokenize_llama3(text: &str, max_digits: usize) -> Vec<&str> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let n = chars.len();
+    let class_at = |k: usize| class(chars[k].1);
+    let is_newline = |k: usize| matches!(chars[k].1, '\r' | '\n');
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let c = chars[i].1;
+        let len = (|| {
+            // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+            if c == '\'' {
+                let rest = text[chars[i].0 + 1..].to_ascii_lowercase();
+                if let Some(s) = ["s", "t", "re", "ve", "m", "ll", "d"].iter().find(|s| rest.starts_with(*s)) {
+                    return 1 + s.len();
+                }
+            }
+            // [^\r\n\p{L}\p{N}]?\p{L}+
+            let lead = usize::from(!is_newline(i) && !matches!(class_at(i), Class::Letter | Class::Number));
+            let letters = (i + lead..n).take_while(|&k| class_at(k) == Class::Letter).count();
+            if letters > 0 {
+                return lead + letters;
+            }
+            // \p{N}{1,max_digits}
+            if class_at(i) == Class::Number {
+                return (i..n).take(max_digits).take_while(|&k| class_at(k) == Class::Number).count();
+            }
+            // ' '?[^\s\p{L}\p{N}]+[\r\n]*
+            let space = usize::from(c == ' ');
+            let other = (i + space..n).take_while(|&k| class_at(k) == Class::Other).count();
+            if other > 0 {
+                let end = i + space + other;
+                return space + other + (end..n).take_while(|&k| is_newline(k)).count();
+            }
+            // Whitespace from here on.
+            let run = (i..n).take_while(|&k| class_at(k) == Class::Space).count();
+            // \s*[\r\n]+: through the last line break of the run.
+            if let Some(last) = (i..i + run).rev().find(|&k| is_newline(k)) {
+                return last + 1 - i;
+            }
+            // \s+(?!\S): all of a run that ends the text, else all but its last character;
+            // then \s+ for a single one.
+            if i + run == n || run == 1 { run } else { run - 1 }
+        })();
+        let end = chars.get(i + len).map_or(text.len(), |&(b, _)| b);
+        out.push(&text[chars[i].0..end]);
+        i += len;
+    }
+    out
+}
+
+/// Splits each piece with `split`, keeping the order.
+fn split_by<'a>(pieces: &[&'a str], split: impl Fn(&'a str) -> Vec<&'a str>) -> Vec<&'a str> {
+    pieces.iter().flat_map(|p| split(p)).collect()
+}
+
+/// Splits `text` into runs of characters `matches` takes (each at most `max` long) and the
+/// text between them, as llama.cpp keeps both a regex's matches and what lies between.
+fn runs(text: &str, matches: impl Fn(char) -> bool, max: Option<usize>) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut run) = (0, 0);
+    let mut in_run = false;
+    for (i, c) in text.char_indices() {
+        let m = matches(c);
+        if i > start && (m != in_run || (m && max.is_some_and(|max| run == max))) {
+            out.push(&text[start..i]);
+            start = i;
+            run = 0;
+        }
+        in_run = m;
+        run += usize::from(m);
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+/// `[\p{P}$+<=>^~|]` of llama.cpp's default regex. Unicode punctuation (`\p{P}`) outside
+/// ASCII is approximated by the blocks where it lives (Latin-1's, General Punctuation, CJK
+/// and fullwidth forms): this crate carries no Unicode category tables.
+fn is_punctuation_or_default_symbol(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_punctuation() && c != '`';
+    }
+    matches!(c,
+        '\u{a1}' | '\u{a7}' | '\u{ab}' | '\u{b6}' | '\u{b7}' | '\u{bb}' | '\u{bf}'
+        | '\u{2010}'..='\u{2027}' | '\u{2030}'..='\u{2043}' | '\u{2045}'..='\u{2051}' | '\u{2053}'..='\u{205e}'
+        | '\u{3001}'..='\u{3003}' | '\u{3008}'..='\u{3011}' | '\u{3014}'..='\u{301f}'
+        | '\u{ff01}'..='\u{ff03}' | '\u{ff05}'..='\u{ff0a}' | '\u{ff0c}'..='\u{ff0f}' | '\u{ff1a}' | '\u{ff1b}'
+        | '\u{ff1f}' | '\u{ff20}')
 }
 
 #[cfg(test)]
@@ -649,5 +800,19 @@ mod tests {
         assert_eq!(pre_tokenize("x \n"), ["x", " \n"]);
         assert_eq!(pre_tokenize("(1+2) ..."), ["(", "1", "+", "2", ")", " ..."]);
         assert_eq!(pre_tokenize("don't"), ["don", "'t"]);
+        assert_eq!(pre_tokenize("...'s"), ["...'", "s"]);
+    }
+
+    /// What the shared reference cannot show with SmolLM2's vocabulary, which has no token of
+    /// two digits: how each splits digits (the rest is compared with llama.cpp's ids).
+    #[test]
+    fn pre_tokenizers_split_digits_as_their_regexes_do() {
+        let split = |p: PreTokenizer| p.split("x 12345 6");
+        assert_eq!(split(PreTokenizer::Llama3), ["x", " ", "123", "45", " ", "6"]);
+        assert_eq!(split(PreTokenizer::Qwen2), ["x", " ", "1", "2", "3", "4", "5", " ", "6"]);
+        assert_eq!(split(PreTokenizer::Gpt2), ["x", " 12345", " 6"]);
+        assert_eq!(split(PreTokenizer::SmolLm), ["x", " ", "1", "2", "3", "4", "5", " ", "6"]);
+        assert_eq!(split(PreTokenizer::Default), ["x", " ", "123", "45", " ", "6"]);
+        assert_eq!(PreTokenizer::Llama3.split("IT'S a\n\n  b"), ["IT", "'S", " a", "\n\n", " ", " b"]);
     }
 }

@@ -105,3 +105,12 @@ fn token_outside_the_vocabulary_and_empty_prompt() {
     let err = engine.generate(&[], &greedy(2), &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::EmptyPrompt), "{err}");
 }
+
+#[test]
+fn unsupported_pre_tokenizer() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let name = candle_core::quantized::gguf_file::Value::String("deepseek-llm".to_owned());
+    let err = attrinet_compute::testing::tokenizer_with(&t.path, &[("tokenizer.ggml.pre", name)]).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedPreTokenizer { name, .. } if name == "deepseek-llm"), "{err}");
+    assert!(err.to_string().contains("llama-bpe"), "the supported names are listed: {err}");
+}

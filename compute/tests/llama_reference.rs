@@ -76,6 +76,31 @@ fn gemma3_tokenizes_as_llama_cpp_does() {
     tokenizer_follows_llama_cpp(&gemma3());
 }
 
+/// SmolLM2's vocabulary under each pre-tokenizer no downloaded file has, against llama.cpp
+/// given the same vocabulary under that name.
+#[test]
+fn every_pre_tokenizer_splits_as_llama_cpp_does() {
+    let all = reference();
+    let r = &all["pre_tokenizers"];
+    let path = crate::util::smollm2_path();
+    assert_eq!(r["sha256"].as_str(), Some(smollm2().id().to_string().as_str()), "not the file the reference used");
+    let mut wrong = Vec::new();
+    for pre in ["llama-bpe", "qwen2", "gpt-2", "default"] {
+        let name = candle_core::quantized::gguf_file::Value::String(pre.to_owned());
+        let t = attrinet_compute::testing::tokenizer_with(&path, &[("tokenizer.ggml.pre", name)]).unwrap();
+        let cases = r[pre].as_array().unwrap();
+        assert!(cases.len() >= 20, "{pre}: {} texts", cases.len());
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let got = tokenize(&t, text, false);
+            if got != ids(&case["ids"]) {
+                wrong.push(format!("{pre}: {text:?}: llama.cpp {:?}, here {got:?}", ids(&case["ids"])));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} texts tokenize differently:\n{}", wrong.len(), wrong.join("\n"));
+}
+
 /// What following llama.cpp's greedy path showed.
 struct Followed {
     /// Tokens generated on llama.cpp's path before the paths parted (or all of them).
