@@ -1,8 +1,11 @@
 //! Prefill and decode throughput and time to first token of each backend, in one run.
 //!
 //! ```text
-//! cargo bench -p attrinet-compute --bench engines -- [--model FILE] [--prompt-tokens N] [--decode-tokens N]
+//! cargo bench -p attrinet-compute --bench engines -- [--model FILE ...] [--prompt-tokens N] [--decode-tokens N]
 //! ```
+//!
+//! By default it measures both files `scripts/fetch-model` downloads, SmolLM2-135M Q4_1 and
+//! Gemma 3 270M Q4_K_M, one after the other in the same run.
 //!
 //! Each backend runs the same prompt once to warm up (shader compilation, caches) and then
 //! `--runs` times; the best run is reported, as the least disturbed by other load. Decode
@@ -21,9 +24,12 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the compute backends on one model")]
 struct Args {
-    /// The GGUF model.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/SmolLM2-135M-Instruct-Q4_1.gguf"))]
-    model: PathBuf,
+    /// The GGUF models, each measured in turn (repeat the flag for several).
+    #[arg(long = "model", default_values = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../models/SmolLM2-135M-Instruct-Q4_1.gguf"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../models/gemma-3-270m-q4_k_m.gguf"),
+    ])]
+    models: Vec<PathBuf>,
     /// Tokens in the prompt.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -87,14 +93,21 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    for path in &args.models {
+        bench_model(args, path)?;
+    }
+    Ok(())
+}
+
+fn bench_model(args: &Args, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let model = if args.q4_k_m_types {
-        let path = dir.path().join("q4_k_m-types.gguf");
-        eprintln!("re-quantizing {} to Q4_K_M's types", args.model.display());
-        attrinet_compute::testing::requantize(&args.model, &path, &attrinet_compute::testing::q4_k_m_types)?;
-        Model::load(&path)?
+        let requantized = dir.path().join("q4_k_m-types.gguf");
+        eprintln!("re-quantizing {} to Q4_K_M's types", path.display());
+        attrinet_compute::testing::requantize(path, &requantized, &attrinet_compute::testing::q4_k_m_types)?;
+        Model::load(&requantized)?
     } else {
-        Model::load(&args.model)?
+        Model::load(path)?
     };
     // A prompt of ordinary English of the requested length.
     let text = "The quick brown fox jumps over the lazy dog while the farmer watches from the \
@@ -109,7 +122,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let backends = if args.backends.is_empty() { vec![Backend::Candle, Backend::Wgpu] } else { args.backends.clone() };
     println!(
         "model {}{} ({}), {} prompt tokens, {} decoded tokens, best of {} runs",
-        args.model.display(),
+        path.display(),
         if args.q4_k_m_types { " in Q4_K_M's types" } else { "" },
         model.id(),
         prompt.len(),

@@ -2,10 +2,8 @@
 //! tensors and quantized kernels, the reference the wgpu kernels are tested against and the
 //! fallback where no GPU exists.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{D, Device, IndexOp, Module, Tensor};
 
@@ -98,15 +96,15 @@ fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
     Tensor::cat(&vec![&x; n], 2)?.reshape((b, heads * n, len, hd))
 }
 
-/// Reads tensors out of the model's bytes into candle's CPU storage.
+/// Reads tensors out of the model, one at a time, into candle's CPU storage.
 struct Loader<'a> {
-    content: &'a Content,
-    reader: Cursor<&'a [u8]>,
+    model: &'a Model,
 }
 
 impl Loader<'_> {
     fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(Error::candle(format!("loading `{name}`")))
+        let (dtype, shape, data) = self.model.tensor_data(name)?;
+        qtensor_from_ggml(dtype, &data, shape, &Device::Cpu).map_err(Error::candle(format!("loading `{name}`")))
     }
 
     fn matrix(&mut self, name: &str) -> Result<QMatMul> {
@@ -127,7 +125,7 @@ impl CandleEngine {
     /// Loads the model's weights into candle's CPU tensors.
     pub fn new(model: &Model) -> Result<Self> {
         let config = model.config().clone();
-        let mut load = Loader { content: model.content(), reader: Cursor::new(model.bytes()) };
+        let mut load = Loader { model };
         let context_length = config.context_length.min(MAX_CONTEXT);
         let freq_factors = if config.rope_freq_factors {
             let f = load.vector("rope_freqs.weight")?;
@@ -176,6 +174,7 @@ impl CandleEngine {
             QMatMul::from_qtensor(load.qtensor("output.weight")?)
         }
         .map_err(Error::candle("the output projection"))?;
+        model.check_unchanged()?;
         Ok(CandleEngine { config, embedding, layers, output_norm, output, ropes, context_length, position: 0 })
     }
 

@@ -17,6 +17,14 @@ pub enum Error {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The model file changed on disk while an engine was loading its weights.
+    #[error(
+        "model file {path} changed while its weights were being loaded: load it again (and do not write to a file a node serves)"
+    )]
+    ModelChanged {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not a GGUF file, or its header or tensor data are damaged or truncated.
     #[error("{path} is not a valid GGUF file: {reason}")]
     InvalidGguf {

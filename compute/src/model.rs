@@ -1,9 +1,11 @@
 //! Loading a GGUF model file: its id, architecture, hyper-parameters, tokenizer and chat template.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Cursor;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -253,20 +255,38 @@ pub(crate) const LOADABLE_TYPES: &[GgmlDType] = &[
 /// [`LOADABLE_TYPES`] as a person reads them.
 pub(crate) const LOADABLE_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K";
 
-/// A GGUF model loaded into memory: metadata, tokenizer and the raw file.
+/// A GGUF model: its id, metadata, tokenizer and template, and where its tensors are.
 ///
-/// The file's bytes are kept so that engines can read tensors from memory without the file
-/// changing under them between hashing and loading (the id must describe what runs).
+/// A model loaded from a file keeps the file open, not its bytes: an engine reads one tensor
+/// at a time from it, so building an engine holds no second copy of the weights in host
+/// memory (a GPU engine ends with none). The id must describe what runs, so each engine
+/// hashes the file again once its weights are in and refuses a file that changed meanwhile
+/// ([`Error::ModelChanged`]).
 pub struct Model {
     path: PathBuf,
     id: ModelId,
-    bytes: Vec<u8>,
+    source: Source,
     content: Content,
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: ChatTemplate,
     name: Option<String>,
+    /// The file's length.
+    len: u64,
 }
+
+/// Where a model's tensor data is read from.
+enum Source {
+    File(Mutex<std::fs::File>),
+    Memory(Vec<u8>),
+}
+
+/// The first read of a header: enough for most files' (Gemma 3's 262k-token vocabulary takes
+/// about 6 MB); a longer header is read again, four times longer, until it fits.
+const HEADER_PREFIX: u64 = 16 << 20;
+
+/// Reads a file by in chunks of this many bytes when hashing it.
+const HASH_CHUNK: usize = 8 << 20;
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -275,7 +295,7 @@ impl fmt::Debug for Model {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("config", &self.config)
-            .field("bytes", &self.bytes.len())
+            .field("bytes", &self.len)
             .finish_non_exhaustive()
     }
 }
@@ -283,21 +303,51 @@ impl fmt::Debug for Model {
 impl Model {
     /// Reads, hashes and validates a GGUF file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_progress(path, &mut |_, _| {})
+    }
+
+    /// [`Model::load`], calling `progress(bytes hashed, file length)` as it reads the file
+    /// (hashing is most of loading: the whole file is read once for its id).
+    pub fn load_with_progress(path: impl AsRef<Path>, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        Self::from_bytes(path, bytes)
+        let io = |source| Error::Io { path: path.clone(), source };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let id = hash_file(&mut file, &mut |done| progress(done, len)).map_err(io)?;
+        let mut prefix_len = HEADER_PREFIX.min(len);
+        let header = loop {
+            let mut prefix = vec![0; prefix_len as usize];
+            file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut prefix)).map_err(io)?;
+            match crate::gguf_check::check_header(&prefix) {
+                Ok(()) => break prefix,
+                Err(_) if prefix_len < len => prefix_len = prefix_len.saturating_mul(4).min(len),
+                Err(reason) => return Err(Error::InvalidGguf { path, reason }),
+            }
+        };
+        let content = Self::parse_header(&path, &header)?;
+        Self::finish(path, id, content, len, Source::File(Mutex::new(file)))
     }
 
     /// Validates a GGUF file already in memory; `path` only names it in errors.
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
         let id = ModelId::of_bytes(&bytes);
         crate::gguf_check::check_header(&bytes).map_err(|reason| Error::InvalidGguf { path: path.clone(), reason })?;
-        let content = Content::read(&mut Cursor::new(&bytes))
-            .map_err(|e| Error::InvalidGguf { path: path.clone(), reason: e.to_string() })?;
+        let len = bytes.len() as u64;
+        // The header is parsed from the bytes before they move into the model.
+        let content = Self::parse_header(&path, &bytes)?;
+        Self::finish(path, id, content, len, Source::Memory(bytes))
+    }
+
+    fn parse_header(path: &Path, header: &[u8]) -> Result<Content> {
+        Content::read(&mut Cursor::new(header))
+            .map_err(|e| Error::InvalidGguf { path: path.to_path_buf(), reason: e.to_string() })
+    }
+
+    fn finish(path: PathBuf, id: ModelId, content: Content, len: u64, source: Source) -> Result<Self> {
         let md = &content.metadata;
 
         let config = read_config(&content)?;
-        check_tensors(&path, &content, &config, bytes.len())?;
+        check_tensors(&path, &content, &config, len as usize)?;
         let tokenizer = Tokenizer::from_gguf(md)?;
         if tokenizer.vocab_size() != config.vocab_size {
             return Err(Error::Tokenizer {
@@ -311,7 +361,7 @@ impl Model {
         let jinja = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok());
         let chat_template = ChatTemplate::detect(jinja.map(String::as_str), &tokenizer);
         let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned();
-        Ok(Model { path, id, bytes, content, config, tokenizer, chat_template, name })
+        Ok(Model { path, id, source, content, config, tokenizer, chat_template, name, len })
     }
 
     /// The SHA-256 of the file.
@@ -361,17 +411,9 @@ impl Model {
         self.content.tensor_infos.get(name).map(|t| t.ggml_dtype)
     }
 
-    pub(crate) fn content(&self) -> &Content {
-        &self.content
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     /// The raw bytes of a tensor's data (GGML blocks), with its type and candle-order shape
-    /// (`[rows, columns]` for matrices).
-    pub(crate) fn tensor_data(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, &[u8])> {
+    /// (`[rows, columns]` for matrices): read from the file, or borrowed from memory.
+    pub(crate) fn tensor_data(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Cow<'_, [u8]>)> {
         let info = self
             .content
             .tensor_infos
@@ -380,14 +422,53 @@ impl Model {
         let size = tensor_size(info.ggml_dtype, info.shape.elem_count());
         let start = self.content.tensor_data_offset as usize + info.offset as usize;
         // check_tensors already proved every tensor lies inside the file.
-        let data = &self.bytes[start..start + size];
+        let data = match &self.source {
+            Source::Memory(bytes) => Cow::Borrowed(&bytes[start..start + size]),
+            Source::File(file) => {
+                let mut data = vec![0; size];
+                let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                file.seek(SeekFrom::Start(start as u64))
+                    .and_then(|_| file.read_exact(&mut data))
+                    .map_err(|source| Error::Io { path: self.path.clone(), source })?;
+                Cow::Owned(data)
+            }
+        };
         Ok((info.ggml_dtype, info.shape.dims().to_vec(), data))
+    }
+
+    /// Hashes the file again: an engine calls this once its weights are in, so that what it
+    /// runs is the file its id names.
+    pub(crate) fn check_unchanged(&self) -> Result<()> {
+        let Source::File(file) = &self.source else { return Ok(()) };
+        let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = hash_file(&mut file, &mut |_| {}).map_err(|source| Error::Io { path: self.path.clone(), source })?;
+        if id != self.id {
+            return Err(Error::ModelChanged { path: self.path.clone() });
+        }
+        Ok(())
     }
 
     /// The embedding matrix doubles as the output projection when `output.weight` is absent
     /// (tied embeddings, as in SmolLM2).
     pub(crate) fn output_tensor_name(&self) -> &'static str {
         if self.content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" }
+    }
+}
+
+/// The SHA-256 of a whole file, read from its start in chunks.
+fn hash_file(file: &mut std::fs::File, progress: &mut dyn FnMut(u64)) -> std::io::Result<ModelId> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; HASH_CHUNK];
+    let mut done = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(ModelId(hasher.finalize().into()));
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        progress(done);
     }
 }
 

@@ -114,3 +114,22 @@ fn unsupported_pre_tokenizer() {
     assert!(matches!(&err, Error::UnsupportedPreTokenizer { name, .. } if name == "deepseek-llm"), "{err}");
     assert!(err.to_string().contains("llama-bpe"), "the supported names are listed: {err}");
 }
+
+/// An engine reads the weights from the file after the model was hashed: a file rewritten
+/// in between (same length, one weight byte changed) is refused, not run under the old id.
+#[test]
+fn a_file_that_changes_after_loading_is_refused() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let model = Model::load(&t.path).unwrap();
+    let mut bytes = std::fs::read(&t.path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&t.path, &bytes).unwrap();
+    let err = CandleEngine::new(&model).map(|_| ()).unwrap_err();
+    assert!(matches!(err, Error::ModelChanged { .. }), "candle: {err}");
+    let options = attrinet_compute::WgpuOptions { allow_software: true, ..Default::default() };
+    let err = attrinet_compute::WgpuEngine::new(&model, &options).map(|_| ()).unwrap_err();
+    assert!(matches!(err, Error::ModelChanged { .. }), "wgpu: {err}");
+    // Loaded again, the changed file is a model of its own.
+    assert_ne!(Model::load(&t.path).unwrap().id(), model.id());
+}

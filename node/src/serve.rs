@@ -2,7 +2,6 @@
 //! and the model on chain when they are not yet, advertises, serves queries on channels it
 //! learns of from the chain, persists receipts in sled and settles them.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,22 +59,24 @@ pub struct ServeOptions {
     pub bootstrap: Vec<Multiaddr>,
 }
 
-/// Reads a model file with a byte progress bar (reading dominates loading), then parses
-/// and validates it.
+/// Loads a model file with a byte progress bar (hashing the file for its id is most of
+/// loading), then parses and validates it.
 pub fn load_model_with_progress(path: &std::path::Path) -> anyhow::Result<Model> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open model {} (run scripts/fetch-model?)", path.display()))?;
-    let len = file.metadata()?.len();
-    let bar = indicatif::ProgressBar::new(len).with_message(format!("loading {}", path.display()));
+    if !path.exists() {
+        anyhow::bail!("model {} does not exist (run scripts/fetch-model?)", path.display());
+    }
+    let bar = indicatif::ProgressBar::new(0).with_message(format!("loading {}", path.display()));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
             .expect("constant template")
             .progress_chars("=> "),
     );
-    let mut bytes = Vec::with_capacity(len as usize);
-    bar.wrap_read(file).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    let model = Model::load_with_progress(path, &mut |done, len| {
+        bar.set_length(len);
+        bar.set_position(done);
+    });
     bar.finish_and_clear();
-    Ok(Model::from_bytes(path.to_path_buf(), bytes)?)
+    Ok(model?)
 }
 
 /// Looks channels up on chain for the provider: a channel the chain holds with this node

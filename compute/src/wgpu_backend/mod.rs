@@ -457,7 +457,7 @@ impl WgpuEngine {
         // Norm weights, biases and RoPE factors: small vectors, in f32.
         let f32_values = |name: &str| -> Result<Vec<f32>> {
             let (dtype, _, data) = model.tensor_data(name)?;
-            weights::dequantize_norm(name, dtype, data)
+            weights::dequantize_norm(name, dtype, &data)
         };
         let freq_factors = if c.rope_freq_factors { Some(f32_values("rope_freqs.weight")?) } else { None };
         let rope_tables = c.rope_tables(context_length, freq_factors.as_deref());
@@ -589,6 +589,10 @@ impl WgpuEngine {
                 Size::Elems { per_token: (f / 32) as u32, wg: 64 },
             );
             b.residual(&wd, &h, &xq, &xs, &x, &sub_out, n.post_ffn_norm.as_deref().map(&norm).transpose()?, d, eps);
+            // wgpu stages each initialised buffer's contents in host memory until the next
+            // submission: submitting (nothing) after each layer and waiting frees them, so
+            // host memory holds a layer's weights at a time rather than a copy of the model.
+            flush_uploads(&device, &queue)?;
         }
         let out_norm = norm("output_norm.weight")?;
         let first_final = b.ops.len();
@@ -619,6 +623,8 @@ impl WgpuEngine {
         b.push(Kernel::Sample, None, &[c.vocab_size as u32], &[&logits_buf, &probs, &out_buf], Size::Fixed(1));
         let Builder { pipelines, ops, .. } = b;
 
+        flush_uploads(&device, &queue)?;
+        model.check_unchanged()?;
         let oom_error = pollster::block_on(oom.pop());
         let validation_error = pollster::block_on(scope.pop());
         if let Some(e) = oom_error.or(validation_error) {
@@ -820,4 +826,13 @@ impl Engine for WgpuEngine {
         let bytes = self.read(&self.logits_readback, (self.vocab_size * 4) as u64)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
+}
+
+/// Submits the uploads wgpu has staged and waits for them, which releases their staging.
+fn flush_uploads(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<()> {
+    queue.submit(std::iter::empty());
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| Error::Device(format!("waiting for weight uploads: {e}")))
 }

@@ -306,7 +306,7 @@ pub(crate) fn upload_stacked(device: &wgpu::Device, model: &Model, names: &[&str
         }
         dtype = Some(layout);
         width = Some(cols);
-        let (tq, ts) = repack(t, data);
+        let (tq, ts) = repack(t, &data);
         q.extend(tq);
         s.extend(ts.unwrap_or_default());
         rows += r;
