@@ -271,6 +271,8 @@ pub struct Model {
     tokenizer: Tokenizer,
     chat_template: ChatTemplate,
     name: Option<String>,
+    /// Whether the file carries `tokenizer.chat_template`.
+    own_chat_template: bool,
     /// The file's length.
     len: u64,
 }
@@ -359,9 +361,10 @@ impl Model {
             });
         }
         let jinja = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok());
+        let own_chat_template = jinja.is_some();
         let chat_template = ChatTemplate::detect(jinja.map(String::as_str), &tokenizer);
         let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned();
-        Ok(Model { path, id, source, content, config, tokenizer, chat_template, name, len })
+        Ok(Model { path, id, source, content, config, tokenizer, chat_template, own_chat_template, name, len })
     }
 
     /// The SHA-256 of the file.
@@ -387,6 +390,12 @@ impl Model {
     /// The tokenizer built from the GGUF metadata.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// Whether the file carries a chat template of its own: files without one are mostly
+    /// base models (Gemma 3 270M's is), which complete text rather than answer chats.
+    pub fn has_own_chat_template(&self) -> bool {
+        self.own_chat_template
     }
 
     /// How chats are rendered for this model (see [`ChatTemplate`]).

@@ -160,6 +160,12 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         .with_context(|| format!("cannot load {}: run scripts/fetch-model", config.model.display()))?;
     let model_id = ModelId::from(model.id().0);
     let name = model.name().unwrap_or("model").to_string();
+    // A file without a chat template is mostly a base model, which echoes a chat (Gemma 3
+    // 270M does) but completes "Question: ...\nAnswer:".
+    let completions = !model.has_own_chat_template();
+    if completions {
+        progress(&format!("{name} carries no chat template (a base model?): questions are sent as completions"));
+    }
     let price = Price { per_1k_input: Wei(ETH / 10_000), per_1k_output: Wei(ETH / 2_500) };
     let split = Split::new(7000, 2000, 500, 500)?;
     // The model's datanet: two contributors whose texts the model's answers to two of the
@@ -262,9 +268,17 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         // Round robin over the providers (rather than the client's ranking, which would send
         // everything to the first of equal offers) so that every node has receipts to settle.
         let node = q % nodes.len();
-        let answer = ask_node(&payer, &client_net, &offers, &nodes[node].identity, &name, prompt, config.max_tokens)
-            .await
-            .with_context(|| format!("query {q} to node {node} failed"))?;
+        let answer = ask_node(
+            &payer,
+            &client_net,
+            &offers,
+            &nodes[node].identity,
+            &name,
+            (prompt, completions),
+            config.max_tokens,
+        )
+        .await
+        .with_context(|| format!("query {q} to node {node} failed"))?;
         let attributed: Vec<String> = contributors
             .iter()
             .filter(|(_, c)| answer.weights.ppm_of(&c.address()) > 0)
@@ -365,9 +379,10 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
     // second batch honest.
     let second_batch = {
         let n = &nodes[0];
-        let answer = ask_node(&payer, &client_net, &offers, &n.identity, &name, PROMPTS[0], config.max_tokens)
-            .await
-            .context("query after settlement failed")?;
+        let answer =
+            ask_node(&payer, &client_net, &offers, &n.identity, &name, (PROMPTS[0], completions), config.max_tokens)
+                .await
+                .context("query after settlement failed")?;
         lines.push(QueryLine {
             prompt: PROMPTS[0].into(),
             answer: answer.text.clone(),
@@ -539,21 +554,26 @@ impl std::fmt::Debug for Live {
     }
 }
 
-/// Asks one chosen node (through the client's channel with it) a one-message chat.
+/// Asks one chosen node (through the client's channel with it) a question: a one-message
+/// chat, or with `completion` the text "Question: ...\nAnswer:".
 async fn ask_node(
     payer: &Payer,
     network: &attrinet_p2p::Client,
     offers: &[attrinet_market::ModelAdvert],
     node: &Identity,
     model: &str,
-    prompt: &str,
+    (question, completion): (&str, bool),
     max_tokens: u32,
 ) -> anyhow::Result<attrinet_p2p::Answer> {
     let advert = offers.iter().find(|a| a.node_key == node.public_key()).context("no advert from that node")?;
     let channel = payer.channel_with(advert)?.context("no channel with that node")?;
     let ask = Ask {
         model: model.into(),
-        prompt: Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: prompt.into() }]),
+        prompt: if completion {
+            Prompt::Text(format!("Question: {question}\nAnswer:"))
+        } else {
+            Prompt::Chat(vec![attrinet_p2p::ChatMessage { role: "user".into(), content: question.into() }])
+        },
         max_tokens,
         sampling: Sampling::default(),
         max_cost: None,
