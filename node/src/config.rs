@@ -91,8 +91,12 @@ pub struct ServeConfig {
     pub price_out: Option<String>,
     /// auto, wgpu or cpu.
     pub backend: Option<String>,
-    /// Requests generated at once.
+    /// Requests generated at once (the old name of `max_batch`).
     pub capacity: Option<usize>,
+    /// Requests generated at once.
+    pub max_batch: Option<usize>,
+    /// Requests that may wait for a generation slot.
+    pub queue: Option<usize>,
     /// Most unpaid value per channel.
     pub exposure_limit: Option<String>,
     /// Bond posted when registering the node.

@@ -56,11 +56,18 @@ pub struct ApiError {
     kind: &'static str,
     code: &'static str,
     message: String,
+    /// Seconds a client should wait before trying again (`Retry-After`), when the network
+    /// is only busy.
+    retry_after: Option<u64>,
 }
+
+/// What `Retry-After` says when every provider's queue was full: generation slots free up
+/// within seconds.
+const BUSY_RETRY_AFTER_S: u64 = 2;
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, code, message: message.into() }
+        ApiError { status, kind, code, message: message.into(), retry_after: None }
     }
 
     fn body(&self) -> Value {
@@ -70,7 +77,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
+        response
     }
 }
 
@@ -86,6 +97,10 @@ impl From<InferError> for ApiError {
             _ if is_unpaid(&e) => {
                 ApiError::new(S::PAYMENT_REQUIRED, "insufficient_quota", "insufficient_deposit", message)
             }
+            _ if is_busy(&e) => ApiError {
+                retry_after: Some(BUSY_RETRY_AFTER_S),
+                ..ApiError::new(S::SERVICE_UNAVAILABLE, "server_error", "busy", message)
+            },
             InferError::Remote(r) if matches!(r.code, ErrorCode::TooLarge | ErrorCode::BadRequest) => {
                 ApiError::new(S::BAD_REQUEST, "invalid_request_error", "bad_request", message)
             }
@@ -97,13 +112,23 @@ impl From<InferError> for ApiError {
     }
 }
 
-/// Whether every provider refused for lack of deposit or exposure room.
-fn is_unpaid(e: &InferError) -> bool {
+/// Whether every provider refused with `code`.
+fn all_refused_with(e: &InferError, code: ErrorCode) -> bool {
     match e {
-        InferError::AllFailed(f) => !f.is_empty() && f.iter().all(|f| f.code == Some(ErrorCode::Unpaid)),
-        InferError::Remote(r) => r.code == ErrorCode::Unpaid,
+        InferError::AllFailed(f) => !f.is_empty() && f.iter().all(|f| f.code == Some(code)),
+        InferError::Remote(r) => r.code == code,
         _ => false,
     }
+}
+
+/// Whether every provider refused because its slots and queue were full.
+fn is_busy(e: &InferError) -> bool {
+    all_refused_with(e, ErrorCode::Busy)
+}
+
+/// Whether every provider refused for lack of deposit or exposure room.
+fn is_unpaid(e: &InferError) -> bool {
+    all_refused_with(e, ErrorCode::Unpaid)
 }
 
 fn now() -> u64 {
@@ -388,4 +413,31 @@ fn final_events(
     last["usage"] = usage;
     last["attrinet"] = receipt;
     vec![Ok(Event::default().data(last.to_string())), Ok(Event::default().data("[DONE]"))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attrinet_p2p::ErrorReply;
+
+    fn response(e: InferError) -> Response {
+        ApiError::from(e).into_response()
+    }
+
+    /// A provider whose slots and queue are full answers Busy; OpenAI clients retry a 503
+    /// after `Retry-After`, which any other refusal does not carry.
+    #[test]
+    fn busy_is_503_with_retry_after_and_nothing_else_is() {
+        let busy = || ErrorReply { code: ErrorCode::Busy, message: "queue full".into() };
+        let r = response(InferError::Remote(busy()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(axum::http::header::RETRY_AFTER).map(|v| v.to_str().unwrap()), Some("2"));
+        let engine = ErrorReply { code: ErrorCode::Engine, message: "device lost".into() };
+        let r = response(InferError::Remote(engine));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none(), "an engine failure is not busy");
+        let r = response(InferError::Remote(ErrorReply { code: ErrorCode::Unpaid, message: "deposit".into() }));
+        assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
+    }
 }

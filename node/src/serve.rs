@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub backend: Backend,
     /// Requests generated at once.
     pub capacity: usize,
+    /// Requests that may wait for a generation slot.
+    pub queue: usize,
     /// Most unpaid value per channel.
     pub exposure_limit: Wei,
     /// Bond posted when the node is not registered yet.
@@ -166,7 +168,8 @@ pub async fn serve(
     )?;
     let offer = offer(generator, opts.price, speed, datanet);
     let name = offer.name.clone();
-    let limits = Limits { capacity: opts.capacity, exposure_limit: opts.exposure_limit, ..Limits::default() };
+    let limits =
+        Limits { capacity: opts.capacity, queue: opts.queue, exposure_limit: opts.exposure_limit, ..Limits::default() };
     let serving = start_provider(&identity, store.clone(), &chain, offer, limits, &network);
     let addrs = listening_addrs(&network).await?;
     metrics

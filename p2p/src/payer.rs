@@ -10,7 +10,7 @@ use attrinet_market::{
     PublicKey, Quote, SignedReceipt, SignedVoucher, Store, StoreError, encode, rank, request_hash, response_hash,
 };
 use libp2p::Stream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::network::{Client, NetError, key_peer, unix_now};
 use crate::wire::{
@@ -327,6 +327,15 @@ impl Payer {
                 None => read_msg::<ServerMsg>(&mut stream, idle).await?,
             };
             match msg {
+                ServerMsg::Queued { position } if input_tokens.is_none() => {
+                    debug!(target: "p2p::payer", position, "waiting in the provider's queue");
+                }
+                ServerMsg::Queued { .. } => {
+                    return Err(InferError::OutOfOrder {
+                        got: "a place in the queue",
+                        when: "after the request started",
+                    });
+                }
                 ServerMsg::Started { input_tokens: n } => input_tokens = Some(n),
                 ServerMsg::Token { id, text: t } => {
                     if input_tokens.is_none() {
@@ -380,7 +389,11 @@ impl Payer {
         match read_msg::<ServerMsg>(&mut stream, idle).await? {
             ServerMsg::Ack { seq } if seq == receipt.receipt.seq => {}
             ServerMsg::Error(e) => return Err(InferError::Remote(e)),
-            ServerMsg::Started { .. } | ServerMsg::Token { .. } | ServerMsg::Propose { .. } | ServerMsg::Ack { .. } => {
+            ServerMsg::Queued { .. }
+            | ServerMsg::Started { .. }
+            | ServerMsg::Token { .. }
+            | ServerMsg::Propose { .. }
+            | ServerMsg::Ack { .. } => {
                 return Err(InferError::OutOfOrder {
                     got: "another message",
                     when: "where the acknowledgement of the receipt belongs",

@@ -2,6 +2,7 @@
 //! receipt, persisting it before acknowledging.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -102,7 +103,10 @@ pub struct Limits {
     pub max_tokens: u32,
     /// Requests generating at once, over all peers.
     pub capacity: usize,
-    /// Requests in flight from one peer.
+    /// Admitted requests that may wait, first come first served, for a generation slot
+    /// when all are taken; past that a request is answered `Busy`.
+    pub queue: usize,
+    /// Requests in flight from one peer, generating or queued.
     pub max_per_peer: u32,
     /// Longest wait for the client's next message.
     pub idle_timeout: Duration,
@@ -118,7 +122,10 @@ impl Default for Limits {
             max_prompt_bytes: 32 * 1024,
             max_tokens: 2048,
             capacity: 4,
-            max_per_peer: 8,
+            queue: 64,
+            // Half the queue: one peer (a gateway with many users of its own) can keep a
+            // provider busy, and another still finds room.
+            max_per_peer: 32,
             idle_timeout: Duration::from_secs(30),
             total_timeout: Duration::from_secs(600),
             exposure_limit: Wei(10u128.pow(16)),
@@ -142,7 +149,11 @@ struct Inner {
     store: Arc<dyn Store>,
     offers: HashMap<ModelId, Offer>,
     limits: Limits,
+    /// Generation slots; tokio's semaphore hands them out in the order they were asked for,
+    /// which makes the waiters a FIFO queue.
     slots: Semaphore,
+    /// Requests waiting for a slot.
+    queued: AtomicUsize,
     per_peer: Mutex<HashMap<PeerId, u32>>,
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<ProviderChannel>>>>,
 }
@@ -200,6 +211,7 @@ impl Provider {
                 store,
                 offers: offers.into_iter().map(|o| (o.model, o)).collect(),
                 slots: Semaphore::new(limits.capacity),
+                queued: AtomicUsize::new(0),
                 limits,
                 per_peer: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
@@ -228,7 +240,7 @@ impl Provider {
                     model_name: o.name.clone(),
                     price: o.price,
                     context_length: o.context_length,
-                    free_capacity: self.inner.limits.capacity as u32,
+                    free_capacity: (self.inner.limits.capacity + self.inner.limits.queue) as u32,
                     decode_tokens_per_s: o.decode_tokens_per_s,
                     ttft_ms: o.ttft_ms,
                     expires_at: 0,
@@ -237,6 +249,56 @@ impl Provider {
                 },
             })
             .collect()
+    }
+
+    /// Requests generating and requests waiting for a slot, now.
+    pub fn load(&self) -> (usize, usize) {
+        let free = self.inner.slots.available_permits();
+        (self.inner.limits.capacity.saturating_sub(free), self.inner.queued.load(Ordering::SeqCst))
+    }
+
+    /// Takes a generation slot: at once if one is free, else after the requests queued
+    /// before this one, telling the client its place while it waits (which also keeps its
+    /// idle timeout from firing); `Busy` when the queue is full too.
+    async fn take_slot(&self, stream: &mut Stream) -> Result<tokio::sync::SemaphorePermit<'_>, ErrorReply> {
+        let limits = self.inner.limits;
+        if let Ok(permit) = self.inner.slots.try_acquire() {
+            return Ok(permit);
+        }
+        let queued = &self.inner.queued;
+        let ahead = queued.fetch_add(1, Ordering::SeqCst);
+        // Leaves the count right however this ends (the client gone, a write failed).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _waiting = Waiting(queued);
+        if ahead >= limits.queue {
+            return Err(reply(
+                ErrorCode::Busy,
+                format!("all {} generation slots are busy and {} requests are queued", limits.capacity, limits.queue),
+            ));
+        }
+        let acquire = self.inner.slots.acquire();
+        tokio::pin!(acquire);
+        let every = limits.idle_timeout / 3;
+        let mut position = ahead as u32 + 1;
+        loop {
+            match tokio::time::timeout(limits.idle_timeout, write_msg(stream, &ServerMsg::Queued { position })).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(reply(ErrorCode::Internal, format!("cannot tell the client its place: {e}"))),
+                Err(_) => return Err(reply(ErrorCode::Timeout, "the client does not read its place in the queue")),
+            }
+            tokio::select! {
+                permit = &mut acquire => return permit.map_err(|_| reply(ErrorCode::Internal, "the provider is stopping")),
+                () = tokio::time::sleep(every) => {
+                    // Somewhere among those now waiting; a bound, not an exact place.
+                    position = position.min(queued.load(Ordering::SeqCst) as u32).max(1);
+                }
+            }
+        }
     }
 
     /// The attribution weights of a receipt this provider proposed, by their root (from
@@ -354,8 +416,8 @@ impl Provider {
         })?;
         let req_hash = request_hash(&encode(&request));
 
-        // Admission: per-peer, then global capacity; both answer "busy" rather than queue,
-        // so the client can fail over at once.
+        // Admission: per-peer (answered "busy" at once, so the client can fail over), then a
+        // generation slot, or a place in the queue for one.
         let _peer_slot = {
             let mut map = self.inner.per_peer.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(peer).or_insert(0);
@@ -368,11 +430,7 @@ impl Provider {
             *n += 1;
             PeerSlot { map: &self.inner.per_peer, peer }
         };
-        let _slot = self
-            .inner
-            .slots
-            .try_acquire()
-            .map_err(|_| reply(ErrorCode::Busy, format!("all {} generation slots are busy", limits.capacity)))?;
+        let _slot = self.take_slot(stream).await?;
 
         let offer = self
             .inner

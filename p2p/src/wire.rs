@@ -1,6 +1,7 @@
 //! The inference protocol's messages and their framing on a libp2p stream.
 //!
 //! One stream per request: the client writes an [`InferRequest`]; the provider answers with
+//! [`ServerMsg::Queued`] while the request waits for a generation slot (if it must), then
 //! [`ServerMsg::Started`], then [`ServerMsg::Token`]s as they are generated, then
 //! [`ServerMsg::Propose`]; the client answers [`ClientMsg::Pay`] (co-signed receipt and
 //! voucher) or [`ClientMsg::Refuse`]; the provider persists and sends [`ServerMsg::Ack`].
@@ -150,6 +151,13 @@ pub enum ServerMsg {
     },
     /// Refused or failed.
     Error(ErrorReply),
+    /// Waiting for a generation slot, at about this place in the queue (1: next); repeated
+    /// while waiting, before `Started`. Last, so that postcard's variant indices of
+    /// the others stay what they were.
+    Queued {
+        /// Requests at most that go first, this one included.
+        position: u32,
+    },
 }
 
 /// Client → provider, after a proposal.

@@ -228,7 +228,8 @@ async fn dishonest_receipts_and_oversized_prompts_are_refused_and_nothing_stored
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_respect_the_limit() {
-    let limits = Limits { capacity: 4, max_per_peer: 50, ..Limits::default() };
+    // No queue: what a slot cannot take at once is Busy.
+    let limits = Limits { capacity: 4, queue: 0, max_per_peer: 50, ..Limits::default() };
     let (client, providers) = market_of(1, limits, 2).await;
     let engine = providers[0].engine.clone().unwrap();
     let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
@@ -263,6 +264,46 @@ async fn fifty_concurrent_requests_respect_the_limit() {
     for (i, r) in mine.iter().enumerate() {
         assert_eq!(r.receipt.receipt.seq, Seq(i as u64 + 1));
     }
+}
+
+/// One slot and a queue of three: four concurrent requests all complete in their turn, the
+/// last after waiting about three generations (4.5 s), longer than the client's 2 s idle
+/// timeout, which the provider's `Queued` messages keep from firing; a fifth, with the slot
+/// and the queue full, is Busy at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_wait_their_turn_and_only_a_full_queue_is_busy() {
+    let idle = Duration::from_secs(2);
+    let limits = Limits { capacity: 1, queue: 3, max_per_peer: 50, idle_timeout: idle, ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 200).await;
+    let provider = providers[0].provider.clone().unwrap();
+    let engine = providers[0].engine.clone().unwrap();
+    let payer = attrinet_p2p::Payer::new(client.identity.clone(), client.store.clone(), idle);
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    assert_eq!(advert.free_capacity, 4, "the advert counts the slot and the queue");
+    let channel = payer.channel_with(&advert).unwrap().expect("channel open");
+    let ask_nth = |i: usize| {
+        let (payer, net, advert, channel) = (payer.clone(), client.client.clone(), advert.clone(), channel.clone());
+        tokio::spawn(async move {
+            payer.infer_with(&net, &advert, channel, &ask("test-model", &format!("request {i}"), 8), &mut |_| {}).await
+        })
+    };
+    let tasks: Vec<_> = (0..4).map(ask_nth).collect();
+    wait_for(Duration::from_secs(10), "one request generates and three wait", || {
+        let p = provider.clone();
+        async move { p.load() == (1, 3) }
+    })
+    .await;
+    let fifth = tokio::time::timeout(Duration::from_secs(2), ask_nth(4)).await.expect("answered at once").unwrap();
+    assert!(matches!(&fifth, Err(InferError::Remote(r)) if r.code == ErrorCode::Busy), "{fifth:?}");
+    for t in tasks {
+        let answer = tokio::time::timeout(Duration::from_secs(30), t).await.expect("bounded").unwrap().unwrap();
+        answer.receipt.verify().unwrap();
+        assert_eq!(answer.tokens.len(), 8);
+    }
+    assert_eq!(engine.peak.load(Ordering::SeqCst), 1, "one generation at a time");
+    assert_eq!(provider.load(), (0, 0), "nothing left running or queued");
+    let id = client.store.channels().unwrap()[0].params.id;
+    assert_eq!(client.store.receipts_after(&id, Seq::ZERO).unwrap().len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,9 +147,13 @@ pub(crate) struct ServeArgs {
     /// Inference backend: auto (a GPU through wgpu if present, else CPU), wgpu, cpu.
     #[arg(long, value_parser = parse_backend)]
     pub(crate) backend: Option<Backend>,
-    /// Requests generated at once; more are answered "busy" so clients fail over.
+    /// Requests generated at once (default 2); more wait in the queue.
+    #[arg(long, visible_alias = "capacity")]
+    pub(crate) max_batch: Option<usize>,
+    /// Requests that may wait, first come first served, when every generation slot is taken
+    /// (default 64); past that requests are answered "busy" and clients fail over.
     #[arg(long)]
-    pub(crate) capacity: Option<usize>,
+    pub(crate) queue: Option<usize>,
     /// Most value served to one channel before the client pays for it (default 0.01eth).
     #[arg(long, value_parser = config::parse_wei)]
     pub(crate) exposure_limit: Option<Wei>,
