@@ -183,6 +183,101 @@ struct ChatRequest {
     seed: Option<u64>,
     #[serde(default)]
     stream: bool,
+    stream_options: Option<StreamOptions>,
+    stop: Option<StopIn>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// OpenAI's `stop`: one string or a list of up to four.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopIn {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// At most this many stop sequences, as OpenAI allows.
+const MAX_STOPS: usize = 4;
+
+fn stops(stop: Option<StopIn>) -> Result<Vec<String>, ApiError> {
+    let all = match stop {
+        None => Vec::new(),
+        Some(StopIn::One(s)) => vec![s],
+        Some(StopIn::Many(v)) => v,
+    };
+    if all.len() > MAX_STOPS || all.iter().any(String::is_empty) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_value",
+            format!("stop takes 1 to {MAX_STOPS} non-empty strings"),
+        ));
+    }
+    Ok(all)
+}
+
+/// What the response does beyond the network's answer: where its text stops, and whether a
+/// stream ends with a usage chunk.
+struct Shape {
+    chat: bool,
+    stream: bool,
+    include_usage: bool,
+    stops: Vec<String>,
+}
+
+/// Cuts generated text at the first stop sequence, as it streams: text that might be the
+/// start of a stop sequence is held back until the next piece shows whether it is one.
+///
+/// The provider does not know the stop sequences (the protocol does not carry them yet), so
+/// it generates, and bills, up to `max_tokens` whatever the cut.
+#[derive(Debug)]
+pub(crate) struct StopScanner {
+    stops: Vec<String>,
+    held: String,
+    stopped: bool,
+}
+
+impl StopScanner {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
+        StopScanner { stops, held: String::new(), stopped: false }
+    }
+
+    /// Takes the next piece of text; returns what can be shown now.
+    pub(crate) fn push(&mut self, text: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.held.push_str(text);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            self.stopped = true;
+            self.held.truncate(at);
+            return std::mem::take(&mut self.held);
+        }
+        // Hold back the longest end of the text that begins some stop sequence.
+        let keep = self
+            .held
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.held[i..])))
+            .unwrap_or(self.held.len());
+        let rest = self.held.split_off(keep);
+        std::mem::replace(&mut self.held, rest)
+    }
+
+    /// The end of the text: whatever was held back, unless a stop sequence was met.
+    pub(crate) fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Whether a stop sequence ended the text.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped
+    }
 }
 
 #[derive(Deserialize)]
@@ -201,6 +296,8 @@ struct CompletionRequest {
     seed: Option<u64>,
     #[serde(default)]
     stream: bool,
+    stream_options: Option<StreamOptions>,
+    stop: Option<StopIn>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -215,7 +312,8 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> Result<Sampling, ApiError> {
-    let t = temperature.unwrap_or(0.0);
+    // OpenAI's default: sampled at temperature 1 unless the request says otherwise.
+    let t = temperature.unwrap_or(1.0);
     let p = top_p.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&t) || !(0.0..=1.0).contains(&p) {
         return Err(ApiError::new(
@@ -244,7 +342,13 @@ async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiErro
         sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
         max_cost: None,
     };
-    respond(g, ask, req.stream, true).await
+    let shape = Shape {
+        chat: true,
+        stream: req.stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        stops: stops(req.stop).inspect_err(|_| count_error(&g))?,
+    };
+    respond(g, ask, shape).await
 }
 
 async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
@@ -257,7 +361,13 @@ async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, 
         sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
         max_cost: None,
     };
-    respond(g, ask, req.stream, false).await
+    let shape = Shape {
+        chat: false,
+        stream: req.stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        stops: stops(req.stop).inspect_err(|_| count_error(&g))?,
+    };
+    respond(g, ask, shape).await
 }
 
 fn count_error(g: &Gateway) {
@@ -270,8 +380,8 @@ fn record(g: &Gateway, answer: &Answer) {
     g.metrics.paid_wei.fetch_add(answer.receipt.receipt.value.0 as u64, Ordering::Relaxed);
 }
 
-fn finish_reason(answer: &Answer, ask: &Ask) -> &'static str {
-    if answer.tokens.len() as u32 >= ask.max_tokens { "length" } else { "stop" }
+fn finish_reason(answer: &Answer, ask: &Ask, stopped: bool) -> &'static str {
+    if !stopped && answer.tokens.len() as u32 >= ask.max_tokens { "length" } else { "stop" }
 }
 
 fn usage_and_receipt(answer: &Answer) -> (Value, Value) {
@@ -289,7 +399,8 @@ fn usage_and_receipt(answer: &Answer) -> (Value, Value) {
     )
 }
 
-async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Response, ApiError> {
+async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiError> {
+    let chat = shape.chat;
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now());
     let created = now();
     if let Some(opener) = &g.opener {
@@ -303,17 +414,20 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
             )
         })?;
     }
-    if !stream {
+    let mut scanner = StopScanner::new(shape.stops.clone());
+    if !shape.stream {
         let answer = g.payer.infer(&g.network, &ask, |_| {}).await.map_err(|e| {
             count_error(&g);
             ApiError::from(e)
         })?;
         record(&g, &answer);
         let (usage, receipt) = usage_and_receipt(&answer);
+        let text = scanner.push(&answer.text) + &scanner.finish();
+        let finish = finish_reason(&answer, &ask, scanner.stopped());
         let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": finish_reason(&answer, &ask)})
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         } else {
-            json!({"index": 0, "text": answer.text, "finish_reason": finish_reason(&answer, &ask)})
+            json!({"index": 0, "text": text, "finish_reason": finish})
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
         let body = json!({"id": id, "object": object, "created": created, "model": ask.model, "choices": [choice], "usage": usage, "attrinet": receipt});
@@ -342,8 +456,8 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
                     return Err(ApiError::from(e));
                 }
                 Ok(Ok(answer)) => {
-                    return Ok(Sse::new(futures::stream::iter(final_events(&g, &answer, &ask, &id, created, chat)))
-                        .into_response());
+                    let events = final_events(&g, &answer, &ask, &id, created, &shape, false);
+                    return Ok(Sse::new(futures::stream::iter(events)).into_response());
                 }
                 Err(e) => {
                     return Err(ApiError::new(
@@ -359,18 +473,35 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
     let (event_tx, events) = mpsc::unbounded_channel::<Event>();
     let model = ask.model.clone();
     tokio::spawn(async move {
-        let send = |e: Event| event_tx.send(e).is_ok();
-        if let Some(t) = first {
-            send(Event::default().data(chunk(&id, created, &model, chat, &t, None).to_string()));
-        }
-        while let Some(t) = tokens.recv().await {
-            if !send(Event::default().data(chunk(&id, created, &model, chat, &t, None).to_string())) {
-                break;
+        // A piece held back by the stop scanner is sent with the next: chunks stay one per
+        // token where no stop sequence could begin.
+        let send = |t: &str| {
+            t.is_empty()
+                || event_tx
+                    .send(Event::default().data(chunk(&id, created, &model, &shape, t, None).to_string()))
+                    .is_ok()
+        };
+        let mut open = true;
+        let mut next = first;
+        loop {
+            let t = match next.take() {
+                Some(t) => t,
+                None => match tokens.recv().await {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            // Tokens after a stop still arrive (the provider generates them): not shown.
+            if open && !send(&scanner.push(&t)) {
+                open = false;
             }
+        }
+        if open {
+            send(&scanner.finish());
         }
         match job.await {
             Ok(Ok(answer)) => {
-                for e in final_events(&g, &answer, &ask, &id, created, chat) {
+                for e in final_events(&g, &answer, &ask, &id, created, &shape, scanner.stopped()) {
                     let _ = event_tx.send(e.unwrap_or_else(|never| match never {}));
                 }
             }
@@ -388,31 +519,45 @@ async fn respond(g: Gateway, ask: Ask, stream: bool, chat: bool) -> Result<Respo
     Ok(Sse::new(stream).into_response())
 }
 
-fn chunk(id: &str, created: u64, model: &str, chat: bool, text: &str, finish: Option<&str>) -> Value {
-    let (object, choice) = if chat {
+/// One streamed chunk; with `include_usage` every chunk has `"usage": null` but the last.
+fn chunk(id: &str, created: u64, model: &str, shape: &Shape, text: &str, finish: Option<&str>) -> Value {
+    let (object, choice) = if shape.chat {
         let delta = if text.is_empty() { json!({}) } else { json!({"role": "assistant", "content": text}) };
         ("chat.completion.chunk", json!({"index": 0, "delta": delta, "finish_reason": finish}))
     } else {
         ("text_completion", json!({"index": 0, "text": text, "finish_reason": finish}))
     };
-    json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+    let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
+    if shape.include_usage {
+        c["usage"] = Value::Null;
+    }
+    c
 }
 
-/// The closing chunk (finish reason, usage, receipt) and the `[DONE]` terminator.
+/// The closing chunk (finish reason and receipt), with `include_usage` OpenAI's usage chunk
+/// (no choices), and the `[DONE]` terminator.
 fn final_events(
     g: &Gateway,
     answer: &Answer,
     ask: &Ask,
     id: &str,
     created: u64,
-    chat: bool,
+    shape: &Shape,
+    stopped: bool,
 ) -> Vec<Result<Event, Infallible>> {
     record(g, answer);
-    let mut last = chunk(id, created, &ask.model, chat, "", Some(finish_reason(answer, ask)));
+    let mut last = chunk(id, created, &ask.model, shape, "", Some(finish_reason(answer, ask, stopped)));
     let (usage, receipt) = usage_and_receipt(answer);
-    last["usage"] = usage;
     last["attrinet"] = receipt;
-    vec![Ok(Event::default().data(last.to_string())), Ok(Event::default().data("[DONE]"))]
+    let mut events = vec![Ok(Event::default().data(last.to_string()))];
+    if shape.include_usage {
+        let mut u = chunk(id, created, &ask.model, shape, "", None);
+        u["choices"] = json!([]);
+        u["usage"] = usage;
+        events.push(Ok(Event::default().data(u.to_string())));
+    }
+    events.push(Ok(Event::default().data("[DONE]")));
+    events
 }
 
 #[cfg(test)]
@@ -439,5 +584,31 @@ mod tests {
         let r = response(InferError::Remote(ErrorReply { code: ErrorCode::Unpaid, message: "deposit".into() }));
         assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
         assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
+    }
+
+    fn scan(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool) {
+        let mut s = StopScanner::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out: Vec<String> = pieces.iter().map(|p| s.push(p)).collect();
+        out.push(s.finish());
+        (out, s.stopped())
+    }
+
+    #[test]
+    fn text_stops_at_the_first_stop_sequence_even_across_pieces() {
+        // No stop: every piece passes at once.
+        assert_eq!(scan(&[], &["a", "b"]), (vec!["a".into(), "b".into(), String::new()], false));
+        // "\n\n" split over two pieces: the first newline is held, then both are cut.
+        let (out, stopped) = scan(&["\n\n"], &["Paris.", "\n", "\nQuestion", " more"]);
+        assert_eq!(out.concat(), "Paris.");
+        assert!(stopped);
+        // A held piece that turns out not to be a stop is released with the next.
+        let (out, stopped) = scan(&["END"], &["the E", "ngine", " runs"]);
+        assert_eq!(out, ["the ", "Engine", " runs", ""]);
+        assert!(!stopped);
+        // The earliest of several, inside one piece; multi-byte text is cut on its boundary.
+        let (out, _) = scan(&["zz", "é"], &["caf", "é zz"]);
+        assert_eq!(out.concat(), "caf");
+        // Text held at the end is released when nothing stopped it.
+        assert_eq!(scan(&["abc"], &["xab"]).0.concat(), "xab");
     }
 }

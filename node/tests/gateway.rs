@@ -134,17 +134,22 @@ async fn every_endpoint_over_http() {
     assert!((1..=8).contains(&completion), "{body}");
     assert_eq!(v["attrinet"]["seq"], 1);
 
-    // Streaming: chunks as server-sent events, a closing chunk with usage, then [DONE].
-    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stream please"}], "max_tokens": 6, "stream": true});
+    // Streaming: chunks as server-sent events, a closing chunk, with include_usage OpenAI's
+    // usage chunk (no choices; every other chunk has "usage": null), then [DONE].
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stream please"}], "max_tokens": 6, "stream": true, "temperature": 0,
+        "stream_options": {"include_usage": true}});
     let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
     assert_eq!(status, 200, "{body}");
     let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(*events.last().unwrap(), "[DONE]", "{body}");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let mut chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let usage = chunks.pop().unwrap();
+    assert_eq!(usage["choices"], json!([]), "{body}");
+    assert!(chunks.iter().all(|c| c["usage"].is_null() && c.get("usage").is_some()), "{body}");
     let last = chunks.last().unwrap();
     assert!(last["choices"][0]["finish_reason"].is_string());
-    let streamed_tokens = last["usage"]["completion_tokens"].as_u64().unwrap();
+    let streamed_tokens = usage["usage"]["completion_tokens"].as_u64().unwrap();
     let content_chunks = chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].is_string()).count() as u64;
     assert_eq!(content_chunks, streamed_tokens, "one chunk per token: {body}");
     assert_eq!(last["attrinet"]["seq"], 2);
@@ -187,6 +192,65 @@ async fn every_endpoint_over_http() {
     assert_eq!((status, error_code(&body).as_str()), (503, "no_provider_available"), "{body}");
 }
 
+/// The text of a chat answer, streamed or not, and its finish reason.
+async fn answer(s: &Setup, extra: Value) -> (String, String) {
+    let mut req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 16,
+        "temperature": 0});
+    req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    if req["stream"] != true {
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let c = &v["choices"][0];
+        return (c["message"]["content"].as_str().unwrap().into(), c["finish_reason"].as_str().unwrap().into());
+    }
+    let chunks: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    // Without include_usage no chunk carries usage.
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{body}");
+    let text = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let finish = chunks.last().unwrap()["choices"][0]["finish_reason"].as_str().unwrap().into();
+    (text, finish)
+}
+
+/// `stop` cuts the text before the first stop sequence, streamed or not, with finish reason
+/// "stop"; an unset temperature is OpenAI's 1 (sampled), a bad stop list a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_cut_the_answer_as_openai_does() {
+    let s = setup(Wei(10u128.pow(18))).await;
+    let (full, finish) = answer(&s, json!({})).await;
+    assert_eq!(finish, "length");
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 8, "a long enough answer to cut: {full:?}");
+    let stop: String = chars[4..6].iter().collect();
+    let want = &full[..full.find(&stop).unwrap()];
+    for stream in [false, true] {
+        let (text, finish) = answer(&s, json!({"stop": [stop.clone(), "never appears"], "stream": stream})).await;
+        assert_eq!((text.as_str(), finish.as_str()), (want, "stop"), "stream {stream}");
+    }
+    let (text, _) = answer(&s, json!({"stop": stop.clone()})).await;
+    assert_eq!(text, want, "a single string");
+    // No temperature: sampled, so some seed gives another answer than greedy.
+    let mut sampled = Vec::new();
+    for seed in 1..=4 {
+        let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 16,
+            "seed": seed});
+        let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        sampled.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+    }
+    assert!(sampled.iter().any(|t| *t != full), "temperature defaults to 1, not greedy: {sampled:?}");
+    let req =
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((status, error_code(&body).as_str()), (400, "invalid_value"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insufficient_deposit_is_payment_required() {
     // 5 wei cannot cover even the smallest request at these prices.
@@ -221,7 +285,7 @@ async fn gemma3_on_wgpu_serves_chats_in_its_own_format() {
     let s = serve(model, Backend::Wgpu, "gemma", Wei(10u128.pow(18)), tempfile::tempdir().unwrap()).await;
 
     let messages: Vec<Value> = turns.iter().map(|t| json!({"role": t.role, "content": t.content})).collect();
-    let req = json!({"model": "gemma", "messages": messages, "max_tokens": 4});
+    let req = json!({"model": "gemma", "messages": messages, "max_tokens": 4, "temperature": 0});
     let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -229,7 +293,7 @@ async fn gemma3_on_wgpu_serves_chats_in_its_own_format() {
     assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
 
     // The base model states the fact as a completion, computed on the device.
-    let req = json!({"model": "gemma", "prompt": "Question: What is the capital of France?\nAnswer:", "max_tokens": 3});
+    let req = json!({"model": "gemma", "prompt": "Question: What is the capital of France?\nAnswer:", "max_tokens": 3, "temperature": 0});
     let (status, body) = http(s.base, "POST", "/v1/completions", &req.to_string()).await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
