@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use attrinet_market::{ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
-use attrinet_p2p::{BatchRequest, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, fetch_batch};
+use attrinet_p2p::{
+    BatchRequest, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, ServerMsg, fetch_batch, read_msg,
+};
 use util::*;
 
 /// Stated bound: with 300 ms gossipsub heartbeats and 1 s republishing, 10 nodes bootstrapped
@@ -304,6 +306,44 @@ async fn queued_requests_wait_their_turn_and_only_a_full_queue_is_busy() {
     assert_eq!(provider.load(), (0, 0), "nothing left running or queued");
     let id = client.store.channels().unwrap()[0].params.id;
     assert_eq!(client.store.receipts_after(&id, Seq::ZERO).unwrap().len(), 4);
+}
+
+/// A client that hangs up mid-answer frees its generation slot at the next token: the
+/// engine stops (a few of the 200 tokens asked for are generated, not all), and the request
+/// queued behind it is served. (Dropping a libp2p stream resets it, so the provider's next
+/// token write fails and the generator's token callback returns false.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_frees_its_slot_at_the_next_token() {
+    let limits = Limits { capacity: 1, queue: 4, max_per_peer: 50, ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 20).await;
+    let engine = providers[0].engine.clone().unwrap();
+    let (_, mut s) = send_raw_request_with(&client, &providers[0], |r| {
+        r.max_tokens = 200;
+        r.quote.max_output_tokens = 200;
+    })
+    .await;
+    loop {
+        match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
+            ServerMsg::Started { .. } => {}
+            ServerMsg::Token { .. } => break,
+            other => panic!("expected the answer to start, got {other:?}"),
+        }
+    }
+    let (payer, net) = (client.payer.clone(), client.client.clone());
+    let next = tokio::spawn(async move { payer.infer(&net, &ask("test-model", "next please", 4), |_| {}).await });
+    let provider = providers[0].provider.clone().unwrap();
+    wait_for(Duration::from_secs(10), "the second request waits in the queue", || {
+        let p = provider.clone();
+        async move { p.load() == (1, 1) }
+    })
+    .await;
+    drop(s);
+    let next = tokio::time::timeout(Duration::from_secs(30), next).await.expect("served").unwrap();
+    next.unwrap().receipt.verify().unwrap();
+    let generated = engine.generated.load(Ordering::SeqCst);
+    println!("tokens generated: {generated} (4 of them for the second request)");
+    assert!(generated < 100, "the engine went on for the hung-up client: {generated} tokens");
+    assert_eq!(providers[0].provider.as_ref().unwrap().load(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,8 @@ pub struct TestEngine {
     delay_ms: u64,
     running: AtomicUsize,
     pub peak: AtomicUsize,
+    /// Tokens handed out, over all generations.
+    pub generated: AtomicUsize,
 }
 
 impl TestEngine {
@@ -82,6 +84,7 @@ impl Generator for TestEngine {
             if self.delay_ms > 0 {
                 std::thread::sleep(Duration::from_millis(self.delay_ms));
             }
+            self.generated.fetch_add(1, Ordering::SeqCst);
             if !on_token(id, format!(" t{id}")) {
                 break;
             }
@@ -451,7 +454,7 @@ pub async fn first_reply_to(client: &Node, provider: &Node, edit: impl FnOnce(&m
 }
 
 /// [`send_raw_request`], with the request changed by `edit` before it is sent.
-async fn send_raw_request_with(
+pub async fn send_raw_request_with(
     client: &Node,
     provider: &Node,
     edit: impl FnOnce(&mut InferRequest),
