@@ -409,3 +409,25 @@ pub fn tokenizer_with(path: &Path, overrides: &[(&str, Value)]) -> Result<crate:
     }
     crate::Tokenizer::from_gguf(&content.metadata)
 }
+
+/// One tiny model of every architecture, in F32 (so that only the architectures' arithmetic,
+/// not quantization, can differ from another implementation): what
+/// `scripts/llama-reference` has llama.cpp run (the files written by the `write-tiny`
+/// example) and the tests compare both backends with. Changing one changes its file's hash,
+/// which the tests check against the reference, so the reference must then be remade.
+///
+/// No Phi-3: llama.cpp's vocabulary loader refuses a tiny Phi-3 file with either tiny
+/// tokenizer (`unordered_map::at`, a token it looks up by name), so phi3 is compared with
+/// the candle path only.
+pub fn reference_specs() -> Vec<(&'static str, TinyLlamaSpec)> {
+    let f32 = TinyLlamaSpec { weight_type: GgmlDType::F32, embedding_type: GgmlDType::F32, ..TinyLlamaSpec::default() };
+    vec![
+        ("llama", TinyLlamaSpec { seed: 201, ..f32.clone() }),
+        ("qwen2", TinyLlamaSpec { architecture: Architecture::Qwen2, seed: 202, ..f32.clone() }),
+        ("qwen3", TinyLlamaSpec { architecture: Architecture::Qwen3, head_dim: Some(32), seed: 203, ..f32.clone() }),
+        (
+            "gemma3",
+            TinyLlamaSpec { architecture: Architecture::Gemma3, head_dim: Some(32), n_layers: 6, seed: 204, ..f32 },
+        ),
+    ]
+}

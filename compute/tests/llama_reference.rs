@@ -101,6 +101,51 @@ fn every_pre_tokenizer_splits_as_llama_cpp_does() {
     assert!(wrong.is_empty(), "{} texts tokenize differently:\n{}", wrong.len(), wrong.join("\n"));
 }
 
+/// Largest logit difference, relative to the top, between either backend and llama.cpp on
+/// the tiny F32 models, whose top logits are about 5: the weights are exact on all three,
+/// but llama.cpp keeps its KV cache in F16 by default (measured worst 0.0024 for llama,
+/// 0.0032 qwen2, 0.0016 qwen3, 0.011 for gemma3's six layers, the same on both backends). A
+/// wrong feature of an architecture (a missing bias or norm, the wrong RoPE layout or
+/// window) moves them by O(1).
+const TINY_LOGIT_TOLERANCE: f32 = 0.03;
+
+/// Tiny F32 models of llama, qwen2, qwen3 and gemma3 (`testing::reference_specs`), random
+/// weights exercising every feature of each architecture (biases, per-head norms, Gemma's
+/// post-norms, GeGLU, embedding scale and sliding window, which the 30-token prompt crosses):
+/// both backends follow llama.cpp's greedy path for 16 tokens, parting only where llama.cpp's
+/// two best logits are within the tolerance of each other.
+#[test]
+fn tiny_models_of_every_architecture_follow_llama_cpp() {
+    let all = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let specs = attrinet_compute::testing::reference_specs();
+    assert_eq!(specs.len(), all["tiny"].as_object().unwrap().len(), "a reference for each tiny model");
+    for (name, spec) in specs {
+        let path = dir.path().join(format!("{name}.gguf"));
+        attrinet_compute::testing::write_random_llama(&path, &spec).unwrap();
+        let model = Model::load(&path).unwrap();
+        let r = &all["tiny"][name];
+        assert_eq!(r["sha256"].as_str(), Some(model.id().to_string().as_str()), "{name}: not the file llama.cpp ran");
+        let mut cpu = CandleEngine::new(&model).unwrap();
+        let mut gpu = wgpu(&model);
+        for engine in [&mut cpu as &mut dyn Engine, &mut gpu] {
+            let f = follow(engine, r, 16, TINY_LOGIT_TOLERANCE);
+            println!(
+                "tiny {name} {}: {} of 16 on llama.cpp's path, worst logit {:.5}",
+                engine.backend(),
+                f.agreed,
+                f.worst_logit
+            );
+            assert!(
+                f.worst_logit <= TINY_LOGIT_TOLERANCE,
+                "{name}: {} leaves llama.cpp by {}",
+                engine.backend(),
+                f.worst_logit
+            );
+        }
+    }
+}
+
 /// What following llama.cpp's greedy path showed.
 struct Followed {
     /// Tokens generated on llama.cpp's path before the paths parted (or all of them).
@@ -115,8 +160,8 @@ struct Followed {
 /// while the two run together: at each step the argmax must be llama.cpp's token, or the two
 /// must be a near-tie in llama.cpp's logits, after which the paths part and the engine goes
 /// on alone (its own tokens are what content is asserted on).
-fn follow(engine: &mut dyn Engine, case: &serde_json::Value, steps: usize) -> Followed {
-    let name = case["name"].as_str().unwrap();
+fn follow(engine: &mut dyn Engine, case: &serde_json::Value, steps: usize, near_tie: f32) -> Followed {
+    let name = case["name"].as_str().unwrap_or("tiny model");
     let want = ids(&case["tokens"]);
     let top = case["top"].as_array().unwrap();
     engine.reset();
@@ -144,7 +189,7 @@ fn follow(engine: &mut dyn Engine, case: &serde_json::Value, steps: usize) -> Fo
                 let theirs = reference.iter().find(|(id, _)| *id == argmax).map(|(_, l)| *l);
                 let margin = theirs.map(|l| best_logit - l);
                 assert!(
-                    margin.is_some_and(|m| m <= NEAR_TIE),
+                    margin.is_some_and(|m| m <= near_tie),
                     "{name}: step {k}: {} chose {argmax} where llama.cpp chose {best}; llama.cpp's margin \
                      {margin:?} is no near-tie",
                     engine.backend()
@@ -167,7 +212,7 @@ fn follows_llama_cpp(model: &Model, engine: &mut dyn Engine, names: &[&str], ste
     let mut out = Vec::new();
     let mut agreed = 0;
     for name in names {
-        let f = follow(engine, case(cases, name), steps);
+        let f = follow(engine, case(cases, name), steps, NEAR_TIE);
         println!(
             "{} {}: {name}: {} of {steps} tokens on llama.cpp's path, worst logit {:.3}: {:?}",
             model.path().display(),
