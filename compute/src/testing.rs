@@ -44,6 +44,9 @@ pub struct TinyLlamaSpec {
     pub seed: u64,
     /// Which kind of tokenizer the file carries.
     pub tokenizer: TinyTokenizer,
+    /// Llama 3's RoPE frequency factors (`rope_freqs.weight`): 1 for the fastest rotating
+    /// pairs of a head rising to 8 for the slowest, as Llama 3.x files have them.
+    pub rope_freq_factors: bool,
 }
 
 /// The tokenizer of a tiny model.
@@ -84,6 +87,7 @@ impl Default for TinyLlamaSpec {
             tied_embeddings: false,
             seed: 1,
             tokenizer: TinyTokenizer::ByteLevel,
+            rope_freq_factors: false,
         }
     }
 }
@@ -273,6 +277,12 @@ pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     if !spec.tied_embeddings {
         tensors.push(("output.weight".into(), quantize(rng.tensor(n_vocab, h, 0.5, 0.0)?, spec.embedding_type)?));
     }
+    if spec.rope_freq_factors {
+        let n = head_dim / 2;
+        let factors: Vec<f32> = (0..n).map(|i| 1.0 + 7.0 * i as f32 / (n - 1).max(1) as f32).collect();
+        let t = Tensor::from_vec(factors, n, &Device::Cpu).map_err(Error::candle("rope factors"))?;
+        tensors.push(("rope_freqs.weight".into(), quantize(t, f32t)?));
+    }
     let s_ffn = 1.0 / (spec.ffn as f32).sqrt();
     let s_q = 1.0 / (q as f32).sqrt();
     for l in 0..spec.n_layers {
@@ -410,7 +420,7 @@ pub fn tokenizer_with(path: &Path, overrides: &[(&str, Value)]) -> Result<crate:
     crate::Tokenizer::from_gguf(&content.metadata)
 }
 
-/// One tiny model of every architecture, in F32 (so that only the architectures' arithmetic,
+/// One tiny model of every architecture (and llama with Llama 3's RoPE factors), in F32 (so that only the architectures' arithmetic,
 /// not quantization, can differ from another implementation): what
 /// `scripts/llama-reference` has llama.cpp run (the files written by the `write-tiny`
 /// example) and the tests compare both backends with. Changing one changes its file's hash,
@@ -423,6 +433,7 @@ pub fn reference_specs() -> Vec<(&'static str, TinyLlamaSpec)> {
     let f32 = TinyLlamaSpec { weight_type: GgmlDType::F32, embedding_type: GgmlDType::F32, ..TinyLlamaSpec::default() };
     vec![
         ("llama", TinyLlamaSpec { seed: 201, ..f32.clone() }),
+        ("llama3", TinyLlamaSpec { rope_freq_factors: true, seed: 206, ..f32.clone() }),
         ("qwen2", TinyLlamaSpec { architecture: Architecture::Qwen2, seed: 202, ..f32.clone() }),
         ("qwen3", TinyLlamaSpec { architecture: Architecture::Qwen3, head_dim: Some(32), seed: 203, ..f32.clone() }),
         (

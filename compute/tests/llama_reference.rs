@@ -109,8 +109,9 @@ fn every_pre_tokenizer_splits_as_llama_cpp_does() {
 /// window) moves them by O(1).
 const TINY_LOGIT_TOLERANCE: f32 = 0.03;
 
-/// Tiny F32 models of llama, qwen2, qwen3 and gemma3 (`testing::reference_specs`), random
-/// weights exercising every feature of each architecture (biases, per-head norms, Gemma's
+/// Tiny F32 models of llama (also with Llama 3's RoPE factors), qwen2, qwen3 and gemma3
+/// (`testing::reference_specs`), random weights exercising every feature of each
+/// architecture (biases, per-head norms, Gemma's
 /// post-norms, GeGLU, embedding scale and sliding window, which the 30-token prompt crosses):
 /// both backends follow llama.cpp's greedy path for 16 tokens, parting only where llama.cpp's
 /// two best logits are within the tolerance of each other.
@@ -126,6 +127,7 @@ fn tiny_models_of_every_architecture_follow_llama_cpp() {
         let model = Model::load(&path).unwrap();
         let r = &all["tiny"][name];
         assert_eq!(r["sha256"].as_str(), Some(model.id().to_string().as_str()), "{name}: not the file llama.cpp ran");
+        assert_eq!(model.config().rope_freq_factors, spec.rope_freq_factors, "{name}: Llama 3's RoPE factors in use");
         let mut cpu = CandleEngine::new(&model).unwrap();
         let mut gpu = wgpu(&model);
         for engine in [&mut cpu as &mut dyn Engine, &mut gpu] {
