@@ -29,7 +29,9 @@ pub use network::{
     ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now,
 };
 pub use payer::{Answer, Ask, Failure, InferError, Payer};
-pub use provider::{BoxError, ChannelLookup, GenerateError, Generator, Limits, LookupError, Offer, Provider};
+pub use provider::{
+    BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generator, Limits, LookupError, Offer, Provider,
+};
 pub use wire::{
     ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, MAX_FRAME_BYTES, Prompt, Sampling,
     ServerMsg, WireError, read_msg, write_msg,

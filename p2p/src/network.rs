@@ -213,6 +213,7 @@ enum Command {
     Listeners { reply: oneshot::Sender<Vec<Multiaddr>> },
     Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetError>> },
     Advertise { offers: Vec<OfferTemplate>, reply: oneshot::Sender<Result<(), NetError>> },
+    UpdateAdverts { offers: Vec<OfferTemplate>, reply: oneshot::Sender<()> },
     PublishRaw { bytes: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>> },
     Market { reply: oneshot::Sender<MarketView> },
     Providers { model: ModelId, reply: oneshot::Sender<HashSet<PeerId>> },
@@ -279,6 +280,12 @@ impl Client {
     /// announces it as a provider of each model in the DHT.
     pub async fn advertise(&self, offers: Vec<OfferTemplate>) -> Result<(), NetError> {
         self.ask(|reply| Command::Advertise { offers, reply }).await?
+    }
+
+    /// Replaces the adverts of models already advertised (a changed free capacity, say) and
+    /// publishes them at once, without announcing the models in the DHT again.
+    pub async fn update_adverts(&self, offers: Vec<OfferTemplate>) -> Result<(), NetError> {
+        self.ask(|reply| Command::UpdateAdverts { offers, reply }).await
     }
 
     /// Publishes bytes on the advert topic as they are, unchecked. For tools and tests of
@@ -466,6 +473,11 @@ impl EventLoop {
                 self.offers = offers;
                 self.publish_offers();
                 let _ = reply.send(Ok(()));
+            }
+            Command::UpdateAdverts { offers, reply } => {
+                self.offers = offers;
+                self.publish_offers();
+                let _ = reply.send(());
             }
             Command::PublishRaw { bytes, reply } => {
                 let r = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes);

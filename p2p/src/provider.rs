@@ -94,6 +94,9 @@ impl std::fmt::Debug for Offer {
     }
 }
 
+/// Longest a provider's adverts lag behind a change of its free capacity.
+pub const CAPACITY_REFRESH: Duration = Duration::from_secs(2);
+
 /// What a provider enforces on each request.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -240,7 +243,7 @@ impl Provider {
                     model_name: o.name.clone(),
                     price: o.price,
                     context_length: o.context_length,
-                    free_capacity: (self.inner.limits.capacity + self.inner.limits.queue) as u32,
+                    free_capacity: self.free_capacity(),
                     decode_tokens_per_s: o.decode_tokens_per_s,
                     ttft_ms: o.ttft_ms,
                     expires_at: 0,
@@ -249,6 +252,15 @@ impl Provider {
                 },
             })
             .collect()
+    }
+
+    /// Free generation slots plus free places in the queue: what adverts say, so that
+    /// clients pass over a provider with none.
+    pub fn free_capacity(&self) -> u32 {
+        let (running, queued) = self.load();
+        let l = &self.inner.limits;
+        u32::try_from(l.capacity.saturating_sub(running).saturating_add(l.queue.saturating_sub(queued)))
+            .unwrap_or(u32::MAX)
     }
 
     /// Requests generating and requests waiting for a slot, now.
@@ -301,6 +313,24 @@ impl Provider {
         }
     }
 
+    /// Republishes the adverts when the free capacity changed, at most once per
+    /// [`CAPACITY_REFRESH`]: often enough for clients to route around a full provider, rare
+    /// enough that a busy node does not flood the advert topic.
+    async fn refresh_capacity(self, network: Client) {
+        let mut published = self.free_capacity();
+        let mut tick = tokio::time::interval(CAPACITY_REFRESH);
+        loop {
+            tick.tick().await;
+            let now = self.free_capacity();
+            if now != published {
+                if network.update_adverts(self.adverts()).await.is_err() {
+                    return; // the network stopped
+                }
+                published = now;
+            }
+        }
+    }
+
     /// The attribution weights of a receipt this provider proposed, by their root (from
     /// its store).
     pub fn weights(&self, root: &alloy_primitives::B256) -> Option<attrinet_market::Weights> {
@@ -320,6 +350,7 @@ impl Provider {
             self.inner.limits.idle_timeout,
         ));
         network.advertise(self.adverts()).await?;
+        tokio::spawn(self.clone().refresh_capacity(network.clone()));
         info!(target: "p2p::provider", offers = self.inner.offers.len(), "serving");
         while let Some((peer, stream)) = incoming.next().await {
             let this = self.clone();

@@ -308,6 +308,39 @@ async fn queued_requests_wait_their_turn_and_only_a_full_queue_is_busy() {
     assert_eq!(client.store.receipts_after(&id, Seq::ZERO).unwrap().len(), 4);
 }
 
+/// The advert's free capacity follows the provider's load (slots plus queue places, within
+/// `CAPACITY_REFRESH`): a client sees a full provider at 0, and its ranking passes over it
+/// rather than being refused Busy; once the work is done the capacity is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adverts_tell_clients_when_a_provider_is_full() {
+    let limits = Limits { capacity: 1, queue: 1, max_per_peer: 50, ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 250).await;
+    let provider = providers[0].provider.clone().unwrap();
+    let capacity = || {
+        let net = client.client.clone();
+        async move { net.market().await.unwrap().all(attrinet_p2p::unix_now())[0].free_capacity }
+    };
+    assert_eq!(capacity().await, 2);
+    let tasks: Vec<_> = (0..2)
+        .map(|i| {
+            let (payer, net) = (client.payer.clone(), client.client.clone());
+            tokio::spawn(async move { payer.infer(&net, &ask("test-model", &format!("long {i}"), 12), |_| {}).await })
+        })
+        .collect();
+    wait_for(Duration::from_secs(10), "the provider's slot and queue are taken", || {
+        let p = provider.clone();
+        async move { p.load() == (1, 1) }
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "the client sees no free capacity", || async { capacity().await == 0 }).await;
+    let err = client.payer.infer(&client.client, &ask("test-model", "one more", 4), |_| {}).await.unwrap_err();
+    assert!(matches!(err, InferError::NoProvider(_)), "ranking leaves the full provider out: {err}");
+    for t in tasks {
+        t.await.unwrap().unwrap().receipt.verify().unwrap();
+    }
+    wait_for(Duration::from_secs(10), "the capacity is back", || async { capacity().await == 2 }).await;
+}
+
 /// A client that hangs up mid-answer frees its generation slot at the next token: the
 /// engine stops (a few of the 200 tokens asked for are generated, not all), and the request
 /// queued behind it is served. (Dropping a libp2p stream resets it, so the provider's next
