@@ -185,6 +185,7 @@ struct ChatRequest {
     stream: bool,
     stream_options: Option<StreamOptions>,
     stop: Option<StopIn>,
+    n: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +226,8 @@ fn stops(stop: Option<StopIn>) -> Result<Vec<String>, ApiError> {
 /// stream ends with a usage chunk.
 struct Shape {
     chat: bool,
+    /// Choices asked for (`n`), each a request of its own with seed `seed + index`.
+    n: u32,
     stream: bool,
     include_usage: bool,
     stops: Vec<String>,
@@ -298,6 +301,22 @@ struct CompletionRequest {
     stream: bool,
     stream_options: Option<StreamOptions>,
     stop: Option<StopIn>,
+    n: Option<u32>,
+}
+
+/// At most this many choices per request: each is a request of its own on the network.
+const MAX_CHOICES: u32 = 8;
+
+fn choices(n: Option<u32>, stream: bool) -> Result<u32, ApiError> {
+    let n = n.unwrap_or(1);
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", m);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(bad(format!("n must be 1..={MAX_CHOICES}, got {n}")));
+    }
+    if n > 1 && stream {
+        return Err(bad("n > 1 is not supported with stream yet: stream one choice, or leave stream off".into()));
+    }
+    Ok(n)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -344,6 +363,7 @@ async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiErro
     };
     let shape = Shape {
         chat: true,
+        n: choices(req.n, req.stream).inspect_err(|_| count_error(&g))?,
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         stops: stops(req.stop).inspect_err(|_| count_error(&g))?,
@@ -363,6 +383,7 @@ async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, 
     };
     let shape = Shape {
         chat: false,
+        n: choices(req.n, req.stream).inspect_err(|_| count_error(&g))?,
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         stops: stops(req.stop).inspect_err(|_| count_error(&g))?,
@@ -416,21 +437,43 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     }
     let mut scanner = StopScanner::new(shape.stops.clone());
     if !shape.stream {
-        let answer = g.payer.infer(&g.network, &ask, |_| {}).await.map_err(|e| {
+        // Each choice is a request of its own, all at once; choice i samples with seed + i,
+        // so that sampled choices differ.
+        let asks: Vec<Ask> = (0..shape.n)
+            .map(|i| {
+                let mut a = ask.clone();
+                a.sampling.seed = a.sampling.seed.wrapping_add(u64::from(i));
+                a
+            })
+            .collect();
+        let answers = futures::future::join_all(asks.iter().map(|a| g.payer.infer(&g.network, a, |_| {}))).await;
+        let answers: Vec<Answer> = answers.into_iter().collect::<Result<_, _>>().map_err(|e| {
             count_error(&g);
             ApiError::from(e)
         })?;
-        record(&g, &answer);
-        let (usage, receipt) = usage_and_receipt(&answer);
-        let text = scanner.push(&answer.text) + &scanner.finish();
-        let finish = finish_reason(&answer, &ask, scanner.stopped());
-        let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": text, "finish_reason": finish})
-        };
+        let mut choices = Vec::new();
+        let mut receipts = Vec::new();
+        let mut total = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+        for (i, answer) in answers.iter().enumerate() {
+            record(&g, answer);
+            let (usage, receipt) = usage_and_receipt(answer);
+            for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+                total[k] = json!(total[k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
+            }
+            receipts.push(receipt);
+            let mut scanner = StopScanner::new(shape.stops.clone());
+            let text = scanner.push(&answer.text) + &scanner.finish();
+            let finish = finish_reason(answer, &ask, scanner.stopped());
+            choices.push(if chat {
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+            } else {
+                json!({"index": i, "text": text, "finish_reason": finish})
+            });
+        }
         let object = if chat { "chat.completion" } else { "text_completion" };
-        let body = json!({"id": id, "object": object, "created": created, "model": ask.model, "choices": [choice], "usage": usage, "attrinet": receipt});
+        // One choice keeps its receipt as an object, as before; several give a list.
+        let receipt = if receipts.len() == 1 { receipts.remove(0) } else { Value::Array(receipts) };
+        let body = json!({"id": id, "object": object, "created": created, "model": ask.model, "choices": choices, "usage": total, "attrinet": receipt});
         return Ok(axum::Json(body).into_response());
     }
 

@@ -251,6 +251,36 @@ async fn stop_sequences_cut_the_answer_as_openai_does() {
     assert_eq!((status, error_code(&body).as_str()), (400, "invalid_value"), "{body}");
 }
 
+/// `n` choices: each a paid request of its own (a receipt each), sampled with seeds that
+/// differ, indexed as OpenAI indexes them, usage summed over what was billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_are_requests_of_their_own() {
+    let s = setup(Wei(10u128.pow(18))).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "three ways"}], "max_tokens": 12,
+        "n": 3, "seed": 5});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    let texts: std::collections::HashSet<&str> =
+        choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    assert!(texts.len() > 1, "sampled choices differ: {body}");
+    let receipts = v["attrinet"].as_array().unwrap();
+    let mut seqs: Vec<u64> = receipts.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 2, 3], "{body}");
+    let stored = s.client_store.receipts_after(&ChannelId::from([9; 32]), Seq::ZERO).unwrap();
+    let billed: u64 = stored.iter().map(|r| u64::from(r.receipt.receipt.output_tokens)).sum();
+    assert_eq!(v["usage"]["completion_tokens"].as_u64().unwrap(), billed);
+    for bad in [json!({"n": 9}), json!({"n": 0}), json!({"n": 2, "stream": true})] {
+        let mut req = json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}]});
+        req.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
+        let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+        assert_eq!((status, error_code(&body).as_str()), (400, "invalid_value"), "{req}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insufficient_deposit_is_payment_required() {
     // 5 wei cannot cover even the smallest request at these prices.
