@@ -13,6 +13,7 @@ mod earnings;
 mod engine;
 pub mod gateway;
 pub mod keys;
+pub mod loopback;
 mod metrics;
 pub mod serve;
 mod store;

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attrinet_compute::testing::{TinyLlamaSpec, write_random_llama};
-use attrinet_compute::{Backend, ChatTemplate, ChatTurn, Model, open_engine};
-use attrinet_market::{
-    ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Seq, Store, Wei,
-};
+use attrinet_compute::{Backend, ChatTemplate, ChatTurn, Model};
+use attrinet_market::{ChannelId, MemStore, Seq, Store, Wei};
+use attrinet_node::Metrics;
 use attrinet_node::gateway::{Gateway, router};
-use attrinet_node::{EngineGenerator, Metrics};
-use attrinet_p2p::{Limits, NetConfig, Offer, Payer, Provider};
+use attrinet_node::loopback::{Loopback, loopback};
+use attrinet_p2p::Limits;
 use serde_json::{Value, json};
 
 use crate::common::http;
@@ -22,17 +21,8 @@ struct Setup {
     provider_store: Arc<MemStore>,
     client_store: Arc<MemStore>,
     kill_provider: Vec<tokio::task::AbortHandle>,
+    _loopback: Loopback,
     _dir: tempfile::TempDir,
-}
-
-fn net() -> NetConfig {
-    NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: vec![],
-        republish_every: Duration::from_secs(1),
-        advert_ttl: Duration::from_secs(60),
-        heartbeat: Duration::from_millis(300),
-    }
 }
 
 /// A tiny random model on candle, offered as "tiny".
@@ -47,66 +37,24 @@ async fn setup(deposit: Wei) -> Setup {
 /// A provider serving `model` on `backend` as `name`, a client with a channel of `deposit`,
 /// and the gateway in front of the client.
 async fn serve(model: Model, backend: Backend, name: &str, deposit: Wei, dir: tempfile::TempDir) -> Setup {
-    let model_id = ModelId::from(model.id().0);
-    let engine = open_engine(&model, backend).unwrap();
-    let generator = EngineGenerator::new(model, engine);
-
-    let node = Identity::from_secrets([1; 32], [2; 32]).unwrap();
-    let client = Identity::from_secrets([3; 32], [4; 32]).unwrap();
-    let (pnet, ploop) = attrinet_p2p::new(node.clone(), net()).unwrap();
-    let h1 = tokio::spawn(ploop.run());
-    let provider_store = Arc::new(MemStore::new());
-    let offer = Offer {
-        model: model_id,
-        name: name.into(),
-        price: Price { per_1k_input: Wei(1_000), per_1k_output: Wei(3_000) },
-        context_length: 256,
-        decode_tokens_per_s: 100,
-        ttft_ms: 5,
-        generator: Arc::new(generator),
-        datanet: None,
-    };
-    let h2 = tokio::spawn(
-        Provider::new(node.clone(), provider_store.clone(), vec![offer], Limits::default()).serve(pnet.clone()),
-    );
-    let mut addr = None;
-    while addr.is_none() {
-        addr = pnet.listen_addrs().await.unwrap().into_iter().next();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (cnet, cloop) =
-        attrinet_p2p::new(client.clone(), NetConfig { bootstrap: vec![addr.unwrap()], ..net() }).unwrap();
-    tokio::spawn(cloop.run());
-    let client_store = Arc::new(MemStore::new());
-    let state = ChannelState::open(
-        ChannelParams {
-            domain: Domain { chain_id: 31337, verifying_contract: Default::default() },
-            id: ChannelId::from([9; 32]),
-            payer: client.address(),
-            provider: node.address(),
-            payer_key: client.public_key(),
-            provider_key: node.public_key(),
-        },
-        deposit,
-    );
-    client_store.put_channel(&state).unwrap();
-    provider_store.put_channel(&state).unwrap();
-    for _ in 0..300 {
-        if !cnet.market().await.unwrap().all(attrinet_p2p::unix_now()).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let lb = loopback(model, backend, name, deposit, Limits::default()).await.unwrap();
     let gateway = Gateway {
-        network: cnet,
-        payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)),
+        network: lb.client_net.clone(),
+        payer: lb.payer.clone(),
         metrics: Arc::new(Metrics::default()),
         opener: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(gateway)).await.unwrap() });
-    Setup { base, provider_store, client_store, kill_provider: vec![h1.abort_handle(), h2.abort_handle()], _dir: dir }
+    Setup {
+        base,
+        provider_store: lb.provider_store.clone(),
+        client_store: lb.client_store.clone(),
+        kill_provider: lb.provider_tasks.clone(),
+        _loopback: lb,
+        _dir: dir,
+    }
 }
 
 fn error_code(body: &str) -> String {
