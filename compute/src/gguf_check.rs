@@ -11,15 +11,24 @@ const MAX_DEPTH: usize = 4;
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// The whole file's length: `bytes` may be a prefix of it, what lengths are checked
+    /// against is the file.
+    file_len: u64,
+    /// Set when a read failed only because `bytes` ends before the file does.
+    short: bool,
     /// GGUF version 1 wrote counts and lengths as u32, later versions as u64.
     wide: bool,
 }
 
 impl Reader<'_> {
     fn take(&mut self, n: u64, what: &str) -> Result<&[u8], String> {
-        let remaining = (self.bytes.len() - self.pos) as u64;
+        let remaining = self.file_len - self.pos as u64;
         if n > remaining {
             return Err(format!("{what} needs {n} bytes at offset {} but only {remaining} remain", self.pos));
+        }
+        if n > (self.bytes.len() - self.pos) as u64 {
+            self.short = true;
+            return Err(format!("{what} lies past the {} bytes read", self.bytes.len()));
         }
         let start = self.pos;
         self.pos += n as usize;
@@ -61,7 +70,7 @@ impl Reader<'_> {
                 let elem_ty = self.u32(&format!("array type of `{key}`"))?;
                 let n = self.len(&format!("array length of `{key}`"))?;
                 // Every element takes at least one byte, so a longer array cannot fit.
-                let remaining = (self.bytes.len() - self.pos) as u64;
+                let remaining = self.file_len - self.pos as u64;
                 if n > remaining {
                     return Err(format!("array `{key}` claims {n} elements but only {remaining} bytes remain"));
                 }
@@ -78,7 +87,28 @@ impl Reader<'_> {
 
 /// Checks that the header's lengths and counts are consistent with the file's size.
 pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
-    let mut r = Reader { bytes, pos: 0, wide: true };
+    check_header_prefix(bytes, bytes.len() as u64).map_err(|e| match e {
+        HeaderCheck::NeedMore => "the header runs past the end of the file".to_owned(),
+        HeaderCheck::Invalid(reason) => reason,
+    })
+}
+
+/// Why a header check of a file's first bytes failed.
+#[derive(Debug)]
+pub(crate) enum HeaderCheck {
+    /// The header goes on past the bytes given: read more of the file.
+    NeedMore,
+    /// The header is damaged, whatever follows.
+    Invalid(String),
+}
+
+/// [`check_header`] on the first bytes of a file of `file_len` bytes.
+pub(crate) fn check_header_prefix(bytes: &[u8], file_len: u64) -> Result<(), HeaderCheck> {
+    let mut r = Reader { bytes, pos: 0, wide: true, file_len, short: false };
+    walk(&mut r).map_err(|reason| if r.short { HeaderCheck::NeedMore } else { HeaderCheck::Invalid(reason) })
+}
+
+fn walk(r: &mut Reader<'_>) -> Result<(), String> {
     let magic = r.u32("magic")?;
     if magic != MAGIC {
         return Err(format!("bad magic {magic:#010x} (expected {MAGIC:#010x}, \"GGUF\")"));
@@ -108,7 +138,7 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
             let d = r.len(&format!("dimension of `{name}`"))?;
             elems = elems
                 .checked_mul(d)
-                .filter(|&e| e <= bytes.len() as u64 * 2)
+                .filter(|&e| e <= r.file_len.saturating_mul(2))
                 .ok_or_else(|| format!("tensor `{name}` is larger than the file"))?;
         }
         r.u32(&format!("type of `{name}`"))?;
@@ -131,6 +161,28 @@ mod tests {
         b.extend_from_slice(&(1u64 << 60).to_le_bytes()); // key length
         let err = check_header(&b).unwrap_err();
         assert!(err.contains("1152921504606846976 bytes"), "{err}");
+    }
+
+    /// The first bytes of a file: a header that goes on past them asks for more, a damaged
+    /// one is refused at once (not read again and again, up to the whole file).
+    #[test]
+    fn a_prefix_asks_for_more_only_when_the_header_goes_on() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&1u64.to_le_bytes()); // kv
+        b.extend_from_slice(&3u64.to_le_bytes()); // key length
+        b.extend_from_slice(b"abc");
+        b.extend_from_slice(&4u32.to_le_bytes()); // u32 value
+        b.extend_from_slice(&7u32.to_le_bytes());
+        assert!(check_header_prefix(&b, b.len() as u64).is_ok());
+        assert!(matches!(check_header_prefix(&b[..20], 1 << 30), Err(HeaderCheck::NeedMore)));
+        assert!(matches!(check_header_prefix(b"GGML\x03\0\0\0", 1 << 30), Err(HeaderCheck::Invalid(_))));
+        // A length past the file's end is damage, however little was read.
+        let mut huge = b[..24].to_vec();
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(check_header_prefix(&huge, 1 << 30), Err(HeaderCheck::Invalid(_))));
     }
 
     #[test]

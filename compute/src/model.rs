@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
+use crate::gguf_check::HeaderCheck;
 use crate::tokenizer::Tokenizer;
 
 /// A model's identity on the network: the SHA-256 of its GGUF file.
@@ -320,10 +321,14 @@ impl Model {
         let header = loop {
             let mut prefix = vec![0; prefix_len as usize];
             file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut prefix)).map_err(io)?;
-            match crate::gguf_check::check_header(&prefix) {
+            match crate::gguf_check::check_header_prefix(&prefix, len) {
                 Ok(()) => break prefix,
-                Err(_) if prefix_len < len => prefix_len = prefix_len.saturating_mul(4).min(len),
-                Err(reason) => return Err(Error::InvalidGguf { path, reason }),
+                // Only a header that goes on past what was read is read again, longer.
+                Err(HeaderCheck::NeedMore) if prefix_len < len => prefix_len = prefix_len.saturating_mul(4).min(len),
+                Err(HeaderCheck::NeedMore) => {
+                    return Err(Error::InvalidGguf { path, reason: "the header runs past the end of the file".into() });
+                }
+                Err(HeaderCheck::Invalid(reason)) => return Err(Error::InvalidGguf { path, reason }),
             }
         };
         let content = Self::parse_header(&path, &header)?;

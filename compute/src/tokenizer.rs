@@ -94,10 +94,12 @@ pub enum PreTokenizer {
 
 impl PreTokenizer {
     /// The names `tokenizer.ggml.pre` may take, for errors.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 13] = [
         "default",
         "gpt2",
         "gpt-2",
+        "phi-2",
+        "roberta-bpe",
         "smollm",
         "llama-bpe",
         "llama3",
@@ -707,8 +709,10 @@ fn pre_tokenize_llama3(text: &str, max_digits: usize) -> Vec<&str> {
         let len = (|| {
             // (?i:'s|'t|'re|'ve|'m|'ll|'d)
             if c == '\'' {
-                let rest = text[chars[i].0 + 1..].to_ascii_lowercase();
-                if let Some(s) = ["s", "t", "re", "ve", "m", "ll", "d"].iter().find(|s| rest.starts_with(*s)) {
+                // The two characters after it, lowercased: never more (a prompt of
+                // apostrophes must not cost a copy of the rest of the text at each one).
+                let next: String = text[chars[i].0 + 1..].chars().take(2).collect::<String>().to_ascii_lowercase();
+                if let Some(s) = ["s", "t", "re", "ve", "m", "ll", "d"].iter().find(|s| next.starts_with(*s)) {
                     return 1 + s.len();
                 }
             }

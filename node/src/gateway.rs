@@ -330,6 +330,17 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// A seed for a request that names none: the clock mixed with a counter (SplitMix64's
+/// finaliser), distinct per request; not secret, only varied.
+fn fresh_seed() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> Result<Sampling, ApiError> {
     // OpenAI's default: sampled at temperature 1 unless the request says otherwise.
     let t = temperature.unwrap_or(1.0);
@@ -345,7 +356,8 @@ fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> 
     Ok(Sampling {
         temperature_milli: (t * 1000.0).round() as u32,
         top_p_milli: (p * 1000.0).round() as u32,
-        seed: seed.unwrap_or(0),
+        // No seed: a fresh one, so that repeated sampled requests differ as OpenAI's do.
+        seed: seed.unwrap_or_else(fresh_seed),
     })
 }
 
@@ -425,7 +437,9 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now());
     let created = now();
     if let Some(opener) = &g.opener {
-        opener.ensure(&g.network, &ask.model, ask.max_tokens, ask.max_cost).await.map_err(|e| {
+        // Room for every choice's answer at once.
+        let max_tokens = ask.max_tokens.saturating_mul(shape.n);
+        opener.ensure(&g.network, &ask.model, max_tokens, ask.max_cost).await.map_err(|e| {
             count_error(&g);
             ApiError::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -446,11 +460,17 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
                 a
             })
             .collect();
-        let answers = futures::future::join_all(asks.iter().map(|a| g.payer.infer(&g.network, a, |_| {}))).await;
-        let answers: Vec<Answer> = answers.into_iter().collect::<Result<_, _>>().map_err(|e| {
+        let results = futures::future::join_all(asks.iter().map(|a| g.payer.infer(&g.network, a, |_| {}))).await;
+        let (answers, failures): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        let answers: Vec<Answer> = answers.into_iter().filter_map(Result::ok).collect();
+        if let Some(Err(e)) = failures.into_iter().next() {
+            // Choices already answered were paid for: count them before answering the error.
+            for a in &answers {
+                record(&g, a);
+            }
             count_error(&g);
-            ApiError::from(e)
-        })?;
+            return Err(ApiError::from(e));
+        }
         let mut choices = Vec::new();
         let mut receipts = Vec::new();
         let mut total = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});

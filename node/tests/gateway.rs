@@ -193,6 +193,16 @@ async fn stop_sequences_cut_the_answer_as_openai_does() {
         sampled.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_string());
     }
     assert!(sampled.iter().any(|t| *t != full), "temperature defaults to 1, not greedy: {sampled:?}");
+    // No seed either: each request draws its own, so the same request twice differs.
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 16});
+    let mut unseeded = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        unseeded.insert(v["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+    }
+    assert!(unseeded.len() > 1, "an unseeded request draws a fresh seed: {unseeded:?}");
     let req =
         json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]});
     let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;

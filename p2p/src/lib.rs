@@ -28,7 +28,7 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use network::{
     ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now,
 };
-pub use payer::{Answer, Ask, Failure, InferError, Payer};
+pub use payer::{Answer, Ask, Failure, InferError, MAX_QUEUE_WAIT, Payer};
 pub use provider::{
     BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generator, Limits, LookupError, Offer, Provider,
 };

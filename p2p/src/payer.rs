@@ -130,6 +130,10 @@ impl InferError {
     }
 }
 
+/// Longest a client waits in a provider's queue before it tries another provider: the
+/// provider's own bound on a queue wait (`Limits::total_timeout`'s default).
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(600);
+
 struct Inner {
     identity: Identity,
     store: Arc<dyn Store>,
@@ -320,6 +324,7 @@ impl Payer {
         let mut tokens = Vec::new();
         let mut text = String::new();
         let mut input_tokens = None;
+        let mut queued_since = None;
         let mut first = Some(first);
         let (proposal, batch_start, weights) = loop {
             let msg = match first.take() {
@@ -329,6 +334,14 @@ impl Payer {
             match msg {
                 ServerMsg::Queued { position } if input_tokens.is_none() => {
                     debug!(target: "p2p::payer", position, "waiting in the provider's queue");
+                    // A provider could keep a client waiting forever with `Queued`: past the
+                    // longest wait, fail over.
+                    if queued_since.get_or_insert_with(std::time::Instant::now).elapsed() > MAX_QUEUE_WAIT {
+                        return Err(InferError::Remote(ErrorReply {
+                            code: ErrorCode::Busy,
+                            message: format!("still queued after {MAX_QUEUE_WAIT:?}"),
+                        }));
+                    }
                 }
                 ServerMsg::Queued { .. } => {
                     return Err(InferError::OutOfOrder {

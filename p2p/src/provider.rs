@@ -295,6 +295,7 @@ impl Provider {
         }
         let acquire = self.inner.slots.acquire();
         tokio::pin!(acquire);
+        let deadline = tokio::time::Instant::now() + limits.total_timeout;
         let every = limits.idle_timeout / 3;
         let mut position = ahead as u32 + 1;
         loop {
@@ -302,6 +303,12 @@ impl Provider {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(reply(ErrorCode::Internal, format!("cannot tell the client its place: {e}"))),
                 Err(_) => return Err(reply(ErrorCode::Timeout, "the client does not read its place in the queue")),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(reply(
+                    ErrorCode::Busy,
+                    format!("waited {:?} in the queue without a generation slot", limits.total_timeout),
+                ));
             }
             tokio::select! {
                 permit = &mut acquire => return permit.map_err(|_| reply(ErrorCode::Internal, "the provider is stopping")),
@@ -321,9 +328,10 @@ impl Provider {
         let mut tick = tokio::time::interval(CAPACITY_REFRESH);
         loop {
             tick.tick().await;
-            let now = self.free_capacity();
+            let adverts = self.adverts();
+            let now = adverts.first().map_or(published, |a| a.advert.free_capacity);
             if now != published {
-                if network.update_adverts(self.adverts()).await.is_err() {
+                if network.update_adverts(adverts).await.is_err() {
                     return; // the network stopped
                 }
                 published = now;
@@ -350,18 +358,29 @@ impl Provider {
             self.inner.limits.idle_timeout,
         ));
         network.advertise(self.adverts()).await?;
-        tokio::spawn(self.clone().refresh_capacity(network.clone()));
         info!(target: "p2p::provider", offers = self.inner.offers.len(), "serving");
-        while let Some((peer, stream)) = incoming.next().await {
-            let this = self.clone();
-            tokio::spawn(async move { this.handle(peer, stream).await });
+        // The refresher lives as long as this future: aborting `serve` stops it too, rather
+        // than leaving it holding the provider (and its engine) and publishing stale adverts.
+        let refresh = self.clone().refresh_capacity(network.clone());
+        let accept = async {
+            while let Some((peer, stream)) = incoming.next().await {
+                let this = self.clone();
+                tokio::spawn(async move { this.handle(peer, stream).await });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = refresh => {}
         }
         Ok(())
     }
 
     async fn handle(&self, peer: PeerId, mut stream: Stream) {
         let limits = self.inner.limits;
-        let outcome = tokio::time::timeout(limits.total_timeout, self.exchange(peer, &mut stream)).await;
+        // The wait in the queue is bounded by `total_timeout` on its own (`take_slot`), so
+        // that a request that waited long still has about that long to be answered.
+        let outcome =
+            tokio::time::timeout(limits.total_timeout.saturating_mul(2), self.exchange(peer, &mut stream)).await;
         let error = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,
@@ -447,8 +466,8 @@ impl Provider {
         })?;
         let req_hash = request_hash(&encode(&request));
 
-        // Admission: per-peer (answered "busy" at once, so the client can fail over), then a
-        // generation slot, or a place in the queue for one.
+        // Admission: per-peer (answered "busy" at once, so the client can fail over); the
+        // generation slot, or a place in the queue for one, once the request is checked.
         let _peer_slot = {
             let mut map = self.inner.per_peer.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(peer).or_insert(0);
@@ -461,7 +480,6 @@ impl Provider {
             *n += 1;
             PeerSlot { map: &self.inner.per_peer, peer }
         };
-        let _slot = self.take_slot(stream).await?;
 
         let offer = self
             .inner
@@ -506,6 +524,9 @@ impl Provider {
 
         // The requester must be the channel's payer: only it can co-sign.
         let channel = self.channel(&request.channel, &peer).await?;
+        // Only a request that would be served waits for a slot, and it holds no exposure
+        // while it waits: a peer cannot fill the queue with requests bound to be refused.
+        let _slot = self.take_slot(stream).await?;
         let reservation = {
             let mut ch = channel.lock().await;
             self.refresh(&mut ch)?;

@@ -297,6 +297,14 @@ async fn queued_requests_wait_their_turn_and_only_a_full_queue_is_busy() {
     .await;
     let fifth = tokio::time::timeout(Duration::from_secs(2), ask_nth(4)).await.expect("answered at once").unwrap();
     assert!(matches!(&fifth, Err(InferError::Remote(r)) if r.code == ErrorCode::Busy), "{fifth:?}");
+    // A request that would be refused is refused before it could take a place: a peer
+    // cannot fill the queue with requests on a channel it does not have.
+    let stranger =
+        first_reply_to(&client, &providers[0], |r| r.channel = attrinet_market::ChannelId::from([7; 32])).await;
+    assert!(
+        matches!(&stranger, ServerMsg::Error(e) if e.code == ErrorCode::UnknownChannel),
+        "checked before queueing: {stranger:?}"
+    );
     for t in tasks {
         let answer = tokio::time::timeout(Duration::from_secs(30), t).await.expect("bounded").unwrap().unwrap();
         answer.receipt.verify().unwrap();
