@@ -303,20 +303,16 @@ fn smollm2_in_q4_k_m_types_matches_candle_and_answers_sensibly() {
 /// Largest margin between candle's two best tokens at which the backends' greedy paths may
 /// part on a K-quant model: about a logit, the difference one rounding step of an early
 /// activation carries to SmolLM2's logits after 30 tokens even in Q4_1. Measured on
-/// lavapipe: "gold" parts at token 8 (margin 0.02), "sky" at token 14 (0.17); both answers
-/// are right on both backends.
+/// lavapipe: "gold" parts at token 8 (margin 0.02), which this test therefore covers; "sky"
+/// (left out for CI time) at token 14 (0.17); both answers are right on both backends.
 const K_QUANT_NEAR_TIE: f32 = 1.0;
 
-/// Greedy answers to three questions: both backends give the same tokens, or part only where
+/// Greedy answers to two questions: both backends give the same tokens, or part only where
 /// candle's two best tokens are within `near_tie`, and the answer is right.
 fn follows_candle_and_answers(model: &attrinet_compute::Model, near_tie: f32) {
     let mut cpu = CandleEngine::new(model).unwrap();
     let mut gpu = wgpu(model);
-    let cases = [
-        ("What is the capital of France?", "Paris"),
-        ("What is the chemical symbol for gold?", "Au"),
-        ("What color is the sky on a clear day?", "blue"),
-    ];
+    let cases = [("What is the capital of France?", "Paris"), ("What is the chemical symbol for gold?", "Au")];
     let params = GenerateParams { stop_tokens: model.tokenizer().stop_tokens().to_vec(), ..greedy(24) };
     for (question, expected) in cases {
         let prompt = model.chat_prompt(question).unwrap();
