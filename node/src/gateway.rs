@@ -178,6 +178,13 @@ struct ChatRequest {
     messages: Vec<ChatMessageIn>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
+    #[serde(flatten)]
+    options: Options,
+}
+
+/// What chat and text completions share beyond the prompt: sampling and the response's shape.
+#[derive(Deserialize)]
+struct Options {
     temperature: Option<f32>,
     top_p: Option<f32>,
     seed: Option<u64>,
@@ -186,6 +193,22 @@ struct ChatRequest {
     stream_options: Option<StreamOptions>,
     stop: Option<StopIn>,
     n: Option<u32>,
+}
+
+impl Options {
+    fn sampling(&self) -> Result<Sampling, ApiError> {
+        sampling(self.temperature, self.top_p, self.seed)
+    }
+
+    fn shape(self, chat: bool) -> Result<Shape, ApiError> {
+        Ok(Shape {
+            chat,
+            n: choices(self.n, self.stream)?,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            stops: stops(self.stop)?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -294,14 +317,8 @@ struct CompletionRequest {
     model: String,
     prompt: String,
     max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    stop: Option<StopIn>,
-    n: Option<u32>,
+    #[serde(flatten)]
+    options: Options,
 }
 
 /// At most this many choices per request: each is a request of its own on the network.
@@ -370,16 +387,10 @@ async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiErro
             req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
         ),
         max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
+        sampling: req.options.sampling().inspect_err(|_| count_error(&g))?,
         max_cost: None,
     };
-    let shape = Shape {
-        chat: true,
-        n: choices(req.n, req.stream).inspect_err(|_| count_error(&g))?,
-        stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-        stops: stops(req.stop).inspect_err(|_| count_error(&g))?,
-    };
+    let shape = req.options.shape(true).inspect_err(|_| count_error(&g))?;
     respond(g, ask, shape).await
 }
 
@@ -390,16 +401,10 @@ async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, 
         model: req.model.clone(),
         prompt: Prompt::Text(req.prompt),
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: sampling(req.temperature, req.top_p, req.seed).inspect_err(|_| count_error(&g))?,
+        sampling: req.options.sampling().inspect_err(|_| count_error(&g))?,
         max_cost: None,
     };
-    let shape = Shape {
-        chat: false,
-        n: choices(req.n, req.stream).inspect_err(|_| count_error(&g))?,
-        stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-        stops: stops(req.stop).inspect_err(|_| count_error(&g))?,
-    };
+    let shape = req.options.shape(false).inspect_err(|_| count_error(&g))?;
     respond(g, ask, shape).await
 }
 
@@ -417,19 +422,26 @@ fn finish_reason(answer: &Answer, ask: &Ask, stopped: bool) -> &'static str {
     if !stopped && answer.tokens.len() as u32 >= ask.max_tokens { "length" } else { "stop" }
 }
 
-fn usage_and_receipt(answer: &Answer) -> (Value, Value) {
+/// OpenAI's usage: the tokens the answers' receipts billed.
+fn usage(answers: &[Answer]) -> Value {
+    let (input, output) = answers.iter().fold((0u64, 0u64), |(i, o), a| {
+        let r = &a.receipt.receipt;
+        (i + u64::from(r.input_tokens), o + u64::from(r.output_tokens))
+    });
+    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+}
+
+/// The receipt of an answer, as the `attrinet` field shows it.
+fn receipt(answer: &Answer) -> Value {
     let r = &answer.receipt.receipt;
-    (
-        json!({"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens}),
-        json!({
-            "provider": answer.provider.evm_address.to_string(),
-            "channel": r.channel.to_string(),
-            "seq": r.seq.0,
-            "value_wei": r.value.0.to_string(),
-            "cumulative_wei": r.cumulative.0.to_string(),
-            "failed_over": answer.failed.len(),
-        }),
-    )
+    json!({
+        "provider": answer.provider.evm_address.to_string(),
+        "channel": r.channel.to_string(),
+        "seq": r.seq.0,
+        "value_wei": r.value.0.to_string(),
+        "cumulative_wei": r.cumulative.0.to_string(),
+        "failed_over": answer.failed.len(),
+    })
 }
 
 async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiError> {
@@ -449,7 +461,6 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
             )
         })?;
     }
-    let mut scanner = StopScanner::new(shape.stops.clone());
     if !shape.stream {
         // Each choice is a request of its own, all at once; choice i samples with seed + i,
         // so that sampled choices differ.
@@ -461,26 +472,26 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
             })
             .collect();
         let results = futures::future::join_all(asks.iter().map(|a| g.payer.infer(&g.network, a, |_| {}))).await;
-        let (answers, failures): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
-        let answers: Vec<Answer> = answers.into_iter().filter_map(Result::ok).collect();
-        if let Some(Err(e)) = failures.into_iter().next() {
-            // Choices already answered were paid for: count them before answering the error.
-            for a in &answers {
-                record(&g, a);
+        let mut answers = Vec::new();
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(a) => answers.push(a),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
+        }
+        // Choices already answered were paid for: they count, whatever else failed.
+        for a in &answers {
+            record(&g, a);
+        }
+        if let Some(e) = failure {
             count_error(&g);
             return Err(ApiError::from(e));
         }
         let mut choices = Vec::new();
-        let mut receipts = Vec::new();
-        let mut total = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
         for (i, answer) in answers.iter().enumerate() {
-            record(&g, answer);
-            let (usage, receipt) = usage_and_receipt(answer);
-            for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
-                total[k] = json!(total[k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
-            }
-            receipts.push(receipt);
             let mut scanner = StopScanner::new(shape.stops.clone());
             let text = scanner.push(&answer.text) + &scanner.finish();
             let finish = finish_reason(answer, &ask, scanner.stopped());
@@ -492,11 +503,15 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
         }
         let object = if chat { "chat.completion" } else { "text_completion" };
         // One choice keeps its receipt as an object, as before; several give a list.
-        let receipt = if receipts.len() == 1 { receipts.remove(0) } else { Value::Array(receipts) };
-        let body = json!({"id": id, "object": object, "created": created, "model": ask.model, "choices": choices, "usage": total, "attrinet": receipt});
+        let receipts = match &answers[..] {
+            [one] => receipt(one),
+            all => Value::Array(all.iter().map(receipt).collect()),
+        };
+        let body = json!({"id": id, "object": object, "created": created, "model": ask.model, "choices": choices, "usage": usage(&answers), "attrinet": receipts});
         return Ok(axum::Json(body).into_response());
     }
 
+    let mut scanner = StopScanner::new(shape.stops.clone());
     // Streaming: the answer runs on its own task and its tokens become events. The first
     // token is awaited before answering, so that a refusal is still an HTTP error rather
     // than an event in a 200 stream.
@@ -610,13 +625,12 @@ fn final_events(
 ) -> Vec<Result<Event, Infallible>> {
     record(g, answer);
     let mut last = chunk(id, created, &ask.model, shape, "", Some(finish_reason(answer, ask, stopped)));
-    let (usage, receipt) = usage_and_receipt(answer);
-    last["attrinet"] = receipt;
+    last["attrinet"] = receipt(answer);
     let mut events = vec![Ok(Event::default().data(last.to_string()))];
     if shape.include_usage {
         let mut u = chunk(id, created, &ask.model, shape, "", None);
         u["choices"] = json!([]);
-        u["usage"] = usage;
+        u["usage"] = usage(std::slice::from_ref(answer));
         events.push(Ok(Event::default().data(u.to_string())));
     }
     events.push(Ok(Event::default().data("[DONE]")));
