@@ -425,6 +425,11 @@ impl Model {
         self.content.tensor_infos.get(name).map(|t| t.ggml_dtype)
     }
 
+    /// A tensor's type and candle-order shape from the header, without reading its data.
+    pub(crate) fn tensor_layout(&self, name: &str) -> Option<(GgmlDType, Vec<usize>)> {
+        self.content.tensor_infos.get(name).map(|t| (t.ggml_dtype, t.shape.dims().to_vec()))
+    }
+
     /// The raw bytes of a tensor's data (GGML blocks), with its type and candle-order shape
     /// (`[rows, columns]` for matrices): read from the file, or borrowed from memory.
     pub(crate) fn tensor_data(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Cow<'_, [u8]>)> {

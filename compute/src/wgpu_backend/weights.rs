@@ -294,26 +294,28 @@ fn unreachable_mixed(name: &str) -> Error {
 /// Uploads matrices with the same type and width as one, their rows one after another, so
 /// one product computes all of them (q, k and v; gate and up). `None` if the types differ.
 pub(crate) fn upload_stacked(device: &wgpu::Device, model: &Model, names: &[&str]) -> Result<Option<WeightBuffer>> {
-    let mut dtype = None;
-    let mut width = None;
+    // Whether they stack is decided from the header, before any data is read: in Q4_K_M
+    // files q/k and v often differ in type, and each would otherwise be read twice.
+    let mut layouts = Vec::with_capacity(names.len());
+    for &name in names {
+        let (t, shape) = model
+            .tensor_layout(name)
+            .ok_or_else(|| Error::BadTensor { tensor: name.to_owned(), reason: "absent from the file".to_owned() })?;
+        let (_, cols) = matrix_shape(name, &shape)?;
+        layouts.push((device_layout(t).expect("checked before upload"), cols));
+    }
+    let Some(&(dtype, cols)) = layouts.first() else { return Ok(None) };
+    if layouts.iter().any(|&l| l != (dtype, cols)) {
+        return Ok(None);
+    }
     let (mut rows, mut q, mut s) = (0usize, Vec::new(), Vec::new());
     for &name in names {
         let (t, shape, data) = model.tensor_data(name)?;
-        let (r, cols) = matrix_shape(name, &shape)?;
-        let layout = device_layout(t).expect("checked before upload");
-        if dtype.is_some_and(|d| d != layout) || width.is_some_and(|w| w != cols) {
-            return Ok(None);
-        }
-        dtype = Some(layout);
-        width = Some(cols);
         let (tq, ts) = repack(t, &data);
         q.extend(tq);
         s.extend(ts.unwrap_or_default());
-        rows += r;
+        rows += shape[0];
     }
-    let (Some(dtype), Some(cols)) = (dtype, width) else {
-        return Ok(None);
-    };
     let pairs = (!s.is_empty()).then_some(s.as_slice());
     Ok(Some(weight_buffer(device, &names.join("+"), dtype, (rows, cols), &q, pairs)))
 }
