@@ -5,16 +5,19 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
-use candle_core::{D, Device, IndexOp, Module, Tensor};
+use candle_core::{D, Device, Module, Tensor};
 
-use crate::engine::{BackendKind, Engine, check_input};
+use crate::engine::{BackendKind, Engine, KvPool, SeqChunk, check_batch};
 use crate::error::{Error, Result};
 use crate::model::{Activation, Model, ModelConfig};
-use crate::sampling::{SamplingParams, sample};
+use crate::sampling::sample;
 
 /// Positions the RoPE tables (and so the context) cover when the model's own context is
 /// longer: the same bound as the wgpu backend's default.
 const MAX_CONTEXT: usize = 4096;
+/// Tokens per page of the KV budget: candle's caches grow by tensor, so pages are only
+/// the unit of the budget, the same as the wgpu backend's.
+const PAGE_TOKENS: usize = 32;
 
 /// Whether candle's quantized kernels were compiled with their AVX2/FMA paths: they are
 /// chosen at compile time (`.cargo/config.toml` enables them for x86-64), and without them
@@ -44,8 +47,9 @@ struct Layer {
     post_ffn_norm: Option<Tensor>,
     /// Index into the engine's RoPE tables.
     rope: usize,
-    /// Keys and values of the positions so far, `[1, kv_heads, positions, head_dim]`.
-    kv: Option<(Tensor, Tensor)>,
+    /// Per sequence slot, keys and values of its positions so far,
+    /// `[1, kv_heads, positions, head_dim]`.
+    kv: Vec<Option<(Tensor, Tensor)>>,
 }
 
 /// Runs a model with candle's tensors and quantized kernels on the CPU, one forward pass for
@@ -68,7 +72,9 @@ pub struct CandleEngine {
     /// `(cos, sin)` tables, `[positions, head_dim / 2]`, one per distinct RoPE of the layers.
     ropes: Vec<(Tensor, Tensor)>,
     context_length: usize,
-    position: usize,
+    /// Tokens in each sequence slot's cache.
+    positions: Vec<usize>,
+    pool_pages: usize,
 }
 
 impl std::fmt::Debug for CandleEngine {
@@ -76,7 +82,7 @@ impl std::fmt::Debug for CandleEngine {
         f.debug_struct("CandleEngine")
             .field("architecture", &self.config.architecture)
             .field("context_length", &self.context_length)
-            .field("position", &self.position)
+            .field("positions", &self.positions)
             .finish_non_exhaustive()
     }
 }
@@ -122,8 +128,20 @@ impl Loader<'_> {
 }
 
 impl CandleEngine {
-    /// Loads the model's weights into candle's CPU tensors.
+    /// Loads the model's weights into candle's CPU tensors, for one sequence at a time.
     pub fn new(model: &Model) -> Result<Self> {
+        Self::with_batch(model, 1, None)
+    }
+
+    /// Loads the model for `max_batch` sequences at once whose caches hold `kv_tokens` in
+    /// all (default: a full context each; at least one full context).
+    pub fn with_batch(model: &Model, max_batch: usize, kv_tokens: Option<usize>) -> Result<Self> {
+        if !(1..=crate::wgpu_backend::MAX_BATCH).contains(&max_batch) {
+            return Err(Error::InvalidBatch(format!(
+                "max_batch {max_batch} is not within 1..={}",
+                crate::wgpu_backend::MAX_BATCH
+            )));
+        }
         let config = model.config().clone();
         let mut load = Loader { model };
         let context_length = config.context_length.min(MAX_CONTEXT);
@@ -163,7 +181,7 @@ impl CandleEngine {
                 down: load.matrix(&n.down)?,
                 post_ffn_norm: load.optional(&n.post_ffn_norm)?,
                 rope,
-                kv: None,
+                kv: vec![None; max_batch],
             });
         }
         let output_norm = load.vector("output_norm.weight")?;
@@ -175,7 +193,19 @@ impl CandleEngine {
         }
         .map_err(Error::candle("the output projection"))?;
         model.check_unchanged()?;
-        Ok(CandleEngine { config, embedding, layers, output_norm, output, ropes, context_length, position: 0 })
+        let pages_per_seq = context_length.div_ceil(PAGE_TOKENS);
+        let pool_pages = kv_tokens.unwrap_or(context_length * max_batch).div_ceil(PAGE_TOKENS).max(pages_per_seq);
+        Ok(CandleEngine {
+            config,
+            embedding,
+            layers,
+            output_norm,
+            output,
+            ropes,
+            context_length,
+            positions: vec![0; max_batch],
+            pool_pages,
+        })
     }
 
     /// Rows of the embedding for `tokens`, `[1, tokens, hidden]`, dequantized one row at a
@@ -201,31 +231,64 @@ impl CandleEngine {
         }
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        check_input(tokens, self.config.vocab_size, self.position, self.context_length)?;
-        let mut x = self.embed(tokens)?;
-        let pos = self.position;
-        for l in 0..self.layers.len() {
-            x = self.block(l, &x, pos).map_err(Error::candle(format!("layer {l} at position {pos}")))?;
-        }
-        let x = rms_norm(&x, &self.output_norm, self.config.rms_eps)?;
-        let logits = x
-            .i((.., tokens.len() - 1, ..))
-            .and_then(|last| self.output.forward(&last))
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(Error::candle(format!("the output of {} tokens at position {pos}", tokens.len())))?;
-        self.position += tokens.len();
-        Ok(logits)
+    /// Pages the sequences hold: one per `PAGE_TOKENS` positions begun.
+    fn pages_in_use(&self) -> usize {
+        self.positions.iter().map(|p| p.div_ceil(PAGE_TOKENS)).sum()
     }
 
-    /// One transformer block over `x` (`[1, t, hidden]`), whose first token is at `pos`.
-    fn block(&mut self, l: usize, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+    /// Runs the batch and returns the logits of each chunk that samples (all of them when
+    /// `all_last`), in order. The matrix products run over every chunk's tokens at once;
+    /// RoPE and attention run per sequence, over its own cache.
+    fn forward(&mut self, chunks: &[SeqChunk<'_>], all_last: bool) -> Result<Vec<Vec<f32>>> {
+        check_batch(self, self.config.vocab_size, chunks)?;
+        let needed: usize = chunks
+            .iter()
+            .map(|c| {
+                let p = self.positions[c.seq];
+                (p + c.tokens.len()).div_ceil(PAGE_TOKENS) - p.div_ceil(PAGE_TOKENS)
+            })
+            .sum();
+        let free = self.pool_pages - self.pages_in_use();
+        if needed > free {
+            return Err(Error::KvCacheFull { needed, free, page_tokens: PAGE_TOKENS });
+        }
+        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+        let mut x = self.embed(&tokens)?;
+        for l in 0..self.layers.len() {
+            x = self.block(l, &x, chunks).map_err(Error::candle(format!("layer {l}")))?;
+        }
+        let mut rows = Vec::new();
+        let mut end = 0;
+        for c in chunks {
+            end += c.tokens.len();
+            if all_last || c.sample.is_some() {
+                rows.push((end - 1) as u32);
+            }
+        }
+        for c in chunks {
+            self.positions[c.seq] += c.tokens.len();
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = rows.len();
+        let what = || format!("the output of {n} sequences");
+        let index = Tensor::new(rows.as_slice(), &Device::Cpu).map_err(Error::candle(what()))?;
+        let last = x.index_select(&index, 1).map_err(Error::candle(what()))?;
+        let last = rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
+        self.output
+            .forward(&last)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec2::<f32>())
+            .map_err(Error::candle(what()))
+    }
+
+    /// One transformer block over `x` (`[1, tokens, hidden]`), the chunks' tokens in order.
+    fn block(&mut self, l: usize, x: &Tensor, chunks: &[SeqChunk<'_>]) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let layer = &mut self.layers[l];
         let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, c.rms_eps);
-        let (_, t, _) = x.dims3()?;
-        let (qw, kvw, hd) = (c.q_width(), c.kv_width(), c.head_dim);
+        let (qw, kvw) = (c.q_width(), c.kv_width());
 
         let h = norm(x, &layer.attn_norm)?;
         let (mut q, mut k, mut v) = match layer.qkv.as_slice() {
@@ -241,41 +304,17 @@ impl CandleEngine {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let heads = |x: Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
-        let mut q = heads(q, c.n_heads)?;
-        let mut k = heads(k, c.n_kv_heads)?;
-        let v = heads(v, c.n_kv_heads)?;
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = norm(&q, qn)?;
-            k = norm(&k, kn)?;
+        let mut ys = Vec::with_capacity(chunks.len());
+        let mut row = 0;
+        for chunk in chunks {
+            let t = chunk.tokens.len();
+            let part = |x: &Tensor| x.narrow(1, row, t);
+            let pos = self.positions[chunk.seq];
+            let y = attention(c, l, layer, &self.ropes[layer.rope], chunk.seq, pos, [part(&q)?, part(&k)?, part(&v)?])?;
+            ys.push(y);
+            row += t;
         }
-        let (cos, sin) = &self.ropes[layer.rope];
-        let (cos, sin) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
-        let rope = if c.rope_neox { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
-        let q = rope(&q, &cos, &sin)?;
-        let k = rope(&k, &cos, &sin)?;
-        let (k, v) = match &layer.kv {
-            Some((kc, vc)) if pos > 0 => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
-            _ => (k, v),
-        };
-        layer.kv = Some((k.clone(), v.clone()));
-        let k = repeat_kv(k, c.n_heads / c.n_kv_heads)?;
-        let v = repeat_kv(v, c.n_heads / c.n_kv_heads)?;
-        let att = (q.matmul(&k.t()?)? * c.attention_scale as f64)?;
-        // Causal, and within the window on sliding layers: query i (at pos + i) sees keys
-        // first_key..=pos + i.
-        let len = pos + t;
-        let masked = |i: usize, j: usize| j > pos + i || j < c.first_key(l, pos + i);
-        let att = if (0..t).any(|i| masked(i, 0) || masked(i, len - 1)) {
-            let mask: Vec<u8> = (0..t).flat_map(|i| (0..len).map(move |j| masked(i, j) as u8)).collect();
-            let mask = Tensor::from_vec(mask, (t, len), att.device())?.broadcast_as(att.shape())?;
-            let neg_inf = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
-            mask.where_cond(&neg_inf, &att)?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((1, t, qw))?;
+        let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 1)? };
         let mut o = layer.wo.forward(&y)?;
         if let Some(pn) = &layer.post_attn_norm {
             o = norm(&o, pn)?;
@@ -304,6 +343,56 @@ impl CandleEngine {
     }
 }
 
+/// RoPE, the cache update and attention for one sequence's `t` new tokens (`qkv`, each
+/// `[1, t, width]`), the first at `pos`: returns `[1, t, q_width]`.
+fn attention(
+    c: &ModelConfig,
+    l: usize,
+    layer: &mut Layer,
+    (cos, sin): &(Tensor, Tensor),
+    seq: usize,
+    pos: usize,
+    [q, k, v]: [Tensor; 3],
+) -> candle_core::Result<Tensor> {
+    let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, c.rms_eps);
+    let (_, t, _) = q.dims3()?;
+    let hd = c.head_dim;
+    let heads = |x: Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+    let mut q = heads(q, c.n_heads)?;
+    let mut k = heads(k, c.n_kv_heads)?;
+    let v = heads(v, c.n_kv_heads)?;
+    if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+        q = norm(&q, qn)?;
+        k = norm(&k, kn)?;
+    }
+    let (cos, sin) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
+    let rope = if c.rope_neox { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
+    let q = rope(&q, &cos, &sin)?;
+    let k = rope(&k, &cos, &sin)?;
+    let (k, v) = match &layer.kv[seq] {
+        Some((kc, vc)) if pos > 0 => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
+        _ => (k, v),
+    };
+    layer.kv[seq] = Some((k.clone(), v.clone()));
+    let k = repeat_kv(k, c.n_heads / c.n_kv_heads)?;
+    let v = repeat_kv(v, c.n_heads / c.n_kv_heads)?;
+    let att = (q.matmul(&k.t()?)? * c.attention_scale as f64)?;
+    // Causal, and within the window on sliding layers: query i (at pos + i) sees keys
+    // first_key..=pos + i.
+    let len = pos + t;
+    let masked = |i: usize, j: usize| j > pos + i || j < c.first_key(l, pos + i);
+    let att = if (0..t).any(|i| masked(i, 0) || masked(i, len - 1)) {
+        let mask: Vec<u8> = (0..t).flat_map(|i| (0..len).map(move |j| masked(i, j) as u8)).collect();
+        let mask = Tensor::from_vec(mask, (t, len), att.device())?.broadcast_as(att.shape())?;
+        let neg_inf = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
+        mask.where_cond(&neg_inf, &att)?
+    } else {
+        att
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((1, t, c.q_width()))
+}
+
 impl Engine for CandleEngine {
     fn backend(&self) -> BackendKind {
         BackendKind::Candle
@@ -317,24 +406,42 @@ impl Engine for CandleEngine {
         self.context_length
     }
 
-    fn position(&self) -> usize {
-        self.position
+    fn max_batch(&self) -> usize {
+        self.positions.len()
     }
 
-    fn reset(&mut self) {
-        for layer in &mut self.layers {
-            layer.kv = None;
+    fn step_tokens(&self) -> usize {
+        // Matrix products over more rows amortise candle's per-call overhead further, but
+        // a longer step delays every decoding sequence's next token.
+        64
+    }
+
+    fn kv_pool(&self) -> KvPool {
+        KvPool { page_tokens: PAGE_TOKENS, pages: self.pool_pages, free_pages: self.pool_pages - self.pages_in_use() }
+    }
+
+    fn seq_position(&self, seq: usize) -> usize {
+        self.positions.get(seq).copied().unwrap_or(0)
+    }
+
+    fn release(&mut self, seq: usize) {
+        if seq < self.positions.len() {
+            for layer in &mut self.layers {
+                layer.kv[seq] = None;
+            }
+            self.positions[seq] = 0;
         }
-        self.position = 0;
     }
 
-    fn prefill(&mut self, tokens: &[u32], sampling: &SamplingParams, step: u32) -> Result<u32> {
-        let logits = self.forward(tokens)?;
-        Ok(sample(&logits, sampling, step))
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<u32>> {
+        let logits = self.forward(chunks, false)?;
+        let sampled = chunks.iter().filter_map(|c| c.sample);
+        Ok(logits.iter().zip(sampled).map(|(l, (s, step))| sample(l, s, step)).collect())
     }
 
     fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.forward(tokens)
+        let mut logits = self.forward(&[SeqChunk { seq: 0, tokens, sample: None }], true)?;
+        logits.pop().ok_or_else(|| Error::Device("no logits".to_owned()))
     }
 }
 

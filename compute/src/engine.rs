@@ -107,11 +107,48 @@ impl Generation {
     }
 }
 
-/// A loaded model that can run forward passes over a KV cache.
+/// One sequence's part of a batched forward pass ([`Engine::forward_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// The sequence's slot, below [`Engine::max_batch`].
+    pub seq: usize,
+    /// Tokens appended to that sequence's KV cache (at least one).
+    pub tokens: &'a [u32],
+    /// Whether to choose the sequence's next token after them, how, and at which
+    /// generation step (the step feeds the seeded random numbers).
+    pub sample: Option<(&'a SamplingParams, u32)>,
+}
+
+/// The KV cache's pool of pages, shared by the sequences of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvPool {
+    /// Tokens per page.
+    pub page_tokens: usize,
+    /// Pages in the pool.
+    pub pages: usize,
+    /// Pages no sequence holds.
+    pub free_pages: usize,
+}
+
+impl KvPool {
+    /// Tokens the whole pool holds.
+    pub fn tokens(&self) -> usize {
+        self.pages * self.page_tokens
+    }
+
+    /// Pages a sequence of `tokens` positions holds.
+    pub fn pages_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.page_tokens)
+    }
+}
+
+/// A loaded model that runs forward passes over the KV caches of up to
+/// [`max_batch`](Engine::max_batch) sequences at once.
 ///
-/// One sequence at a time: `prefill` appends tokens to the cache, `decode_step` appends one,
-/// and both return the next token chosen by `sampling` at generation step `step` (the step
-/// index feeds the seeded random numbers, so a sequence is reproducible).
+/// [`forward_batch`](Engine::forward_batch) appends tokens to several sequences in one pass
+/// (each weight is read once for all of them) and returns the next token of those that
+/// sample. The single-sequence methods (`prefill`, `decode_step`, `generate`, ...) use
+/// sequence 0; [`Batcher`](crate::Batcher) schedules many requests over the slots.
 pub trait Engine: Send {
     /// Which backend this is.
     fn backend(&self) -> BackendKind;
@@ -119,25 +156,56 @@ pub trait Engine: Send {
     /// A description of the device (the GPU adapter's name, or the CPU).
     fn device_name(&self) -> String;
 
-    /// The most tokens the KV cache holds.
+    /// The most tokens one sequence's KV cache holds.
     fn context_length(&self) -> usize;
 
-    /// Tokens currently in the KV cache.
-    fn position(&self) -> usize;
+    /// Sequences a forward pass can hold.
+    fn max_batch(&self) -> usize;
 
-    /// Empties the KV cache.
-    fn reset(&mut self);
+    /// Tokens a forward pass takes before it is split into several submissions: a
+    /// scheduler fills steps up to this.
+    fn step_tokens(&self) -> usize;
 
-    /// Appends `tokens` to the sequence and returns the next token.
-    fn prefill(&mut self, tokens: &[u32], sampling: &SamplingParams, step: u32) -> Result<u32>;
+    /// The KV cache's pages.
+    fn kv_pool(&self) -> KvPool;
 
-    /// Appends one token and returns the next.
+    /// Tokens in sequence `seq`'s KV cache.
+    fn seq_position(&self, seq: usize) -> usize;
+
+    /// Empties sequence `seq`'s KV cache and returns its pages to the pool.
+    fn release(&mut self, seq: usize);
+
+    /// Appends each chunk's tokens to its sequence, and returns the next token of every
+    /// chunk that samples, in the order of `chunks`. Nothing changes when it fails on
+    /// bad input (a slot out of range or named twice, a token outside the vocabulary, a
+    /// full context or pool).
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<u32>>;
+
+    /// Tokens currently in sequence 0's KV cache.
+    fn position(&self) -> usize {
+        self.seq_position(0)
+    }
+
+    /// Empties sequence 0's KV cache.
+    fn reset(&mut self) {
+        self.release(0)
+    }
+
+    /// Appends `tokens` to sequence 0 and returns the next token.
+    fn prefill(&mut self, tokens: &[u32], sampling: &SamplingParams, step: u32) -> Result<u32> {
+        sampling.validate()?;
+        let next = self.forward_batch(&[SeqChunk { seq: 0, tokens, sample: Some((sampling, step)) }])?;
+        next.first().copied().ok_or_else(|| Error::Device("the engine chose no token".to_owned()))
+    }
+
+    /// Appends one token to sequence 0 and returns the next.
     fn decode_step(&mut self, token: u32, sampling: &SamplingParams, step: u32) -> Result<u32> {
         self.prefill(&[token], sampling, step)
     }
 
-    /// Appends `tokens` and returns the logits of the last position. Reads the whole
-    /// vocabulary back from the device: for tests and diagnostics, not for serving.
+    /// Appends `tokens` to sequence 0 and returns the logits of the last position. Reads
+    /// the whole vocabulary back from the device: for tests and diagnostics, not for
+    /// serving.
     fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
 
     /// Resets the cache, runs the prompt and generates up to `params.max_tokens` tokens,
@@ -189,6 +257,31 @@ pub trait Engine: Send {
             decode_time: decode_start.elapsed(),
         })
     }
+}
+
+/// Checks a batch before a forward pass: slots in range and distinct, every chunk's tokens
+/// in the vocabulary and within its sequence's context.
+pub(crate) fn check_batch(engine: &dyn Engine, vocab_size: usize, chunks: &[SeqChunk<'_>]) -> Result<()> {
+    if chunks.is_empty() {
+        return Err(Error::InvalidBatch("no sequence in the batch".to_owned()));
+    }
+    let max = engine.max_batch();
+    if chunks.len() > max {
+        return Err(Error::InvalidBatch(format!("{} sequences, but the engine batches at most {max}", chunks.len())));
+    }
+    for (i, c) in chunks.iter().enumerate() {
+        if c.seq >= max {
+            return Err(Error::InvalidBatch(format!("sequence slot {} is not below {max}", c.seq)));
+        }
+        if chunks[..i].iter().any(|o| o.seq == c.seq) {
+            return Err(Error::InvalidBatch(format!("sequence slot {} appears twice", c.seq)));
+        }
+        if let Some((s, _)) = c.sample {
+            s.validate()?;
+        }
+        check_input(c.tokens, vocab_size, engine.seq_position(c.seq), engine.context_length())?;
+    }
+    Ok(())
 }
 
 /// Checks that tokens fit the vocabulary and the context before a forward pass.

@@ -135,6 +135,35 @@ pub enum Error {
         /// The engine's context length.
         context_length: usize,
     },
+    /// A batched forward pass was malformed: a sequence slot out of range or named twice,
+    /// more sequences than the engine batches, or an empty chunk.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The KV-cache pool has too few free pages for the tokens a step adds.
+    #[error(
+        "the KV cache is full: this step needs {needed} more pages of {page_tokens} tokens and {free} are free;          give the engine a larger KV budget or fewer concurrent sequences"
+    )]
+    KvCacheFull {
+        /// Pages the step needed.
+        needed: usize,
+        /// Pages free in the pool.
+        free: usize,
+        /// Tokens per page.
+        page_tokens: usize,
+    },
+    /// A request needs more KV cache than the whole pool holds, so it could never start.
+    #[error(
+        "the request needs {needed} tokens of KV cache but the engine's pool holds {pool}:          ask for fewer tokens or give the engine a larger KV budget"
+    )]
+    KvPoolTooSmall {
+        /// Tokens of cache the request reserves (prompt plus max_tokens, within the context).
+        needed: usize,
+        /// Tokens the pool holds.
+        pool: usize,
+    },
+    /// The batch scheduler has stopped (its engine failed or it was shut down).
+    #[error("the engine's scheduler has stopped: {0}")]
+    SchedulerStopped(String),
     /// `max_tokens` was 0: a request must ask for at least one token.
     #[error("max_tokens is 0: ask for at least one token")]
     ZeroMaxTokens,

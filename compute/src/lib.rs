@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod candle_backend;
 mod chat;
 mod engine;
@@ -53,15 +54,16 @@ mod wgpu_backend;
 use std::fmt;
 use std::str::FromStr;
 
+pub use batch::{BatchStats, Batcher, Event, Stream};
 pub use candle_backend::CandleEngine;
 pub use candle_core::quantized::GgmlDType;
 pub use chat::{ChatTemplate, ChatTurn};
-pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, TokensHash};
+pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, KvPool, SeqChunk, TokensHash};
 pub use error::{Error, Result};
 pub use model::{Activation, Architecture, Model, ModelConfig, ModelId, SUPPORTED_ARCHITECTURES};
 pub use sampling::SamplingParams;
 pub use tokenizer::{PreTokenizer, StreamDecoder, Tokenizer};
-pub use wgpu_backend::{KernelStyle, WgpuEngine, WgpuOptions};
+pub use wgpu_backend::{KernelStyle, MAX_BATCH, WgpuEngine, WgpuOptions};
 
 /// Which backend to run a model on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,18 +101,44 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Opens an engine for `model` on the chosen backend.
+/// How many sequences an engine batches and how much KV cache they share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// Sequences decoded together (1 to [`MAX_BATCH`]).
+    pub max_batch: usize,
+    /// Tokens of KV cache the sequences share (default: a full context each). At least
+    /// one full context is always allocated, so any request that fits the context runs.
+    pub kv_tokens: Option<usize>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { max_batch: 1, kv_tokens: None }
+    }
+}
+
+/// Opens an engine for `model` on the chosen backend, for one sequence at a time.
 pub fn open_engine(model: &Model, backend: Backend) -> Result<Box<dyn Engine>> {
+    open_engine_with(model, backend, BatchOptions::default())
+}
+
+/// Opens an engine for `model` on the chosen backend that batches as `batch` says.
+pub fn open_engine_with(model: &Model, backend: Backend, batch: BatchOptions) -> Result<Box<dyn Engine>> {
+    let wgpu = |allow_software| WgpuOptions {
+        allow_software,
+        max_batch: Some(batch.max_batch),
+        kv_tokens: batch.kv_tokens,
+        ..Default::default()
+    };
+    let candle = || CandleEngine::with_batch(model, batch.max_batch, batch.kv_tokens);
     match backend {
-        Backend::Candle => Ok(Box::new(CandleEngine::new(model)?)),
-        Backend::Wgpu => {
-            Ok(Box::new(WgpuEngine::new(model, &WgpuOptions { allow_software: true, ..Default::default() })?))
-        }
-        Backend::Auto => match WgpuEngine::new(model, &WgpuOptions { allow_software: false, ..Default::default() }) {
+        Backend::Candle => Ok(Box::new(candle()?)),
+        Backend::Wgpu => Ok(Box::new(WgpuEngine::new(model, &wgpu(true))?)),
+        Backend::Auto => match WgpuEngine::new(model, &wgpu(false)) {
             Ok(engine) => Ok(Box::new(engine)),
             Err(error) => {
                 tracing::info!(target: "compute", %error, "no usable GPU; using candle on the CPU");
-                Ok(Box::new(CandleEngine::new(model)?))
+                Ok(Box::new(candle()?))
             }
         },
     }

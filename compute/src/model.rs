@@ -166,6 +166,12 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
+    /// Bytes of KV cache one token takes (f32 keys and values in every layer, on both
+    /// backends): what sizes a KV budget.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.n_layers * 2 * self.kv_width() * 4
+    }
+
     /// Whether layer `l` attends within the sliding window only.
     pub fn is_sliding(&self, l: usize) -> bool {
         self.sliding_window.is_some() && !(l + 1).is_multiple_of(self.sliding_pattern)
@@ -370,6 +376,11 @@ impl Model {
         let chat_template = ChatTemplate::detect(jinja.map(String::as_str), &tokenizer);
         let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned();
         Ok(Model { path, id, source, content, config, tokenizer, chat_template, own_chat_template, name, len })
+    }
+
+    /// The file's length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.len
     }
 
     /// The SHA-256 of the file.

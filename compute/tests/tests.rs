@@ -3,6 +3,7 @@
 mod util;
 
 mod bad_input;
+mod batch;
 mod candle_engine;
 mod chat;
 mod llama_reference;

@@ -47,6 +47,10 @@ pub struct ModelAdvert {
     pub decode_tokens_per_s: u32,
     /// Measured time to first token, milliseconds.
     pub ttft_ms: u32,
+    /// Time to load the model before a first request can start, milliseconds: 0 while it
+    /// is loaded, else what loading it took (a node that holds several models loads them
+    /// on demand). Ranking adds it to the time to first token.
+    pub cold_start_ms: u32,
     /// Unix seconds after which the advert is void.
     pub expires_at: u64,
     /// Increases with every new advert of this node for this model.

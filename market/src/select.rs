@@ -64,8 +64,8 @@ pub struct Demand {
 ///
 /// The score to minimise is `cost × latency / reliability`, all integers:
 /// - cost: the request's maximum value at the offered price (wei);
-/// - latency: advertised time to first token plus the tokens at the advertised decode
-///   speed (ms);
+/// - latency: advertised time to first token (plus loading, for a model not loaded) and
+///   the tokens at the advertised decode speed (ms);
 /// - reliability: `(successes + 1) / (successes + failures + 2)` (Laplace's rule), so an
 ///   unknown provider counts as 1/2 and one that keeps failing sinks.
 ///
@@ -84,7 +84,8 @@ pub fn rank(offers: &[ModelAdvert], demand: &Demand, book: &ProviderBook) -> Vec
             let tps = u64::from(a.decode_tokens_per_s.max(1));
             // u32 figures in u64: no overflow; tps ≥ 1.
             #[allow(clippy::arithmetic_side_effects)]
-            let latency_ms = u64::from(a.ttft_ms) + u64::from(demand.max_output_tokens) * 1000 / tps;
+            let latency_ms =
+                u64::from(a.ttft_ms) + u64::from(a.cold_start_ms) + u64::from(demand.max_output_tokens) * 1000 / tps;
             let r = book.record(&a.node_key);
             let (s, f) = (u64::from(r.successes), u64::from(r.failures));
             // cost × latency × (s + f + 2) / (s + 1); +1 on cost so free offers still rank
@@ -119,6 +120,7 @@ mod tests {
             free_capacity: capacity,
             decode_tokens_per_s: tps,
             ttft_ms: ttft,
+            cold_start_ms: 0,
             expires_at: 10,
             seq: 1,
             addrs: vec![],

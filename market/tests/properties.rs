@@ -488,6 +488,7 @@ fn advert_by(node: &Identity, seq: u64, expires_at: u64) -> SignedAdvert {
         free_capacity: 4,
         decode_tokens_per_s: 80,
         ttft_ms: 40,
+        cold_start_ms: 0,
         expires_at,
         seq,
         addrs: vec![],

@@ -95,6 +95,10 @@ pub struct ServeConfig {
     pub capacity: Option<usize>,
     /// Requests generated at once.
     pub max_batch: Option<usize>,
+    /// Memory for the KV cache, MiB.
+    pub kv_memory_mib: Option<u64>,
+    /// Memory the loaded models may take together, MiB.
+    pub memory_budget_mib: Option<u64>,
     /// Requests that may wait for a generation slot.
     pub queue: Option<usize>,
     /// Most unpaid value per channel.

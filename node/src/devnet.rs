@@ -211,7 +211,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         anvil.fund(id.address(), U256::from(100 * ETH)).await?;
         let chain = ChainClient::connect(&endpoint, id.evm.clone(), deployment)?;
         chain.register_node(&id.public_key(), Wei(ETH)).await?;
-        let generator = EngineGenerator::open(Model::load(&config.model)?, config.backend)?;
+        let generator = EngineGenerator::open(Model::load(&config.model)?, config.backend, Default::default())?;
         device = generator.device();
         let store = Arc::new(SledStore::open(&run_dir.join(format!("node-{i}")))?);
         let network = start_network(
@@ -223,9 +223,11 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
                 ..NetConfig::default()
             },
         )?;
-        let offer = offer(generator, price, Speed { decode_tokens_per_s: 20, ttft_ms: 200 }, Some(datanet.clone()));
+        let generator = Arc::new(generator);
+        let speed = Speed { decode_tokens_per_s: 20, ttft_ms: 200 };
+        let offer = offer(&generator.model_arc(), generator.clone(), price, speed, Some(datanet.clone()));
         let limits = Limits { capacity: 1, exposure_limit: Wei(ETH), ..Limits::default() };
-        start_provider(&id, store.clone(), &chain, offer, limits, &network);
+        start_provider(&id, store.clone(), &chain, vec![offer], limits, &network);
         if boot.is_empty() {
             boot = listening_addrs(&network).await?;
         }

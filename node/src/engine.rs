@@ -1,15 +1,18 @@
 //! The compute engine as the network's [`Generator`]: tokenise the request (with the
 //! model's chat template for chats), generate, and stream each token's text.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use attrinet_compute::{Backend, ChatTurn, Engine, GenerateParams, Model, SamplingParams};
+use attrinet_compute::{
+    Backend, BatchOptions, BatchStats, Batcher, ChatTurn, Engine, GenerateParams, Model, SamplingParams,
+};
 use attrinet_p2p::{GenerateError, Generator, Prompt, Sampling};
 
-/// One model on one engine. Generation is serialised: an engine holds one KV cache.
+/// One model on one engine, whose [`Batcher`] decodes the requests of every generation
+/// slot together.
 pub struct EngineGenerator {
-    model: Model,
-    engine: Mutex<Box<dyn Engine>>,
+    model: Arc<Model>,
+    batcher: Batcher,
 }
 
 impl std::fmt::Debug for EngineGenerator {
@@ -19,15 +22,37 @@ impl std::fmt::Debug for EngineGenerator {
 }
 
 impl EngineGenerator {
-    /// Opens `backend`'s engine on `model`.
-    pub fn open(model: Model, backend: Backend) -> Result<EngineGenerator, attrinet_compute::Error> {
-        let engine = attrinet_compute::open_engine(&model, backend)?;
+    /// Opens `backend`'s engine on `model`, batching as `batch` says.
+    pub fn open(
+        model: impl Into<Arc<Model>>,
+        backend: Backend,
+        batch: BatchOptions,
+    ) -> Result<EngineGenerator, attrinet_compute::Error> {
+        let model = model.into();
+        let engine = attrinet_compute::open_engine_with(&model, backend, batch)?;
         Ok(EngineGenerator::new(model, engine))
     }
 
     /// Wraps an engine opened on `model`.
-    pub fn new(model: Model, engine: Box<dyn Engine>) -> EngineGenerator {
-        EngineGenerator { model, engine: Mutex::new(engine) }
+    pub fn new(model: impl Into<Arc<Model>>, engine: Box<dyn Engine>) -> EngineGenerator {
+        let model = model.into();
+        let batcher = Batcher::new(engine, model.config().vocab_size);
+        EngineGenerator { model, batcher }
+    }
+
+    /// The model, shared.
+    pub fn model_arc(&self) -> Arc<Model> {
+        self.model.clone()
+    }
+
+    /// What the batch is doing.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Sequences decoded together.
+    pub fn max_batch(&self) -> usize {
+        self.batcher.max_batch()
     }
 
     /// The model.
@@ -37,20 +62,25 @@ impl EngineGenerator {
 
     /// The device the engine runs on.
     pub fn device(&self) -> String {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner()).device_name()
+        self.batcher.device_name().to_owned()
     }
 
     /// Prompt tokens: raw text as is (special tokens written in it are parsed, as
     /// llama.cpp does), chats through the model's template (`ChatTemplate`: the file's own
     /// Jinja, or a built-in rendering of ChatML and Zephyr).
     pub fn tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
-        match prompt {
-            Prompt::Text(t) => Ok(self.model.tokenizer().encode_prompt(t)),
-            Prompt::Chat(messages) => {
-                let turns: Vec<ChatTurn<'_>> =
-                    messages.iter().map(|m| ChatTurn { role: &m.role, content: &m.content }).collect();
-                self.model.chat_tokens(&turns).map_err(|e| GenerateError::Prompt(Box::new(e)))
-            }
+        prompt_tokens(&self.model, prompt)
+    }
+}
+
+/// `prompt`'s tokens for `model` (see [`EngineGenerator::tokens`]).
+pub(crate) fn prompt_tokens(model: &Model, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
+    match prompt {
+        Prompt::Text(t) => Ok(model.tokenizer().encode_prompt(t)),
+        Prompt::Chat(messages) => {
+            let turns: Vec<ChatTurn<'_>> =
+                messages.iter().map(|m| ChatTurn { role: &m.role, content: &m.content }).collect();
+            model.chat_tokens(&turns).map_err(|e| GenerateError::Prompt(Box::new(e)))
         }
     }
 }
@@ -109,18 +139,16 @@ impl Generator for EngineGenerator {
             stop_tokens: stops.clone(),
         };
         let mut decoder = tok.stream_decoder();
-        let mut open = true;
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        engine
-            .generate(&tokens, &params, &mut |id| {
+        self.batcher
+            .generate(tokens, params, &mut |id| {
                 // A stop token ends the answer; it is neither delivered nor billed.
-                if !open || stops.contains(&id) {
-                    return;
+                if stops.contains(&id) {
+                    return true;
                 }
                 let text = decoder.push(id).unwrap_or_default();
-                // The engine cannot be interrupted mid-call; once the client is gone the
-                // remaining tokens are dropped.
-                open = on_token(id, text);
+                // `false` once the client is gone: the sequence leaves the batch at the
+                // next step.
+                on_token(id, text)
             })
             .map(|_| ())
             .map_err(|e| GenerateError::Engine(Box::new(e)))

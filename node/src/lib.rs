@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod keys;
 pub mod loopback;
 mod metrics;
+pub mod pool;
 pub mod serve;
 mod store;
 pub mod watch;

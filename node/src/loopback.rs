@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attrinet_compute::{Backend, Model, open_engine};
+use attrinet_compute::{Backend, Model};
 use attrinet_market::{ChannelId, ChannelParams, ChannelState, Domain, Identity, MemStore, ModelId, Price, Store, Wei};
-use attrinet_p2p::{Client, Limits, NetConfig, Offer, Payer, Provider};
+use attrinet_p2p::{Client, Generator, Limits, NetConfig, Offer, Payer, Provider};
 
 use crate::EngineGenerator;
 
@@ -19,6 +19,8 @@ pub struct Loopback {
     pub payer: Payer,
     /// The provider, for its load.
     pub provider: Provider,
+    /// The provider's engine, for its batch (when it serves one model).
+    pub generator: Option<Arc<EngineGenerator>>,
     /// The provider's store.
     pub provider_store: Arc<MemStore>,
     /// The client's store.
@@ -65,26 +67,41 @@ pub async fn loopback(
     deposit: Wei,
     limits: Limits,
 ) -> anyhow::Result<Loopback> {
-    let model_id = ModelId::from(model.id().0);
+    // The offer caps the context at 256 tokens: 256 MiB of KV cache is plenty.
+    let batch = crate::serve::batch_options(&model, limits.capacity.min(attrinet_compute::MAX_BATCH), Some(256));
+    let generator = Arc::new(EngineGenerator::open(model, backend, batch)?);
+    let offer = loopback_offer(&generator.model_arc(), name, generator.clone());
+    let mut lb = loopback_offers(vec![offer], deposit, limits).await?;
+    lb.generator = Some(generator);
+    Ok(lb)
+}
+
+/// An offer of `model` as `name` at 1,000 / 3,000 wei per 1,000 input / output tokens,
+/// its context capped at 256 tokens.
+pub fn loopback_offer(model: &Model, name: &str, generator: Arc<dyn Generator>) -> Offer {
     let context_length = u32::try_from(model.config().context_length).unwrap_or(u32::MAX);
-    let engine = open_engine(&model, backend)?;
-    let generator = EngineGenerator::new(model, engine);
-    let node = Identity::from_secrets([1; 32], [2; 32])?;
-    let client = Identity::from_secrets([3; 32], [4; 32])?;
-    let (pnet, ploop) = attrinet_p2p::new(node.clone(), net())?;
-    let h1 = tokio::spawn(ploop.run());
-    let provider_store = Arc::new(MemStore::new());
-    let offer = Offer {
-        model: model_id,
+    Offer {
+        model: ModelId::from(model.id().0),
         name: name.into(),
         price: Price { per_1k_input: Wei(1_000), per_1k_output: Wei(3_000) },
         context_length: context_length.min(256),
         decode_tokens_per_s: 100,
         ttft_ms: 5,
-        generator: Arc::new(generator),
+        generator,
         datanet: None,
-    };
-    let provider = Provider::new(node.clone(), provider_store.clone(), vec![offer], limits);
+    }
+}
+
+/// Serves `offers` under `limits` and opens a channel of `deposit` to the provider from a
+/// client, once the client sees the provider's adverts.
+pub async fn loopback_offers(offers: Vec<Offer>, deposit: Wei, limits: Limits) -> anyhow::Result<Loopback> {
+    let node = Identity::from_secrets([1; 32], [2; 32])?;
+    let client = Identity::from_secrets([3; 32], [4; 32])?;
+    let (pnet, ploop) = attrinet_p2p::new(node.clone(), net())?;
+    let h1 = tokio::spawn(ploop.run());
+    let provider_store = Arc::new(MemStore::new());
+    let n_offers = offers.len();
+    let provider = Provider::new(node.clone(), provider_store.clone(), offers, limits);
     let h2 = tokio::spawn(provider.clone().serve(pnet.clone()));
     let addr = loop {
         if let Some(a) = pnet.listen_addrs().await?.into_iter().next() {
@@ -111,17 +128,18 @@ pub async fn loopback(
     provider_store.put_channel(&state)?;
     let mut seen = false;
     for _ in 0..300 {
-        if !cnet.market().await?.all(attrinet_p2p::unix_now()).is_empty() {
+        if cnet.market().await?.all(attrinet_p2p::unix_now()).len() >= n_offers {
             seen = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::ensure!(seen, "the client never saw the provider's advert");
+    anyhow::ensure!(seen, "the client never saw the provider's adverts");
     Ok(Loopback {
         client_net: cnet,
         payer: Payer::new(client, client_store.clone(), Duration::from_secs(30)),
         provider,
+        generator: None,
         provider_store,
         client_store,
         channel,

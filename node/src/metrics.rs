@@ -18,19 +18,30 @@ pub struct Metrics {
     pub paid_wei: AtomicU64,
     /// Connected peers, as last sampled.
     pub peers: AtomicU64,
+    /// Models loaded into an engine (a node serving several loads them on demand).
+    pub model_loads: AtomicU64,
+    /// Models evicted to make room for another under the memory budget.
+    pub model_evictions: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 6] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
             ("attrinet_requests_total", "counter", "Inference requests received.", &self.requests),
             ("attrinet_request_errors_total", "counter", "Inference requests that failed.", &self.request_errors),
             ("attrinet_tokens_total", "counter", "Tokens received from providers.", &self.tokens),
             ("attrinet_receipts_total", "counter", "Co-signed receipts.", &self.receipts),
             ("attrinet_paid_wei_total", "counter", "Wei committed through co-signed receipts.", &self.paid_wei),
             ("attrinet_peers", "gauge", "Connected peers.", &self.peers),
+            ("attrinet_model_loads_total", "counter", "Models loaded into an engine.", &self.model_loads),
+            (
+                "attrinet_model_evictions_total",
+                "counter",
+                "Models evicted under the memory budget.",
+                &self.model_evictions,
+            ),
         ];
         for (name, kind, help, v) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));

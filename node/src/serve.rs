@@ -12,28 +12,35 @@ use attrinet_chain::{
     ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
     SettlementPolicy, StoreSource,
 };
-use attrinet_compute::{Backend, Model};
+use attrinet_compute::{Backend, BatchOptions, Model};
 use attrinet_market::{ChannelId, ChannelParams, ChannelState, Datanet, Identity, ModelId, Price, Split, Store, Wei};
 use attrinet_p2p::{ChannelLookup, Limits, LookupError, Multiaddr, NetConfig, Offer, Provider};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::engine::{EngineGenerator, Speed};
+use crate::engine::Speed;
 use crate::metrics::Metrics;
+use crate::pool::ModelPool;
 use crate::store::SledStore;
 
 /// Everything `serve` runs with, after flags, environment and file are merged.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// The GGUF file.
-    pub model: PathBuf,
+    /// The GGUF files.
+    pub models: Vec<PathBuf>,
+    /// Memory the loaded models may take together, MiB (weights and KV cache); models are
+    /// loaded on first request and evicted least recently used (default: no limit).
+    pub memory_budget_mib: Option<u64>,
     /// Prices per 1,000 tokens.
     pub price: Price,
     /// Engine backend.
     pub backend: Backend,
-    /// Requests generated at once.
+    /// Requests generated at once: the engine's batch.
     pub capacity: usize,
+    /// Memory for the KV cache the batch shares, MiB (default: a full context per batch
+    /// slot, at most 1 GiB; at least one full context).
+    pub kv_memory_mib: Option<u64>,
     /// Requests that may wait for a generation slot.
     pub queue: usize,
     /// Most unpaid value per channel.
@@ -117,19 +124,46 @@ impl ChannelLookup for ChainLookup {
     }
 }
 
-/// What `serve` reports once it is up.
+/// One model `serve` offers.
 #[derive(Clone, Debug)]
-pub struct Serving {
+pub struct Served {
     /// The model's id.
     pub model: ModelId,
     /// Its name in adverts.
     pub name: String,
+    /// What it measured and advertises.
+    pub speed: Speed,
+}
+
+/// What `serve` reports once it is up.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    /// The models, in the order given.
+    pub models: Vec<Served>,
     /// The device.
     pub device: String,
     /// Where the node listens.
     pub addrs: Vec<Multiaddr>,
-    /// What it measured and advertises.
-    pub speed: crate::engine::Speed,
+}
+
+/// Default KV memory: enough for every batch slot to fill its context, up to this.
+const DEFAULT_KV_MIB: u64 = 1024;
+
+/// The engine's batch: `max_batch` sequences sharing `kv_memory_mib` of KV cache.
+pub fn batch_options(model: &Model, max_batch: usize, kv_memory_mib: Option<u64>) -> BatchOptions {
+    let per_token = model.config().kv_bytes_per_token().max(1) as u64;
+    let context = model.config().context_length.min(4096);
+    let budget = kv_memory_mib.unwrap_or(DEFAULT_KV_MIB).saturating_mul(1 << 20);
+    let full = (context * max_batch) as u64;
+    let tokens = (budget / per_token).min(full);
+    if tokens < context as u64 {
+        eprintln!(
+            "a KV budget of {} MiB holds {tokens} tokens, less than one context of {context}: using one context ({} MiB)",
+            budget >> 20,
+            (context as u64 * per_token).div_ceil(1 << 20)
+        );
+    }
+    BatchOptions { max_batch: max_batch.clamp(1, attrinet_compute::MAX_BATCH), kv_tokens: Some(tokens as usize) }
 }
 
 /// Runs the node until `shutdown` turns true; `ready` is called once it serves.
@@ -141,41 +175,67 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(&Serving),
 ) -> anyhow::Result<()> {
-    let model = load_model_with_progress(&opts.model)?;
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("opening the {:?} engine", opts.backend));
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    let generator = EngineGenerator::open(model, opts.backend)?;
-    spinner.finish_and_clear();
+    if opts.models.is_empty() {
+        bail!("no model to serve: give --model FILE.gguf (several, or a folder of them, to serve more than one)");
+    }
+    if opts.datanet.is_some() && opts.models.len() > 1 {
+        bail!("--datanet attributes one model's answers: serve a model with a datanet on its own");
+    }
+    let mut models = Vec::with_capacity(opts.models.len());
+    for path in &opts.models {
+        let model = Arc::new(load_model_with_progress(path)?);
+        let batch = batch_options(&model, opts.capacity, opts.kv_memory_mib);
+        eprintln!("{}: chats are rendered with {}", model.name().unwrap_or("model"), model.chat_template().name());
+        models.push((model, batch));
+    }
+    let ids: Vec<ModelId> = models.iter().map(|(m, _)| ModelId::from(m.id().0)).collect();
+    if let Some(dup) = ids.iter().enumerate().find_map(|(i, id)| ids[..i].contains(id).then_some(id)) {
+        bail!("model {dup} is given twice (the same file, or a copy of it)");
+    }
+    let budget = opts.memory_budget_mib.map(|m| m.saturating_mul(1 << 20));
+    let pool = ModelPool::new(models, opts.backend, budget, metrics.clone());
     let datanet = match &opts.datanet {
         Some(p) => Some(Arc::new(crate::datanet::load_datanet(p)?)),
         None => None,
     };
-    let model_id = ModelId::from(generator.model().id().0);
-    eprintln!("chats are rendered with {}", generator.model().chat_template().name());
 
     let chain = crate::client::connect_chain(&opts.rpc, &identity, opts.deployment).await?;
     let datanet_root = datanet.as_ref().map(|d| d.root());
-    register(&chain, &identity, &opts, model_id, datanet_root).await?;
+    for &id in &ids {
+        register(&chain, &identity, &opts, id, datanet_root).await?;
+    }
 
-    let device = generator.device();
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("measuring speed on {device}"));
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    let speed = generator.measure(16).context("the engine failed its first generation")?;
-    spinner.finish_and_clear();
+    // Each model is loaded once now, to measure what its advert says; under a memory
+    // budget the pool evicts the older ones as the later ones load.
+    let mut device = String::new();
+    let mut offers = Vec::with_capacity(ids.len());
+    let mut served = Vec::with_capacity(ids.len());
+    for (i, model) in pool.models().enumerate() {
+        let name = model.name().unwrap_or("model").to_owned();
+        let spinner = indicatif::ProgressBar::new_spinner()
+            .with_message(format!("opening the {:?} engine for {name} and measuring its speed", opts.backend));
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        let engine = pool.engine(i)?;
+        device = engine.device();
+        let speed = engine.measure(16).with_context(|| format!("{name} failed its first generation"))?;
+        drop(engine);
+        spinner.finish_and_clear();
+        let generator = Arc::new(pool.generator(i));
+        offers.push(offer(model, generator, opts.price, speed, datanet.clone()));
+        served.push(Served { model: ids[i], name, speed });
+    }
     let network = start_network(
         &identity,
         NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() },
     )?;
-    let offer = offer(generator, opts.price, speed, datanet);
-    let name = offer.name.clone();
     let limits =
         Limits { capacity: opts.capacity, queue: opts.queue, exposure_limit: opts.exposure_limit, ..Limits::default() };
-    let serving = start_provider(&identity, store.clone(), &chain, offer, limits, &network);
+    let serving = start_provider(&identity, store.clone(), &chain, offers, limits, &network);
     let addrs = listening_addrs(&network).await?;
     metrics
         .peers
         .store(network.peers().await.map(|p| p.len()).unwrap_or_default() as u64, std::sync::atomic::Ordering::Relaxed);
-    ready(&Serving { model: model_id, name, device, addrs, speed });
+    ready(&Serving { models: served, device, addrs });
 
     let settler = settler(&chain, &store, opts.policy);
     let served_root = datanet_root.unwrap_or_default();
@@ -188,15 +248,17 @@ pub async fn serve(
             Ok(frozen) => frozen.iter().for_each(|c| eprintln!("channel {c} is thawing: no more service on it")),
             Err(e) => warn!(target: "serve", %e, "cannot read thaws; retrying next pass"),
         }
-        // The owner may change the model's datanet; an hour later, weights against the old
-        // one become disputable. Stop serving it rather than risk the bond.
-        match chain.datanet_root(model_id).await {
-            Ok(Some(root)) if root != served_root => {
-                stopped_for = Some(root);
-                break;
+        // The owner may change a model's datanet; an hour later, weights against the old
+        // one become disputable. Stop serving rather than risk the bond.
+        for &model_id in &ids {
+            match chain.datanet_root(model_id).await {
+                Ok(Some(root)) if root != served_root => stopped_for = Some((model_id, root)),
+                Ok(_) => {}
+                Err(e) => warn!(target: "serve", %e, "cannot read the model's datanet; retrying next pass"),
             }
-            Ok(_) => {}
-            Err(e) => warn!(target: "serve", %e, "cannot read the model's datanet; retrying next pass"),
+        }
+        if stopped_for.is_some() {
+            break;
         }
         match settler.tick().await {
             Ok(actions) => {
@@ -239,7 +301,7 @@ pub async fn serve(
     }
     serving.abort();
     store.flush()?;
-    if let Some(root) = stopped_for {
+    if let Some((model_id, root)) = stopped_for {
         bail!(
             "model {model_id}'s datanet changed on chain to {root} (this node served {served_root}): stopped serving; restart with the new datanet (--datanet), or none if it has none"
         );
@@ -254,9 +316,14 @@ pub fn start_network(identity: &Identity, config: NetConfig) -> anyhow::Result<a
     Ok(network)
 }
 
-/// What a node offers of the model its engine holds, at `price`, advertising `speed`.
-pub fn offer(generator: EngineGenerator, price: Price, speed: Speed, datanet: Option<Arc<Datanet>>) -> Offer {
-    let model = generator.model();
+/// What a node offers of `model`, generated by `generator`, at `price`, advertising `speed`.
+pub fn offer(
+    model: &Model,
+    generator: Arc<dyn attrinet_p2p::Generator>,
+    price: Price,
+    speed: Speed,
+    datanet: Option<Arc<Datanet>>,
+) -> Offer {
     Offer {
         model: ModelId::from(model.id().0),
         name: model.name().unwrap_or("model").to_string(),
@@ -264,22 +331,22 @@ pub fn offer(generator: EngineGenerator, price: Price, speed: Speed, datanet: Op
         context_length: model.config().context_length as u32,
         decode_tokens_per_s: speed.decode_tokens_per_s,
         ttft_ms: speed.ttft_ms,
-        generator: Arc::new(generator),
+        generator,
         datanet,
     }
 }
 
-/// Serves `offer` on `network` (spawned): channels the store does not hold yet are
+/// Serves `offers` on `network` (spawned): channels the store does not hold yet are
 /// looked up on chain, so a client can open one and query at once.
 pub fn start_provider(
     identity: &Identity,
     store: Arc<SledStore>,
     chain: &ChainClient,
-    offer: Offer,
+    offers: Vec<Offer>,
     limits: Limits,
     network: &attrinet_p2p::Client,
 ) -> tokio::task::JoinHandle<Result<(), attrinet_p2p::NetError>> {
-    let provider = Provider::new(identity.clone(), store, vec![offer], limits)
+    let provider = Provider::new(identity.clone(), store, offers, limits)
         .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
     tokio::spawn(provider.serve(network.clone()))
 }

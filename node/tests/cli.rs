@@ -141,7 +141,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let mut measured = None;
     let bootstrap = loop {
         let line = rx.recv_timeout(Duration::from_secs(120)).expect("serve prints its address");
-        if let Some(rest) = line.strip_prefix("measured ") {
+        if let Some((_, rest)) = line.split_once(": measured ") {
             measured = rest.split(' ').next().and_then(|n| n.parse::<u32>().ok());
         }
         if let Some(addr) = line.strip_prefix("listening on ") {

@@ -5,3 +5,4 @@ mod cli;
 mod common;
 mod devnet;
 mod gateway;
+mod serving;

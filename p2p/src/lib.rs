@@ -21,6 +21,7 @@ mod batches;
 mod network;
 mod payer;
 mod provider;
+mod slots;
 mod wire;
 
 pub use batches::{BATCH_PROTOCOL, BatchMsg, BatchRequest, FetchError, FetchedBatch, MAX_BATCH_RECEIPTS, fetch_batch};

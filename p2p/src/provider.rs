@@ -13,10 +13,11 @@ use attrinet_market::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use libp2p::{PeerId, Stream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::network::{Client, OfferTemplate, peer_key, unix_now};
+use crate::slots::{Slot, Slots};
 use crate::wire::{
     ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, WireError, read_msg,
     write_msg,
@@ -60,6 +61,12 @@ pub trait Generator: Send + Sync + 'static {
         sampling: &Sampling,
         on_token: &mut dyn FnMut(u32, String) -> bool,
     ) -> Result<(), GenerateError>;
+
+    /// Milliseconds to load the model before it can generate: 0 while it is loaded (what
+    /// adverts say, so that clients count a cold start).
+    fn cold_start_ms(&self) -> u32 {
+        0
+    }
 }
 
 /// One model this node serves.
@@ -152,9 +159,8 @@ struct Inner {
     store: Arc<dyn Store>,
     offers: HashMap<ModelId, Offer>,
     limits: Limits,
-    /// Generation slots; tokio's semaphore hands them out in the order they were asked for,
-    /// which makes the waiters a FIFO queue.
-    slots: Semaphore,
+    /// Generation slots: a FIFO queue in which a peer past its fair share gives way.
+    slots: Slots,
     /// Requests waiting for a slot.
     queued: AtomicUsize,
     per_peer: Mutex<HashMap<PeerId, u32>>,
@@ -213,7 +219,7 @@ impl Provider {
                 lookup: OnceLock::new(),
                 store,
                 offers: offers.into_iter().map(|o| (o.model, o)).collect(),
-                slots: Semaphore::new(limits.capacity),
+                slots: Slots::new(limits.capacity),
                 queued: AtomicUsize::new(0),
                 limits,
                 per_peer: Mutex::new(HashMap::new()),
@@ -246,6 +252,7 @@ impl Provider {
                     free_capacity: self.free_capacity(),
                     decode_tokens_per_s: o.decode_tokens_per_s,
                     ttft_ms: o.ttft_ms,
+                    cold_start_ms: o.generator.cold_start_ms(),
                     expires_at: 0,
                     seq: 0,
                     addrs: vec![],
@@ -265,17 +272,17 @@ impl Provider {
 
     /// Requests generating and requests waiting for a slot, now.
     pub fn load(&self) -> (usize, usize) {
-        let free = self.inner.slots.available_permits();
-        (self.inner.limits.capacity.saturating_sub(free), self.inner.queued.load(Ordering::SeqCst))
+        (self.inner.slots.running(), self.inner.queued.load(Ordering::SeqCst))
     }
 
     /// Takes a generation slot: at once if one is free, else after the requests queued
-    /// before this one, telling the client its place while it waits (which also keeps its
-    /// idle timeout from firing); `Busy` when the queue is full too.
-    async fn take_slot(&self, stream: &mut Stream) -> Result<tokio::sync::SemaphorePermit<'_>, ErrorReply> {
+    /// before this one (unless their peer holds its fair share, see [`Slots`]), telling the
+    /// client its place while it waits (which also keeps its idle timeout from firing);
+    /// `Busy` when the queue is full too.
+    async fn take_slot(&self, peer: PeerId, stream: &mut Stream) -> Result<Slot, ErrorReply> {
         let limits = self.inner.limits;
-        if let Ok(permit) = self.inner.slots.try_acquire() {
-            return Ok(permit);
+        if let Some(slot) = self.inner.slots.try_take(peer) {
+            return Ok(slot);
         }
         let queued = &self.inner.queued;
         let ahead = queued.fetch_add(1, Ordering::SeqCst);
@@ -293,8 +300,7 @@ impl Provider {
                 format!("all {} generation slots are busy and {} requests are queued", limits.capacity, limits.queue),
             ));
         }
-        let acquire = self.inner.slots.acquire();
-        tokio::pin!(acquire);
+        let mut acquire = self.inner.slots.wait(peer);
         let deadline = tokio::time::Instant::now() + limits.total_timeout;
         let every = limits.idle_timeout / 3;
         let mut position = ahead as u32 + 1;
@@ -311,7 +317,7 @@ impl Provider {
                 ));
             }
             tokio::select! {
-                permit = &mut acquire => return permit.map_err(|_| reply(ErrorCode::Internal, "the provider is stopping")),
+                slot = &mut acquire => return slot.map_err(|_| reply(ErrorCode::Internal, "the provider is stopping")),
                 () = tokio::time::sleep(every) => {
                     // Somewhere among those now waiting; a bound, not an exact place.
                     position = position.min(queued.load(Ordering::SeqCst) as u32).max(1);
@@ -320,16 +326,18 @@ impl Provider {
         }
     }
 
-    /// Republishes the adverts when the free capacity changed, at most once per
+    /// Republishes the adverts when the free capacity or a model's cold start changed, at most once per
     /// [`CAPACITY_REFRESH`]: often enough for clients to route around a full provider, rare
     /// enough that a busy node does not flood the advert topic.
     async fn refresh_capacity(self, network: Client) {
-        let mut published = self.free_capacity();
+        let mut published: Vec<(u32, u32)> =
+            self.adverts().iter().map(|a| (a.advert.free_capacity, a.advert.cold_start_ms)).collect();
         let mut tick = tokio::time::interval(CAPACITY_REFRESH);
         loop {
             tick.tick().await;
             let adverts = self.adverts();
-            let now = adverts.first().map_or(published, |a| a.advert.free_capacity);
+            let now: Vec<(u32, u32)> =
+                adverts.iter().map(|a| (a.advert.free_capacity, a.advert.cold_start_ms)).collect();
             if now != published {
                 if network.update_adverts(adverts).await.is_err() {
                     return; // the network stopped
@@ -526,7 +534,7 @@ impl Provider {
         let channel = self.channel(&request.channel, &peer).await?;
         // Only a request that would be served waits for a slot, and it holds no exposure
         // while it waits: a peer cannot fill the queue with requests bound to be refused.
-        let _slot = self.take_slot(stream).await?;
+        let _slot = self.take_slot(peer, stream).await?;
         let reservation = {
             let mut ch = channel.lock().await;
             self.refresh(&mut ch)?;

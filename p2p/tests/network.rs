@@ -171,6 +171,7 @@ async fn bad_adverts_are_rejected_and_their_sender_penalised() {
         free_capacity: 1,
         decode_tokens_per_s: 1000,
         ttft_ms: 1,
+        cold_start_ms: 0,
         expires_at,
         seq,
         addrs: vec![],

@@ -22,15 +22,20 @@ mod weights;
 
 use std::sync::{Arc, Mutex};
 
-use crate::engine::{BackendKind, Engine, check_input};
+use crate::engine::{BackendKind, Engine, KvPool, SeqChunk, check_batch};
 use crate::error::{Error, Result};
 use crate::model::{Activation, Model};
 use crate::sampling::SamplingParams;
 use kernels::{Kernel, Pipelines, is_quantized};
 use weights::{WeightBuffer, upload_f32, upload_stacked, upload_weight};
 
-/// Prompt tokens per prefill submission: bounds the activation and attention-score buffers.
+/// Tokens per submission: bounds the activation and attention-score buffers, and so the
+/// tokens of one batched step (the step uniform has a row per token).
 const PREFILL_CHUNK: usize = 64;
+/// Sequences one engine batches at most (the step uniform has a row per sampled sequence).
+pub const MAX_BATCH: usize = 64;
+/// Tokens per KV-cache page (`PAGE` in common.wgsl).
+const PAGE_TOKENS: usize = 32;
 /// Context used when the model's own is longer, unless [`WgpuOptions::max_context`] says
 /// otherwise: the KV cache is allocated up front for the whole context.
 const DEFAULT_MAX_CONTEXT: usize = 4096;
@@ -45,6 +50,11 @@ pub struct WgpuOptions {
     pub max_context: Option<usize>,
     /// How the matrix kernels spread work (default: chosen by the adapter's type).
     pub kernels: KernelStyle,
+    /// Sequences decoded together (default 1; at most [`MAX_BATCH`]).
+    pub max_batch: Option<usize>,
+    /// Tokens of KV cache shared by the sequences, in pages of 32 (default: a full
+    /// context for each sequence; at least one full context).
+    pub kv_tokens: Option<usize>,
 }
 
 /// How the matrix kernels map rows onto invocations.
@@ -71,10 +81,20 @@ pub struct WgpuEngine {
     adapter_name: String,
     context_length: usize,
     vocab_size: usize,
-    position: usize,
+    max_batch: usize,
+    /// Each slot's position and pages, in order.
+    seqs: Vec<SeqState>,
+    free_pages: Vec<u32>,
+    pool_pages: usize,
+    pages_per_seq: usize,
     ops: Vec<Op>,
     pipelines: Vec<wgpu::ComputePipeline>,
     step_buf: wgpu::Buffer,
+    /// The step uniform of the tail (final norm, output, sampling), which runs over the
+    /// sampled sequences' rows rather than the chunk's tokens.
+    tail_step_buf: wgpu::Buffer,
+    /// Each slot's row of page numbers, `pages_per_seq` entries.
+    pages_buf: wgpu::Buffer,
     tokens_buf: wgpu::Buffer,
     out_buf: wgpu::Buffer,
     logits_buf: wgpu::Buffer,
@@ -89,7 +109,8 @@ impl std::fmt::Debug for WgpuEngine {
         f.debug_struct("WgpuEngine")
             .field("adapter", &self.adapter_name)
             .field("context_length", &self.context_length)
-            .field("position", &self.position)
+            .field("max_batch", &self.max_batch)
+            .field("positions", &self.seqs.iter().map(|s| s.position).collect::<Vec<_>>())
             .field("dispatches_per_token", &self.dispatches_per_token())
             .finish_non_exhaustive()
     }
@@ -100,8 +121,6 @@ impl std::fmt::Debug for WgpuEngine {
 enum Size {
     /// One workgroup per token.
     PerToken,
-    /// A fixed grid.
-    Fixed(u32),
     /// A matrix product with `rows` output rows: matrix-vector (`rows_per_wg` rows per
     /// workgroup) for one token, the `alt` matrix-matrix pipeline for more, tiled 32x32
     /// or one row per invocation.
@@ -130,7 +149,6 @@ impl Op {
     fn grid(&self, n: u32) -> (usize, (u32, u32)) {
         match self.size {
             Size::PerToken => (self.pipeline, (n, 1)),
-            Size::Fixed(x) => (self.pipeline, (x, 1)),
             Size::GridPerToken(x) => (self.pipeline, (x, n)),
             Size::Elems { per_token, wg } => (self.pipeline, ((per_token * n).div_ceil(wg), 1)),
             Size::Rows { rows, rows_per_wg, tiled } => match self.alt {
@@ -152,17 +170,82 @@ impl Op {
     }
 }
 
+/// A sequence's tokens so far and the pages holding them.
+#[derive(Debug, Clone, Default)]
+struct SeqState {
+    position: usize,
+    pages: Vec<u32>,
+}
+
+/// `Seq` in common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepUniform {
-    pos: u32,
-    n_tok: u32,
+struct SeqUniform {
+    row: u32,
     seed_lo: u32,
     seed_hi: u32,
     step: u32,
     greedy: u32,
     temperature: f32,
     top_p: f32,
+    _a: u32,
+}
+
+/// `Step` in common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepUniform {
+    n_tok: u32,
+    n_seq: u32,
+    pages_per_seq: u32,
+    _a: u32,
+    tok: [[u32; 4]; PREFILL_CHUNK],
+    seq: [SeqUniform; MAX_BATCH],
+}
+
+impl SeqUniform {
+    fn new(row: usize, sampling: &SamplingParams, step: u32) -> Self {
+        SeqUniform {
+            row: row as u32,
+            seed_lo: sampling.seed as u32,
+            seed_hi: (sampling.seed >> 32) as u32,
+            step,
+            greedy: sampling.is_greedy() as u32,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            _a: 0,
+        }
+    }
+}
+
+/// One submission's share of a sequence: tokens, and whether its last one samples.
+struct Piece<'a> {
+    seq: usize,
+    tokens: &'a [u32],
+    sample: Option<(&'a SamplingParams, u32)>,
+}
+
+/// Splits a batch into submissions of at most `PREFILL_CHUNK` tokens, in order; a chunk
+/// longer than the room left continues in the next submission, and only its final piece
+/// samples.
+fn split_submissions<'a>(chunks: &[SeqChunk<'a>]) -> Vec<Vec<Piece<'a>>> {
+    let mut subs: Vec<Vec<Piece<'a>>> = vec![Vec::new()];
+    let mut room = PREFILL_CHUNK;
+    for c in chunks {
+        let mut rest = c.tokens;
+        while !rest.is_empty() {
+            if room == 0 {
+                subs.push(Vec::new());
+                room = PREFILL_CHUNK;
+            }
+            let (now, later) = rest.split_at(rest.len().min(room));
+            room -= now.len();
+            rest = later;
+            let sample = if rest.is_empty() { c.sample } else { None };
+            subs.last_mut().expect("one at least").push(Piece { seq: c.seq, tokens: now, sample });
+        }
+    }
+    subs
 }
 
 /// Builds the ops of the forward pass; holds what recording needs.
@@ -173,6 +256,7 @@ struct Builder<'a> {
     index: std::collections::HashMap<Kernel, usize>,
     ops: Vec<Op>,
     step_buf: &'a wgpu::Buffer,
+    pages: &'a wgpu::Buffer,
     dummy: wgpu::Buffer,
     per_row: bool,
 }
@@ -411,15 +495,23 @@ impl WgpuEngine {
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
 
         let context_length = c.context_length.min(options.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
+        let max_batch = options.max_batch.unwrap_or(1);
+        if !(1..=MAX_BATCH).contains(&max_batch) {
+            return Err(Error::InvalidBatch(format!("max_batch {max_batch} is not within 1..={MAX_BATCH}")));
+        }
+        let pages_per_seq = context_length.div_ceil(PAGE_TOKENS);
+        let pool_pages =
+            options.kv_tokens.unwrap_or(context_length * max_batch).div_ceil(PAGE_TOKENS).max(pages_per_seq);
         let limits = device.limits();
         let kvd = c.n_kv_heads * c.head_dim;
         let max_binding = limits.max_storage_buffer_binding_size as usize;
-        let kv_bytes = context_length * kvd * 4;
+        let kv_bytes = pool_pages * PAGE_TOKENS * kvd * 4;
         let scratch_bytes = PREFILL_CHUNK * c.n_heads * context_length * 4;
         if kv_bytes > max_binding || scratch_bytes > max_binding {
             return Err(Error::Device(format!(
-                "a context of {context_length} tokens needs buffers of {} bytes, over the adapter's limit of {max_binding}; \
-                 lower max_context",
+                "a KV pool of {} tokens and a context of {context_length} need buffers of {} bytes, over the adapter's \
+                 limit of {max_binding}; lower max_context or the KV budget",
+                pool_pages * PAGE_TOKENS,
                 kv_bytes.max(scratch_bytes)
             )));
         }
@@ -440,20 +532,25 @@ impl WgpuEngine {
         let kmax = d.max(f).max(qd);
         let xq = storage(&device, "xq", ch * kmax / 32 * 32);
         let xs = storage(&device, "xs", ch * kmax / 32 * 8);
-        let last = storage(&device, "last", d * 4);
+        let last = storage(&device, "last", max_batch * d * 4);
         let scratch = storage(&device, "scores", scratch_bytes);
-        let logits_buf = storage(&device, "logits", c.vocab_size * 4);
-        let probs = storage(&device, "probs", c.vocab_size * 4);
+        let logits_buf = storage(&device, "logits", max_batch * c.vocab_size * 4);
+        let probs = storage(&device, "probs", max_batch * c.vocab_size * 4);
         let tokens_buf = storage(&device, "tokens", ch * 4);
-        let out_buf = storage(&device, "next token", 4);
-        let token_readback = readback(&device, "token readback", 4);
+        let out_buf = storage(&device, "next tokens", max_batch * 4);
+        let token_readback = readback(&device, "token readback", max_batch * 4);
         let logits_readback = readback(&device, "logits readback", c.vocab_size * 4);
-        let step_buf = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("step"),
-            size: std::mem::size_of::<StepUniform>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let uniform = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: std::mem::size_of::<StepUniform>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let step_buf = uniform("step");
+        let tail_step_buf = uniform("tail step");
+        let pages_buf = storage(&device, "page table", max_batch * pages_per_seq * 4);
         // Norm weights, biases and RoPE factors: small vectors, in f32.
         let f32_values = |name: &str| -> Result<Vec<f32>> {
             let (dtype, _, data) = model.tensor_data(name)?;
@@ -478,6 +575,7 @@ impl WgpuEngine {
             index: Default::default(),
             ops: Vec::new(),
             step_buf: &step_buf,
+            pages: &pages_buf,
             dummy: storage(&device, "dummy", 16),
             per_row: match options.kernels {
                 KernelStyle::Auto => info.device_type == wgpu::DeviceType::Cpu,
@@ -549,7 +647,7 @@ impl WgpuEngine {
                 Kernel::Rope,
                 None,
                 &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, c.rope_neox as u32],
-                &[&qkv, &kc, &vc, cs_buf],
+                &[&qkv, &kc, &vc, cs_buf, b.pages],
                 Size::GridPerToken(rope_items.div_ceil(64)),
             );
             let window = if c.is_sliding(l) { c.sliding_window.unwrap_or(0) as u32 } else { 0 };
@@ -564,7 +662,7 @@ impl WgpuEngine {
                     c.attention_scale.to_bits(),
                     window,
                 ],
-                &[&qkv, &kc, &vc, &scratch, &att],
+                &[&qkv, &kc, &vc, &scratch, &att, b.pages],
                 Size::GridPerToken(c.n_heads as u32),
             );
             if is_quantized(wo.dtype) {
@@ -595,6 +693,8 @@ impl WgpuEngine {
             flush_uploads(&device, &queue)?;
         }
         let out_norm = norm("output_norm.weight")?;
+        // The tail runs over the sampled sequences' rows: its ops read the tail uniform.
+        b.step_buf = &tail_step_buf;
         let first_final = b.ops.len();
         let out_w = if model.output_tensor_name() == "token_embd.weight" {
             embd
@@ -608,19 +708,18 @@ impl WgpuEngine {
             None,
             &[d as u32, eps, 1, out_quantized as u32, 0],
             &[&x, &out_norm, &last, &xq, &xs],
-            Size::Fixed(1),
+            Size::PerToken,
         );
         for (first, w) in &out_w {
             b.matmul(w, &last, &xq, &xs, &logits_buf, (c.vocab_size, *first as usize), false);
         }
-        // The final norm, quantization and output projection see one row (the last
-        // position's): the projection is forced to the matrix-vector kernel by leaving out
-        // the tiled alternative, and intermediate prompt chunks skip all three.
+        b.push(Kernel::Sample, None, &[c.vocab_size as u32], &[&logits_buf, &probs, &out_buf], Size::PerToken);
+        // The final norm, quantization, output projection and sampling see one row per
+        // sampled sequence; submissions that sample nothing (a long prompt's first
+        // chunks) skip them.
         for op in &mut b.ops[first_final..] {
-            op.alt = None;
             op.final_only = true;
         }
-        b.push(Kernel::Sample, None, &[c.vocab_size as u32], &[&logits_buf, &probs, &out_buf], Size::Fixed(1));
         let Builder { pipelines, ops, .. } = b;
 
         flush_uploads(&device, &queue)?;
@@ -644,10 +743,17 @@ impl WgpuEngine {
             adapter_name: format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend),
             context_length,
             vocab_size: c.vocab_size,
-            position: 0,
+            max_batch,
+            seqs: vec![SeqState::default(); max_batch],
+            // Popped from the end: the lowest pages are handed out first.
+            free_pages: (0..pool_pages as u32).rev().collect(),
+            pool_pages,
+            pages_per_seq,
             ops,
             pipelines,
             step_buf,
+            tail_step_buf,
+            pages_buf,
             tokens_buf,
             out_buf,
             logits_buf,
@@ -659,13 +765,25 @@ impl WgpuEngine {
 
     /// Device time per kernel for a forward pass over `n_tok` tokens, measured by
     /// submitting each dispatch alone and waiting for it (so it includes per-submission
-    /// overhead): for finding what to optimise, not a benchmark. Leaves the cache as it was.
+    /// overhead): for finding what to optimise, not a benchmark. Writes over the first
+    /// pages of the KV cache: profile an engine that holds no sequence.
     pub fn profile_kernels(&mut self, n_tok: usize) -> Result<Vec<(String, std::time::Duration)>> {
         let n = n_tok.clamp(1, PREFILL_CHUNK) as u32;
         let tokens = vec![0u32; n as usize];
-        let uniform =
-            StepUniform { pos: 0, n_tok: n, seed_lo: 0, seed_hi: 0, step: 0, greedy: 1, temperature: 0.0, top_p: 1.0 };
+        // Sequence 0 from position 0, as a prompt would run; its pages are the first ones.
+        let mut uniform: StepUniform = bytemuck::Zeroable::zeroed();
+        uniform.n_tok = n;
+        uniform.n_seq = 1;
+        uniform.pages_per_seq = self.pages_per_seq as u32;
+        for (t, row) in uniform.tok.iter_mut().take(n as usize).enumerate() {
+            *row = [0, t as u32, 0, 0];
+        }
+        uniform.seq[0] = SeqUniform::new(n as usize - 1, &SamplingParams::greedy(), 0);
+        let table: Vec<u32> = (0..self.pages_per_seq as u32).collect();
+        self.queue.write_buffer(&self.pages_buf, 0, bytemuck::cast_slice(&table));
         self.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
+        uniform.n_tok = 1;
+        self.queue.write_buffer(&self.tail_step_buf, 0, bytemuck::bytes_of(&uniform));
         self.queue.write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(&tokens));
         let mut totals: Vec<(String, std::time::Duration)> = Vec::new();
         for op in &self.ops {
@@ -688,6 +806,7 @@ impl WgpuEngine {
                 None => totals.push((name, start.elapsed())),
             }
         }
+        self.write_page_table();
         totals.sort_by_key(|t| std::cmp::Reverse(t.1));
         Ok(totals)
     }
@@ -697,74 +816,112 @@ impl WgpuEngine {
         self.ops.len()
     }
 
-    /// Records and submits the forward pass over `tokens` (at most one chunk), ending with
-    /// either the sampled token or the logits copied for readback.
-    fn submit_chunk(
-        &mut self,
-        tokens: &[u32],
-        sampling: Option<(&SamplingParams, u32)>,
-        want_logits: bool,
-        last: bool,
-    ) {
+    /// Takes free pages for every sequence of the batch to reach its new length, or fails
+    /// changing nothing.
+    fn allocate_pages(&mut self, chunks: &[SeqChunk<'_>]) -> Result<()> {
+        let needed: usize = chunks
+            .iter()
+            .map(|c| {
+                let s = &self.seqs[c.seq];
+                (s.position + c.tokens.len()).div_ceil(PAGE_TOKENS).saturating_sub(s.pages.len())
+            })
+            .sum();
+        if needed > self.free_pages.len() {
+            return Err(Error::KvCacheFull { needed, free: self.free_pages.len(), page_tokens: PAGE_TOKENS });
+        }
+        let mut table_changed = false;
+        for c in chunks {
+            let s = &mut self.seqs[c.seq];
+            while s.pages.len() < (s.position + c.tokens.len()).div_ceil(PAGE_TOKENS) {
+                s.pages.push(self.free_pages.pop().expect("counted above"));
+                table_changed = true;
+            }
+        }
+        if table_changed {
+            self.write_page_table();
+        }
+        Ok(())
+    }
+
+    fn write_page_table(&self) {
+        let mut table = vec![0u32; self.max_batch * self.pages_per_seq];
+        for (i, s) in self.seqs.iter().enumerate() {
+            table[i * self.pages_per_seq..][..s.pages.len()].copy_from_slice(&s.pages);
+        }
+        self.queue.write_buffer(&self.pages_buf, 0, bytemuck::cast_slice(&table));
+    }
+
+    /// Records and submits the forward pass over one submission's pieces (at most
+    /// `PREFILL_CHUNK` tokens), copying the tokens it samples to the readback buffer from
+    /// entry `sampled_before`, and the first sampled row's logits too when `want_logits`.
+    fn submit(&mut self, pieces: &[Piece<'_>], sampled_before: usize, want_logits: bool) -> usize {
+        let mut uniform: StepUniform = bytemuck::Zeroable::zeroed();
+        uniform.pages_per_seq = self.pages_per_seq as u32;
+        let mut tokens = Vec::with_capacity(PREFILL_CHUNK);
+        let mut n_seq = 0;
+        for piece in pieces {
+            let start = self.seqs[piece.seq].position;
+            for (i, &t) in piece.tokens.iter().enumerate() {
+                uniform.tok[tokens.len()] = [piece.seq as u32, (start + i) as u32, 0, 0];
+                tokens.push(t);
+            }
+            if let Some((s, step)) = piece.sample {
+                uniform.seq[n_seq] = SeqUniform::new(tokens.len() - 1, s, step);
+                n_seq += 1;
+            }
+            self.seqs[piece.seq].position += piece.tokens.len();
+        }
         let n = tokens.len() as u32;
-        let (temperature, top_p, seed, step, greedy) = match sampling {
-            Some((s, step)) => (s.temperature, s.top_p, s.seed, step, s.is_greedy() as u32),
-            None => (0.0, 1.0, 0, 0, 1),
-        };
-        let uniform = StepUniform {
-            pos: self.position as u32,
-            n_tok: n,
-            seed_lo: seed as u32,
-            seed_hi: (seed >> 32) as u32,
-            step,
-            greedy,
-            temperature,
-            top_p,
-        };
+        uniform.n_tok = n;
+        uniform.n_seq = n_seq as u32;
         self.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
-        self.queue.write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(tokens));
+        uniform.n_tok = n_seq as u32;
+        self.queue.write_buffer(&self.tail_step_buf, 0, bytemuck::bytes_of(&uniform));
+        self.queue.write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(&tokens));
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-            let n_ops = self.ops.len();
-            for (i, op) in self.ops.iter().enumerate() {
-                // Intermediate chunks of a long prompt only fill the KV cache.
-                if !last && op.final_only {
+            for op in &self.ops {
+                let rows = if op.final_only { n_seq as u32 } else { n };
+                // Submissions that sample nothing only fill the KV cache.
+                if rows == 0 {
                     continue;
                 }
-                let is_sample = i == n_ops - 1;
-                if is_sample && (!last || sampling.is_none()) {
-                    continue;
-                }
-                let (pipeline, grid) = op.grid(n);
+                let (pipeline, grid) = op.grid(rows);
                 pass.set_pipeline(&self.pipelines[pipeline]);
                 pass.set_bind_group(0, &op.bind_group, &[]);
                 pass.dispatch_workgroups(grid.0, grid.1, 1);
             }
         }
-        if last {
-            if sampling.is_some() {
-                encoder.copy_buffer_to_buffer(&self.out_buf, 0, &self.token_readback, 0, 4);
-            }
-            if want_logits {
+        if n_seq > 0 {
+            encoder.copy_buffer_to_buffer(
+                &self.out_buf,
+                0,
+                &self.token_readback,
+                sampled_before as u64 * 4,
+                n_seq as u64 * 4,
+            );
+            if want_logits && sampled_before == 0 {
                 let bytes = (self.vocab_size * 4) as u64;
                 encoder.copy_buffer_to_buffer(&self.logits_buf, 0, &self.logits_readback, 0, bytes);
             }
         }
         self.queue.submit([encoder.finish()]);
-        self.position += tokens.len();
+        n_seq
     }
 
-    /// Runs `tokens` through the model in chunks; the last chunk samples or keeps logits.
-    fn run(&mut self, tokens: &[u32], sampling: Option<(&SamplingParams, u32)>, want_logits: bool) -> Result<()> {
-        check_input(tokens, self.vocab_size, self.position, self.context_length)?;
-        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            self.submit_chunk(chunk, sampling, want_logits, i + 1 == chunks.len());
+    /// Runs a checked batch in as many submissions as its tokens need; returns how many
+    /// tokens it sampled (waiting in the readback buffer).
+    fn run(&mut self, chunks: &[SeqChunk<'_>], want_logits: bool) -> Result<usize> {
+        check_batch(self, self.vocab_size, chunks)?;
+        self.allocate_pages(chunks)?;
+        let mut sampled = 0;
+        for pieces in split_submissions(chunks) {
+            sampled += self.submit(&pieces, sampled, want_logits);
         }
-        Ok(())
+        Ok(sampled)
     }
 
     fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
@@ -801,28 +958,46 @@ impl Engine for WgpuEngine {
         self.context_length
     }
 
-    fn position(&self) -> usize {
-        self.position
+    fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
-    fn reset(&mut self) {
-        // Positions past `position` are never read, so the cache needs no clearing.
-        self.position = 0;
+    fn step_tokens(&self) -> usize {
+        PREFILL_CHUNK
     }
 
-    fn prefill(&mut self, tokens: &[u32], sampling: &SamplingParams, step: u32) -> Result<u32> {
-        sampling.validate()?;
-        self.run(tokens, Some((sampling, step)), false)?;
-        let bytes = self.read(&self.token_readback, 4)?;
-        let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        if token as usize >= self.vocab_size {
-            return Err(Error::Device(format!("the sampler returned token {token} (vocabulary {})", self.vocab_size)));
+    fn kv_pool(&self) -> KvPool {
+        KvPool { page_tokens: PAGE_TOKENS, pages: self.pool_pages, free_pages: self.free_pages.len() }
+    }
+
+    fn seq_position(&self, seq: usize) -> usize {
+        self.seqs.get(seq).map_or(0, |s| s.position)
+    }
+
+    fn release(&mut self, seq: usize) {
+        // Positions past a sequence's length are never read, so pages need no clearing.
+        if let Some(s) = self.seqs.get_mut(seq) {
+            self.free_pages.extend(s.pages.drain(..).rev());
+            s.position = 0;
         }
-        Ok(token)
+    }
+
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<u32>> {
+        let sampled = self.run(chunks, false)?;
+        if sampled == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self.read(&self.token_readback, sampled as u64 * 4)?;
+        let tokens: Vec<u32> = bytemuck::cast_slice(&bytes).to_vec();
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(Error::Device(format!("the sampler returned token {bad} (vocabulary {})", self.vocab_size)));
+        }
+        Ok(tokens)
     }
 
     fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.run(tokens, None, true)?;
+        let greedy = SamplingParams::greedy();
+        self.run(&[SeqChunk { seq: 0, tokens, sample: Some((&greedy, 0)) }], true)?;
         let bytes = self.read(&self.logits_readback, (self.vocab_size * 4) as u64)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }

@@ -353,6 +353,7 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
         free_capacity: 1,
         decode_tokens_per_s: 50,
         ttft_ms: 20,
+        cold_start_ms: 0,
         expires_at: u64::MAX,
         seq: 1,
         addrs: vec![],

@@ -2,6 +2,7 @@
 // grouped-query heads (query head h reads key/value head h / (n_heads / n_kv)). Scores go
 // to a scratch buffer so that the context length is not bounded by workgroup memory. With a
 // `window` (sliding-window layers) a query sees only its own and the window - 1 keys before.
+// A token attends to its own sequence's keys, found through its page table (see rope.wgsl).
 struct P { n_heads: u32, n_kv: u32, hd: u32, ctx: u32, scale: f32, window: u32, _b: u32, _c: u32 }
 @group(0) @binding(1) var<uniform> p: P;
 // The queries, inside the fused q/k/v buffer (see rope.wgsl).
@@ -10,6 +11,12 @@ struct P { n_heads: u32, n_kv: u32, hd: u32, ctx: u32, scale: f32, window: u32, 
 @group(0) @binding(4) var<storage, read> vc: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> pages: array<u32>;
+
+// The cache row of position j of the sequence whose page table starts at `table`.
+fn cache_row(table: u32, j: u32) -> u32 {
+    return pages[table + j / PAGE] * PAGE + j % PAGE;
+}
 
 const WG: u32 = 128u;
 var<workgroup> qv: array<f32, 256>;
@@ -21,7 +28,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let h = wg.x;
     let t = wg.y;
     let kvh = h / (p.n_heads / p.n_kv);
-    let len = st.pos + t + 1u;
+    let table = st.tok[t].x * st.pages_per_seq;
+    let len = st.tok[t].y + 1u;
     var start = 0u;
     if (p.window != 0u && len > p.window) { start = len - p.window; }
     let kvd = p.n_kv * p.hd;
@@ -33,7 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     var m = -3.402823e38;
     for (var j = start + lid; j < len; j += WG) {
-        let kb = j * kvd + kvh * p.hd;
+        let kb = cache_row(table, j) * kvd + kvh * p.hd;
         var s = 0.0;
         for (var d = 0u; d < p.hd; d++) { s += qv[d] * kc[kb + d]; }
         s = s * p.scale;
@@ -73,7 +81,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let c = idx / p.hd;
         var acc = 0.0;
         for (var j = start + c; j < len; j += chunks) {
-            acc += (scores[sb + j] / total) * vc[j * kvd + kvh * p.hd + d];
+            acc += (scores[sb + j] / total) * vc[cache_row(table, j) * kvd + kvh * p.hd + d];
         }
         part[idx] = acc;
     }

@@ -1,20 +1,36 @@
 // Shared by every kernel: the per-submission step uniform and packing helpers.
+// A submission is a chunk of tokens from any number of sequences (a batch).
 
-struct Step {
-    // Tokens already in the KV cache before this submission.
-    pos: u32,
-    // Tokens processed by this submission.
-    n_tok: u32,
+// One sequence whose next token this submission chooses: the chunk row holding its last
+// token, and how to sample (the seed and generation step select the random number).
+struct Seq {
+    row: u32,
     seed_lo: u32,
     seed_hi: u32,
-    // Generation step, which with the seed selects the sampler's random number.
     step: u32,
     greedy: u32,
     temperature: f32,
     top_p: f32,
+    _a: u32,
+}
+
+struct Step {
+    // Tokens processed by this submission (for the tail after the final norm: sequences).
+    n_tok: u32,
+    // Sequences sampled by this submission.
+    n_seq: u32,
+    // Entries of each sequence's row of the page table.
+    pages_per_seq: u32,
+    _a: u32,
+    // Per chunk token: (sequence slot, position within its sequence, 0, 0).
+    tok: array<vec4<u32>, 64>,
+    seq: array<Seq, 64>,
 }
 
 @group(0) @binding(0) var<uniform> st: Step;
+
+// Tokens per KV-cache page: a sequence's positions map to pages through the page table.
+const PAGE: u32 = 32u;
 
 // Eight values: one quarter of a 32-value GGML block.
 struct Q8 { a: vec4<i32>, b: vec4<i32> }

@@ -1,8 +1,8 @@
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, and with `quantize` the result also as
 // 8-bit blocks for the quantized products that read it (saving a dispatch). One workgroup
-// per token; with `last_only` a single workgroup normalises the chunk's last token into
-// row 0 (the final norm, whose only consumer is the output projection of the last
-// position). With `add` the result is added to `out` instead (a norm after attention or
+// per token; with `last_only` workgroup i normalises the last token of the submission's
+// i-th sampled sequence into row i (the final norm, whose only consumer is the output
+// projection of those positions). With `add` the result is added to `out` instead (a norm after attention or
 // the MLP, before the residual add).
 struct P { dim: u32, eps: f32, last_only: u32, quantize: u32, add: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(1) var<uniform> p: P;
@@ -19,8 +19,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var t = wg.x;
     var o = wg.x;
     if (p.last_only != 0u) {
-        t = st.n_tok - 1u;
-        o = 0u;
+        t = st.seq[wg.x].row;
     }
     var s = 0.0;
     for (var i = lid; i < p.dim; i += 256u) {

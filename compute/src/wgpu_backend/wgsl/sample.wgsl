@@ -1,4 +1,5 @@
-// Chooses the next token on the device, so one u32 comes back per step. One workgroup;
+// Chooses the next token on the device, so one u32 per sequence comes back per step. One
+// workgroup per sampled sequence, over its row of logits, with its own parameters;
 // invocation i owns a contiguous slice of the vocabulary. Greedy: the first maximum.
 // Otherwise the host sampler's algorithm (see sampling.rs): probabilities at temperature T,
 // a top-p threshold found by bisection, then the token where the cumulative kept mass in
@@ -34,7 +35,9 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let sq = st.seq[wg.x];
+    let base = wg.x * p.vocab;
     let chunk = (p.vocab + WG - 1u) / WG;
     let lo = min(lid * chunk, p.vocab);
     let hi = min(lo + chunk, p.vocab);
@@ -42,7 +45,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     var bm = -3.402823e38;
     var bi = 0xFFFFFFFFu;
     for (var i = lo; i < hi; i++) {
-        let l = logits[i];
+        let l = logits[base + i];
         if (l > bm || bi == 0xFFFFFFFFu) { bm = l; bi = i; }
     }
     rf[lid] = bm;
@@ -61,30 +64,30 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     let mx = rf[0];
     let best = ri[0];
-    if (st.greedy != 0u) {
-        if (lid == 0u) { out[0] = best; }
+    if (sq.greedy != 0u) {
+        if (lid == 0u) { out[wg.x] = best; }
         return;
     }
 
-    let inv_t = 1.0 / st.temperature;
+    let inv_t = 1.0 / sq.temperature;
     var s = 0.0;
     for (var i = lo; i < hi; i++) {
-        let e = exp((logits[i] - mx) * inv_t);
-        probs[i] = e;
+        let e = exp((logits[base + i] - mx) * inv_t);
+        probs[base + i] = e;
         s += e;
     }
     let total = reduce_sum(lid, s);
 
     var threshold = 0.0;
-    if (st.top_p < 1.0) {
-        let target_mass = st.top_p * total;
+    if (sq.top_p < 1.0) {
+        let target_mass = sq.top_p * total;
         var tlo = 0.0;
         var thi = 1.0;
         for (var it = 0u; it < TOP_P_ITERS; it++) {
             let mid = 0.5 * (tlo + thi);
             var kept = 0.0;
             for (var i = lo; i < hi; i++) {
-                let e = probs[i];
+                let e = probs[base + i];
                 if (e >= mid) { kept += e; }
             }
             if (reduce_sum(lid, kept) >= target_mass) { tlo = mid; } else { thi = mid; }
@@ -94,7 +97,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
     var kept = 0.0;
     for (var i = lo; i < hi; i++) {
-        let e = probs[i];
+        let e = probs[base + i];
         if (e >= threshold) { kept += e; }
     }
     workgroupBarrier();
@@ -103,7 +106,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         var all = 0.0;
         for (var k = 0u; k < WG; k++) { all += rf[k]; }
-        let h = pcg_hash(st.step ^ pcg_hash(st.seed_hi ^ pcg_hash(st.seed_lo)));
+        let h = pcg_hash(sq.step ^ pcg_hash(sq.seed_hi ^ pcg_hash(sq.seed_lo)));
         let r = f32(h >> 8u) / 16777216.0 * all;
         // The slice where the cumulative mass passes r, and what remains of r inside it.
         var acc = 0.0;
@@ -115,17 +118,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         pick = vec2<u32>(owner, 0u);
         rest = r - acc;
         // Rounding can leave r past the last slice: fall back to the most likely token.
-        out[0] = best;
+        out[wg.x] = best;
     }
     workgroupBarrier();
     if (lid == pick.x) {
         var acc = 0.0;
         for (var i = lo; i < hi; i++) {
-            let e = probs[i];
+            let e = probs[base + i];
             if (e >= threshold) {
                 acc += e;
                 if (acc > rest) {
-                    out[0] = i;
+                    out[wg.x] = i;
                     break;
                 }
             }

@@ -41,7 +41,7 @@ pub(crate) enum Command {
     Devnet(DevnetArgs),
     /// Serve a model as a provider: load it, register the node and the model on chain if
     /// needed, advertise it, answer paid queries and settle the receipts.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask the network one question: find a provider, open or reuse a channel, stream
     /// the answer to the terminal and print the receipt.
     Query(QueryArgs),
@@ -135,9 +135,15 @@ impl NetArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The GGUF model file (`[serve] model`).
+    /// A GGUF model file to serve, or a folder of them (`[serve] model`). Repeat it to
+    /// serve several models: each is advertised, loaded on its first request, and evicted
+    /// least recently used under --memory-budget.
     #[arg(long)]
-    pub(crate) model: Option<PathBuf>,
+    pub(crate) model: Vec<PathBuf>,
+    /// Memory the loaded models may take together, in MiB (weights plus KV cache; default:
+    /// no limit, every model stays loaded once used).
+    #[arg(long, value_name = "MIB")]
+    pub(crate) memory_budget: Option<u64>,
     /// Price per 1,000 input tokens: wei, or with a unit (`0.0001eth`, `50gwei`).
     #[arg(long, value_parser = config::parse_wei)]
     pub(crate) price_in: Option<Wei>,
@@ -147,9 +153,14 @@ pub(crate) struct ServeArgs {
     /// Inference backend: auto (a GPU through wgpu if present, else CPU), wgpu, cpu.
     #[arg(long, value_parser = parse_backend)]
     pub(crate) backend: Option<Backend>,
-    /// Requests generated at once (default 2); more wait in the queue.
+    /// Requests decoded together in one batch (default 8, at most 64); more wait in the
+    /// queue.
     #[arg(long, visible_alias = "capacity")]
     pub(crate) max_batch: Option<usize>,
+    /// Memory for the KV cache the batch shares, in MiB (default: a full context for each
+    /// batch slot, at most 1024). Requests wait in the queue until their pages are free.
+    #[arg(long, value_name = "MIB")]
+    pub(crate) kv_memory: Option<u64>,
     /// Requests that may wait, first come first served, when every generation slot is taken
     /// (default 64); past that requests are answered "busy" and clients fail over.
     #[arg(long)]

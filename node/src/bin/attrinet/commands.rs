@@ -257,13 +257,18 @@ pub(crate) async fn serve(data_dir: &Path, file: &FileConfig, a: ServeArgs) -> a
         (None, None) => Backend::Auto,
     };
     let opts = attrinet_node::serve::ServeOptions {
-        model: config::required(a.model.or(s.model.clone()), "model", "model")?,
+        models: model_files(if a.model.is_empty() { s.model.iter().cloned().collect() } else { a.model })?,
+        memory_budget_mib: a.memory_budget.or(s.memory_budget_mib),
         price: attrinet_market::Price {
             per_1k_input: wei(a.price_in, s.price_in.as_ref(), "price_in", None)?,
             per_1k_output: wei(a.price_out, s.price_out.as_ref(), "price_out", None)?,
         },
         backend,
-        capacity: a.max_batch.or(s.max_batch).or(s.capacity).unwrap_or(2).max(1),
+        capacity: match a.max_batch.or(s.max_batch).or(s.capacity).unwrap_or(8) {
+            n @ 1..=attrinet_compute::MAX_BATCH => n,
+            n => anyhow::bail!("--max-batch {n} is not within 1..={}", attrinet_compute::MAX_BATCH),
+        },
+        kv_memory_mib: a.kv_memory.or(s.kv_memory_mib),
         queue: a.queue.or(s.queue).unwrap_or(64),
         exposure_limit: wei(a.exposure_limit, s.exposure_limit.as_ref(), "exposure_limit", Some(DEFAULT_DEPOSIT))?,
         bond: wei(a.bond, s.bond.as_ref(), "bond", Some(Wei(1_000_000_000_000_000_000)))?,
@@ -304,11 +309,13 @@ pub(crate) async fn serve(data_dir: &Path, file: &FileConfig, a: ServeArgs) -> a
     }
     let address = identity.address();
     attrinet_node::serve::serve(identity, store, opts, metrics, ctrl_c(), |s| {
-        println!("serving {} ({}) on {} as {address}", s.name, s.model, s.device);
-        println!(
-            "measured {} tokens/s, first token in {} ms (advertised)",
-            s.speed.decode_tokens_per_s, s.speed.ttft_ms
-        );
+        println!("serving on {} as {address}:", s.device);
+        for m in &s.models {
+            println!(
+                "  {} ({}): measured {} tokens/s, first token in {} ms (advertised)",
+                m.name, m.model, m.speed.decode_tokens_per_s, m.speed.ttft_ms
+            );
+        }
         for addr in &s.addrs {
             println!("listening on {addr}");
         }
@@ -565,4 +572,30 @@ pub(crate) fn rand32() -> anyhow::Result<[u8; 32]> {
     let mut b = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b)
+}
+
+/// The model files of `serve`: each path as given, and each folder's `.gguf` files in
+/// name order.
+fn model_files(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        anyhow::bail!("no model given: pass --model FILE.gguf (or set model in the config file's [serve] section)");
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path);
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&path)
+            .with_context(|| format!("cannot read the folder {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+            .collect();
+        if found.is_empty() {
+            anyhow::bail!("the folder {} holds no .gguf file", path.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
 }

@@ -22,7 +22,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(m) => commands::models(dir, &file, m).await,
         Command::Earnings(e) => commands::earnings(dir, &file, e).await,
         Command::Datanet(DatanetCommand::Build(d)) => commands::datanet_build(d),
-        Command::Serve(a) => commands::serve(dir, &file, a).await,
+        Command::Serve(a) => commands::serve(dir, &file, *a).await,
         Command::Query(q) => commands::query(dir, &file, q).await,
         Command::Gateway(g) => commands::gateway(dir, &file, g).await,
         Command::Watch(w) => commands::watch(dir, &file, w).await,

@@ -1,0 +1,126 @@
+//! Serving many clients through the real protocol: one provider with a batched engine (a
+//! tiny random model on candle) and a client paying through a channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attrinet_compute::testing::{TinyLlamaSpec, write_random_llama};
+use attrinet_compute::{Backend, BatchOptions, Model};
+use attrinet_market::{Seq, Store, Wei};
+use attrinet_node::loopback::{loopback, loopback_offer, loopback_offers};
+use attrinet_node::pool::ModelPool;
+use attrinet_node::{EngineGenerator, Metrics};
+use attrinet_p2p::{Ask, Generator, Limits, Prompt, Sampling};
+
+fn tiny_model(dir: &std::path::Path, seed: u64) -> Model {
+    let path = dir.join(format!("tiny-{seed}.gguf"));
+    write_random_llama(&path, &TinyLlamaSpec { seed, ..TinyLlamaSpec::default() }).unwrap();
+    Model::load(&path).unwrap()
+}
+
+fn ask(model: &str, text: &str) -> Ask {
+    Ask {
+        model: model.into(),
+        prompt: Prompt::Text(text.into()),
+        max_tokens: 24,
+        sampling: Sampling::default(),
+        max_cost: None,
+    }
+}
+
+/// 32 requests at once to `--max-batch 8 --queue 64`: none is refused, every one is
+/// answered in full with a receipt both sides hold, and the engine decoded 8 at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_requests_are_batched_eight_at_a_time_and_all_paid() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path(), 1);
+    let limits = Limits { capacity: 8, queue: 64, ..Limits::default() };
+    let lb = loopback(model, Backend::Candle, "tiny", Wei(10u128.pow(18)), limits).await.unwrap();
+    let generator = lb.generator.clone().unwrap();
+    assert_eq!(generator.max_batch(), 8);
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (payer, net) = (lb.payer.clone(), lb.client_net.clone());
+        let ask = Ask { max_tokens: 48, ..ask("tiny", &format!("request number {i} asks for a story")) };
+        tasks.push(tokio::spawn(async move { payer.infer(&net, &ask, |_| {}).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let answer = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("bounded")
+            .unwrap()
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        answer.receipt.verify().unwrap();
+        assert_eq!(answer.receipt.receipt.output_tokens as usize, answer.tokens.len(), "request {i}");
+        assert!(!answer.tokens.is_empty(), "request {i}");
+    }
+    let stats = generator.batch_stats();
+    assert_eq!(stats.finished, 32, "{stats:?}");
+    assert_eq!(stats.largest_batch, 8, "the engine decoded eight requests together: {stats:?}");
+    assert_eq!((stats.active, stats.free_pages), (0, stats.pages), "nothing left in the batch: {stats:?}");
+    assert_eq!(lb.provider.load(), (0, 0));
+    for store in [&lb.client_store, &lb.provider_store] {
+        assert_eq!(store.receipts_after(&lb.channel, Seq::ZERO).unwrap().len(), 32);
+    }
+}
+
+/// Two models on one node under a memory budget that holds one: requests alternate
+/// between them, each is answered by its own model (as that model answers alone), every
+/// switch evicts the other (counted in the metrics), and the adverts tell which is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_share_a_budget_for_one_and_both_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let models: Vec<Arc<Model>> = [11, 12].iter().map(|&s| Arc::new(tiny_model(dir.path(), s))).collect();
+    let batch = BatchOptions { max_batch: 2, kv_tokens: Some(512) };
+    let metrics = Arc::new(Metrics::default());
+    let pool =
+        ModelPool::new(models.iter().map(|m| (m.clone(), batch)).collect(), Backend::Candle, None, metrics.clone());
+    let one = pool.model_bytes(0).max(pool.model_bytes(1));
+    let pool = ModelPool::new(
+        models.iter().map(|m| (m.clone(), batch)).collect(),
+        Backend::Candle,
+        Some(one),
+        metrics.clone(),
+    );
+    let names = ["tiny-a", "tiny-b"];
+    let offers = (0..2).map(|i| loopback_offer(&models[i], names[i], Arc::new(pool.generator(i)))).collect();
+    let lb = loopback_offers(offers, Wei(10u128.pow(18)), Limits::default()).await.unwrap();
+
+    // What each model answers on its own engine.
+    let prompt = "the cat sat on the mat";
+    let alone: Vec<Vec<u32>> = models
+        .iter()
+        .map(|m| {
+            let engine = EngineGenerator::open(m.clone(), Backend::Candle, batch).unwrap();
+            let mut ids = Vec::new();
+            engine
+                .generate(&Prompt::Text(prompt.into()), 24, &Sampling::default(), &mut |id, _| {
+                    ids.push(id);
+                    true
+                })
+                .unwrap();
+            ids
+        })
+        .collect();
+    assert_ne!(alone[0], alone[1], "two different models");
+
+    for round in 0..4 {
+        let i = round % 2;
+        let answer =
+            lb.payer.infer(&lb.client_net, &ask(names[i], prompt), |_| {}).await.unwrap_or_else(|e| panic!("{e}"));
+        answer.receipt.verify().unwrap();
+        assert_eq!(answer.receipt.receipt.model, attrinet_market::ModelId::from(models[i].id().0), "round {round}");
+        assert_eq!(answer.tokens, alone[i], "round {round}: {} answered as it does alone", names[i]);
+        assert!(pool.is_loaded(i) && !pool.is_loaded(1 - i), "round {round}: only the model just used is loaded");
+        assert!(pool.loaded_bytes() <= one, "within the budget");
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!((metrics.model_loads.load(Relaxed), metrics.model_evictions.load(Relaxed)), (4, 3));
+    assert!(metrics.render().contains("attrinet_model_evictions_total 3"), "{}", metrics.render());
+    // The unloaded model advertises its cold start; the loaded one none.
+    let adverts = lb.provider.adverts();
+    let cold = |name: &str| adverts.iter().find(|a| a.advert.model_name == name).unwrap().advert.cold_start_ms;
+    assert!(cold("tiny-a") > 0, "tiny-a was evicted");
+    assert_eq!(cold("tiny-b"), 0, "tiny-b is loaded");
+    assert_eq!(pool.generator(1).cold_start_ms(), 0);
+}
