@@ -17,14 +17,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::engine::{Engine, FinishReason, GenerateParams, Generation, KvPool, SeqChunk, TokensHash};
+use crate::engine::{
+    Engine, FinishReason, GenerateParams, Generation, KvPool, MAX_TOP_LOGPROBS, SeqChunk, TokenLogprobs, TokensHash,
+};
 use crate::error::{Error, Result};
 
 /// What a [`Stream`] delivers: tokens as they are chosen, then the outcome.
 #[derive(Debug)]
 pub enum Event {
-    /// The next generated token (a final stop token included).
-    Token(u32),
+    /// The next generated token (a final stop token included), with its log-probabilities
+    /// when the request asked for them.
+    Token(u32, Option<TokenLogprobs>),
     /// Generation ended; no event follows.
     Done(Generation),
     /// The request failed; no event follows.
@@ -81,6 +84,8 @@ pub struct BatchStats {
 struct Job {
     prompt: Vec<u32>,
     params: GenerateParams,
+    /// Top log-probabilities asked for with each token.
+    logprobs: Option<usize>,
     /// KV tokens reserved for it.
     reserve: usize,
     tx: mpsc::Sender<Event>,
@@ -176,6 +181,20 @@ impl Batcher {
     /// fills the context, a token outside the vocabulary, bad sampling) fail here and
     /// queue nothing.
     pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<Stream> {
+        self.submit_with_logprobs(prompt, params, None)
+    }
+
+    /// [`submit`](Self::submit), each token coming with its log-probability and those of
+    /// the `logprobs` most likely tokens (at most [`MAX_TOP_LOGPROBS`]) when asked.
+    pub fn submit_with_logprobs(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        logprobs: Option<usize>,
+    ) -> Result<Stream> {
+        if let Some(k) = logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(Error::InvalidBatch(format!("{k} top logprobs asked; at most {MAX_TOP_LOGPROBS}")));
+        }
         if params.max_tokens == 0 {
             return Err(Error::ZeroMaxTokens);
         }
@@ -195,7 +214,7 @@ impl Batcher {
         }
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job { prompt, params, reserve, tx, cancel: cancel.clone(), submitted: Instant::now() };
+        let job = Job { prompt, params, logprobs, reserve, tx, cancel: cancel.clone(), submitted: Instant::now() };
         {
             let mut state = self.shared.lock();
             if let Some(why) = &state.stopped {
@@ -208,19 +227,21 @@ impl Batcher {
         Ok(Stream { rx, cancel })
     }
 
-    /// Runs a request to its end, calling `on_token` with each token; returns `None` when
-    /// `on_token` returned `false` (the request is then cancelled).
+    /// Runs a request to its end, calling `on_token` with each token (and its
+    /// log-probabilities when `logprobs` asks); returns `None` when `on_token` returned
+    /// `false` (the request is then cancelled).
     pub fn generate(
         &self,
         prompt: Vec<u32>,
         params: GenerateParams,
-        on_token: &mut dyn FnMut(u32) -> bool,
+        logprobs: Option<usize>,
+        on_token: &mut dyn FnMut(u32, Option<TokenLogprobs>) -> bool,
     ) -> Result<Option<Generation>> {
-        let stream = self.submit(prompt, params)?;
+        let stream = self.submit_with_logprobs(prompt, params, logprobs)?;
         loop {
             match stream.recv() {
-                Some(Event::Token(t)) => {
-                    if !on_token(t) {
+                Some(Event::Token(t, lp)) => {
+                    if !on_token(t, lp) {
                         return Ok(None);
                     }
                 }
@@ -399,7 +420,8 @@ impl Scheduler {
                         std::slice::from_ref(r.tokens.last().expect("decoding"))
                     };
                     let sample = samples.then_some((&r.job.params.sampling, r.tokens.len() as u32));
-                    SeqChunk { seq: r.slot, tokens, sample }
+                    let logprobs = if samples { r.job.logprobs } else { None };
+                    SeqChunk { seq: r.slot, tokens, sample, logprobs }
                 })
                 .collect();
             self.engine.forward_batch(&chunks)
@@ -428,10 +450,11 @@ impl Scheduler {
             if !samples {
                 continue;
             }
-            let Some(token) = sampled.next() else { break };
+            let Some(next) = sampled.next() else { break };
+            let token = next.token;
             r.first_token.get_or_insert_with(Instant::now);
             r.tokens.push(token);
-            if r.job.tx.send(Event::Token(token)).is_err() {
+            if r.job.tx.send(Event::Token(token, next.logprobs)).is_err() {
                 r.job.cancel.store(true, Ordering::Relaxed);
                 continue;
             }

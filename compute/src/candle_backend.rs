@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{D, Device, Module, Tensor};
 
-use crate::engine::{BackendKind, Engine, KvPool, SeqChunk, check_batch};
+use crate::engine::{BackendKind, Engine, KvPool, Sampled, SeqChunk, TokenLogprobs, check_batch};
 use crate::error::{Error, Result};
 use crate::model::{Activation, Model, ModelConfig};
 use crate::sampling::sample;
@@ -433,14 +433,21 @@ impl Engine for CandleEngine {
         }
     }
 
-    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<u32>> {
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Sampled>> {
         let logits = self.forward(chunks, false)?;
-        let sampled = chunks.iter().filter_map(|c| c.sample);
-        Ok(logits.iter().zip(sampled).map(|(l, (s, step))| sample(l, s, step)).collect())
+        let sampled = chunks.iter().filter_map(|c| c.sample.map(|s| (s, c.logprobs)));
+        Ok(logits
+            .iter()
+            .zip(sampled)
+            .map(|(l, ((s, step), logprobs))| {
+                let token = sample(l, s, step);
+                Sampled { token, logprobs: logprobs.map(|k| TokenLogprobs::from_logits(l, token, k)) }
+            })
+            .collect())
     }
 
     fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut logits = self.forward(&[SeqChunk { seq: 0, tokens, sample: None }], true)?;
+        let mut logits = self.forward(&[SeqChunk::fill(0, tokens)], true)?;
         logits.pop().ok_or_else(|| Error::Device("no logits".to_owned()))
     }
 }

@@ -117,6 +117,66 @@ pub struct SeqChunk<'a> {
     /// Whether to choose the sequence's next token after them, how, and at which
     /// generation step (the step feeds the seeded random numbers).
     pub sample: Option<(&'a SamplingParams, u32)>,
+    /// With `sample`: also report the chosen token's log-probability and those of the
+    /// `k` most likely tokens (`k` at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+}
+
+impl<'a> SeqChunk<'a> {
+    /// Tokens appended to sequence `seq` without choosing a next one (a prompt's first
+    /// pieces).
+    pub fn fill(seq: usize, tokens: &'a [u32]) -> Self {
+        SeqChunk { seq, tokens, sample: None, logprobs: None }
+    }
+
+    /// Tokens appended to sequence `seq`, then its next token chosen by `sampling` at
+    /// generation step `step`.
+    pub fn sample(seq: usize, tokens: &'a [u32], sampling: &'a SamplingParams, step: u32) -> Self {
+        SeqChunk { seq, tokens, sample: Some((sampling, step)), logprobs: None }
+    }
+}
+
+/// The most alternatives a token's log-probabilities list (OpenAI's `top_logprobs` bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A chosen token's log-probability under the model's distribution (the log-softmax of
+/// the logits, temperature 1), and the most likely tokens' with theirs, most likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's.
+    pub logprob: f32,
+    /// `(token, log-probability)` of the most likely tokens.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// From a row of logits: `chosen`'s log-probability and the `k` most likely tokens'
+    /// (ties to the lower id), as the wgpu kernel computes them.
+    pub fn from_logits(logits: &[f32], chosen: u32, k: usize) -> TokenLogprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(logits.len());
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        if k > 0 && k < order.len() {
+            order.select_nth_unstable_by(k - 1, by_logit);
+        }
+        order.truncate(k);
+        order.sort_by(by_logit);
+        TokenLogprobs {
+            logprob: logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |l| l - lse),
+            top: order.into_iter().map(|t| (t, logits[t as usize] - lse)).collect(),
+        }
+    }
+}
+
+/// A token a forward pass chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The token.
+    pub token: u32,
+    /// Its log-probabilities, when the chunk asked for them.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// The KV cache's pool of pages, shared by the sequences of a batch.
@@ -179,7 +239,7 @@ pub trait Engine: Send {
     /// chunk that samples, in the order of `chunks`. Nothing changes when it fails on
     /// bad input (a slot out of range or named twice, a token outside the vocabulary, a
     /// full context or pool).
-    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<u32>>;
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Sampled>>;
 
     /// Tokens currently in sequence 0's KV cache.
     fn position(&self) -> usize {
@@ -194,8 +254,8 @@ pub trait Engine: Send {
     /// Appends `tokens` to sequence 0 and returns the next token.
     fn prefill(&mut self, tokens: &[u32], sampling: &SamplingParams, step: u32) -> Result<u32> {
         sampling.validate()?;
-        let next = self.forward_batch(&[SeqChunk { seq: 0, tokens, sample: Some((sampling, step)) }])?;
-        next.first().copied().ok_or_else(|| Error::Device("the engine chose no token".to_owned()))
+        let next = self.forward_batch(&[SeqChunk::sample(0, tokens, sampling, step)])?;
+        next.first().map(|s| s.token).ok_or_else(|| Error::Device("the engine chose no token".to_owned()))
     }
 
     /// Appends one token to sequence 0 and returns the next.
@@ -278,6 +338,18 @@ pub(crate) fn check_batch(engine: &dyn Engine, vocab_size: usize, chunks: &[SeqC
         }
         if let Some((s, _)) = c.sample {
             s.validate()?;
+        }
+        match c.logprobs {
+            Some(_) if c.sample.is_none() => {
+                return Err(Error::InvalidBatch(format!(
+                    "sequence slot {} asks for logprobs but samples nothing",
+                    c.seq
+                )));
+            }
+            Some(k) if k > MAX_TOP_LOGPROBS => {
+                return Err(Error::InvalidBatch(format!("{k} top logprobs asked; at most {MAX_TOP_LOGPROBS}")));
+            }
+            _ => {}
         }
         check_input(c.tokens, vocab_size, engine.seq_position(c.seq), engine.context_length())?;
     }

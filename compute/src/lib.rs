@@ -58,7 +58,10 @@ pub use batch::{BatchStats, Batcher, Event, Stream};
 pub use candle_backend::CandleEngine;
 pub use candle_core::quantized::GgmlDType;
 pub use chat::{ChatTemplate, ChatTurn};
-pub use engine::{BackendKind, Engine, FinishReason, GenerateParams, Generation, KvPool, SeqChunk, TokensHash};
+pub use engine::{
+    BackendKind, Engine, FinishReason, GenerateParams, Generation, KvPool, MAX_TOP_LOGPROBS, Sampled, SeqChunk,
+    TokenLogprobs, TokensHash,
+};
 pub use error::{Error, Result};
 pub use model::{Activation, Architecture, Model, ModelConfig, ModelId, SUPPORTED_ARCHITECTURES};
 pub use sampling::SamplingParams;

@@ -75,7 +75,7 @@ fn assert_batch_matches_alone(
         let mut streamed = Vec::new();
         let generation = loop {
             match stream.recv().expect("an outcome") {
-                Event::Token(t) => streamed.push(t),
+                Event::Token(t, _) => streamed.push(t),
                 Event::Done(g) => break g,
                 Event::Failed(e) => panic!("{name} {on:?}: request {i} failed: {e}"),
             }
@@ -151,7 +151,7 @@ fn a_dropped_stream_frees_its_slot_and_pages_for_the_next_request() {
         let first = batcher.submit(vec![1, 2, 3], long.clone()).unwrap();
         let second = batcher.submit(vec![4, 5, 6], long.clone()).unwrap();
         for _ in 0..3 {
-            assert!(matches!(first.recv(), Some(Event::Token(_))));
+            assert!(matches!(first.recv(), Some(Event::Token(..))));
         }
         // The second waits for the only slot.
         assert!(second.try_recv().is_none(), "{on:?}: the second request ran beside the first");
@@ -159,7 +159,7 @@ fn a_dropped_stream_frees_its_slot_and_pages_for_the_next_request() {
         let mut n = 0;
         let done = loop {
             match second.recv().expect("an outcome") {
-                Event::Token(_) => n += 1,
+                Event::Token(..) => n += 1,
                 Event::Done(g) => break g,
                 Event::Failed(e) => panic!("{on:?}: {e}"),
             }
@@ -178,13 +178,13 @@ fn bad_batches_are_refused_and_change_nothing() {
     for on in [On::Candle, On::Wgpu(KernelStyle::Auto)] {
         let mut engine = open(&t.model, on, 2, Some(256));
         let pool = engine.kv_pool();
-        engine.forward_batch(&[SeqChunk { seq: 0, tokens: &[1, 2], sample: Some((&greedy, 0)) }]).unwrap();
-        let twice = [SeqChunk { seq: 1, tokens: &[1], sample: None }, SeqChunk { seq: 1, tokens: &[2], sample: None }];
-        let bad_slot = [SeqChunk { seq: 2, tokens: &[1], sample: None }];
-        let empty = [SeqChunk { seq: 1, tokens: &[], sample: None }];
+        engine.forward_batch(&[SeqChunk::sample(0, &[1, 2], &greedy, 0)]).unwrap();
+        let twice = [SeqChunk::fill(1, &[1]), SeqChunk::fill(1, &[2])];
+        let bad_slot = [SeqChunk::fill(2, &[1])];
+        let empty = [SeqChunk::fill(1, &[])];
         let vocab = t.model.config().vocab_size as u32;
-        let bad_token =
-            [SeqChunk { seq: 0, tokens: &[3], sample: None }, SeqChunk { seq: 1, tokens: &[vocab], sample: None }];
+        let out_of_range = [vocab];
+        let bad_token = [SeqChunk::fill(0, &[3]), SeqChunk::fill(1, &out_of_range)];
         for (what, batch) in
             [("twice", &twice[..]), ("slot", &bad_slot[..]), ("empty", &empty[..]), ("token", &bad_token[..])]
         {
@@ -195,12 +195,52 @@ fn bad_batches_are_refused_and_change_nothing() {
             );
             assert_eq!((engine.seq_position(0), engine.seq_position(1)), (2, 0), "{on:?} {what}");
         }
+        let unsampled = [SeqChunk { logprobs: Some(2), ..SeqChunk::fill(1, &[1]) }];
+        let too_many = [SeqChunk { logprobs: Some(21), ..SeqChunk::sample(1, &[1], &greedy, 0) }];
+        for (what, batch) in [("logprobs unsampled", &unsampled[..]), ("21 logprobs", &too_many[..])] {
+            let err = engine.forward_batch(batch).unwrap_err();
+            assert!(matches!(err, Error::InvalidBatch(_)), "{on:?} {what}: {err}");
+            assert_eq!((engine.seq_position(0), engine.seq_position(1)), (2, 0), "{on:?} {what}");
+        }
         // A pool of 256 tokens (8 pages) is one context: a second sequence cannot also fill it.
         let long: Vec<u32> = (0..250).map(|i| i % vocab).collect();
-        let err = engine.forward_batch(&[SeqChunk { seq: 1, tokens: &long, sample: None }]).unwrap_err();
+        let err = engine.forward_batch(&[SeqChunk::fill(1, &long)]).unwrap_err();
         assert!(matches!(err, Error::KvCacheFull { .. }), "{on:?}: {err}");
         assert_eq!(engine.seq_position(1), 0, "{on:?}");
         engine.release(0);
         assert_eq!(engine.kv_pool(), pool, "{on:?}");
+    }
+}
+
+/// The log-probabilities a batch reports are the log-softmax of the logits the engine
+/// computes for that position: the chosen token's, and the top five in order.
+#[test]
+fn logprobs_are_the_log_softmax_of_the_logits() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 13 + 5) % 250).collect();
+    let sampled = SamplingParams { temperature: 0.9, top_p: 1.0, seed: 7 };
+    for on in [On::Candle, On::Wgpu(KernelStyle::Auto)] {
+        let mut engine = open(&t.model, on, 2, None);
+        let logits = engine.forward_logits(&prompt).unwrap();
+        engine.release(0);
+        let chunks = [
+            SeqChunk { logprobs: Some(5), ..SeqChunk::sample(0, &prompt, &sampled, 0) },
+            SeqChunk { logprobs: Some(0), ..SeqChunk::sample(1, &prompt[..7], &sampled, 0) },
+        ];
+        let out = engine.forward_batch(&chunks).unwrap();
+        let got = out[0].logprobs.as_ref().expect("asked for");
+        let want = attrinet_compute::TokenLogprobs::from_logits(&logits, out[0].token, 5);
+        assert_eq!(
+            got.top.iter().map(|p| p.0).collect::<Vec<_>>(),
+            want.top.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "{on:?}"
+        );
+        for ((_, g), (_, w)) in got.top.iter().zip(&want.top) {
+            assert!((g - w).abs() < 1e-4, "{on:?}: {got:?} vs {want:?}");
+        }
+        assert!((got.logprob - want.logprob).abs() < 1e-4, "{on:?}: {got:?} vs {want:?}");
+        assert!(got.top.windows(2).all(|w| w[0].1 >= w[1].1) && got.top[0].1 <= 0.0, "{on:?}: {got:?}");
+        let second = out[1].logprobs.as_ref().expect("asked for, with no alternatives");
+        assert!(second.top.is_empty() && second.logprob < 0.0, "{on:?}: {second:?}");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use attrinet_compute::{
     Backend, BatchOptions, BatchStats, Batcher, ChatTurn, Engine, GenerateParams, Model, SamplingParams,
 };
-use attrinet_p2p::{GenerateError, Generator, Prompt, Sampling};
+use attrinet_p2p::{GenerateError, Generated, Generator, Logprobs, Prompt, Sampling, TopLogprob};
 
 /// One model on one engine, whose [`Batcher`] decodes the requests of every generation
 /// slot together.
@@ -101,7 +101,7 @@ impl EngineGenerator {
         let prompt = Prompt::Text("The history of the printing press begins".into());
         let start = std::time::Instant::now();
         let mut stamps = Vec::new();
-        self.generate(&prompt, tokens.max(2), &Sampling::default(), &mut |_, _| {
+        self.generate(&prompt, tokens.max(2), &Sampling::default(), &mut |_| {
             stamps.push(start.elapsed());
             true
         })?;
@@ -124,7 +124,7 @@ impl Generator for EngineGenerator {
         prompt: &Prompt,
         max_tokens: u32,
         sampling: &Sampling,
-        on_token: &mut dyn FnMut(u32, String) -> bool,
+        on_token: &mut dyn FnMut(Generated) -> bool,
     ) -> Result<(), GenerateError> {
         let tokens = self.tokens(prompt)?;
         let tok = self.model.tokenizer();
@@ -139,16 +139,29 @@ impl Generator for EngineGenerator {
             stop_tokens: stops.clone(),
         };
         let mut decoder = tok.stream_decoder();
+        let logprobs = sampling.logprobs.map(usize::from);
         self.batcher
-            .generate(tokens, params, &mut |id| {
+            .generate(tokens, params, logprobs, &mut |id, lp| {
                 // A stop token ends the answer; it is neither delivered nor billed.
                 if stops.contains(&id) {
                     return true;
                 }
                 let text = decoder.push(id).unwrap_or_default();
+                let logprobs = lp.map(|lp| Logprobs {
+                    logprob_micros: Logprobs::micros(lp.logprob),
+                    top: lp
+                        .top
+                        .into_iter()
+                        .map(|(id, l)| TopLogprob {
+                            id,
+                            text: tok.decode(&[id]).unwrap_or_default(),
+                            logprob_micros: Logprobs::micros(l),
+                        })
+                        .collect(),
+                });
                 // `false` once the client is gone: the sequence leaves the batch at the
                 // next step.
-                on_token(id, text)
+                on_token(Generated { id, text, logprobs })
             })
             .map(|_| ())
             .map_err(|e| GenerateError::Engine(Box::new(e)))

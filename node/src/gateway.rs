@@ -193,11 +193,58 @@ struct Options {
     stream_options: Option<StreamOptions>,
     stop: Option<StopIn>,
     n: Option<u32>,
+    /// Chat: whether to return log-probabilities; completions: how many alternatives.
+    logprobs: Option<LogprobsIn>,
+    /// Chat: alternatives per token (0 to 20), with `logprobs: true`.
+    top_logprobs: Option<u8>,
+}
+
+/// `logprobs`: a flag for chats, a count of alternatives for (legacy) completions.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum LogprobsIn {
+    Flag(bool),
+    Count(u8),
 }
 
 impl Options {
-    fn sampling(&self) -> Result<Sampling, ApiError> {
-        sampling(self.temperature, self.top_p, self.seed)
+    fn sampling(&self, chat: bool) -> Result<Sampling, ApiError> {
+        let mut s = sampling(self.temperature, self.top_p, self.seed)?;
+        s.logprobs = self.logprobs(chat)?;
+        Ok(s)
+    }
+
+    /// Alternatives asked for per token, `None` for no log-probabilities, in OpenAI's
+    /// rules: chats take `logprobs: true` and `top_logprobs` up to 20, completions
+    /// `logprobs` up to 5.
+    fn logprobs(&self, chat: bool) -> Result<Option<u8>, ApiError> {
+        let bad =
+            |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", message);
+        let asked = match (chat, self.logprobs, self.top_logprobs) {
+            (true, Some(LogprobsIn::Flag(true)), k) => Some(k.unwrap_or(0)),
+            (true, _, Some(_)) => return Err(bad("top_logprobs needs logprobs: true".to_owned())),
+            (true, Some(LogprobsIn::Count(_)), None) => {
+                return Err(bad("logprobs is true or false for chats; top_logprobs says how many".to_owned()));
+            }
+            (true, _, None) => None,
+            (false, Some(LogprobsIn::Count(k)), _) if k > 5 => {
+                return Err(bad(format!("logprobs is at most 5 for completions, got {k}")));
+            }
+            (false, Some(LogprobsIn::Count(k)), _) => Some(k),
+            (false, Some(LogprobsIn::Flag(true)), _) => {
+                return Err(bad("logprobs is a number (0 to 5) for completions".to_owned()));
+            }
+            (false, _, _) => None,
+        };
+        match asked {
+            Some(k) if k > attrinet_p2p::MAX_TOP_LOGPROBS => {
+                Err(bad(format!("top_logprobs is at most {}, got {k}", attrinet_p2p::MAX_TOP_LOGPROBS)))
+            }
+            Some(_) if self.stream => {
+                Err(bad("logprobs with stream is not supported yet: ask without stream".to_owned()))
+            }
+            a => Ok(a),
+        }
     }
 
     fn shape(self, chat: bool) -> Result<Shape, ApiError> {
@@ -375,6 +422,7 @@ fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> 
         top_p_milli: (p * 1000.0).round() as u32,
         // No seed: a fresh one, so that repeated sampled requests differ as OpenAI's do.
         seed: seed.unwrap_or_else(fresh_seed),
+        logprobs: None,
     })
 }
 
@@ -387,7 +435,7 @@ async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiErro
             req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
         ),
         max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: req.options.sampling().inspect_err(|_| count_error(&g))?,
+        sampling: req.options.sampling(true).inspect_err(|_| count_error(&g))?,
         max_cost: None,
     };
     let shape = req.options.shape(true).inspect_err(|_| count_error(&g))?;
@@ -401,7 +449,7 @@ async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, 
         model: req.model.clone(),
         prompt: Prompt::Text(req.prompt),
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: req.options.sampling().inspect_err(|_| count_error(&g))?,
+        sampling: req.options.sampling(false).inspect_err(|_| count_error(&g))?,
         max_cost: None,
     };
     let shape = req.options.shape(false).inspect_err(|_| count_error(&g))?;
@@ -429,6 +477,55 @@ fn usage(answers: &[Answer]) -> Value {
         (i + u64::from(r.input_tokens), o + u64::from(r.output_tokens))
     });
     json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+}
+
+/// A choice's `logprobs` in OpenAI's shape (chat's `content` list, or completions'
+/// parallel lists), for the tokens within the first `kept` bytes of the answer (a stop
+/// sequence may cut it); `null` when none were asked for.
+fn logprobs_json(answer: &Answer, kept: usize, chat: bool) -> Value {
+    if answer.logprobs.is_empty() {
+        return Value::Null;
+    }
+    let lp = |micros: i32| f64::from(micros) / 1e6;
+    let mut offset = 0;
+    let mut kept_tokens = Vec::new();
+    let cut = kept < answer.text.len();
+    for (text, l) in answer.token_texts.iter().zip(&answer.logprobs) {
+        if cut && offset >= kept {
+            break;
+        }
+        kept_tokens.push((offset, text, l));
+        offset += text.len();
+    }
+    if chat {
+        let content: Vec<Value> = kept_tokens
+            .iter()
+            .map(|(_, text, l)| {
+                let top: Vec<Value> = l
+                    .top
+                    .iter()
+                    .map(|t| json!({"token": t.text, "logprob": lp(t.logprob_micros), "bytes": t.text.as_bytes()}))
+                    .collect();
+                json!({"token": text, "logprob": lp(l.logprob_micros), "bytes": text.as_bytes(), "top_logprobs": top})
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    } else {
+        let top: Vec<Value> = kept_tokens
+            .iter()
+            .map(|(_, _, l)| {
+                let m: serde_json::Map<String, Value> =
+                    l.top.iter().map(|t| (t.text.clone(), json!(lp(t.logprob_micros)))).collect();
+                Value::Object(m)
+            })
+            .collect();
+        json!({
+            "tokens": kept_tokens.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(),
+            "token_logprobs": kept_tokens.iter().map(|(_, _, l)| lp(l.logprob_micros)).collect::<Vec<_>>(),
+            "top_logprobs": top,
+            "text_offset": kept_tokens.iter().map(|(o, _, _)| *o).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// The receipt of an answer, as the `attrinet` field shows it.
@@ -495,10 +592,11 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
             let mut scanner = StopScanner::new(shape.stops.clone());
             let text = scanner.push(&answer.text) + &scanner.finish();
             let finish = finish_reason(answer, &ask, scanner.stopped());
+            let logprobs = logprobs_json(answer, text.len(), chat);
             choices.push(if chat {
-                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish})
             } else {
-                json!({"index": i, "text": text, "finish_reason": finish})
+                json!({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish})
             });
         }
         let object = if chat { "chat.completion" } else { "text_completion" };

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use attrinet_compute::{Backend, BatchOptions, Model};
-use attrinet_p2p::{GenerateError, Generator, Prompt, Sampling};
+use attrinet_p2p::{GenerateError, Generated, Generator, Prompt, Sampling};
 
 use crate::engine::{EngineGenerator, prompt_tokens};
 use crate::metrics::Metrics;
@@ -176,7 +176,7 @@ impl Generator for PooledGenerator {
         prompt: &Prompt,
         max_tokens: u32,
         sampling: &Sampling,
-        on_token: &mut dyn FnMut(u32, String) -> bool,
+        on_token: &mut dyn FnMut(Generated) -> bool,
     ) -> Result<(), GenerateError> {
         let engine = self.pool.engine(self.index).map_err(|e| GenerateError::Engine(Box::new(e)))?;
         engine.generate(prompt, max_tokens, sampling, on_token)

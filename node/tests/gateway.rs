@@ -287,3 +287,65 @@ async fn gemma3_on_wgpu_serves_chats_in_its_own_format() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert!(v["choices"][0]["text"].as_str().is_some_and(|t| t.contains("Paris")), "{body}");
 }
+
+/// `logprobs` in OpenAI's two shapes: chats' `content` list (`logprobs: true`,
+/// `top_logprobs`) and completions' parallel lists (`logprobs: k`), one entry per billed
+/// token; greedy picks the most likely token, so it heads its own alternatives. Out of
+/// range, or with `stream`, is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_come_in_openai_shapes() {
+    let s = setup(Wei(10u128.pow(18))).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8,
+        "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap(), "{body}");
+    let mut text = String::new();
+    for entry in content {
+        let (token, logprob) = (entry["token"].as_str().unwrap(), entry["logprob"].as_f64().unwrap());
+        text.push_str(token);
+        assert_eq!(entry["bytes"].as_array().unwrap().len(), token.len(), "{entry}");
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{entry}");
+        let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]) && values[0] <= 0.0, "{entry}");
+        assert!((logprob - values[0]).abs() < 1e-6, "greedy: the chosen token is the most likely: {entry}");
+    }
+    assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
+    // Without the flag: null, as OpenAI's.
+    let plain = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4});
+    let (_, body) = http(s.base, "POST", "/v1/chat/completions", &plain.to_string()).await;
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["choices"][0]["logprobs"].is_null(), "{body}");
+
+    let req = json!({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "logprobs": 2});
+    let (status, body) = http(s.base, "POST", "/v1/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.concat(), v["choices"][0]["text"].as_str().unwrap(), "{body}");
+    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    let mut at = 0;
+    for (t, o) in tokens.iter().zip(&offsets) {
+        assert_eq!(*o, at, "{body}");
+        at += t.len() as u64;
+    }
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), tokens.len());
+    // Keyed by text, as OpenAI's: alternatives with the same text (here, byte tokens shown as
+    // U+FFFD) share an entry.
+    for top in lp["top_logprobs"].as_array().unwrap() {
+        assert!((1..=2).contains(&top.as_object().unwrap().len()), "{body}");
+    }
+
+    for (path, bad) in [
+        ("/v1/chat/completions", json!({"model": "tiny", "messages": [], "logprobs": true, "top_logprobs": 21})),
+        ("/v1/chat/completions", json!({"model": "tiny", "messages": [], "top_logprobs": 2})),
+        ("/v1/chat/completions", json!({"model": "tiny", "messages": [], "logprobs": true, "stream": true})),
+        ("/v1/completions", json!({"model": "tiny", "prompt": "x", "logprobs": 6})),
+    ] {
+        let (status, body) = http(s.base, "POST", path, &bad.to_string()).await;
+        assert_eq!((status, error_code(&body)), (400, "invalid_value".to_owned()), "{bad}: {body}");
+    }
+}

@@ -94,8 +94,8 @@ async fn two_models_share_a_budget_for_one_and_both_answer() {
             let engine = EngineGenerator::open(m.clone(), Backend::Candle, batch).unwrap();
             let mut ids = Vec::new();
             engine
-                .generate(&Prompt::Text(prompt.into()), 24, &Sampling::default(), &mut |id, _| {
-                    ids.push(id);
+                .generate(&Prompt::Text(prompt.into()), 24, &Sampling::default(), &mut |t| {
+                    ids.push(t.id);
                     true
                 })
                 .unwrap();

@@ -30,10 +30,10 @@ impl Generator for Fixed {
         _: &Prompt,
         n: u32,
         _: &Sampling,
-        on: &mut dyn FnMut(u32, String) -> bool,
+        on: &mut dyn FnMut(attrinet_p2p::Generated) -> bool,
     ) -> Result<(), attrinet_p2p::GenerateError> {
         for i in 0..n {
-            if !on(1000 + i, " tok".into()) {
+            if !on(attrinet_p2p::Generated { id: 1000 + i, text: " tok".into(), logprobs: None }) {
                 break;
             }
         }

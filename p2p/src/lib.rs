@@ -31,9 +31,10 @@ pub use network::{
 };
 pub use payer::{Answer, Ask, Failure, InferError, MAX_QUEUE_WAIT, Payer};
 pub use provider::{
-    BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generator, Limits, LookupError, Offer, Provider,
+    BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generated, Generator, Limits, LookupError, Offer,
+    Provider,
 };
 pub use wire::{
-    ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, MAX_FRAME_BYTES, Prompt, Sampling,
-    ServerMsg, WireError, read_msg, write_msg,
+    ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, MAX_FRAME_BYTES,
+    MAX_TOP_LOGPROBS, Prompt, Sampling, ServerMsg, TopLogprob, WireError, read_msg, write_msg,
 };

@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use crate::network::{Client, NetError, key_peer, unix_now};
 use crate::wire::{
-    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, WireError, read_msg,
-    write_msg,
+    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, Prompt, Sampling, ServerMsg, WireError,
+    read_msg, write_msg,
 };
 
 /// What the client asks for.
@@ -42,6 +42,10 @@ pub struct Answer {
     pub tokens: Vec<u32>,
     /// Their text.
     pub text: String,
+    /// Each token's text, as streamed (together, `text`).
+    pub token_texts: Vec<String>,
+    /// Each token's log-probabilities, when the ask's sampling asked for them (else empty).
+    pub logprobs: Vec<Logprobs>,
     /// The co-signed receipt (stored before this returns).
     pub receipt: SignedReceipt,
     /// The voucher signed for it.
@@ -323,6 +327,11 @@ impl Payer {
         let (mut stream, first) = self.open(network, peer, &request).await?;
         let mut tokens = Vec::new();
         let mut text = String::new();
+        let mut logprobs = Vec::new();
+        let mut token_texts = Vec::new();
+        // Asked for: every token is followed by its log-probabilities.
+        let top = ask.sampling.logprobs;
+        let mut owed_logprobs = false;
         let mut input_tokens = None;
         let mut queued_since = None;
         let mut first = Some(first);
@@ -354,9 +363,30 @@ impl Payer {
                     if input_tokens.is_none() {
                         return Err(InferError::OutOfOrder { got: "a token", when: "before the request was admitted" });
                     }
+                    if owed_logprobs {
+                        return Err(InferError::OutOfOrder { got: "a token", when: "where log-probabilities belong" });
+                    }
                     on_token(&t);
                     text.push_str(&t);
+                    token_texts.push(t);
                     tokens.push(id);
+                    owed_logprobs = top.is_some();
+                }
+                ServerMsg::Logprobs(lp) => {
+                    let fits = top.is_some_and(|k| lp.top.len() <= usize::from(k))
+                        && lp.logprob_micros <= 0
+                        && lp.top.iter().all(|t| t.logprob_micros <= 0);
+                    if !owed_logprobs || !fits {
+                        return Err(InferError::OutOfOrder {
+                            got: "log-probabilities",
+                            when: "not asked for, or more alternatives than asked",
+                        });
+                    }
+                    owed_logprobs = false;
+                    logprobs.push(lp);
+                }
+                ServerMsg::Propose { .. } if owed_logprobs => {
+                    return Err(InferError::OutOfOrder { got: "a receipt", when: "where log-probabilities belong" });
                 }
                 ServerMsg::Propose { proposal, batch_start, weights } => break (proposal, batch_start, weights),
                 ServerMsg::Error(e) => return Err(InferError::Remote(e)),
@@ -405,6 +435,7 @@ impl Payer {
             ServerMsg::Queued { .. }
             | ServerMsg::Started { .. }
             | ServerMsg::Token { .. }
+            | ServerMsg::Logprobs(_)
             | ServerMsg::Propose { .. }
             | ServerMsg::Ack { .. } => {
                 return Err(InferError::OutOfOrder {
@@ -418,6 +449,8 @@ impl Payer {
             provider: provider.clone(),
             tokens,
             text,
+            token_texts,
+            logprobs,
             receipt,
             voucher,
             failed: Vec::new(),

@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 use crate::network::{Client, OfferTemplate, peer_key, unix_now};
 use crate::slots::{Slot, Slots};
 use crate::wire::{
-    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Prompt, Sampling, ServerMsg, WireError, read_msg,
-    write_msg,
+    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, MAX_TOP_LOGPROBS, Prompt, Sampling,
+    ServerMsg, WireError, read_msg, write_msg,
 };
 
 /// The error of a component plugged into this crate (an engine, a chain client): its type
@@ -46,20 +46,32 @@ pub enum GenerateError {
 #[error("channel lookup failed: {0}")]
 pub struct LookupError(#[source] pub BoxError);
 
+/// A token a [`Generator`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generated {
+    /// Token id.
+    pub id: u32,
+    /// Its text.
+    pub text: String,
+    /// Its log-probabilities, when the request's sampling asked for them.
+    pub logprobs: Option<Logprobs>,
+}
+
 /// Something that generates tokens: the node plugs in a compute engine; tests plug in a
 /// deterministic stand-in.
 pub trait Generator: Send + Sync + 'static {
     /// Prompt tokens the prompt counts (with the chat template applied, for chats).
     fn count_tokens(&self, prompt: &Prompt) -> Result<u32, GenerateError>;
 
-    /// Generates at most `max_tokens`, calling `on_token(id, text)` for each as it comes;
-    /// stops early when `on_token` returns `false`. Runs on a blocking thread.
+    /// Generates at most `max_tokens`, calling `on_token` with each as it comes (with its
+    /// log-probabilities when `sampling.logprobs` asks); stops early when `on_token`
+    /// returns `false`. Runs on a blocking thread.
     fn generate(
         &self,
         prompt: &Prompt,
         max_tokens: u32,
         sampling: &Sampling,
-        on_token: &mut dyn FnMut(u32, String) -> bool,
+        on_token: &mut dyn FnMut(Generated) -> bool,
     ) -> Result<(), GenerateError>;
 
     /// Milliseconds to load the model before it can generate: 0 while it is loaded (what
@@ -507,6 +519,12 @@ impl Provider {
                 format!("max_tokens must be 1..={}, got {}", limits.max_tokens, request.max_tokens),
             ));
         }
+        if let Some(k) = request.sampling.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(reply(
+                ErrorCode::BadRequest,
+                format!("{k} top log-probabilities asked for; at most {MAX_TOP_LOGPROBS}"),
+            ));
+        }
         let quote = request.quote;
         let input_tokens =
             offer.generator.count_tokens(&request.prompt).map_err(|e| reply(generate_error_code(&e), e.to_string()))?;
@@ -637,19 +655,35 @@ impl Provider {
         request: &InferRequest,
         stream: &mut Stream,
     ) -> Result<Vec<u32>, ErrorReply> {
-        let (tx, mut rx) = mpsc::channel::<(u32, String)>(32);
+        let (tx, mut rx) = mpsc::channel::<Generated>(32);
         let generator = offer.generator.clone();
         let (prompt, max_tokens, sampling) = (request.prompt.clone(), request.max_tokens, request.sampling);
         let job = tokio::task::spawn_blocking(move || {
-            generator.generate(&prompt, max_tokens, &sampling, &mut |id, text| tx.blocking_send((id, text)).is_ok())
+            generator.generate(&prompt, max_tokens, &sampling, &mut |token| tx.blocking_send(token).is_ok())
         });
         let mut tokens = Vec::new();
         let mut send_failed = None;
-        while let Some((id, text)) = rx.recv().await {
+        let asked = request.sampling.logprobs;
+        while let Some(Generated { id, text, logprobs }) = rx.recv().await {
             if send_failed.is_some() {
                 continue;
             }
-            match write_msg(stream, &ServerMsg::Token { id, text }).await {
+            let sent = match write_msg(stream, &ServerMsg::Token { id, text }).await {
+                // What was asked for, and only that: the client refuses anything else.
+                Ok(()) => match (asked, logprobs) {
+                    (Some(k), Some(mut lp)) => {
+                        lp.top.truncate(usize::from(k));
+                        write_msg(stream, &ServerMsg::Logprobs(lp)).await
+                    }
+                    (Some(_), None) => {
+                        // Dropping the receiver stops the generator at its next token.
+                        return Err(reply(ErrorCode::Engine, "the engine gave no log-probabilities"));
+                    }
+                    (None, _) => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(()) => tokens.push(id),
                 Err(e) => {
                     // Dropping the receiver stops the generator at its next token.

@@ -61,6 +61,41 @@ pub struct Sampling {
     pub top_p_milli: u32,
     /// Seed of the sampler.
     pub seed: u64,
+    /// Report each token's log-probability and those of this many most likely tokens
+    /// (at most [`MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<u8>,
+}
+
+/// The most alternatives a token's log-probabilities may list.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// A generated token's log-probability under the model (the log-softmax of its logits),
+/// and the most likely tokens' with theirs, most likely first. In millionths of a nat, so
+/// that messages stay integers.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Logprobs {
+    /// The token's log-probability × 10⁶.
+    pub logprob_micros: i32,
+    /// The most likely tokens.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// Token id.
+    pub id: u32,
+    /// Its text.
+    pub text: String,
+    /// Its log-probability × 10⁶.
+    pub logprob_micros: i32,
+}
+
+impl Logprobs {
+    /// A log-probability in millionths (clamped to `i32`; -inf is `i32::MIN`).
+    pub fn micros(logprob: f32) -> i32 {
+        (f64::from(logprob) * 1e6).round().clamp(f64::from(i32::MIN), 0.0) as i32
+    }
 }
 
 /// The client's request.
@@ -158,6 +193,8 @@ pub enum ServerMsg {
         /// Requests at most that go first, this one included.
         position: u32,
     },
+    /// The log-probabilities of the `Token` just sent, when the request asked for them.
+    Logprobs(Logprobs),
 }
 
 /// Client → provider, after a proposal.

@@ -597,7 +597,7 @@ fn wire_messages_roundtrip() {
         model: ModelId::from([1; 32]),
         prompt: Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "hi ✓".into() }]),
         max_tokens: 7,
-        sampling: Sampling { temperature_milli: 800, top_p_milli: 950, seed: u64::MAX },
+        sampling: Sampling { temperature_milli: 800, top_p_milli: 950, seed: u64::MAX, logprobs: None },
         channel: ChannelId::from([2; 32]),
         quote: Quote {
             model: ModelId::from([1; 32]),

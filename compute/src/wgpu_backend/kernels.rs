@@ -52,6 +52,8 @@ pub(crate) enum Kernel {
     Attention,
     SwiGlu,
     Sample,
+    /// Log-probabilities of the chosen and the most likely tokens.
+    Logprobs,
     /// Adds the q|k|v biases.
     Bias,
     /// RMSNorm of each query and key head.
@@ -84,6 +86,7 @@ impl Kernel {
             Kernel::Attention => include_str!("wgsl/attention.wgsl").to_owned(),
             Kernel::SwiGlu => format!("{}\n{}", include_str!("wgsl/q8.wgsl"), include_str!("wgsl/swiglu.wgsl")),
             Kernel::Sample => include_str!("wgsl/sample.wgsl").to_owned(),
+            Kernel::Logprobs => include_str!("wgsl/logprobs.wgsl").to_owned(),
             Kernel::Bias => include_str!("wgsl/bias.wgsl").to_owned(),
             Kernel::HeadNorm => include_str!("wgsl/headnorm.wgsl").to_owned(),
         };
@@ -103,6 +106,7 @@ impl Kernel {
             Kernel::Attention => "uurrrwwr",
             Kernel::SwiGlu => "uurwww",
             Kernel::Sample => "uurww",
+            Kernel::Logprobs => "uurrw",
             Kernel::Bias => "uurw",
             Kernel::HeadNorm => "uuwrr",
         }

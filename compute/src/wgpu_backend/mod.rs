@@ -22,7 +22,7 @@ mod weights;
 
 use std::sync::{Arc, Mutex};
 
-use crate::engine::{BackendKind, Engine, KvPool, SeqChunk, check_batch};
+use crate::engine::{BackendKind, Engine, KvPool, MAX_TOP_LOGPROBS, Sampled, SeqChunk, TokenLogprobs, check_batch};
 use crate::error::{Error, Result};
 use crate::model::{Activation, Model};
 use crate::sampling::SamplingParams;
@@ -36,6 +36,8 @@ const PREFILL_CHUNK: usize = 64;
 pub const MAX_BATCH: usize = 64;
 /// Tokens per KV-cache page (`PAGE` in common.wgsl).
 const PAGE_TOKENS: usize = 32;
+/// Floats per sampled sequence in the log-probabilities buffer (`STRIDE` in logprobs.wgsl).
+const LOGPROBS_STRIDE: usize = 2 + 2 * MAX_TOP_LOGPROBS;
 /// Context used when the model's own is longer, unless [`WgpuOptions::max_context`] says
 /// otherwise: the KV cache is allocated up front for the whole context.
 const DEFAULT_MAX_CONTEXT: usize = 4096;
@@ -100,6 +102,8 @@ pub struct WgpuEngine {
     logits_buf: wgpu::Buffer,
     token_readback: wgpu::Buffer,
     logits_readback: wgpu::Buffer,
+    logprobs_buf: wgpu::Buffer,
+    logprobs_readback: wgpu::Buffer,
     /// The first error the device reported outside an error scope.
     device_error: Arc<Mutex<Option<String>>>,
 }
@@ -188,7 +192,7 @@ struct SeqUniform {
     greedy: u32,
     temperature: f32,
     top_p: f32,
-    _a: u32,
+    logprobs: u32,
 }
 
 /// `Step` in common.wgsl.
@@ -204,7 +208,7 @@ struct StepUniform {
 }
 
 impl SeqUniform {
-    fn new(row: usize, sampling: &SamplingParams, step: u32) -> Self {
+    fn new(row: usize, sampling: &SamplingParams, step: u32, logprobs: Option<usize>) -> Self {
         SeqUniform {
             row: row as u32,
             seed_lo: sampling.seed as u32,
@@ -213,7 +217,7 @@ impl SeqUniform {
             greedy: sampling.is_greedy() as u32,
             temperature: sampling.temperature,
             top_p: sampling.top_p,
-            _a: 0,
+            logprobs: logprobs.map_or(0, |k| k as u32 + 1),
         }
     }
 }
@@ -223,6 +227,7 @@ struct Piece<'a> {
     seq: usize,
     tokens: &'a [u32],
     sample: Option<(&'a SamplingParams, u32)>,
+    logprobs: Option<usize>,
 }
 
 /// Splits a batch into submissions of at most `PREFILL_CHUNK` tokens, in order; a chunk
@@ -241,8 +246,8 @@ fn split_submissions<'a>(chunks: &[SeqChunk<'a>]) -> Vec<Vec<Piece<'a>>> {
             let (now, later) = rest.split_at(rest.len().min(room));
             room -= now.len();
             rest = later;
-            let sample = if rest.is_empty() { c.sample } else { None };
-            subs.last_mut().expect("one at least").push(Piece { seq: c.seq, tokens: now, sample });
+            let (sample, logprobs) = if rest.is_empty() { (c.sample, c.logprobs) } else { (None, None) };
+            subs.last_mut().expect("one at least").push(Piece { seq: c.seq, tokens: now, sample, logprobs });
         }
     }
     subs
@@ -540,6 +545,8 @@ impl WgpuEngine {
         let out_buf = storage(&device, "next tokens", max_batch * 4);
         let token_readback = readback(&device, "token readback", max_batch * 4);
         let logits_readback = readback(&device, "logits readback", c.vocab_size * 4);
+        let logprobs_buf = storage(&device, "logprobs", max_batch * LOGPROBS_STRIDE * 4);
+        let logprobs_readback = readback(&device, "logprobs readback", max_batch * LOGPROBS_STRIDE * 4);
         let uniform = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -714,6 +721,7 @@ impl WgpuEngine {
             b.matmul(w, &last, &xq, &xs, &logits_buf, (c.vocab_size, *first as usize), false);
         }
         b.push(Kernel::Sample, None, &[c.vocab_size as u32], &[&logits_buf, &probs, &out_buf], Size::PerToken);
+        b.push(Kernel::Logprobs, None, &[c.vocab_size as u32], &[&logits_buf, &out_buf, &logprobs_buf], Size::PerToken);
         // The final norm, quantization, output projection and sampling see one row per
         // sampled sequence; submissions that sample nothing (a long prompt's first
         // chunks) skip them.
@@ -759,6 +767,8 @@ impl WgpuEngine {
             logits_buf,
             token_readback,
             logits_readback,
+            logprobs_buf,
+            logprobs_readback,
             device_error,
         })
     }
@@ -778,7 +788,7 @@ impl WgpuEngine {
         for (t, row) in uniform.tok.iter_mut().take(n as usize).enumerate() {
             *row = [0, t as u32, 0, 0];
         }
-        uniform.seq[0] = SeqUniform::new(n as usize - 1, &SamplingParams::greedy(), 0);
+        uniform.seq[0] = SeqUniform::new(n as usize - 1, &SamplingParams::greedy(), 0, None);
         let table: Vec<u32> = (0..self.pages_per_seq as u32).collect();
         self.queue.write_buffer(&self.pages_buf, 0, bytemuck::cast_slice(&table));
         self.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&uniform));
@@ -811,9 +821,10 @@ impl WgpuEngine {
         Ok(totals)
     }
 
-    /// Compute dispatches recorded for one decode step.
+    /// Compute dispatches recorded for one decode step (the log-probabilities kernel,
+    /// which runs only when a request asks for them, left out).
     pub fn dispatches_per_token(&self) -> usize {
-        self.ops.len()
+        self.ops.len() - 1
     }
 
     /// Takes free pages for every sequence of the batch to reach its new length, or fails
@@ -866,7 +877,7 @@ impl WgpuEngine {
                 tokens.push(t);
             }
             if let Some((s, step)) = piece.sample {
-                uniform.seq[n_seq] = SeqUniform::new(tokens.len() - 1, s, step);
+                uniform.seq[n_seq] = SeqUniform::new(tokens.len() - 1, s, step, piece.logprobs);
                 n_seq += 1;
             }
             self.seqs[piece.seq].position += piece.tokens.len();
@@ -878,6 +889,7 @@ impl WgpuEngine {
         uniform.n_tok = n_seq as u32;
         self.queue.write_buffer(&self.tail_step_buf, 0, bytemuck::bytes_of(&uniform));
         self.queue.write_buffer(&self.tokens_buf, 0, bytemuck::cast_slice(&tokens));
+        let logprobs = pieces.iter().any(|p| p.logprobs.is_some());
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
@@ -885,8 +897,9 @@ impl WgpuEngine {
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
             for op in &self.ops {
                 let rows = if op.final_only { n_seq as u32 } else { n };
-                // Submissions that sample nothing only fill the KV cache.
-                if rows == 0 {
+                // Submissions that sample nothing only fill the KV cache; log-probabilities
+                // are computed only when asked for.
+                if rows == 0 || (op.kernel == Kernel::Logprobs && !logprobs) {
                     continue;
                 }
                 let (pipeline, grid) = op.grid(rows);
@@ -903,6 +916,16 @@ impl WgpuEngine {
                 sampled_before as u64 * 4,
                 n_seq as u64 * 4,
             );
+            if logprobs {
+                let stride = (LOGPROBS_STRIDE * 4) as u64;
+                encoder.copy_buffer_to_buffer(
+                    &self.logprobs_buf,
+                    0,
+                    &self.logprobs_readback,
+                    sampled_before as u64 * stride,
+                    n_seq as u64 * stride,
+                );
+            }
             if want_logits && sampled_before == 0 {
                 let bytes = (self.vocab_size * 4) as u64;
                 encoder.copy_buffer_to_buffer(&self.logits_buf, 0, &self.logits_readback, 0, bytes);
@@ -982,7 +1005,7 @@ impl Engine for WgpuEngine {
         }
     }
 
-    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<u32>> {
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Sampled>> {
         let sampled = self.run(chunks, false)?;
         if sampled == 0 {
             return Ok(Vec::new());
@@ -992,15 +1015,53 @@ impl Engine for WgpuEngine {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(Error::Device(format!("the sampler returned token {bad} (vocabulary {})", self.vocab_size)));
         }
-        Ok(tokens)
+        let asked: Vec<Option<usize>> = chunks.iter().filter(|c| c.sample.is_some()).map(|c| c.logprobs).collect();
+        let table: Vec<f32> = if asked.iter().any(Option::is_some) {
+            let bytes = self.read(&self.logprobs_readback, (sampled * LOGPROBS_STRIDE * 4) as u64)?;
+            bytemuck::cast_slice(&bytes).to_vec()
+        } else {
+            Vec::new()
+        };
+        let vocab = self.vocab_size;
+        tokens
+            .into_iter()
+            .zip(asked)
+            .enumerate()
+            .map(|(i, (token, asked))| {
+                let logprobs = match asked {
+                    None => None,
+                    Some(_) => Some(parse_logprobs(&table[i * LOGPROBS_STRIDE..][..LOGPROBS_STRIDE], vocab)?),
+                };
+                Ok(Sampled { token, logprobs })
+            })
+            .collect()
     }
 
     fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let greedy = SamplingParams::greedy();
-        self.run(&[SeqChunk { seq: 0, tokens, sample: Some((&greedy, 0)) }], true)?;
+        self.run(&[SeqChunk::sample(0, tokens, &greedy, 0)], true)?;
         let bytes = self.read(&self.logits_readback, (self.vocab_size * 4) as u64)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
+}
+
+/// One sequence's entry of the log-probabilities buffer (see logprobs.wgsl).
+fn parse_logprobs(entry: &[f32], vocab: usize) -> Result<TokenLogprobs> {
+    let k = entry[1] as usize;
+    if k > MAX_TOP_LOGPROBS {
+        return Err(Error::Device(format!("the log-probabilities kernel returned {k} alternatives")));
+    }
+    let mut top = Vec::with_capacity(k);
+    for pair in entry[2..2 + 2 * k].chunks(2) {
+        let token = pair[0].to_bits();
+        if token as usize >= vocab {
+            return Err(Error::Device(format!(
+                "the log-probabilities kernel returned token {token} (vocabulary {vocab})"
+            )));
+        }
+        top.push((token, pair[1]));
+    }
+    Ok(TokenLogprobs { logprob: entry[0], top })
 }
 
 /// Submits the uploads wgpu has staged and waits for them, which releases their staging.

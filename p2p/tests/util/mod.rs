@@ -12,8 +12,8 @@ use attrinet_market::{
     Price, ProviderChannel, Quote, Seq, Store, Usage, Wei, encode, request_hash, response_hash,
 };
 use attrinet_p2p::{
-    Ask, Client, ClientMsg, ErrorCode, Generator, INFER_PROTOCOL, InferError, InferRequest, Limits, Multiaddr,
-    NetConfig, Offer, Payer, Prompt, Provider, Sampling, ServerMsg, read_msg, write_msg,
+    Ask, Client, ClientMsg, ErrorCode, Generated, Generator, INFER_PROTOCOL, InferError, InferRequest, Limits,
+    Multiaddr, NetConfig, Offer, Payer, Prompt, Provider, Sampling, ServerMsg, read_msg, write_msg,
 };
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -72,10 +72,10 @@ impl Generator for TestEngine {
         prompt: &Prompt,
         max_tokens: u32,
         _: &Sampling,
-        on_token: &mut dyn FnMut(u32, String) -> bool,
+        on_token: &mut dyn FnMut(Generated) -> bool,
     ) -> Result<(), attrinet_p2p::GenerateError> {
         if TestEngine::says(prompt, ENGINE_FAILS) {
-            on_token(1, " t1".into());
+            on_token(Generated { id: 1, text: " t1".into(), logprobs: None });
             return Err(attrinet_p2p::GenerateError::Engine("device lost".into()));
         }
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -85,7 +85,7 @@ impl Generator for TestEngine {
                 std::thread::sleep(Duration::from_millis(self.delay_ms));
             }
             self.generated.fetch_add(1, Ordering::SeqCst);
-            if !on_token(id, format!(" t{id}")) {
+            if !on_token(Generated { id, text: format!(" t{id}"), logprobs: None }) {
                 break;
             }
         }

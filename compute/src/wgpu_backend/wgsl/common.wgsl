@@ -11,7 +11,8 @@ struct Seq {
     greedy: u32,
     temperature: f32,
     top_p: f32,
-    _a: u32,
+    // 0: no log-probabilities; k + 1: the chosen token's and the k most likely tokens'.
+    logprobs: u32,
 }
 
 struct Step {

@@ -363,6 +363,7 @@ pub(crate) async fn query(data_dir: &Path, file: &FileConfig, q: QueryArgs) -> a
             temperature_milli: (q.temperature.clamp(0.0, 10.0) * 1000.0) as u32,
             top_p_milli: 0,
             seed: rand_u64()?,
+            logprobs: None,
         },
         max_cost: q.max_price,
     };
