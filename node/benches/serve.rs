@@ -4,8 +4,14 @@
 //!
 //! ```text
 //! cargo bench -p attrinet-node --bench serve -- [--model FILE] [--backend candle|wgpu]
-//!     [--concurrency 1,4,16,32] [--max-tokens 32] [--max-batch 4] [--queue 64]
+//!     [--concurrency 1,4,16,32] [--max-tokens 32] [--max-batch 8] [--queue 64]
+//!     [--llama-cpp-tok-s RATE]
 //! ```
+//!
+//! The single request's decode rate (tokens after the first over the time after it) is
+//! printed too, and next to llama.cpp's when `--llama-cpp-tok-s` gives the rate llama.cpp
+//! decoded the same model at on this machine (`scripts/bench-serve` measures it in the same
+//! run and passes it).
 //!
 //! One provider and one client in this process (`attrinet_node::loopback`): requests are
 //! admitted, queued, generated, streamed, receipted and paid exactly as between two nodes.
@@ -35,8 +41,11 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     max_tokens: u32,
     /// The provider's generation slots (`serve --max-batch`).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     max_batch: usize,
+    /// llama.cpp's single-stream decode rate on this machine, tokens/s, to compare with.
+    #[arg(long)]
+    llama_cpp_tok_s: Option<f64>,
     /// The provider's queue (`serve --queue`).
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -50,6 +59,8 @@ struct Round {
     tokens: usize,
     wall: Duration,
     ttft: Vec<Duration>,
+    /// Tokens after the first, over the time after the first, of each request.
+    decode: Vec<f64>,
 }
 
 impl Round {
@@ -96,6 +107,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut single = None;
     for (i, &c) in args.concurrency.iter().enumerate() {
         let r = round(&lb, &name, c, args.max_tokens, i * 1000).await?;
+        if c == 1 {
+            let rate = r.decode[0];
+            match args.llama_cpp_tok_s {
+                Some(reference) => println!(
+                    "single-stream decode: {rate:.1} tok/s, {:.2}x llama.cpp's {reference:.1} tok/s on this machine",
+                    rate / reference
+                ),
+                None => println!("single-stream decode: {rate:.1} tok/s (no llama.cpp rate given)"),
+            }
+        }
         let base = *single.get_or_insert(r.tokens_per_s());
         println!(
             "{:>3} concurrent: {:>7.1} tok/s aggregate ({:.2}x the first round), time to first token p50 {:>7.0} ms, p99 {:>7.0} ms",
@@ -134,19 +155,25 @@ async fn round(
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let mut first = None;
+            let mut last = Duration::ZERO;
             let answer = payer
                 .infer(&net, &ask, |_| {
                     first.get_or_insert_with(|| sent.elapsed());
+                    last = sent.elapsed();
                 })
                 .await?;
-            anyhow::Ok((answer.tokens.len(), first.unwrap_or_else(|| sent.elapsed())))
+            let first = first.unwrap_or_else(|| sent.elapsed());
+            let after = answer.tokens.len().saturating_sub(1) as f64;
+            let decode = after / last.saturating_sub(first).as_secs_f64().max(1e-9);
+            anyhow::Ok((answer.tokens.len(), first, decode))
         }));
     }
-    let (mut tokens, mut ttft) = (0, Vec::new());
+    let (mut tokens, mut ttft, mut decode) = (0, Vec::new(), Vec::new());
     for t in tasks {
-        let (n, first) = t.await??;
+        let (n, first, rate) = t.await??;
         tokens += n;
         ttft.push(first);
+        decode.push(rate);
     }
-    Ok(Round { concurrency, tokens, wall: start.elapsed(), ttft })
+    Ok(Round { concurrency, tokens, wall: start.elapsed(), ttft, decode })
 }
