@@ -569,6 +569,23 @@ impl ProviderChannel {
         self.reserved = reserved;
     }
 
+    /// Ends a reservation whose payer hung up after `output_tokens` were sent, before any
+    /// receipt: their value with the prompt's (at the reserved quote's price, at most the
+    /// reservation) counts as unpaid from now on, as a proposal written off does, so that
+    /// hanging up before the receipt does not take answers for free. Returns that value.
+    pub fn cut_off(
+        &mut self,
+        reservation: Reservation,
+        input_tokens: u32,
+        output_tokens: u32,
+    ) -> Result<Wei, LedgerError> {
+        let served = reservation.quote.price.value(input_tokens, output_tokens)?.min(reservation.amount);
+        let written_off = self.written_off.checked_add(served)?;
+        self.release(reservation);
+        self.written_off = written_off;
+        Ok(served)
+    }
+
     /// Turns a reservation into a signed receipt proposal for the actual usage. Returns the
     /// proposal and the batch start the payer must build its voucher's root from. On error
     /// the reservation is released.

@@ -628,3 +628,20 @@ fn a_leaving_payer_gets_no_service_and_a_thaw_cuts_the_deposit_to_what_is_owed()
     let quote = Quote { max_input_tokens: 1, max_output_tokens: 1, ..ch.quote };
     assert!(matches!(provider.reserve(quote, Admission::of(&quote)), Err(LedgerError::DepositExceeded { .. })));
 }
+
+#[test]
+fn a_reservation_cut_off_by_a_hang_up_leaves_the_tokens_sent_unpaid() {
+    // One request: 100 prompt and at most 50 output tokens at 1,000 / 3,000 wei per 1,000.
+    let mut ch = Channel::new(Wei(10_000), Wei(600));
+    let r = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
+    assert_eq!(ch.provider.unpaid().unwrap(), Wei(250));
+    // 20 tokens sent, then the payer left: 100 + 60 wei stay unpaid, the rest is released.
+    assert_eq!(ch.provider.cut_off(r, 100, 20).unwrap(), Wei(160));
+    assert_eq!(ch.provider.unpaid().unwrap(), Wei(160));
+    // Never more than the reservation, whatever the counts say.
+    let r = ch.provider.reserve(ch.quote, Admission::of(&ch.quote)).unwrap();
+    assert_eq!(ch.provider.cut_off(r, 100, 5_000).unwrap(), Wei(250));
+    assert_eq!(ch.provider.unpaid().unwrap(), Wei(410));
+    // And the limit holds: 410 + 250 > 600.
+    assert!(matches!(ch.provider.reserve(ch.quote, Admission::of(&ch.quote)), Err(LedgerError::ExposureLimit { .. })));
+}

@@ -607,9 +607,17 @@ impl Provider {
             .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
         let tokens = match self.generate(offer, &request, stream).await {
             Ok(t) => t,
-            Err(e) => {
+            Err(Cut { error, sent_before_hang_up: Some(sent) }) if sent > 0 => {
+                // The payer had `sent` tokens and left before the receipt: they count as
+                // unpaid, or hanging up would take answers for free.
+                let served = channel.lock().await.cut_off(reservation, input_tokens, sent);
+                warn!(target: "p2p::provider", %peer, sent, served = ?served, "the payer hung up before the receipt");
+                return Err(error);
+            }
+            Err(Cut { error, .. }) => {
+                // Nothing delivered, or the engine failed (not the payer's doing).
                 channel.lock().await.release(reservation);
-                return Err(e);
+                return Err(error);
             }
         };
 
@@ -678,12 +686,7 @@ impl Provider {
 
     /// Runs the generator on a blocking thread, streaming each token as it comes. Stops
     /// generating when the client goes away.
-    async fn generate(
-        &self,
-        offer: &Offer,
-        request: &InferRequest,
-        stream: &mut Stream,
-    ) -> Result<Vec<u32>, ErrorReply> {
+    async fn generate(&self, offer: &Offer, request: &InferRequest, stream: &mut Stream) -> Result<Vec<u32>, Cut> {
         let (tx, mut rx) = mpsc::channel::<Generated>(32);
         let generator = offer.generator.clone();
         let (prompt, max_tokens, sampling) = (request.prompt.clone(), request.max_tokens, request.sampling);
@@ -706,7 +709,8 @@ impl Provider {
                     }
                     (Some(_), None) => {
                         // Dropping the receiver stops the generator at its next token.
-                        return Err(reply(ErrorCode::Engine, "the engine gave no log-probabilities"));
+                        let error = reply(ErrorCode::Engine, "the engine gave no log-probabilities");
+                        return Err(Cut { error, sent_before_hang_up: None });
                     }
                     (None, _) => Ok(()),
                 },
@@ -721,11 +725,21 @@ impl Provider {
                 }
             }
         }
-        let result = job.await.map_err(|e| reply(ErrorCode::Engine, format!("engine panicked: {e}")))?;
+        let engine_failed = |error| Cut { error, sent_before_hang_up: None };
+        let result = job.await.map_err(|e| engine_failed(reply(ErrorCode::Engine, format!("engine panicked: {e}"))))?;
         if let Some(e) = send_failed {
-            return Err(reply(ErrorCode::Internal, format!("client went away: {e}")));
+            let error = reply(ErrorCode::Internal, format!("client went away: {e}"));
+            return Err(Cut { error, sent_before_hang_up: Some(tokens.len() as u32) });
         }
-        result.map_err(|e| reply(generate_error_code(&e), e.to_string()))?;
+        result.map_err(|e| engine_failed(reply(generate_error_code(&e), e.to_string())))?;
         Ok(tokens)
     }
+}
+
+/// Why a generation ended without an answer to bill.
+struct Cut {
+    error: ErrorReply,
+    /// Tokens the payer had been sent when it hung up; `None` when the payer did not hang
+    /// up (the engine failed).
+    sent_before_hang_up: Option<u32>,
 }

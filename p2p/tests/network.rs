@@ -737,3 +737,49 @@ async fn a_payment_cut_by_the_total_timeout_is_written_off_and_the_channel_bills
     assert_eq!(answer.receipt.receipt.seq, Seq(1), "the written-off proposal's seq is reused");
     drop(stream);
 }
+
+/// Attack: a payer reads most of each answer and hangs up before the receipt, so nothing is
+/// ever proposed. That used to release the reservation and count nothing: read, hang up,
+/// repeat, for free without end. Now the tokens sent before the hang-up count as unpaid
+/// exposure (as a proposal written off does), so such a payer runs into its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_that_hangs_up_before_each_receipt_runs_into_its_exposure_limit() {
+    // Provider 0 of `market_of` charges 1,000 / 2,000 wei per 1,000 input / output tokens; a
+    // request of the 2-token prompt "pay me" for 20 tokens reserves its most, 42 wei. The
+    // limit leaves 60 wei of room for unpaid tokens on top of one reservation: two or three
+    // cut-off answers (10 to 20 tokens sent each).
+    let price = Price { per_1k_input: Wei(1000), per_1k_output: Wei(2000) };
+    let reservation = price.value(2, 20).unwrap();
+    let limits = Limits { exposure_limit: Wei(reservation.0 + 60), ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 30).await;
+    let mut refused = None;
+    let mut free_tokens = 0;
+    for round in 0..8 {
+        let (_, mut s) = send_raw_request_with(&client, &providers[0], |r| {
+            r.max_tokens = 20;
+            r.quote.max_output_tokens = 20;
+        })
+        .await;
+        let mut read = 0;
+        while read < 10 {
+            match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
+                ServerMsg::Token { .. } => read += 1,
+                ServerMsg::Error(e) => {
+                    refused = Some((round, e.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        free_tokens += read;
+        drop(s);
+        if refused.is_some() {
+            break;
+        }
+        // Time for the provider to notice the hang-up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (round, code) = refused.unwrap_or_else(|| panic!("never refused: {free_tokens} tokens taken free"));
+    assert_eq!(code, ErrorCode::Unpaid, "refused for its unpaid exposure");
+    assert!(round <= 4, "cut off after {round} hang-ups ({free_tokens} tokens)");
+}
