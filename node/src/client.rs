@@ -73,10 +73,22 @@ impl ChannelOpener {
             return Ok(None);
         }
         let demand = Demand { input_tokens: 0, max_output_tokens: max_tokens, max_cost };
-        let Some(best) = rank(&offers, &demand, &ProviderBook::new()).into_iter().next() else {
-            return Ok(None);
-        };
-        Ok(Some(self.open(best.evm_address, self.deposit).await?))
+        for best in rank(&offers, &demand, &ProviderBook::new()) {
+            // An advert is signed by its node's key but may name any address: pay only an
+            // address whose registered node has that key, or a node could steer deposits
+            // to an address that is not the one serving.
+            let registered = self.chain.node_key(best.evm_address).await?;
+            if registered != Some(best.node_key) {
+                tracing::warn!(
+                    target: "client",
+                    address = %best.evm_address,
+                    "an advert names an address registered with another key (or none): passed over"
+                );
+                continue;
+            }
+            return Ok(Some(self.open(best.evm_address, self.deposit).await?));
+        }
+        Ok(None)
     }
 }
 

@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod devnet;
 mod gateway;
+mod opener;
 mod serving;

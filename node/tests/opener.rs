@@ -1,0 +1,101 @@
+//! The channel opener against a real chain (anvil) and a real network: it pays only the
+//! node an advert's key belongs to.
+
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig};
+use attrinet_market::{Identity, ModelAdvert, ModelId, Price, Store, Wei, encode};
+use attrinet_node::SledStore;
+use attrinet_node::client::ChannelOpener;
+use attrinet_p2p::NetConfig;
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+fn net(bootstrap: Vec<attrinet_p2p::Multiaddr>) -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        republish_every: Duration::from_secs(1),
+        advert_ttl: Duration::from_secs(60),
+        heartbeat: Duration::from_millis(200),
+    }
+}
+
+/// Attack: a node publishes an advert signed with its own key that names another registered
+/// node's EVM address, at a price that ranks it first. The opener used to open a channel to
+/// that address (the deposit locked with a node the client never chose, and which would
+/// not be the one serving it). Now an advert whose key is not the key registered for its
+/// address is passed over, and no channel is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opener_pays_no_address_whose_registered_key_is_not_the_adverts() {
+    let anvil = Anvil::spawn(AnvilConfig::default()).expect("anvil (scripts/setup-chain-tools)");
+    let [deployer, victim, forger, payer] =
+        [9u8, 10, 11, 12].map(|i| Identity::from_secrets([i; 32], [i; 32]).unwrap());
+    for who in [&deployer, &victim, &payer] {
+        anvil.fund(who.address(), U256::from(10 * ETH)).await.unwrap();
+    }
+    let config = DeployConfig {
+        treasury: deployer.address(),
+        challenge_window: 15,
+        thaw_delay: 60,
+        unbond_delay: 60,
+        min_bond: Wei(ETH / 10),
+    };
+    let deployment = ChainClient::deploy(&anvil.endpoint(), deployer.evm.clone(), config).await.unwrap();
+    let victim_chain = ChainClient::connect(&anvil.endpoint(), victim.evm.clone(), deployment).unwrap();
+    victim_chain.register_node(&victim.public_key(), Wei(ETH / 10)).await.unwrap();
+
+    // The forger's node publishes, under its own key, an advert naming the victim's address.
+    let (forger_net, forger_loop) = attrinet_p2p::new(forger.clone(), net(vec![])).unwrap();
+    tokio::spawn(forger_loop.run());
+    let addr = loop {
+        if let Some(a) = forger_net.listen_addrs().await.unwrap().into_iter().next() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (payer_net, payer_loop) = attrinet_p2p::new(payer.clone(), net(vec![addr])).unwrap();
+    tokio::spawn(payer_loop.run());
+    let advert = ModelAdvert {
+        node_key: forger.public_key(),
+        evm_address: victim.address(),
+        model: ModelId::from([5; 32]),
+        model_name: "bait".into(),
+        price: Price { per_1k_input: Wei(1), per_1k_output: Wei(1) },
+        context_length: 2048,
+        free_capacity: 8,
+        decode_tokens_per_s: 1000,
+        ttft_ms: 1,
+        cold_start_ms: 0,
+        expires_at: attrinet_p2p::unix_now() + 60,
+        seq: 1,
+        addrs: vec![],
+    }
+    .sign(&forger.ed25519);
+    let mut seen = false;
+    for _ in 0..100 {
+        let _ = forger_net.publish_raw_advert(encode(&advert)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !payer_net.market().await.unwrap().find("bait", attrinet_p2p::unix_now()).is_empty() {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the payer never saw the advert");
+
+    let dir = tempfile::tempdir().unwrap();
+    let opener = ChannelOpener {
+        identity: payer.clone(),
+        chain: ChainClient::connect(&anvil.endpoint(), payer.evm.clone(), deployment).unwrap(),
+        store: std::sync::Arc::new(SledStore::open(dir.path()).unwrap()),
+        deposit: Wei(ETH / 100),
+    };
+    let opened = opener.ensure(&payer_net, "bait", 16, None).await;
+    assert!(
+        matches!(opened, Ok(None)),
+        "a channel was opened to {} on the strength of another key's advert: {opened:?}",
+        victim.address()
+    );
+    assert!(opener.store.channels().unwrap().is_empty(), "no channel is recorded either");
+}
