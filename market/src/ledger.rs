@@ -37,6 +37,23 @@ impl Quote {
     }
 }
 
+/// Tokens a chat template may add to a whole prompt (a BOS, a default system prompt), at
+/// most, in [`max_input_tokens`].
+pub const TEMPLATE_TOKENS: u32 = 64;
+/// Tokens a chat template may add per message (role markers, separators), at most.
+pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 16;
+
+/// The most input tokens a prompt of `text_bytes` bytes in `messages` chat messages (0 for
+/// raw text) can tokenize to: each token of text stands for at least one byte, and a
+/// template adds at most [`TEMPLATE_TOKENS`] and [`TEMPLATE_TOKENS_PER_MESSAGE`] per
+/// message. A payer quotes at most this, so a provider cannot bill input the prompt could
+/// not make, whatever it counts.
+pub fn max_input_tokens(text_bytes: usize, messages: usize) -> u32 {
+    let text = u32::try_from(text_bytes).unwrap_or(u32::MAX);
+    let per_message = u32::try_from(messages).unwrap_or(u32::MAX).saturating_mul(TEMPLATE_TOKENS_PER_MESSAGE);
+    text.saturating_add(per_message).saturating_add(TEMPLATE_TOKENS)
+}
+
 /// What the payer itself observed of an inference.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Delivered {

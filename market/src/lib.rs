@@ -102,7 +102,8 @@ pub use attribution::{
 pub use error::{MarketError, VerifyError};
 pub use keys::Identity;
 pub use ledger::{
-    Admission, Delivered, LedgerError, MAX_CLOCK_SKEW_SECS, PayerChannel, ProviderChannel, Quote, Reservation, Usage,
+    Admission, Delivered, LedgerError, MAX_CLOCK_SKEW_SECS, PayerChannel, ProviderChannel, Quote, Reservation,
+    TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE, Usage, max_input_tokens,
 };
 pub use merkle::{MerkleProof, MerkleTree, ProofError, SumNode, SumProof, SumTree, leaf_hash};
 pub use payout::{

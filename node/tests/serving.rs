@@ -124,3 +124,36 @@ async fn two_models_share_a_budget_for_one_and_both_answer() {
     assert_eq!(cold("tiny-b"), 0, "tiny-b is loaded");
     assert_eq!(pool.generator(1).cold_start_ms(), 0);
 }
+
+/// The payer's bound on input tokens (a byte per token of text plus the template's
+/// overhead) holds for the real models' tokenizers and chat templates: an honest provider's
+/// count is never refused.
+#[test]
+fn real_prompts_count_within_the_payers_input_bound() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let chats: Vec<Vec<(&str, &str)>> = vec![
+        vec![("user", "hi")],
+        vec![("user", "")],
+        vec![("system", "Be brief."), ("user", "What is the capital of France?")],
+        vec![("user", "Tell me a joke."), ("assistant", "Why did the chicken cross the road?"), ("user", "Why?")],
+    ];
+    let texts = ["", "x", "Once upon a time", "<|im_start|>user\nhi<|im_end|>", "日本語のテキスト 🎉"];
+    for file in ["SmolLM2-135M-Instruct-Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"] {
+        let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e} (scripts/fetch-model)"));
+        for chat in &chats {
+            let prompt = Prompt::Chat(
+                chat.iter()
+                    .map(|(r, c)| attrinet_p2p::ChatMessage { role: (*r).into(), content: (*c).into() })
+                    .collect(),
+            );
+            let turns: Vec<attrinet_compute::ChatTurn<'_>> =
+                chat.iter().map(|(role, content)| attrinet_compute::ChatTurn { role, content }).collect();
+            let Ok(tokens) = model.chat_tokens(&turns) else { continue };
+            assert!(tokens.len() as u32 <= prompt.max_input_tokens(), "{file}: {chat:?}: {} tokens", tokens.len());
+        }
+        for text in texts {
+            let n = model.tokenizer().encode_prompt(text).len() as u32;
+            assert!(n <= Prompt::Text(text.into()).max_input_tokens(), "{file}: {text:?}: {n} tokens");
+        }
+    }
+}

@@ -225,7 +225,12 @@ impl Payer {
     ) -> Result<Answer, InferError> {
         let view = network.market().await?;
         let offers = view.find(&ask.model, unix_now());
-        let demand = Demand { input_tokens: 0, max_output_tokens: ask.max_tokens, max_cost: ask.max_cost };
+        // The input cost counts too, at the most the prompt can make.
+        let demand = Demand {
+            input_tokens: ask.prompt.max_input_tokens(),
+            max_output_tokens: ask.max_tokens,
+            max_cost: ask.max_cost,
+        };
         let ranked = {
             let book = self.inner.book.lock().unwrap_or_else(|p| p.into_inner());
             rank(&offers, &demand, &book)
@@ -319,7 +324,8 @@ impl Payer {
             quote: Quote {
                 model: provider.model,
                 price: provider.price,
-                max_input_tokens: provider.context_length,
+                // No more input than the prompt can make: a provider billing more is refused.
+                max_input_tokens: provider.context_length.min(ask.prompt.max_input_tokens()),
                 max_output_tokens: ask.max_tokens,
             },
         };
@@ -356,6 +362,12 @@ impl Payer {
                     return Err(InferError::OutOfOrder {
                         got: "a place in the queue",
                         when: "after the request started",
+                    });
+                }
+                ServerMsg::Started { input_tokens: n } if n > request.quote.max_input_tokens => {
+                    return Err(InferError::OutOfOrder {
+                        got: "a prompt count over what the prompt can make",
+                        when: "when the request started",
                     });
                 }
                 ServerMsg::Started { input_tokens: n } => input_tokens = Some(n),
@@ -403,7 +415,8 @@ impl Payer {
             request_hash: request_hash(&encode(&request)),
             response_hash: response_hash(&tokens),
             output_tokens: tokens.len() as u32,
-            input_tokens: None,
+            // The receipt must bill what `Started` declared (within the quote).
+            input_tokens,
             expected_weights: datanet.map(|d| d.attribute(&tokens).weights),
             weights,
         };

@@ -50,6 +50,15 @@ impl Prompt {
             Prompt::Chat(m) => m.iter().map(|m| m.role.len() + m.content.len()).sum(),
         }
     }
+
+    /// The most input tokens this prompt can count ([`attrinet_market::max_input_tokens`]).
+    pub fn max_input_tokens(&self) -> u32 {
+        let messages = match self {
+            Prompt::Text(_) => 0,
+            Prompt::Chat(m) => m.len(),
+        };
+        attrinet_market::max_input_tokens(self.text_len(), messages)
+    }
 }
 
 /// Sampling parameters. Integers, so that a request hashes the same everywhere.

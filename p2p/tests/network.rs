@@ -783,3 +783,23 @@ async fn a_payer_that_hangs_up_before_each_receipt_runs_into_its_exposure_limit(
     assert_eq!(code, ErrorCode::Unpaid, "refused for its unpaid exposure");
     assert!(round <= 4, "cut off after {round} hang-ups ({free_tokens} tokens)");
 }
+
+/// Attack: a provider counts a short prompt as 1,500 input tokens and bills them. The payer's
+/// quote allowed input up to the advertised context, so it co-signed. Now the quote allows
+/// at most what the prompt's bytes can make (a token of text is at least one byte, plus the
+/// chat template's overhead), so the inflated count is refused and nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_cannot_bill_more_input_than_the_prompt_can_make() {
+    let (client, _providers) = market_of(1, Limits::default(), 0).await;
+    let prompt = format!("a short {INFLATED_INPUT} prompt");
+    let answer = client.payer.infer(&client.client, &ask("test-model", &prompt, 4), |_| {}).await;
+    match answer {
+        Ok(a) => panic!("billed {} input tokens for a {}-byte prompt", a.receipt.receipt.input_tokens, prompt.len()),
+        Err(e) => assert!(e.to_string().contains("does not fit"), "refused for its input count: {e}"),
+    }
+    let id = client.store.channels().unwrap()[0].params.id;
+    assert!(client.store.receipts_after(&id, Seq::ZERO).unwrap().is_empty(), "nothing signed");
+    // An honest count of the same length of prompt is served.
+    let honest = client.payer.infer(&client.client, &ask("test-model", "a short honest prompt", 4), |_| {}).await;
+    assert_eq!(honest.unwrap().receipt.receipt.input_tokens, 4);
+}

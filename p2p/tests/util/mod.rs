@@ -26,6 +26,9 @@ pub fn model(i: u8) -> ModelId {
 pub const UNUSABLE_PROMPT: &str = "unusable-prompt";
 /// A prompt on which the test engine fails after its first token.
 pub const ENGINE_FAILS: &str = "engine-fails";
+/// A prompt containing this is counted as 1,500 input tokens: a provider billing input it
+/// did not get.
+pub const INFLATED_INPUT: &str = "inflated-input";
 
 /// Stands in for a model in these tests only: the tokens are a function of the prompt, each
 /// takes `delay_ms`, and it records how many generations ever ran at once.
@@ -60,6 +63,9 @@ impl Generator for TestEngine {
     fn count_tokens(&self, prompt: &Prompt) -> Result<u32, attrinet_p2p::GenerateError> {
         if TestEngine::says(prompt, UNUSABLE_PROMPT) {
             return Err(attrinet_p2p::GenerateError::Prompt("the template refuses this prompt".into()));
+        }
+        if TestEngine::says(prompt, INFLATED_INPUT) {
+            return Ok(1500);
         }
         match prompt {
             Prompt::Text(t) => Ok(t.split_whitespace().count() as u32),
