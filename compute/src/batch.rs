@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crate::engine::{
     Engine, FinishReason, GenerateParams, Generation, KvPool, MAX_TOP_LOGPROBS, SeqChunk, TokenLogprobs, TokensHash,
+    check_request,
 };
 use crate::error::{Error, Result};
 
@@ -195,16 +196,7 @@ impl Batcher {
         if let Some(k) = logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return Err(Error::InvalidBatch(format!("{k} top logprobs asked; at most {MAX_TOP_LOGPROBS}")));
         }
-        if params.max_tokens == 0 {
-            return Err(Error::ZeroMaxTokens);
-        }
-        if prompt.is_empty() {
-            return Err(Error::EmptyPrompt);
-        }
-        params.sampling.validate()?;
-        if prompt.len() >= self.context_length {
-            return Err(Error::PromptTooLong { prompt_tokens: prompt.len(), context_length: self.context_length });
-        }
+        check_request(&prompt, &params, self.context_length)?;
         if let Some(&token) = prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(Error::TokenOutOfRange { token, vocab_size: self.vocab_size });
         }

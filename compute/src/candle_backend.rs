@@ -14,7 +14,7 @@ use crate::sampling::sample;
 
 /// Positions the RoPE tables (and so the context) cover when the model's own context is
 /// longer: the same bound as the wgpu backend's default.
-const MAX_CONTEXT: usize = 4096;
+const MAX_CONTEXT: usize = crate::wgpu_backend::DEFAULT_MAX_CONTEXT;
 /// Tokens per page of the KV budget: candle's caches grow by tensor, so pages are only
 /// the unit of the budget, the same as the wgpu backend's.
 const PAGE_TOKENS: usize = 32;

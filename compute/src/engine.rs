@@ -276,17 +276,8 @@ pub trait Engine: Send {
         params: &GenerateParams,
         on_token: &mut dyn FnMut(u32),
     ) -> Result<Generation> {
-        if params.max_tokens == 0 {
-            return Err(Error::ZeroMaxTokens);
-        }
-        if prompt.is_empty() {
-            return Err(Error::EmptyPrompt);
-        }
-        params.sampling.validate()?;
         let context_length = self.context_length();
-        if prompt.len() >= context_length {
-            return Err(Error::PromptTooLong { prompt_tokens: prompt.len(), context_length });
-        }
+        check_request(prompt, params, context_length)?;
         self.reset();
         let start = Instant::now();
         let mut token = self.prefill(prompt, &params.sampling, 0)?;
@@ -317,6 +308,22 @@ pub trait Engine: Send {
             decode_time: decode_start.elapsed(),
         })
     }
+}
+
+/// Checks a request before it runs: a token or more asked for, a prompt that is not empty
+/// and leaves room in the context for one generated token, valid sampling.
+pub(crate) fn check_request(prompt: &[u32], params: &GenerateParams, context_length: usize) -> Result<()> {
+    if params.max_tokens == 0 {
+        return Err(Error::ZeroMaxTokens);
+    }
+    if prompt.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    params.sampling.validate()?;
+    if prompt.len() >= context_length {
+        return Err(Error::PromptTooLong { prompt_tokens: prompt.len(), context_length });
+    }
+    Ok(())
 }
 
 /// Checks a batch before a forward pass: slots in range and distinct, every chunk's tokens

@@ -66,7 +66,7 @@ pub use error::{Error, Result};
 pub use model::{Activation, Architecture, Model, ModelConfig, ModelId, SUPPORTED_ARCHITECTURES};
 pub use sampling::SamplingParams;
 pub use tokenizer::{PreTokenizer, StreamDecoder, Tokenizer};
-pub use wgpu_backend::{KernelStyle, MAX_BATCH, WgpuEngine, WgpuOptions};
+pub use wgpu_backend::{DEFAULT_MAX_CONTEXT, KernelStyle, MAX_BATCH, WgpuEngine, WgpuOptions};
 
 /// Which backend to run a model on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -68,7 +68,7 @@ pub async fn loopback(
     limits: Limits,
 ) -> anyhow::Result<Loopback> {
     // The offer caps the context at 256 tokens: 256 MiB of KV cache is plenty.
-    let batch = crate::serve::batch_options(&model, limits.capacity.min(attrinet_compute::MAX_BATCH), Some(256));
+    let batch = crate::serve::batch_options(&model, limits.capacity, Some(256));
     let generator = Arc::new(EngineGenerator::open(model, backend, batch)?);
     let offer = loopback_offer(&generator.model_arc(), name, generator.clone());
     let mut lb = loopback_offers(vec![offer], deposit, limits).await?;

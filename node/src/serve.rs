@@ -152,7 +152,8 @@ const DEFAULT_KV_MIB: u64 = 1024;
 /// The engine's batch: `max_batch` sequences sharing `kv_memory_mib` of KV cache.
 pub fn batch_options(model: &Model, max_batch: usize, kv_memory_mib: Option<u64>) -> BatchOptions {
     let per_token = model.config().kv_bytes_per_token().max(1) as u64;
-    let context = model.config().context_length.min(4096);
+    // The context the engines give it (they cap a longer one).
+    let context = model.config().context_length.min(attrinet_compute::DEFAULT_MAX_CONTEXT);
     let budget = kv_memory_mib.unwrap_or(DEFAULT_KV_MIB).saturating_mul(1 << 20);
     let full = (context * max_batch) as u64;
     let tokens = (budget / per_token).min(full);

@@ -39,8 +39,8 @@ const PAGE_TOKENS: usize = 32;
 /// Floats per sampled sequence in the log-probabilities buffer (`STRIDE` in logprobs.wgsl).
 const LOGPROBS_STRIDE: usize = 2 + 2 * MAX_TOP_LOGPROBS;
 /// Context used when the model's own is longer, unless [`WgpuOptions::max_context`] says
-/// otherwise: the KV cache is allocated up front for the whole context.
-const DEFAULT_MAX_CONTEXT: usize = 4096;
+/// otherwise (the candle backend uses the same bound).
+pub const DEFAULT_MAX_CONTEXT: usize = 4096;
 
 /// How to open a [`WgpuEngine`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
