@@ -2,6 +2,8 @@
 //! tensors and quantized kernels, the reference the wgpu kernels are tested against and the
 //! fallback where no GPU exists.
 
+mod quant;
+
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
@@ -11,6 +13,7 @@ use crate::engine::{BackendKind, Engine, KvPool, Sampled, SeqChunk, TokenLogprob
 use crate::error::{Error, Result};
 use crate::model::{Activation, Model, ModelConfig};
 use crate::sampling::sample;
+use quant::QuantMatrix;
 
 /// Positions the RoPE tables (and so the context) cover when the model's own context is
 /// longer: the same bound as the wgpu backend's default.
@@ -30,20 +33,45 @@ const SIMD: &str = if cfg!(all(target_feature = "avx2", target_feature = "fma"))
     "no AVX2/FMA: slow scalar kernels"
 };
 
+/// A weight matrix: candle's kernels, or this crate's for the types whose products candle
+/// computes in scalar code (see [`quant`]).
+enum Matrix {
+    Candle(QMatMul),
+    Own(QuantMatrix),
+}
+
+impl Matrix {
+    /// `x` (`[..., cols]`) times the transposed matrix: `[..., rows]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = match self {
+            Matrix::Candle(m) => return m.forward(x),
+            Matrix::Own(w) => w,
+        };
+        let mut shape = x.dims().to_vec();
+        if shape.last() != Some(&w.cols()) {
+            candle_core::bail!("a {:?} input to a matrix of {} columns", x.shape(), w.cols());
+        }
+        let m = x.elem_count() / w.cols();
+        let out = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m);
+        *shape.last_mut().expect("checked above") = w.rows();
+        Tensor::from_vec(out, shape, x.device())
+    }
+}
+
 /// One transformer block's weights and KV cache.
 struct Layer {
     attn_norm: Tensor,
     /// q, k, v, or one fused matrix.
-    qkv: Vec<QMatMul>,
+    qkv: Vec<Matrix>,
     qkv_bias: Option<[Tensor; 3]>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    wo: QMatMul,
+    wo: Matrix,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
     /// gate, up, or one fused matrix.
-    gate_up: Vec<QMatMul>,
-    down: QMatMul,
+    gate_up: Vec<Matrix>,
+    down: Matrix,
     post_ffn_norm: Option<Tensor>,
     /// Index into the engine's RoPE tables.
     rope: usize,
@@ -68,7 +96,7 @@ pub struct CandleEngine {
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Matrix,
     /// `(cos, sin)` tables, `[positions, head_dim / 2]`, one per distinct RoPE of the layers.
     ropes: Vec<(Tensor, Tensor)>,
     context_length: usize,
@@ -113,8 +141,14 @@ impl Loader<'_> {
         qtensor_from_ggml(dtype, &data, shape, &Device::Cpu).map_err(Error::candle(format!("loading `{name}`")))
     }
 
-    fn matrix(&mut self, name: &str) -> Result<QMatMul> {
-        QMatMul::from_qtensor(self.qtensor(name)?).map_err(Error::candle(format!("preparing `{name}`")))
+    fn matrix(&mut self, name: &str) -> Result<Matrix> {
+        let (dtype, shape, data) = self.model.tensor_data(name)?;
+        if let (true, &[rows, cols]) = (QuantMatrix::supports(dtype), shape.as_slice()) {
+            return own_matrix(name, dtype, rows, cols, &data);
+        }
+        let q =
+            qtensor_from_ggml(dtype, &data, shape, &Device::Cpu).map_err(Error::candle(format!("loading `{name}`")))?;
+        QMatMul::from_qtensor(q).map(Matrix::Candle).map_err(Error::candle(format!("preparing `{name}`")))
     }
 
     /// A norm weight or bias, in f32.
@@ -125,6 +159,12 @@ impl Loader<'_> {
     fn optional(&mut self, name: &Option<String>) -> Result<Option<Tensor>> {
         name.as_deref().map(|n| self.vector(n)).transpose()
     }
+}
+
+fn own_matrix(name: &str, dtype: GgmlDType, rows: usize, cols: usize, data: &[u8]) -> Result<Matrix> {
+    QuantMatrix::from_ggml(dtype, rows, cols, data)
+        .map(Matrix::Own)
+        .map_err(|reason| Error::BadTensor { tensor: name.to_owned(), reason })
 }
 
 impl CandleEngine {
@@ -187,11 +227,19 @@ impl CandleEngine {
         let output_norm = load.vector("output_norm.weight")?;
         let embedding = Arc::new(load.qtensor("token_embd.weight")?);
         let output = if model.output_tensor_name() == "token_embd.weight" {
-            QMatMul::from_arc(embedding.clone())
+            match (QuantMatrix::supports(embedding.dtype()), embedding.shape().dims()) {
+                // A second copy of the embedding, in this module's layout.
+                (true, &[rows, cols]) => {
+                    let data = embedding.data().map_err(Error::candle("reading the embedding"))?;
+                    own_matrix("token_embd.weight", embedding.dtype(), rows, cols, &data)?
+                }
+                _ => Matrix::Candle(
+                    QMatMul::from_arc(embedding.clone()).map_err(Error::candle("the output projection"))?,
+                ),
+            }
         } else {
-            QMatMul::from_qtensor(load.qtensor("output.weight")?)
-        }
-        .map_err(Error::candle("the output projection"))?;
+            load.matrix("output.weight")?
+        };
         model.check_unchanged()?;
         let pages_per_seq = context_length.div_ceil(PAGE_TOKENS);
         let pool_pages = kv_tokens.unwrap_or(context_length * max_batch).div_ceil(PAGE_TOKENS).max(pages_per_seq);
@@ -399,7 +447,8 @@ impl Engine for CandleEngine {
     }
 
     fn device_name(&self) -> String {
-        format!("CPU ({} threads, {SIMD})", candle_core::utils::get_num_threads())
+        let own = quant::Kernel::detect().name();
+        format!("CPU ({} threads, {SIMD}; Q4_1/Q5 products: {own})", candle_core::utils::get_num_threads())
     }
 
     fn context_length(&self) -> usize {
