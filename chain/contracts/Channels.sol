@@ -11,16 +11,19 @@ import {SumMerkle} from "./SumMerkle.sol";
 /// on how many receipts the voucher covers, because the contract checks only the payer's
 /// signature and stores commitments (the receipts root and a hash of the payouts). The
 /// settlement becomes final after a challenge window; within it anyone holding the batch
-/// can prove one of the frauds below, which voids the settlement and gives the provider's
-/// bond to the disputer. Beneficiaries are credited at finalize and pull with `withdraw`.
+/// can prove one of the frauds below, which voids the settlement and slashes the
+/// provider's bond: half to the disputer, the rest burned (DISPUTE_REWARD_BPS).
+/// Beneficiaries are credited at finalize and pull with `withdraw`.
 ///
 /// Receipts, vouchers and the Merkle-sum tree are specified in docs/protocol.md; the
 /// digests here are byte-for-byte those of attrinet-market (tested from Rust).
 ///
-/// Payouts. A batch is cut into runs of consecutive receipts of one model; each `Payout`
-/// names the model, the number of receipts (`leaves`) in its run and the run's value split
-/// into node / owner / data / protocol parts, which must be the model's registered split of
-/// the run's value. Sums over runs are checked at settle; everything that needs the
+/// Payouts. A batch is cut into runs of consecutive receipts of one model made under one
+/// version of its terms; each `Payout` names the model, the terms version, the number of
+/// receipts (`leaves`) in its run and the run's value split into node / owner / data /
+/// protocol parts, which must be that version's split of the run's value. Every receipt of
+/// the run must carry that version's prices and a timestamp the version covers
+/// (Registry.termsVersion), so an owner's later updates change nothing already served. Sums over runs are checked at settle; everything that needs the
 /// receipts is left to disputes.
 ///
 /// Data rewards (docs/protocol.md, "Attribution"). Each receipt commits to its attribution
@@ -72,6 +75,7 @@ contract Channels {
         bytes32 dataRoot; // Merkle-sum root of the run's data entries; zero when there are none
         uint64 dataEntries; // how many entries the tree holds (fixes its shape)
         uint128 distributed; // their total, paid to contributors by claims; the rest of `data` goes to the pool
+        uint32 termsVersion; // the version of the model's terms the run's receipts were made under
     }
 
     /// One contributor's part of one receipt's data share: a leaf of a run's data tree,
@@ -116,6 +120,7 @@ contract Channels {
         address payer;
         uint64 thawEnd; // zero = not thawing
         bool closed; // the payer withdrew the remaining deposit
+        bool settledAfterThaw; // the provider made its one settlement after the thaw ended
         address provider;
         uint64 settledSeq; // seq of the last finalized settlement (the next batch's start)
         uint128 deposit;
@@ -134,9 +139,9 @@ contract Channels {
     /// The fraud a dispute proved.
     enum Fraud {
         Seq, // a leaf whose receipt is not the channel's receipt with the seq its position requires
-        Value, // a receipt whose value is not its tokens at the model's registered prices
-        Split, // a payout run whose parts are not the model's registered split of its value
-        Attribution, // a receipt of another model inside a payout run
+        Value, // a receipt whose value is not its tokens at its prices
+        Split, // a payout run whose parts are not its terms version's split of its value
+        Attribution, // a receipt inside a payout run that is not of its model, terms version's prices or period
         RunSum, // a payout run whose value is not the sum of its receipts
         Sum, // a Merkle-sum node whose sum is not its children's, or a total that is not the claim
         DataEntry, // a data entry that is not its receipt's weight of its receipt's data share
@@ -161,13 +166,19 @@ contract Channels {
     uint256 internal constant BPS = 10_000;
     /// Attribution weights are parts per million.
     uint256 internal constant PPM = 1_000_000;
+    /// @notice The disputer's part of a slashed bond, in basis points; the rest is burned.
+    /// Were it all the disputer's, a provider could dispute its own fraud from another
+    /// address and get its bond back: fraud would cost nothing. Half keeps watching paid
+    /// while a self-dispute still costs the cheat half its bond.
+    uint256 public constant DISPUTE_REWARD_BPS = 5_000;
 
     Registry public immutable registry;
     /// @notice The data-reward disputes, the only caller of `voidForFraud`.
     DataDisputes public immutable dataDisputes;
     /// @notice Seconds a settlement can be disputed.
     uint64 public immutable challengeWindow;
-    /// @notice Seconds between a payer's thaw and the withdrawal of its deposit.
+    /// @notice Seconds between a payer's thaw and the withdrawal of its deposit: at least
+    /// two challenge windows (see the constructor).
     uint64 public immutable thawDelay;
     /// @notice The least bond a provider must hold to settle.
     uint128 public immutable minBond;
@@ -254,6 +265,8 @@ contract Channels {
     error BadPayouts(uint256 leaves, uint256 expectedLeaves, uint256 total, uint256 amount);
     /// A payout for a model that is not registered.
     error UnknownModel(bytes32 model);
+    /// A payout naming a terms version the model has not had.
+    error UnknownTerms(bytes32 model, uint32 version);
     /// Payouts that are not the ones the settlement committed to.
     error PayoutsMismatch();
     /// A proof that is malformed or does not lead to the settlement's receipts root.
@@ -273,9 +286,20 @@ contract Channels {
     error AlreadyClaimed(address contributor);
     /// Claims on a run would exceed what it distributes.
     error ClaimExceedsRun(uint256 claimed, uint256 distributed);
+    /// A thaw delay under two challenge windows (the constructor's comment says why).
+    error ThawTooShort(uint64 thawDelay, uint256 minimum);
+    /// settle after the provider's one settlement since the channel's thaw ended.
+    error ThawEnded(bytes32 channel, uint64 thawEnd);
 
+    /// The thaw must last at least two challenge windows: one for a settlement pending at
+    /// the thaw to end, a second as the provider's margin to settle its newest voucher.
+    /// Anyone may finalize, so with a shorter thaw a payer finalizes the pending settlement
+    /// and withdraws its deposit in one transaction right after that window, before the
+    /// provider settles the vouchers it signed since.
     constructor(Registry registry_, uint64 challengeWindow_, uint64 thawDelay_, uint128 minBond_) {
         if (minBond_ == 0) revert BadAmount(0);
+        uint256 minThaw = 2 * uint256(challengeWindow_);
+        if (thawDelay_ < minThaw) revert ThawTooShort(thawDelay_, minThaw);
         registry = registry_;
         challengeWindow = challengeWindow_;
         thawDelay = thawDelay_;
@@ -285,7 +309,8 @@ contract Channels {
         dataDisputes = new DataDisputes(this);
     }
 
-    /// Accepts only slashed bonds, which Registry sends here to be credited to disputers.
+    /// Accepts only slashed bonds, which Registry sends here: the disputer's part is
+    /// credited, the rest burned (see _void).
     receive() external payable {
         if (msg.sender != address(registry)) revert Unauthorized();
     }
@@ -320,6 +345,7 @@ contract Channels {
             payer: msg.sender,
             thawEnd: 0,
             closed: false,
+            settledAfterThaw: false,
             provider: provider,
             settledSeq: 0,
             deposit: _u128(msg.value),
@@ -338,7 +364,8 @@ contract Channels {
     }
 
     /// @notice Starts the thaw: after thawDelay the payer may withdraw what is not settled.
-    /// The delay is the provider's (and its watcher's) time to settle its latest voucher.
+    /// The delay is the provider's (and its watcher's) time to settle its latest voucher;
+    /// after it the provider has one settlement left (see settle).
     function thaw(bytes32 id) external {
         Channel storage ch = _open(id);
         if (msg.sender != ch.payer) revert Unauthorized();
@@ -349,7 +376,8 @@ contract Channels {
     }
 
     /// @notice Sends the payer what the provider has not settled, after the thaw, and
-    /// closes the channel. Waits for a pending settlement to be finalized or voided first.
+    /// closes the channel. Waits for a pending settlement to be finalized or voided first;
+    /// since the provider settles only once after the thaw, that wait ends.
     function withdrawDeposit(bytes32 id) external {
         Channel storage ch = _open(id);
         if (msg.sender != ch.payer) revert Unauthorized();
@@ -367,7 +395,8 @@ contract Channels {
 
     /// @notice Claims `voucher.cumulative - settled` from the channel, split as `payouts`,
     /// final after the challenge window. Only the provider settles: its bond answers for
-    /// the payouts it declares.
+    /// the payouts it declares. Once the payer's thaw has ended, the provider settles once
+    /// more at most (its newest voucher); a voided final settlement is not replaced.
     function settle(Voucher calldata voucher, bytes calldata payerSig, Payout[] calldata payouts)
         external
         returns (uint128 amount)
@@ -377,6 +406,14 @@ contract Channels {
         if (msg.sender != ch.provider) revert Unauthorized();
         uint64 deadline = pendings[id].deadline;
         if (deadline != 0) revert SettlementPending(id, deadline);
+        // Were more allowed after the thaw, finalizing and settling one receipt more in one
+        // block, window after window, would keep a settlement pending, and withdrawDeposit
+        // waiting for it, for as long as the provider has receipts.
+        uint64 thawEnd = ch.thawEnd;
+        if (thawEnd != 0 && block.timestamp >= thawEnd) {
+            if (ch.settledAfterThaw) revert ThawEnded(id, thawEnd);
+            ch.settledAfterThaw = true;
+        }
         uint128 bond = registry.bondOf(msg.sender);
         if (bond < minBond) revert BondTooLow(msg.sender, bond, minBond);
         uint64 batchStart = ch.settledSeq;
@@ -428,7 +465,11 @@ contract Channels {
             // settle checked distributed <= data. The distributed part stays in the contract
             // until its contributors claim it.
             uint256 pool = po.data - po.distributed;
-            if (pool != 0) balanceOf[dataPool] += pool;
+            // A run made under terms with a data share can finalize after the owner moved to
+            // terms without one and cleared the pool: the share then goes to the owner, as
+            // a model without a pool's always did, never to address(0) where nobody can
+            // withdraw it.
+            if (pool != 0) balanceOf[dataPool == address(0) ? owner : dataPool] += pool;
             if (po.distributed != 0) distributes = true;
         }
         balanceOf[ch.provider] += nodeTotal;
@@ -511,32 +552,31 @@ contract Channels {
     }
 
     /// @notice A leaf whose value is not its receipt's, or a receipt whose value is not
-    /// floor((inputTokens x priceIn + outputTokens x priceOut) / 1000) at the model's
-    /// registered prices (current or previous).
+    /// floor((inputTokens x priceIn + outputTokens x priceOut) / 1000) at its own prices.
+    /// (Whether those prices are the model's is its run's business: disputeAttribution.)
     function disputeValue(bytes32 id, Receipt calldata r, uint128 leafValue, Proof calldata proof) external {
         (Pending storage p, Channel storage ch) = _pending(id);
         _verifyLeaf(p, receiptDigest(r), leafValue, proof);
-        (bool exists, Terms memory cur, Terms memory prev) = registry.terms(r.model);
         uint256 expected = (uint256(r.inputTokens) * r.priceIn + uint256(r.outputTokens) * r.priceOut) / 1000;
-        bool pricesRegistered = (r.priceIn == cur.priceIn && r.priceOut == cur.priceOut)
-            || (r.priceIn == prev.priceIn && r.priceOut == prev.priceOut);
-        bool fraud = leafValue != r.value || expected != r.value || !exists || !pricesRegistered;
+        bool fraud = leafValue != r.value || expected != r.value;
         _conclude(id, ch, fraud, Fraud.Value);
     }
 
-    /// @notice Payout run `k` whose parts are not the model's registered split (current or
-    /// previous) of the run's value.
+    /// @notice Payout run `k` whose parts are not the split of the terms version it names
+    /// of the run's value. Later versions do not matter: the run's receipts were made under
+    /// this one.
     function disputeSplit(bytes32 id, Payout[] calldata payouts, uint256 k) external {
         (Pending storage p, Channel storage ch) = _pending(id);
         if (keccak256(abi.encode(payouts)) != p.payoutsHash) revert PayoutsMismatch();
         Payout calldata po = payouts[k];
         uint256 value = uint256(po.node) + po.owner + po.data + po.protocol;
-        (, Terms memory cur, Terms memory prev) = registry.terms(po.model);
-        bool fraud = !_isSplit(po, value, cur) && !_isSplit(po, value, prev);
-        _conclude(id, ch, fraud, Fraud.Split);
+        (Terms memory t,,) = registry.termsVersion(po.model, po.termsVersion);
+        _conclude(id, ch, !_isSplit(po, value, t), Fraud.Split);
     }
 
-    /// @notice A receipt inside payout run `k` whose model is not the run's.
+    /// @notice A receipt inside payout run `k` that does not belong there: of another
+    /// model, at prices other than the run's terms version's, or made at a time that
+    /// version does not cover (before it came into force, or TERMS_GRACE after the next).
     function disputeAttribution(
         bytes32 id,
         Payout[] calldata payouts,
@@ -552,7 +592,11 @@ contract Channels {
             revert WrongPosition(proof.index, proof.count);
         }
         _verifyLeaf(p, receiptDigest(r), leafValue, proof);
-        _conclude(id, ch, r.model != payouts[k].model, Fraud.Attribution);
+        Payout calldata po = payouts[k];
+        (Terms memory t, uint64 since, uint64 until) = registry.termsVersion(po.model, po.termsVersion);
+        bool fraud = r.model != po.model || r.priceIn != t.priceIn || r.priceOut != t.priceOut
+            || r.timestamp < since || r.timestamp >= until;
+        _conclude(id, ch, fraud, Fraud.Attribution);
     }
 
     /// @notice Payout run `k` whose value is not the sum of its leaves, shown by the proofs
@@ -614,8 +658,8 @@ contract Channels {
         _conclude(id, ch, fraud, Fraud.Sum);
     }
 
-    /// @notice Voids the pending settlement of `id` and gives the provider's bond to
-    /// `disputer`, for a data fraud that DataDisputes has proven.
+    /// @notice Voids the pending settlement of `id` and slashes the provider's bond (half
+    /// to `disputer`), for a data fraud that DataDisputes has proven.
     function voidForFraud(bytes32 id, address disputer, Fraud kind) external {
         if (msg.sender != address(dataDisputes)) revert Unauthorized();
         (, Channel storage ch) = _pending(id);
@@ -670,8 +714,9 @@ contract Channels {
             if (po.leaves == 0) revert BadPayouts(0, expectedLeaves, total, amount);
             leaves += po.leaves;
             total += uint256(po.node) + po.owner + po.data + po.protocol;
-            (address owner,) = registry.beneficiaries(po.model);
-            if (owner == address(0)) revert UnknownModel(po.model);
+            uint256 versions = registry.termsCount(po.model);
+            if (versions == 0) revert UnknownModel(po.model);
+            if (po.termsVersion >= versions) revert UnknownTerms(po.model, po.termsVersion);
             if (po.distributed > po.data || (po.dataEntries == 0) != (po.dataRoot == bytes32(0))) revert BadDataRun(i);
             if (po.dataEntries == 0 && po.distributed != 0) revert BadDataRun(i);
         }
@@ -765,8 +810,14 @@ contract Channels {
         // settle the correct batch.
         delete pendings[id];
         uint256 slashed = registry.slash(ch.provider);
-        balanceOf[disputer] += slashed;
+        // Half to the disputer, half burned (DISPUTE_REWARD_BPS): a provider disputing its
+        // own fraud from another address must still lose. The burned part is sent to
+        // address(0), not kept: this contract then holds exactly what it owes (unsettled
+        // deposits, credits, unclaimed data entries), and nothing can ever spend it.
+        uint256 reward = _share(slashed, DISPUTE_REWARD_BPS);
+        balanceOf[disputer] += reward;
         emit Disputed(id, disputer, kind, slashed);
+        _send(address(0), slashed - reward);
     }
 
     function _u128(uint256 x) internal pure returns (uint128) {

@@ -37,15 +37,24 @@ contract Registry {
         // the previous datanet, so disputes judge only later receipts by this one.
         uint64 datanetSince;
         bytes32 datanetRoot; // commitment to the model's datanet, zero when none
+        Terms terms; // the terms in force: the last entry of the model's terms history
+        uint32 version; // the index of `terms` in that history
+    }
+
+    /// @notice One entry of a model's terms history: terms and when they came into force.
+    /// Every version a model ever had is kept, because a settlement names the version its
+    /// receipts were made under and is judged by that version alone: an owner's update,
+    /// however many, must never turn an honest node's pending settlement into "fraud".
+    struct TermsVersion {
         Terms terms;
-        // The terms before the last update. Receipts and settlements made under them may
-        // still be in a challenge window when the owner changes the terms, so a dispute
-        // accepts either set: an owner's update must never turn an honest node's pending
-        // settlement into "fraud".
-        Terms previous;
+        uint64 since;
     }
 
     uint16 internal constant BPS = 10_000;
+    /// @notice How long after an update receipts may still be made under the terms it
+    /// replaced: a node learns of the update on its next pass over the chain and stops
+    /// serving the model, and what it served until then is honest.
+    uint64 public constant TERMS_GRACE = 1 hours;
 
     /// @notice Receives the protocol share of every settlement.
     address public immutable treasury;
@@ -59,6 +68,8 @@ contract Registry {
     /// @notice The EVM address an ed25519 key is bound to.
     mapping(bytes32 => address) public nodeByKey;
     mapping(bytes32 => Model) internal models;
+    /// Every version of every model's terms, oldest first (see TermsVersion).
+    mapping(bytes32 => TermsVersion[]) internal termsHistory;
 
     event NodeRegistered(address indexed node, bytes32 indexed key, uint256 bond);
     event BondAdded(address indexed node, uint256 amount, uint256 bond);
@@ -66,7 +77,7 @@ contract Registry {
     event BondWithdrawn(address indexed node, uint256 amount);
     event Slashed(address indexed node, uint256 amount);
     event ModelRegistered(bytes32 indexed model, address indexed owner, Terms terms, bytes32 datanetRoot, address dataPool);
-    event TermsUpdated(bytes32 indexed model, Terms terms);
+    event TermsUpdated(bytes32 indexed model, uint32 version, Terms terms);
     event DatanetUpdated(bytes32 indexed model, bytes32 datanetRoot, address dataPool);
     event ModelTransferred(bytes32 indexed model, address indexed from, address indexed to);
 
@@ -90,6 +101,8 @@ contract Registry {
     error ModelExists(bytes32 model);
     /// The model id is not registered.
     error UnknownModel(bytes32 model);
+    /// The model has no terms of this version.
+    error UnknownTerms(bytes32 model, uint32 version);
     /// The split does not sum to 10,000 basis points.
     error BadSplit(uint256 sum);
     /// A data share without a data pool to receive it.
@@ -158,8 +171,8 @@ contract Registry {
         _send(msg.sender, amount);
     }
 
-    /// @notice Takes a node's whole bond and sends it to Channels, which credits the
-    /// disputer. Only Channels may call it, after a proven fraud.
+    /// @notice Takes a node's whole bond and sends it to Channels, which credits half to the
+    /// disputer and burns the rest. Only Channels may call it, after a proven fraud.
     function slash(address who) external returns (uint256 amount) {
         if (msg.sender != channels) revert Unauthorized();
         Node storage n = nodes[who];
@@ -194,18 +207,20 @@ contract Registry {
         m.datanetRoot = datanetRoot;
         m.datanetSince = uint64(block.timestamp);
         m.terms = initial;
-        m.previous = initial;
+        termsHistory[id].push(TermsVersion({terms: initial, since: uint64(block.timestamp)}));
         emit ModelRegistered(id, msg.sender, initial, datanetRoot, dataPool);
     }
 
-    /// @notice Replaces the model's prices and split; the old terms stay valid in disputes
-    /// until the next update (see Model.previous).
+    /// @notice Puts new prices and a new split in force as the model's next terms version.
+    /// Settlements name the version their receipts were made under, and receipts may be made
+    /// under the version this one replaces for TERMS_GRACE more (see termsVersion).
     function updateTerms(bytes32 id, Terms calldata updated) external {
         Model storage m = _ownedModel(id);
         _checkTerms(updated, m.dataPool);
-        m.previous = m.terms;
+        termsHistory[id].push(TermsVersion({terms: updated, since: uint64(block.timestamp)}));
         m.terms = updated;
-        emit TermsUpdated(id, updated);
+        m.version = uint32(termsHistory[id].length - 1);
+        emit TermsUpdated(id, m.version, updated);
     }
 
     function setDatanet(bytes32 id, bytes32 datanetRoot, address dataPool) external {
@@ -235,10 +250,30 @@ contract Registry {
         return (m.owner, m.dataPool);
     }
 
-    /// @notice The current and the previous terms (both accepted in disputes).
-    function terms(bytes32 id) external view returns (bool exists, Terms memory current, Terms memory previous) {
+    /// @notice The terms in force and their version.
+    function terms(bytes32 id) external view returns (bool exists, Terms memory current, uint32 version) {
         Model storage m = models[id];
-        return (m.owner != address(0), m.terms, m.previous);
+        return (m.owner != address(0), m.terms, m.version);
+    }
+
+    /// @notice How many terms versions the model has had (zero: not registered).
+    function termsCount(bytes32 id) external view returns (uint256) {
+        return termsHistory[id].length;
+    }
+
+    /// @notice Version `version` of the model's terms, and the receipt timestamps it covers:
+    /// from `since`, when it came into force, to `until` (exclusive), TERMS_GRACE after the
+    /// next version came into force (the maximum for the version in force).
+    function termsVersion(bytes32 id, uint32 version)
+        external
+        view
+        returns (Terms memory t, uint64 since, uint64 until)
+    {
+        TermsVersion[] storage h = termsHistory[id];
+        if (version >= h.length) revert UnknownTerms(id, version);
+        t = h[version].terms;
+        since = h[version].since;
+        until = version + 1 < h.length ? h[version + 1].since + TERMS_GRACE : type(uint64).max;
     }
 
     // ---------------------------------------------------------------- internals

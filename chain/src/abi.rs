@@ -104,6 +104,7 @@ pub(crate) fn payout(r: &PayoutRun) -> Channels::Payout {
         dataRoot: r.data.root,
         dataEntries: r.data.entries,
         distributed: r.data.distributed.0,
+        termsVersion: r.terms,
     }
 }
 
@@ -118,6 +119,7 @@ pub(crate) fn payout_of(p: &Channels::Payout) -> PayoutRun {
         leaves: p.leaves,
         parts: Payout { node: Wei(p.node), owner: Wei(p.owner), data: Wei(p.data), protocol: Wei(p.protocol) },
         data: DataCommitment { root: p.dataRoot, entries: p.dataEntries, distributed: Wei(p.distributed) },
+        terms: p.termsVersion,
     }
 }
 

@@ -9,7 +9,10 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
-use attrinet_market::{ChannelId, DataClaim, ModelId, PayoutRun, Price, PublicKey, Seq, SignedVoucher, Split, Wei};
+use attrinet_market::{
+    ChannelId, DataClaim, ModelId, PayoutRun, Price, PublicKey, Seq, SignedVoucher, Split, TermsHistory, TermsVersion,
+    Wei,
+};
 
 use crate::abi::{self, Channels, Registry, data_disputes::DataDisputes};
 use crate::error::{ChainError, Result, RpcError};
@@ -204,8 +207,28 @@ impl ChainClient {
             return Ok(None);
         }
         let (price, split) = abi::terms_of(&t.current)?;
-        let (previous_price, previous_split) = abi::terms_of(&t.previous)?;
-        Ok(Some(ModelTerms { price, split, previous_price, previous_split }))
+        Ok(Some(ModelTerms { price, split, version: t.version }))
+    }
+
+    /// Every version of a model's terms, oldest first, with the registry's grace; `None`
+    /// when the model is not registered. One call per version: a history is short, and
+    /// the settlement loop and the watcher read it once per batch.
+    pub async fn terms_history(&self, model: ModelId) -> Result<Option<TermsHistory>> {
+        let registry = self.registry();
+        let count = registry.termsCount(model.0).call().await.map_err(reverted("Registry.termsCount"))?;
+        if count.is_zero() {
+            return Ok(None);
+        }
+        let grace = registry.TERMS_GRACE().call().await.map_err(reverted("Registry.TERMS_GRACE"))?;
+        // Versions are uint32 on chain (Registry.Model.version).
+        let count: u32 = count.saturating_to();
+        let mut versions = Vec::with_capacity(count as usize);
+        for v in 0..count {
+            let t = registry.termsVersion(model.0, v).call().await.map_err(reverted("Registry.termsVersion"))?;
+            let (price, split) = abi::terms_of(&t.t)?;
+            versions.push(TermsVersion { price, split, since: t.since });
+        }
+        Ok(Some(TermsHistory { versions, grace }))
     }
 
     /// Who receives a model's owner and data shares.
@@ -313,13 +336,13 @@ impl ChainClient {
         self.channels().dataDisputes().call().await.map_err(reverted("Channels.dataDisputes"))
     }
 
-    /// The terms of each model in `models`, read once per model; unregistered models are
-    /// left out (a settlement naming one is judged by what it can be proven of).
-    pub async fn terms_of(&self, models: impl IntoIterator<Item = ModelId>) -> Result<BTreeMap<ModelId, ModelTerms>> {
+    /// The terms histories of each model in `models`, read once per model; unregistered
+    /// models are left out (a settlement naming one is judged by what it can be proven of).
+    pub async fn terms_of(&self, models: impl IntoIterator<Item = ModelId>) -> Result<BTreeMap<ModelId, TermsHistory>> {
         let mut terms = BTreeMap::new();
         for m in models {
             if let std::collections::btree_map::Entry::Vacant(slot) = terms.entry(m)
-                && let Some(t) = self.terms(m).await?
+                && let Some(t) = self.terms_history(m).await?
             {
                 slot.insert(t);
             }

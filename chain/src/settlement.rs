@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
 use attrinet_market::{
-    ChannelId, ChannelState, PayoutError, Seq, SignedVoucher, Store, StoredReceipt, SumTree, Wei, payout_runs,
+    ChannelId, ChannelState, PayoutError, Seq, SignedVoucher, Store, StoredReceipt, SumTree, Wei, honest_terms,
+    payout_runs,
 };
 
 use crate::attribution::{AttributionSource, weights_of};
@@ -147,7 +148,8 @@ impl<S: Store> SettlementLoop<S> {
 
     /// Brings one channel forward: finalize a due settlement, or settle the latest
     /// settleable voucher when the policy says so (`force`: regardless of threshold, age
-    /// and gas, as when the payer thaws).
+    /// and gas, as when the payer thaws). While the payer thaws, a pass that finalizes also
+    /// settles what is left (and then says `Settled`).
     pub async fn settle_channel(&self, id: ChannelId, force: bool) -> Result<SettleAction> {
         let info = self.client.channel(id).await?;
         if info.provider != self.client.account() {
@@ -167,6 +169,19 @@ impl<S: Store> SettlementLoop<S> {
             self.client.finalize(id, &payouts).await?;
             self.mark_settled(id, p.seq)?;
             tracing::info!(target: "chain::settlement", channel = %id, seq = %p.seq, "finalized");
+            // A thawing payer can finalize and withdraw in one transaction once the window is
+            // over: settle the newest voucher in this same pass, not the next.
+            if force || ChannelState::payer_leaving(info.thaw_end, info.closed) {
+                match Box::pin(self.settle_channel(id, true)).await {
+                    Ok(again @ SettleAction::Settled { .. }) => return Ok(again),
+                    Ok(_) => {}
+                    // Past the thaw the provider's one settlement may be spent (`ThawEnded`):
+                    // the finalization stands either way.
+                    Err(e) => {
+                        tracing::warn!(target: "chain::settlement", channel = %id, %e, "no settlement after finalizing")
+                    }
+                }
+            }
             return Ok(SettleAction::Finalized { seq: p.seq });
         }
         self.mark_settled(id, info.settled_seq)?;
@@ -200,7 +215,9 @@ impl<S: Store> SettlementLoop<S> {
             (Some(source), Some(_)) => Some(weights_of(&receipts, source.as_ref())?),
             (None, Some(r)) => return Err(PayoutError::WeightsMismatch { seq: r.seq }.into()),
         };
-        let (payouts, _) = payout_runs(&receipts, weights.as_deref(), |m| terms.get(m).map(|t| t.split))?;
+        // Each run under the terms version its receipts were made under, as the chain's
+        // history says: disputes judge it by that version alone.
+        let (payouts, _) = payout_runs(&receipts, weights.as_deref(), |r| honest_terms(&terms, r))?;
         let value = voucher.voucher.cumulative.checked_sub(info.settled)?;
         // The chain already saw this voucher with these very payouts, yet holds it neither
         // pending nor settled: a dispute voided it, and the same evidence would be disputed

@@ -93,18 +93,16 @@ pub struct PendingInfo {
     pub deadline: u64,
 }
 
-/// A model's terms on chain: the current ones and those before the last update (both are
-/// accepted by disputes, see Registry.sol).
+/// A model's terms in force on chain, and their version (every earlier version stays in
+/// the registry: see `ChainClient::terms_history`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ModelTerms {
-    /// Current prices.
+    /// Prices.
     pub price: Price,
-    /// Current split.
+    /// Split.
     pub split: Split,
-    /// Prices before the last update.
-    pub previous_price: Price,
-    /// Split before the last update.
-    pub previous_split: Split,
+    /// The version: 0 at registration, one more at each update.
+    pub version: u32,
 }
 
 /// A Merkle-sum node given by what it hashes: a leaf's receipt digest and value, or an

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use attrinet_chain::{Batch, EventFollower, MemCheckpoint, MemSource, Watcher};
 use attrinet_market::{
-    ChannelParams, MemStore, ModelId, PayoutRun, Seq, SignedReceipt, SignedVoucher, Split, SumTree, Wei, payout_runs,
-    payout_totals,
+    ChannelParams, MemStore, ModelId, PayoutError, PayoutRun, Seq, SignedReceipt, SignedVoucher, Split, SumTree, Wei,
+    payout_runs, payout_totals,
 };
 
 use crate::util::{BOND, ETH, WINDOW, World, forge_receipts, leaves, tree_of, voucher};
@@ -37,7 +37,11 @@ pub(crate) struct Bad {
 
 fn honest_payouts(receipts: &[SignedReceipt], models: &[(ModelId, Split)]) -> Vec<PayoutRun> {
     let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
-    payout_runs(&plain, None, |m| models.iter().find(|(id, _)| id == m).map(|(_, s)| *s)).unwrap().0
+    payout_runs(&plain, None, |r| {
+        models.iter().find(|(id, _)| *id == r.model).map(|(_, s)| (0, *s)).ok_or(PayoutError::UnknownModel(r.model))
+    })
+    .unwrap()
+    .0
 }
 
 /// Settles a bad batch of class `kind`, lets the watcher dispute it, checks the dispute's
@@ -61,7 +65,7 @@ async fn disputed_then_honest(w: &World, params: &ChannelParams, case: &str, kin
     assert!(w.node.chain.pending(id).await.unwrap().is_none(), "the settlement is void");
     assert_eq!(w.node.chain.bond(w.node.address()).await.unwrap(), Wei::ZERO, "bond slashed");
     let credit = w.watcher.chain.credited(w.watcher.address()).await.unwrap();
-    assert_eq!(credit.0 - watcher_credit.0, BOND.0, "the bond went to the disputer");
+    assert_eq!(credit.0 - watcher_credit.0, BOND.0 / 2, "half the bond went to the disputer, the rest was burned");
     let info = w.node.chain.channel(id).await.unwrap();
     assert_eq!((info.settled_seq, info.settled), (Seq(settled_seq), settled), "channel as before");
 

@@ -38,7 +38,7 @@ async fn measure() -> BTreeMap<String, u64> {
         let last = receipts.last().unwrap().receipt.clone();
         let v = voucher(&w, &params, last.seq.0, last.cumulative, &tree);
         let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
-        let payouts = payout_runs(&plain, None, |_| Some(w.split)).unwrap().0;
+        let payouts = payout_runs(&plain, None, |_| Ok((0, w.split))).unwrap().0;
         // A new block time for each: the bond lock is then rewritten every time, not
         // only when the clock happened to tick between two settlements.
         w.anvil.advance(1).await.unwrap();
@@ -71,7 +71,7 @@ async fn measure() -> BTreeMap<String, u64> {
         let v = voucher(&w, &params, last.seq.0, last.cumulative, &tree);
         let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
         let ws: Vec<Weights> = (0..n).map(|i| weights[i % 3].clone()).collect();
-        let (payouts, data) = payout_runs(&plain, Some(&ws), |_| Some(w.split)).unwrap();
+        let (payouts, data) = payout_runs(&plain, Some(&ws), |_| Ok((0, w.split))).unwrap();
         w.anvil.advance(1).await.unwrap();
         gas.insert(name.to_string(), w.node.chain.settle(&v, &payouts).await.unwrap().gas_used);
         if n == 10 {

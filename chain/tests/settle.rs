@@ -17,7 +17,7 @@ async fn open_200_receipts_settle_once_finalize_and_everyone_is_paid_exactly() {
     let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
     assert_eq!(cumulative, plain.iter().try_fold(Wei::ZERO, |a, r| a.checked_add(r.value)).unwrap());
 
-    let payouts = payout_runs(&plain, None, |_| Some(w.split)).unwrap().0;
+    let payouts = payout_runs(&plain, None, |_| Ok((0, w.split))).unwrap().0;
     assert_eq!(payouts.len(), 1, "one model, one run");
     let settled = w.node.chain.settle(&voucher, &payouts).await.unwrap();
     let pending = w.node.chain.pending(id).await.unwrap().expect("pending after settle");
@@ -73,7 +73,7 @@ async fn forged_and_replayed_voucher_signatures_are_rejected_at_settle() {
     let (receipts, good) = s.serve(&w, w.model, w.price, 5, now);
     let (_, good2) = s2.serve(&w, w.model, w.price, 3, now);
     let plain: Vec<_> = receipts.iter().map(|r| r.receipt.clone()).collect();
-    let payouts = payout_runs(&plain, None, |_| Some(w.split)).unwrap().0;
+    let payouts = payout_runs(&plain, None, |_| Ok((0, w.split))).unwrap().0;
 
     // Signed by someone other than the payer (the provider itself).
     let by_provider = good.voucher.clone().sign(&w.node.id.evm);
@@ -98,7 +98,7 @@ async fn forged_and_replayed_voucher_signatures_are_rejected_at_settle() {
     // Another channel's voucher (same payer, same provider) replayed onto this channel.
     let replayed =
         SignedVoucher { voucher: Voucher { channel: id, ..good2.voucher.clone() }, signature: good2.signature };
-    let payouts2 = payout_runs(&plain[..3], None, |_| Some(w.split)).unwrap().0;
+    let payouts2 = payout_runs(&plain[..3], None, |_| Ok((0, w.split))).unwrap().0;
     reverted_with(w.node.chain.settle(&replayed, &payouts2).await.unwrap_err(), "BadSignature");
 
     // The genuine voucher settles; presenting it again, pending or final, is refused.

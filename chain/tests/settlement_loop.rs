@@ -95,3 +95,34 @@ async fn settles_old_receipts_below_the_threshold() {
         other => panic!("expected a settlement, got {other:?}"),
     }
 }
+
+/// Issue 14, attack 6 (the node's side): while the payer thaws, the pass that finalizes a
+/// settlement also settles the newest voucher. Anyone may finalize, so a payer can finalize
+/// and withdraw in one transaction once the thaw and the window are over: a node that
+/// finalized in one pass and settled in the next left that gap open.
+#[tokio::test]
+async fn while_the_payer_thaws_one_pass_finalizes_and_settles_the_newest_voucher() {
+    let w = World::new().await;
+    let deposit = Wei(100 * ETH);
+    let (id, params) = w.open(deposit).await;
+    let mut s = Session::new(params, deposit);
+    let now = w.now().await;
+    s.serve(&w, w.model, w.price, 3, now);
+    let policy = SettlementPolicy { threshold: Wei(1), max_age_secs: 0, max_gas_bps: 10_000 };
+    let node_loop = SettlementLoop::new(w.node.chain.clone(), s.node_store.clone(), policy);
+    assert!(matches!(node_loop.settle_channel(id, true).await.unwrap(), SettleAction::Settled { seq: Seq(3), .. }));
+    let state = s.node_store.channel(&id).unwrap().unwrap();
+    s.provider.settled(&state);
+    let (_, newest) = s.serve(&w, w.model, w.price, 2, now);
+    w.payer.chain.thaw(id).await.unwrap();
+    w.anvil.advance(WINDOW + 1).await.unwrap();
+
+    match only(node_loop.tick().await.unwrap()) {
+        SettleAction::Settled { seq, .. } => assert_eq!(seq, Seq(5)),
+        other => panic!("finalized without settling the newest voucher in the same pass: {other:?}"),
+    }
+    let info = w.node.chain.channel(id).await.unwrap();
+    assert_eq!(info.settled_seq, Seq(3), "the first settlement is final");
+    let pending = w.node.chain.pending(id).await.unwrap().expect("the newest voucher is pending");
+    assert_eq!((pending.seq, pending.cumulative), (Seq(5), newest.voucher.cumulative));
+}

@@ -62,7 +62,8 @@ async fn watcher_restarted_in_the_middle_of_a_window_still_disputes() {
     assert_eq!(report.disputed.len(), 1, "{report:?} (checkpoint was {saved:?})");
     assert_eq!(report.disputed[0].1, "value");
     assert!(w.node.chain.pending(id).await.unwrap().is_none());
-    assert_eq!(w.watcher.chain.credited(w.watcher.address()).await.unwrap(), BOND);
+    // Half the bond: the rest is burned (Channels.DISPUTE_REWARD_BPS).
+    assert_eq!(w.watcher.chain.credited(w.watcher.address()).await.unwrap(), Wei(BOND.0 / 2));
 
     // Its checkpoint moved past the settlement: a third start replays nothing to act on.
     let mut third = file_watcher(&w, &checkpoint, Arc::new(MemSource::default()));

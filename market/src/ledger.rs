@@ -546,6 +546,12 @@ impl ProviderChannel {
         &self.state
     }
 
+    /// Value this ledger wrote off since it was restored (proposals unanswered, answers cut
+    /// off by a hang-up).
+    pub fn written_off(&self) -> Wei {
+        self.written_off
+    }
+
     /// Value served but not co-signed: the proposal in flight, proposals written off, and
     /// outstanding reservations.
     pub fn unpaid(&self) -> Result<Wei, LedgerError> {
@@ -563,9 +569,21 @@ impl ProviderChannel {
     /// at most (its prompt, the tokens it asks for), and only when that fits both the
     /// exposure limit and the deposit; it holds that value until the receipt is proposed.
     pub fn reserve(&mut self, quote: Quote, request: Admission) -> Result<Reservation, LedgerError> {
+        self.reserve_with(quote, request, Wei::ZERO)
+    }
+
+    /// [`ProviderChannel::reserve`], counting also `elsewhere`: what the same payer left
+    /// unpaid outside this ledger (on its other channels, or before a restart). The
+    /// exposure limit is the payer's: more channels must not widen it.
+    pub fn reserve_with(
+        &mut self,
+        quote: Quote,
+        request: Admission,
+        elsewhere: Wei,
+    ) -> Result<Reservation, LedgerError> {
         let quote = request.admit(quote)?;
         let requested = quote.max_value()?;
-        let unpaid = self.unpaid()?;
+        let unpaid = self.unpaid()?.checked_add(elsewhere)?;
         let exposure = unpaid.checked_add(requested)?;
         if exposure > self.limit {
             return Err(LedgerError::ExposureLimit { unpaid, requested, limit: self.limit });
@@ -673,12 +691,13 @@ impl ProviderChannel {
     }
 
     /// Writes off the proposal in flight: the payer did not answer. Its seq will be reused;
-    /// its value stays counted as unpaid.
-    pub fn abandon(&mut self) -> Result<(), LedgerError> {
-        if let Some(p) = self.pending.take() {
-            self.written_off = self.written_off.checked_add(p.receipt.value)?;
-        }
-        Ok(())
+    /// its value stays counted as unpaid. Returns that value (zero with nothing in flight).
+    pub fn abandon(&mut self) -> Result<Wei, LedgerError> {
+        let Some(p) = self.pending.as_ref() else { return Ok(Wei::ZERO) };
+        let value = p.receipt.value;
+        self.written_off = self.written_off.checked_add(value)?;
+        self.pending = None;
+        Ok(value)
     }
 
     /// Checks the payer's answer to the proposal in flight: exactly that receipt with a
@@ -690,6 +709,45 @@ impl ProviderChannel {
             return Err(LedgerError::NotProposed { seq: receipt.receipt.seq });
         }
         receipt.verify()?;
+        self.check_voucher(receipt, voucher)
+    }
+
+    /// Checks a co-signed receipt the payer holds and this ledger may lack: one whose `Pay`
+    /// was lost, so that this ledger wrote its proposal off and would propose its seq again.
+    /// `Ok(false)`: this ledger already holds that seq (nothing to do). `Ok(true)`: it is the
+    /// channel's next receipt, signed by this provider's key and co-signed by the payer's,
+    /// with the payer's voucher for it: persist it, then [`ProviderChannel::commit`]. Its
+    /// value stays written off (the payer's limit is not given back).
+    pub fn check_resync(&self, receipt: &SignedReceipt, voucher: &SignedVoucher) -> Result<bool, LedgerError> {
+        let r = &receipt.receipt;
+        if r.seq <= self.state.last_seq {
+            return Ok(false);
+        }
+        if self.pending.is_some() || r.seq != self.state.last_seq.next()? {
+            return Err(LedgerError::NotProposed { seq: r.seq });
+        }
+        let p = &self.state.params;
+        if r.domain != p.domain || r.channel != p.id {
+            return Err(LedgerError::ForeignReceipt("channel"));
+        }
+        if r.payer != p.payer
+            || r.provider != p.provider
+            || r.payer_key != p.payer_key
+            || r.provider_key != p.provider_key
+        {
+            return Err(LedgerError::ForeignReceipt("parties"));
+        }
+        receipt.verify()?;
+        if r.cumulative != self.state.cumulative.checked_add(r.value)? {
+            return Err(LedgerError::NotProposed { seq: r.seq });
+        }
+        self.check_voucher(receipt, voucher)?;
+        Ok(true)
+    }
+
+    /// The payer's voucher for `receipt`: this channel, its seq and cumulative, the root of
+    /// the batch from the settled seq to it, signed by the payer.
+    fn check_voucher(&self, receipt: &SignedReceipt, voucher: &SignedVoucher) -> Result<(), LedgerError> {
         let v = &voucher.voucher;
         if v.domain != self.state.params.domain || v.channel != self.state.params.id {
             return Err(LedgerError::WrongVoucher("channel"));

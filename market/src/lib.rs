@@ -81,6 +81,7 @@ mod receipt;
 mod select;
 mod split;
 mod store;
+mod terms;
 mod types;
 mod voucher;
 
@@ -114,5 +115,6 @@ pub use receipt::{Ed25519Signature, ProposedReceipt, PublicKey, Receipt, SignedR
 pub use select::{Demand, ProviderBook, ProviderRecord, rank};
 pub use split::{BPS_WHOLE, Payout, Split};
 pub use store::{ChannelParams, ChannelState, MemStore, Store, StoreError, StoredReceipt, merge_put};
+pub use terms::{TermsHistory, TermsVersion, honest_terms};
 pub use types::{ChannelId, Domain, ModelId, Price, Seq, TOKENS_PER_PRICE_UNIT, Wei};
 pub use voucher::{EvmSignature, SignedVoucher, Voucher};

@@ -39,6 +39,16 @@ pub enum PayoutError {
     /// A receipt names a model whose split is not known (not registered).
     #[error("model {0} is not registered: its split is unknown")]
     UnknownModel(ModelId),
+    /// No version of its model's terms covers a receipt: it was made at prices the model
+    /// no longer had, past the grace after the update (see `TermsHistory::version_for`).
+    /// A settlement holding it would be provable fraud.
+    #[error("receipt {seq} was made at prices no version of model {model}'s terms covers at its time")]
+    NoTerms {
+        /// The receipt's seq.
+        seq: Seq,
+        /// Its model.
+        model: ModelId,
+    },
     /// An amount overflowed.
     #[error(transparent)]
     Amount(#[from] MarketError),
@@ -58,9 +68,9 @@ pub struct DataCommitment {
     pub distributed: Wei,
 }
 
-/// One run of consecutive receipts of one model in a batch, with the run's value split
-/// into its four shares and what of its data share goes to contributors. A batch's payouts
-/// are its runs, in order.
+/// One run of consecutive receipts of one model, made under one version of its terms, in a
+/// batch, with the run's value split into its four shares and what of its data share goes
+/// to contributors. A batch's payouts are its runs, in order.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PayoutRun {
     /// The model of every receipt in the run.
@@ -71,6 +81,9 @@ pub struct PayoutRun {
     pub parts: Payout,
     /// The run's data entries; all zero when its receipts carry no weights.
     pub data: DataCommitment,
+    /// The version of the model's terms its receipts were made under: disputes judge its
+    /// split, and its receipts' prices and times, by that version alone.
+    pub terms: u32,
 }
 
 /// The four roles a finalized run credits.
@@ -118,10 +131,15 @@ pub struct Beneficiaries {
 }
 
 impl PayoutRun {
-    /// A run that distributes nothing to contributors (its whole data share goes to the
-    /// model's data pool).
+    /// A run under the model's first terms that distributes nothing to contributors (its
+    /// whole data share goes to the model's data pool).
     pub fn new(model: ModelId, leaves: u64, parts: Payout) -> PayoutRun {
-        PayoutRun { model, leaves, parts, data: DataCommitment::default() }
+        PayoutRun { model, leaves, parts, data: DataCommitment::default(), terms: 0 }
+    }
+
+    /// The same run under terms version `version`.
+    pub fn under(self, version: u32) -> PayoutRun {
+        PayoutRun { terms: version, ..self }
     }
 
     /// The run's value: the sum of its parts.
@@ -130,15 +148,17 @@ impl PayoutRun {
     }
 
     /// What `Channels.finalize` credits for this run, role by role: the node, owner and
-    /// protocol shares whole, and to the data pool what the run's entries do not distribute
-    /// (contributors claim theirs separately). An error when the run distributes more than
+    /// protocol shares whole, and to the data pool (the owner when there is none) what the
+    /// run's entries do not distribute (contributors claim theirs separately). An error when the run distributes more than
     /// its data share, which `settle` refuses.
     pub fn credits(&self, to: &Beneficiaries) -> Result<[(Role, Address, Wei); 4], MarketError> {
         let undistributed = self.parts.data.checked_sub(self.data.distributed)?;
+        // Without a pool (cleared after the run's terms were replaced) the owner gets it.
+        let pool = if to.data_pool == Address::ZERO { to.owner } else { to.data_pool };
         Ok([
             (Role::Node, to.node, self.parts.node),
             (Role::Owner, to.owner, self.parts.owner),
-            (Role::DataPool, to.data_pool, undistributed),
+            (Role::DataPool, pool, undistributed),
             (Role::Protocol, to.protocol, self.parts.protocol),
         ])
     }
@@ -149,8 +169,10 @@ pub fn payout_totals(runs: &[PayoutRun]) -> Result<Payout, MarketError> {
     runs.iter().try_fold(Payout::default(), |acc, r| acc.checked_add(&r.parts))
 }
 
-/// The honest payouts of a batch: consecutive receipts of one model form a run, each run's
-/// total value is split by the model's registered split (`split_of`), and the run's data
+/// The honest payouts of a batch: consecutive receipts of one model made under one version
+/// of its terms form a run, each run's total value is split by that version's split
+/// (`terms_of` gives a receipt's version and split: `TermsHistory::version_for` on the
+/// chain's history, or an error such as [`PayoutError::NoTerms`]), and the run's data
 /// share is divided into entries by its receipts' weights ([`run_data_entries`], leaf
 /// indexes counted from the batch's first receipt). `weights[i]` are receipt `i`'s, which
 /// must be the ones its `attribution_root` commits to; `None` for a batch without weights,
@@ -159,7 +181,7 @@ pub fn payout_totals(runs: &[PayoutRun]) -> Result<Payout, MarketError> {
 pub fn payout_runs(
     receipts: &[Receipt],
     weights: Option<&[Weights]>,
-    mut split_of: impl FnMut(&ModelId) -> Option<Split>,
+    mut terms_of: impl FnMut(&Receipt) -> Result<(u32, Split), PayoutError>,
 ) -> Result<(Vec<PayoutRun>, Vec<CommittedData>), PayoutError> {
     if let Some(w) = weights
         && w.len() != receipts.len()
@@ -175,21 +197,23 @@ pub fn payout_runs(
             return Err(PayoutError::WeightsMismatch { seq: r.seq });
         }
     }
+    let terms = receipts.iter().map(&mut terms_of).collect::<Result<Vec<_>, _>>()?;
     let mut runs = Vec::new();
     let mut data = Vec::new();
     let mut start = 0usize;
-    for run in receipts.chunk_by(|a, b| a.model == b.model) {
-        let model = run[0].model;
+    let keyed: Vec<_> = receipts.iter().zip(&terms).collect();
+    for run in keyed.chunk_by(|(a, ta), (b, tb)| a.model == b.model && ta.0 == tb.0) {
+        let (first, &(version, split)) = run[0];
+        let model = first.model;
         // The runs tile the batch: start + run.len() ≤ receipts.len().
         #[allow(clippy::arithmetic_side_effects)]
         let leaves = start..start + run.len();
-        let value = run.iter().try_fold(Wei::ZERO, |acc, r| acc.checked_add(r.value))?;
-        let split = split_of(&model).ok_or(PayoutError::UnknownModel(model))?;
+        let value = run.iter().try_fold(Wei::ZERO, |acc, (r, _)| acc.checked_add(r.value))?;
         let parts = split.apply(value);
         let entries =
             run_data_entries(leaves.clone().map(|i| (i as u64, receipts[i].value, weight(i))), value, parts.data);
         let committed = CommittedData::honest(entries)?;
-        let mut payout = PayoutRun::new(model, run.len() as u64, parts);
+        let mut payout = PayoutRun::new(model, run.len() as u64, parts).under(version);
         if !committed.entries.is_empty() {
             payout.data = committed.commitment();
         }

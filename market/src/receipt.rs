@@ -66,7 +66,7 @@ pub fn response_hash(tokens: &[u32]) -> B256 {
 }
 
 /// The record of one inference. Its fields are specified in `docs/protocol.md`.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct Receipt {
     /// Chain and settlement contract the receipt is bound to.
     pub domain: Domain,

@@ -231,6 +231,14 @@ pub trait Store: Send + Sync {
 
     /// The weights whose root is `root`.
     fn weights(&self, root: &alloy_primitives::B256) -> Result<Option<crate::Weights>, StoreError>;
+
+    /// What a provider wrote off as served but unpaid for `payer`, over all its channels
+    /// and restarts: the exposure limit is the payer's (docs/protocol.md, "Ledger rules").
+    fn written_off(&self, payer: &Address) -> Result<Wei, StoreError>;
+
+    /// Adds `value` to what is written off for `payer` (saturating); durable when it returns.
+    /// Returns the new total.
+    fn add_written_off(&self, payer: &Address, value: Wei) -> Result<Wei, StoreError>;
 }
 
 /// A [`Store`] in memory, for tests and short-lived clients.
@@ -244,6 +252,7 @@ struct MemInner {
     channels: BTreeMap<ChannelId, ChannelState>,
     receipts: BTreeMap<(ChannelId, Seq), StoredReceipt>,
     weights: BTreeMap<alloy_primitives::B256, crate::Weights>,
+    written_off: BTreeMap<Address, Wei>,
 }
 
 impl MemStore {
@@ -306,6 +315,17 @@ impl Store for MemStore {
 
     fn weights(&self, root: &alloy_primitives::B256) -> Result<Option<crate::Weights>, StoreError> {
         Ok(self.lock().weights.get(root).cloned())
+    }
+
+    fn written_off(&self, payer: &Address) -> Result<Wei, StoreError> {
+        Ok(self.lock().written_off.get(payer).copied().unwrap_or(Wei::ZERO))
+    }
+
+    fn add_written_off(&self, payer: &Address, value: Wei) -> Result<Wei, StoreError> {
+        let mut inner = self.lock();
+        let total = inner.written_off.entry(*payer).or_insert(Wei::ZERO);
+        *total = Wei(total.0.saturating_add(value.0));
+        Ok(*total)
     }
 
     fn receipts_after(&self, id: &ChannelId, after: Seq) -> Result<Vec<StoredReceipt>, StoreError> {

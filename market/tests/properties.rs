@@ -413,8 +413,15 @@ fn provider_refuses_past_its_exposure_limit_and_the_deposit() {
     let (usage, _) = Channel::usage(100, &(0..50).collect::<Vec<_>>());
     let (first, _) = ch.provider.propose(a, &usage, NOW, &ch.node).unwrap();
     assert_eq!(ch.provider.unpaid().unwrap(), Wei(500));
-    ch.provider.abandon().unwrap();
+    assert_eq!(ch.provider.abandon().unwrap(), first.receipt.value, "what was written off");
     assert_eq!(ch.provider.unpaid().unwrap(), Wei(500));
+    assert_eq!(ch.provider.written_off(), first.receipt.value);
+    // What the payer left unpaid elsewhere counts against the same limit.
+    let mut fresh = Channel::new(Wei(10_000), Wei(600));
+    assert!(matches!(
+        fresh.provider.reserve_with(fresh.quote, Admission::of(&fresh.quote), Wei(400)),
+        Err(LedgerError::ExposureLimit { unpaid: Wei(400), .. })
+    ));
     assert!(matches!(ch.provider.reserve(ch.quote, Admission::of(&ch.quote)), Err(LedgerError::ExposureLimit { .. })));
     // The abandoned seq is reused by the next proposal.
     ch.provider.release(_b);

@@ -147,7 +147,8 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
         DeployConfig {
             treasury: deployer.address(),
             challenge_window: config.challenge_window,
-            thaw_delay: 60,
+            // The contract requires two challenge windows at least (docs/protocol.md).
+            thaw_delay: 60.max(config.challenge_window.saturating_mul(2)),
             unbond_delay: 60,
             min_bond: Wei(ETH / 10),
         },
@@ -327,7 +328,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
                 .collect();
             let voucher = n.store.receipt(&channel.params.id, channel.last_seq)?.expect("stored").voucher;
             let weights = attrinet_chain::weights_of(&receipts, &StoreSource(n.store.clone()))?;
-            let (mut runs, _) = payout_runs(&receipts, Some(&weights), |_| Some(split))?;
+            let (mut runs, _) = payout_runs(&receipts, Some(&weights), |_| Ok((0, split)))?;
             // One wei moved from the owner's part to the node's: a split that differs
             // from the registered one.
             if let Some(r) = runs.first_mut()
@@ -435,7 +436,7 @@ pub async fn run(config: &DevnetConfig) -> anyhow::Result<(Summary, Option<Live>
             .collect();
         receipts += batch.len() as u64;
         let weights = attrinet_chain::weights_of(&batch, evidence.as_ref())?;
-        let (runs, data) = payout_runs(&batch, Some(&weights), |_| Some(split))?;
+        let (runs, data) = payout_runs(&batch, Some(&weights), |_| Ok((0, split)))?;
         let settled = watcher_chain.settled_payouts(channel, seq).await?.context("settled payouts not found")?;
         for (k, run) in runs.iter().enumerate() {
             paid = paid.checked_add(run.value()?)?;

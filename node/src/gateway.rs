@@ -463,7 +463,7 @@ fn count_error(g: &Gateway) {
 fn record(g: &Gateway, answer: &Answer) {
     g.metrics.tokens.fetch_add(answer.tokens.len() as u64, Ordering::Relaxed);
     g.metrics.receipts.fetch_add(1, Ordering::Relaxed);
-    g.metrics.paid_wei.fetch_add(answer.receipt.receipt.value.0 as u64, Ordering::Relaxed);
+    g.metrics.add_paid(answer.receipt.receipt.value);
 }
 
 fn finish_reason(answer: &Answer, ask: &Ask, stopped: bool) -> &'static str {
@@ -474,9 +474,10 @@ fn finish_reason(answer: &Answer, ask: &Ask, stopped: bool) -> &'static str {
 fn usage(answers: &[Answer]) -> Value {
     let (input, output) = answers.iter().fold((0u64, 0u64), |(i, o), a| {
         let r = &a.receipt.receipt;
-        (i + u64::from(r.input_tokens), o + u64::from(r.output_tokens))
+        // u64 sums of provider-given u32 counts: they cannot overflow, unlike u32 ones.
+        (i.saturating_add(u64::from(r.input_tokens)), o.saturating_add(u64::from(r.output_tokens)))
     });
-    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input.saturating_add(output)})
 }
 
 /// A choice's `logprobs` in OpenAI's shape (chat's `content` list, or completions'

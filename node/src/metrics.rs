@@ -1,7 +1,10 @@
 //! Counters exported at `GET /metrics` in Prometheus' text format.
 
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use attrinet_market::Wei;
 
 /// What the node counts.
 #[derive(Debug, Default)]
@@ -14,8 +17,9 @@ pub struct Metrics {
     pub tokens: AtomicU64,
     /// Co-signed receipts.
     pub receipts: AtomicU64,
-    /// Wei paid through receipts (low 64 bits suffice for a counter's rate).
-    pub paid_wei: AtomicU64,
+    /// Wei paid through receipts: a u128 like every amount (19 ETH would wrap a u64), kept
+    /// behind a lock because there is no 128-bit atomic on every target. Saturates.
+    paid_wei: Mutex<u128>,
     /// Connected peers, as last sampled.
     pub peers: AtomicU64,
     /// Models loaded into an engine (a node serving several loads them on demand).
@@ -25,15 +29,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts `value` as paid through a co-signed receipt.
+    pub fn add_paid(&self, value: Wei) {
+        let mut paid = self.paid_wei.lock().unwrap_or_else(|p| p.into_inner());
+        *paid = paid.saturating_add(value.0);
+    }
+
+    /// Wei paid through receipts so far.
+    pub fn paid(&self) -> Wei {
+        Wei(*self.paid_wei.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
             ("attrinet_requests_total", "counter", "Inference requests received.", &self.requests),
             ("attrinet_request_errors_total", "counter", "Inference requests that failed.", &self.request_errors),
             ("attrinet_tokens_total", "counter", "Tokens received from providers.", &self.tokens),
             ("attrinet_receipts_total", "counter", "Co-signed receipts.", &self.receipts),
-            ("attrinet_paid_wei_total", "counter", "Wei committed through co-signed receipts.", &self.paid_wei),
             ("attrinet_peers", "gauge", "Connected peers.", &self.peers),
             ("attrinet_model_loads_total", "counter", "Models loaded into an engine.", &self.model_loads),
             (
@@ -46,6 +60,12 @@ impl Metrics {
         for (name, kind, help, v) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
         }
+        let paid = self.paid().0;
+        let name = "attrinet_paid_wei_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Wei committed through co-signed receipts.\n# TYPE {name} counter\n{name} {paid}"
+        );
         out
     }
 }
@@ -88,4 +108,21 @@ pub fn provider_metrics(
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, attack 12: amounts are u128 everywhere; the gateway used to add each
+    /// receipt's value to a u64 counter `as u64`, so 2^64 + 5 wei showed as 5.
+    #[test]
+    fn paid_wei_counts_amounts_past_u64_exactly_and_saturates() {
+        let m = Metrics::default();
+        m.add_paid(Wei(u128::from(u64::MAX) + 6));
+        m.add_paid(Wei(1));
+        assert!(m.render().contains("attrinet_paid_wei_total 18446744073709551622\n"), "{}", m.render());
+        m.add_paid(Wei(u128::MAX));
+        assert_eq!(m.paid(), Wei(u128::MAX));
+    }
 }

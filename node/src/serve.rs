@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, B256};
 use anyhow::{Context, bail};
 use attrinet_chain::{
-    ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, SettleAction, SettlementLoop,
+    ChainClient, ChannelEvent, Deployment, EventFollower, MemCheckpoint, ModelTerms, SettleAction, SettlementLoop,
     SettlementPolicy, StoreSource,
 };
 use attrinet_compute::{Backend, BatchOptions, Model};
@@ -202,8 +202,10 @@ pub async fn serve(
 
     let chain = crate::client::connect_chain(&opts.rpc, &identity, opts.deployment).await?;
     let datanet_root = datanet.as_ref().map(|d| d.root());
+    let mut watched = Vec::with_capacity(ids.len());
     for &id in &ids {
-        register(&chain, &identity, &opts, id, datanet_root).await?;
+        let terms = register(&chain, &identity, &opts, id, datanet_root).await?;
+        watched.push(Watched { model: id, terms, datanet: datanet_root.unwrap_or_default(), withdrawn: false });
     }
 
     // Each model is loaded once now, to measure what its advert says; under a memory
@@ -231,7 +233,7 @@ pub async fn serve(
     )?;
     let limits =
         Limits { capacity: opts.capacity, queue: opts.queue, exposure_limit: opts.exposure_limit, ..Limits::default() };
-    let serving = start_provider(&identity, store.clone(), &chain, offers, limits, &network);
+    let (provider, serving) = start_provider(&identity, store.clone(), &chain, offers, limits, &network);
     let addrs = listening_addrs(&network).await?;
     metrics
         .peers
@@ -239,8 +241,6 @@ pub async fn serve(
     ready(&Serving { models: served, device, addrs });
 
     let settler = settler(&chain, &store, opts.policy);
-    let served_root = datanet_root.unwrap_or_default();
-    let mut stopped_for = None;
     // Thaws, from the deployment's first block: a channel whose payer is leaving gets no
     // more service (what it already owes is settled by the loop, forced by the thaw).
     let mut thaws = crate::watch::follow_channels(&chain, MemCheckpoint::default())?;
@@ -249,17 +249,8 @@ pub async fn serve(
             Ok(frozen) => frozen.iter().for_each(|c| eprintln!("channel {c} is thawing: no more service on it")),
             Err(e) => warn!(target: "serve", %e, "cannot read thaws; retrying next pass"),
         }
-        // The owner may change a model's datanet; an hour later, weights against the old
-        // one become disputable. Stop serving rather than risk the bond.
-        for &model_id in &ids {
-            match chain.datanet_root(model_id).await {
-                Ok(Some(root)) if root != served_root => stopped_for = Some((model_id, root)),
-                Ok(_) => {}
-                Err(e) => warn!(target: "serve", %e, "cannot read the model's datanet; retrying next pass"),
-            }
-        }
-        if stopped_for.is_some() {
-            break;
+        for why in recheck(&chain, &provider, &mut watched).await {
+            eprintln!("{why}");
         }
         match settler.tick().await {
             Ok(actions) => {
@@ -302,12 +293,61 @@ pub async fn serve(
     }
     serving.abort();
     store.flush()?;
-    if let Some((model_id, root)) = stopped_for {
-        bail!(
-            "model {model_id}'s datanet changed on chain to {root} (this node served {served_root}): stopped serving; restart with the new datanet (--datanet), or none if it has none"
-        );
-    }
     Ok(())
+}
+
+/// A split as `--split` takes it: node, owner, data, protocol in basis points.
+fn split_csv(s: &Split) -> String {
+    let (node, owner, data, protocol) = s.bps();
+    format!("{node},{owner},{data},{protocol}")
+}
+
+/// What a node served a model under, checked again on every pass ([`recheck`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Watched {
+    /// The model.
+    pub model: ModelId,
+    /// The terms it serves under, as registered when it started.
+    pub terms: ModelTerms,
+    /// The datanet its answers are attributed against (zero: none).
+    pub datanet: B256,
+    /// Whether the node stopped serving it.
+    pub withdrawn: bool,
+}
+
+/// Stops serving each model whose terms or datanet changed on chain since the node
+/// started, and only that model: its other offers go on, and the settlement loop goes on
+/// settling and finalizing every channel (receipts already made are judged by the terms and
+/// datanet they were made under). Serving on would be wrong: receipts at the old prices
+/// become provable fraud once the registry's grace has passed, and weights against an old
+/// datanet an hour after it changed. Returns what to tell the operator.
+pub async fn recheck(chain: &ChainClient, provider: &Provider, watched: &mut [Watched]) -> Vec<String> {
+    let mut said = Vec::new();
+    for w in watched.iter_mut().filter(|w| !w.withdrawn) {
+        let why = match (chain.terms(w.model).await, chain.datanet_root(w.model).await) {
+            (Ok(Some(t)), _) if t.version != w.terms.version => format!(
+                "its owner changed its terms on chain (version {} to {}: {} wei per 1k input, {} per 1k output, split {}); restart with the new prices and split to serve it again",
+                w.terms.version,
+                t.version,
+                t.price.per_1k_input.0,
+                t.price.per_1k_output.0,
+                split_csv(&t.split)
+            ),
+            (_, Ok(Some(root))) if root != w.datanet => format!(
+                "its datanet changed on chain to {root} (this node served {}); restart with the new datanet (--datanet), or none if it has none, to serve it again",
+                w.datanet
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(target: "serve", model = %w.model, %e, "cannot read the model's terms; retrying next pass");
+                continue;
+            }
+            _ => continue,
+        };
+        w.withdrawn = true;
+        provider.withdraw(w.model, why.clone());
+        said.push(format!("error: stopped serving model {}: {why}; settling goes on", w.model));
+    }
+    said
 }
 
 /// The network of a node, its event loop running on this runtime.
@@ -338,7 +378,8 @@ pub fn offer(
 }
 
 /// Serves `offers` on `network` (spawned): channels the store does not hold yet are
-/// looked up on chain, so a client can open one and query at once.
+/// looked up on chain, so a client can open one and query at once. Returns the provider
+/// (to withdraw offers from) and its task.
 pub fn start_provider(
     identity: &Identity,
     store: Arc<SledStore>,
@@ -346,10 +387,10 @@ pub fn start_provider(
     offers: Vec<Offer>,
     limits: Limits,
     network: &attrinet_p2p::Client,
-) -> tokio::task::JoinHandle<Result<(), attrinet_p2p::NetError>> {
+) -> (Provider, tokio::task::JoinHandle<Result<(), attrinet_p2p::NetError>>) {
     let provider = Provider::new(identity.clone(), store, offers, limits)
         .with_lookup(Arc::new(ChainLookup { chain: chain.clone(), identity: identity.clone() }));
-    tokio::spawn(provider.serve(network.clone()))
+    (provider.clone(), tokio::spawn(provider.serve(network.clone())))
 }
 
 /// A provider's settlement loop: receipts and their weights come from its own store.
@@ -392,14 +433,15 @@ async fn freeze_thawing(
 }
 
 /// Registers the node (with its bond) and the model (with this node's account as owner)
-/// when the chain does not know them; checks that a registered node has this key.
+/// when the chain does not know them; checks that a registered node has this key, and that
+/// a registered model has the prices and split given. Returns the terms it will serve under.
 async fn register(
     chain: &ChainClient,
     identity: &Identity,
     opts: &ServeOptions,
     model: ModelId,
     datanet_root: Option<alloy_primitives::B256>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ModelTerms> {
     // Every check first, so that a refusal changes nothing on chain.
     let node_key = chain.node_key(identity.address()).await?;
     if node_key.is_some_and(|k| k != identity.public_key()) {
@@ -426,6 +468,16 @@ async fn register(
                 opts.price
             );
         }
+        // Someone else's model: serving it means taking its owner's split, which the
+        // operator should choose knowingly rather than find on chain afterwards.
+        if terms.split != opts.split {
+            bail!(
+                "model {model} is registered with the split {} (node, owner, data, protocol in basis points), not the one given ({}): pass --split {} to serve under it",
+                split_csv(&terms.split),
+                split_csv(&opts.split),
+                split_csv(&terms.split)
+            );
+        }
     }
     if node_key.is_none() {
         chain
@@ -443,5 +495,5 @@ async fn register(
             .context("registering the model")?;
         eprintln!("registered model {model}, owned by {}", identity.address());
     }
-    Ok(())
+    chain.terms(model).await?.context("the model is not registered after registering it")
 }

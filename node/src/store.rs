@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use attrinet_market::{
-    ChannelId, ChannelState, Seq, SignedReceipt, SignedVoucher, Store, StoreError, StoredReceipt, decode, encode,
+    ChannelId, ChannelState, Seq, SignedReceipt, SignedVoucher, Store, StoreError, StoredReceipt, Wei, decode, encode,
     merge_put,
 };
 use sled::Transactional;
@@ -13,19 +13,23 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 const CHANNELS: &str = "channels";
 const RECEIPTS: &str = "receipts";
 const WEIGHTS: &str = "weights";
+const WRITTEN_OFF: &str = "written_off";
 
 /// A [`Store`] in a sled database directory.
 ///
 /// Layout: tree `channels` maps a channel id (32 bytes) to its encoded [`ChannelState`];
 /// tree `receipts` maps channel id ‖ seq (8 bytes big-endian, so keys sort by seq) to the
-/// encoded [`StoredReceipt`]. A receipt and its channel's new state are written in one
-/// sled transaction, then the database is flushed (fsync) before the call returns.
+/// encoded [`StoredReceipt`]; tree `written_off` maps a payer's address (20 bytes) to what
+/// was written off for it (16 bytes, big-endian). A receipt and its channel's new state are
+/// written in one sled transaction, then the database is flushed (fsync) before the call
+/// returns.
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
     channels: sled::Tree,
     receipts: sled::Tree,
     weights: sled::Tree,
+    written_off: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -52,7 +56,8 @@ impl SledStore {
         let channels = db.open_tree(CHANNELS).map_err(backend)?;
         let receipts = db.open_tree(RECEIPTS).map_err(backend)?;
         let weights = db.open_tree(WEIGHTS).map_err(backend)?;
-        Ok(SledStore { db, channels, receipts, weights })
+        let written_off = db.open_tree(WRITTEN_OFF).map_err(backend)?;
+        Ok(SledStore { db, channels, receipts, weights, written_off })
     }
 
     /// Writes everything to disk (each money-moving write already did; this is for a
@@ -160,6 +165,29 @@ impl Store for SledStore {
         self.weights.get(root.as_slice()).map_err(backend)?.map(|v| decode(&v).map_err(StoreError::from)).transpose()
     }
 
+    fn written_off(&self, payer: &alloy_primitives::Address) -> Result<Wei, StoreError> {
+        match self.written_off.get(payer.as_slice()).map_err(backend)? {
+            Some(v) => Ok(Wei(u128::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| backend(format!("written-off record of {payer} is not 16 bytes")))?,
+            ))),
+            None => Ok(Wei::ZERO),
+        }
+    }
+
+    fn add_written_off(&self, payer: &alloy_primitives::Address, value: Wei) -> Result<Wei, StoreError> {
+        // One key per payer, read-modify-written atomically.
+        let mut total = Wei::ZERO;
+        self.written_off
+            .update_and_fetch(payer.as_slice(), |old| {
+                let before = old.and_then(|v| <[u8; 16]>::try_from(v).ok()).map_or(0, u128::from_be_bytes);
+                total = Wei(before.saturating_add(value.0));
+                Some(total.0.to_be_bytes().to_vec())
+            })
+            .map_err(backend)?;
+        self.flush()?;
+        Ok(total)
+    }
+
     fn receipt(&self, id: &ChannelId, seq: Seq) -> Result<Option<StoredReceipt>, StoreError> {
         self.receipts
             .get(receipt_key(id, seq))
@@ -208,4 +236,27 @@ pub fn audit(store: &dyn Store) -> Result<Audit, StoreError> {
         audit.channels += 1;
     }
     Ok(audit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Write-offs are the payer's across restarts (issue 14, attack 9): reopened, the store
+    /// still knows them, and adds to them.
+    #[test]
+    fn written_off_totals_survive_a_reopen_and_saturate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (alloy_primitives::Address::repeat_byte(1), alloy_primitives::Address::repeat_byte(2));
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.written_off(&a).unwrap(), Wei::ZERO);
+            assert_eq!(store.add_written_off(&a, Wei(40)).unwrap(), Wei(40));
+            assert_eq!(store.add_written_off(&a, Wei(2)).unwrap(), Wei(42));
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.written_off(&a).unwrap(), Wei(42));
+        assert_eq!(store.written_off(&b).unwrap(), Wei::ZERO, "per payer");
+        assert_eq!(store.add_written_off(&a, Wei(u128::MAX)).unwrap(), Wei(u128::MAX));
+    }
 }

@@ -415,22 +415,13 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let refused = attrinet(&other_dir, &[&args[..], &["--datanet", index.to_str().unwrap()]].concat());
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains("is registered with datanet"), "{}", text(&refused.stderr));
+    // Issue 14, attack 12: nor does it take another registrant's split without saying so
+    // (serve used to accept whatever split the chain held, silently).
+    let split = attrinet(&other_dir, &[&args[..], &["--split", "9000,500,250,250"]].concat());
+    assert_eq!(split.status.code(), Some(1));
+    assert!(text(&split.stderr).contains("registered with the split 7000,2000,500,500"), "{}", text(&split.stderr));
     let other = attrinet_node::keys::load(&other_dir).unwrap();
     assert_eq!(reader.node_key(other.address()).await.unwrap(), None, "a refused serve registers nothing");
-
-    // The owner (the serving node registered the model) changes its datanet: the node
-    // stops serving within a settlement pass rather than attribute against the old one.
-    let owner = ChainClient::connect(&anvil.endpoint(), node.evm.clone(), deployment).unwrap();
-    owner.set_datanet(model_id, alloy_primitives::B256::repeat_byte(1), node.address()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = serve.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve kept serving a model whose datanet changed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(status.code(), Some(1));
 
     // Handing the model to another owner changes who *will* be paid, not who was:
     // `earnings` still shows the node's finalized owner share; a settlement still pending
@@ -441,6 +432,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
             .find_map(|l| l.trim().strip_prefix(&format!("model {model_id} as model owner: ")).map(str::to_string))
     };
     let before = owner_line(&node_dir).expect("the node owned the model");
+    let owner = ChainClient::connect(&anvil.endpoint(), node.evm.clone(), deployment).unwrap();
     owner.transfer_model(model_id, client.address()).await.unwrap();
     assert_eq!(reader.beneficiaries(model_id).await.unwrap().0, client.address());
     let after = owner_line(&node_dir).expect("still the finalized share");
@@ -450,4 +442,36 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let new_owner = owner_line(&client_dir).expect("the pending share");
     assert_eq!(finalized(&new_owner), "0", "{new_owner}");
     assert!(!new_owner.ends_with(", 0 wei pending"), "{new_owner}");
+
+    // Issue 14, attack 8: the (new) owner changes the model's datanet. The node stops
+    // serving that model within a settlement pass rather than attribute against the old
+    // datanet, but it does not stop: it goes on settling. (It used to exit, status 1, and
+    // leave every channel's finalisation and thaw settlement undone.)
+    let new_owner_chain = ChainClient::connect(&anvil.endpoint(), client.evm.clone(), deployment).unwrap();
+    new_owner_chain.set_datanet(model_id, alloy_primitives::B256::repeat_byte(1), client.address()).await.unwrap();
+    let stopped = format!("error: stopped serving model {model_id}: its datanet changed on chain");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rx.try_iter().any(|l| l.starts_with(&stopped)) {
+        assert!(serve.0.try_wait().unwrap().is_none(), "serve exited on a datanet change");
+        assert!(Instant::now() < deadline, "serve kept serving a model whose datanet changed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = attrinet(&client_dir, &["query", "Hi", "--max-tokens", "4"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = text(&refused.stderr);
+    assert!(err.contains("no longer served") || err.contains("no provider offers"), "{err}");
+    // The pending settlement's window passes: the node, still running, finalizes it, and
+    // the new owner is paid its share.
+    anvil.advance(16).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = owner_line(&client_dir).expect("the new owner's line");
+        if finalized(&line) != "0" {
+            assert!(line.ends_with(", 0 wei pending"), "{line}");
+            break;
+        }
+        assert!(serve.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "the node stopped finalizing after withdrawing the model: {line}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -157,3 +157,79 @@ fn real_prompts_count_within_the_payers_input_bound() {
         }
     }
 }
+
+/// Issue 14, attack 1 and attack 8, on the node's side: when a model's owner changes its
+/// terms (or its datanet) on chain, the node stops serving that model, and only that model:
+/// its advert shows no capacity at once, requests for it are refused with the reason, and
+/// the node's other model is served on. (What it already served is settled by the terms it
+/// was made under: see attrinet-chain's `an_owner_updating_its_terms_twice…`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terms_change_stops_only_that_models_offer() {
+    use alloy_primitives::{B256, U256};
+    use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig};
+    use attrinet_market::{Identity, ModelId, Price, Split};
+    use attrinet_node::serve::{Watched, recheck};
+
+    const ETH: u128 = 1_000_000_000_000_000_000;
+    let anvil = Anvil::spawn(AnvilConfig::default()).expect("anvil (scripts/setup-chain-tools)");
+    let owner = Identity::from_secrets([21; 32], [22; 32]).unwrap();
+    anvil.fund(owner.address(), U256::from(10 * ETH)).await.unwrap();
+    let config = DeployConfig {
+        treasury: owner.address(),
+        challenge_window: 15,
+        thaw_delay: 60,
+        unbond_delay: 60,
+        min_bond: Wei(1),
+    };
+    let deployment = ChainClient::deploy(&anvil.endpoint(), owner.evm.clone(), config).await.unwrap();
+    let chain = ChainClient::connect(&anvil.endpoint(), owner.evm.clone(), deployment).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let models: Vec<Arc<Model>> = [31, 32].iter().map(|&s| Arc::new(tiny_model(dir.path(), s))).collect();
+    let names = ["tiny-a", "tiny-b"];
+    let batch = BatchOptions { max_batch: 2, kv_tokens: Some(512) };
+    let offers = (0..2)
+        .map(|i| {
+            let generator = Arc::new(EngineGenerator::open(models[i].clone(), Backend::Candle, batch).unwrap());
+            loopback_offer(&models[i], names[i], generator)
+        })
+        .collect();
+    let lb = loopback_offers(offers, Wei(10u128.pow(18)), Limits::default()).await.unwrap();
+    let ids: Vec<ModelId> = models.iter().map(|m| ModelId::from(m.id().0)).collect();
+    let price = Price { per_1k_input: Wei(1_000), per_1k_output: Wei(3_000) };
+    let split = Split::new(7_000, 2_000, 500, 500).unwrap();
+    let mut watched = Vec::new();
+    for &id in &ids {
+        chain.register_model(id, price, split, B256::ZERO, owner.address()).await.unwrap();
+        let terms = chain.terms(id).await.unwrap().unwrap();
+        watched.push(Watched { model: id, terms, datanet: B256::ZERO, withdrawn: false });
+    }
+    assert!(recheck(&chain, &lb.provider, &mut watched).await.is_empty(), "nothing changed yet");
+
+    // The owner raises tiny-a's prices.
+    let dearer = Price { per_1k_input: Wei(5_000), per_1k_output: Wei(9_000) };
+    chain.update_terms(ids[0], dearer, split).await.unwrap();
+    let said = recheck(&chain, &lb.provider, &mut watched).await;
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains(&ids[0].to_string()) && said[0].contains("version 0 to 1"), "{said:?}");
+    assert!(watched[0].withdrawn && !watched[1].withdrawn);
+    assert!(recheck(&chain, &lb.provider, &mut watched).await.is_empty(), "said once");
+
+    let adverts = lb.provider.adverts();
+    let capacity = |name: &str| adverts.iter().find(|a| a.advert.model_name == name).unwrap().advert.free_capacity;
+    assert_eq!(capacity("tiny-a"), 0, "clients rank the withdrawn offer out at once");
+    assert!(capacity("tiny-b") > 0);
+    // Refused by the provider, or, once the client has the new advert, not even sent.
+    let refused = lb.payer.infer(&lb.client_net, &ask("tiny-a", "hello"), |_| {}).await.unwrap_err().to_string();
+    assert!(refused.contains("no longer served") || refused.contains("no provider offers"), "{refused}");
+    assert_eq!(lb.provider_store.receipts_after(&lb.channel, Seq::ZERO).unwrap().len(), 0, "nothing billed");
+    let answer = lb.payer.infer(&lb.client_net, &ask("tiny-b", "hello"), |_| {}).await.unwrap();
+    answer.receipt.verify().unwrap();
+    assert_eq!(answer.receipt.receipt.model, ids[1]);
+
+    // A datanet change withdraws the other model the same way.
+    chain.set_datanet(ids[1], B256::repeat_byte(7), owner.address()).await.unwrap();
+    let said = recheck(&chain, &lb.provider, &mut watched).await;
+    assert!(said.len() == 1 && said[0].contains("datanet changed"), "{said:?}");
+    assert!(lb.provider.withdrawn(&ids[1]).is_some());
+}

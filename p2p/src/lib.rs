@@ -36,5 +36,5 @@ pub use provider::{
 };
 pub use wire::{
     ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, MAX_FRAME_BYTES,
-    MAX_TOP_LOGPROBS, Prompt, Sampling, ServerMsg, TopLogprob, WireError, read_msg, write_msg,
+    MAX_TOP_LOGPROBS, Prompt, Resync, Sampling, ServerMsg, TopLogprob, WireError, read_msg, write_msg,
 };

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use attrinet_market::{
     ChannelId, Datanet, Delivered, Demand, Identity, LedgerError, ModelAdvert, ModelId, PayerChannel, ProviderBook,
-    PublicKey, Quote, SignedReceipt, SignedVoucher, Store, StoreError, encode, rank, request_hash, response_hash,
+    PublicKey, Quote, Seq, SignedReceipt, SignedVoucher, Store, StoreError, encode, rank, request_hash, response_hash,
 };
 use libp2p::Stream;
 use tracing::{debug, info, warn};
 
 use crate::network::{Client, NetError, key_peer, unix_now};
 use crate::wire::{
-    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, Prompt, Sampling, ServerMsg, WireError,
-    read_msg, write_msg,
+    ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, Prompt, Resync, Sampling, ServerMsg,
+    WireError, read_msg, write_msg,
 };
 
 /// What the client asks for.
@@ -145,6 +145,10 @@ struct Inner {
     book: Mutex<ProviderBook>,
     idle_timeout: Duration,
     datanets: Mutex<HashMap<ModelId, Arc<Datanet>>>,
+    /// Channels whose newest receipt the provider acknowledged, as seen by this process. A
+    /// channel not in it (its `Pay` unacknowledged, or not used since this process started)
+    /// sends its newest receipt with the next request (`InferRequest::resync`).
+    acknowledged: Mutex<std::collections::HashSet<ChannelId>>,
 }
 
 /// The client: pays for inference through its channels.
@@ -170,6 +174,7 @@ impl Payer {
                 book: Mutex::new(ProviderBook::new()),
                 idle_timeout,
                 datanets: Mutex::new(HashMap::new()),
+                acknowledged: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -304,6 +309,10 @@ impl Payer {
         }
     }
 
+    fn acknowledged(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ChannelId>> {
+        self.inner.acknowledged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Asks one provider.
     pub async fn infer_with(
         &self,
@@ -314,7 +323,18 @@ impl Payer {
         on_token: &mut (impl FnMut(&str) + Send),
     ) -> Result<Answer, InferError> {
         let peer = key_peer(&provider.node_key).ok_or(InferError::BadAdvertKey(provider.node_key))?;
-        let channel_id = channel.lock().await.state().params.id;
+        let (channel_id, last_seq) = {
+            let ch = channel.lock().await;
+            (ch.state().params.id, ch.state().last_seq)
+        };
+        let resync = if last_seq == Seq::ZERO || self.acknowledged().contains(&channel_id) {
+            None
+        } else {
+            self.inner
+                .store
+                .receipt(&channel_id, last_seq)?
+                .map(|s| Box::new(Resync { receipt: s.receipt, voucher: s.voucher }))
+        };
         let request = InferRequest {
             model: provider.model,
             prompt: ask.prompt.clone(),
@@ -328,6 +348,7 @@ impl Payer {
                 max_input_tokens: provider.context_length.min(ask.prompt.max_input_tokens()),
                 max_output_tokens: ask.max_tokens,
             },
+            resync,
         };
         let idle = self.inner.idle_timeout;
         let (mut stream, first) = self.open(network, peer, &request).await?;
@@ -441,9 +462,13 @@ impl Payer {
         let stored = self.inner.store.record_receipt(&receipt, &voucher)?;
         ch.commit(&stored, &receipt);
         drop(ch);
+        // Until the provider acknowledges it, this receipt goes with the next request too.
+        self.acknowledged().remove(&channel_id);
         write_msg(&mut stream, &ClientMsg::Pay { receipt: receipt.clone(), voucher: voucher.clone() }).await?;
         match read_msg::<ServerMsg>(&mut stream, idle).await? {
-            ServerMsg::Ack { seq } if seq == receipt.receipt.seq => {}
+            ServerMsg::Ack { seq } if seq == receipt.receipt.seq => {
+                self.acknowledged().insert(channel_id);
+            }
             ServerMsg::Error(e) => return Err(InferError::Remote(e)),
             ServerMsg::Queued { .. }
             | ServerMsg::Started { .. }

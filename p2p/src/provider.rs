@@ -170,6 +170,8 @@ struct Inner {
     lookup: OnceLock<Arc<dyn ChannelLookup>>,
     store: Arc<dyn Store>,
     offers: HashMap<ModelId, Offer>,
+    /// Offers no longer served, with why (`Provider::withdraw`).
+    withdrawn: Mutex<HashMap<ModelId, String>>,
     limits: Limits,
     /// Generation slots: a FIFO queue in which a peer past its fair share gives way.
     slots: Slots,
@@ -177,6 +179,28 @@ struct Inner {
     queued: AtomicUsize,
     per_peer: Mutex<HashMap<PeerId, u32>>,
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<ProviderChannel>>>>,
+}
+
+impl Inner {
+    /// Adds `value`, served to `payer` and not paid, to the payer's total in the store, which
+    /// every channel of that payer counts against the exposure limit, after restarts too.
+    fn write_off(&self, payer: alloy_primitives::Address, value: Wei) {
+        if value == Wei::ZERO {
+            return;
+        }
+        if let Err(e) = self.store.add_written_off(&payer, value) {
+            // The channel's own ledger still counts it until a restart.
+            warn!(target: "p2p::provider", %payer, %value, %e, "could not store a write-off");
+        }
+    }
+
+    /// What `payer` left unpaid outside the ledger `ch`: the store's total for it, less what
+    /// `ch` itself wrote off since it was restored (counted by `ch` already).
+    fn unpaid_elsewhere(&self, ch: &ProviderChannel) -> Result<Wei, ErrorReply> {
+        let payer = ch.state().params.payer;
+        let total = self.store.written_off(&payer).map_err(|e| reply(ErrorCode::Internal, e.to_string()))?;
+        Ok(Wei(total.0.saturating_sub(ch.written_off().0)))
+    }
 }
 
 /// The provider: serves inference requests arriving on the network.
@@ -209,25 +233,32 @@ fn reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 /// the payer: its value keeps counting as unpaid exposure and its seq is reused, so the
 /// channel is never left refusing every later receipt (which served those requests free).
 /// After a payment is committed nothing is pending and the write-off does nothing.
-struct Paying<'a>(tokio::sync::MutexGuard<'a, ProviderChannel>);
+/// What is written off is also added to the payer's total in the store (`Inner::write_off`).
+struct Paying<'a> {
+    ch: tokio::sync::MutexGuard<'a, ProviderChannel>,
+    inner: &'a Inner,
+}
 
 impl Drop for Paying<'_> {
     fn drop(&mut self) {
         // Only an overflow of the written-off total fails, and then nothing changed.
-        let _ = self.0.abandon();
+        if let Ok(value) = self.ch.abandon() {
+            let payer = self.ch.state().params.payer;
+            self.inner.write_off(payer, value);
+        }
     }
 }
 
 impl std::ops::Deref for Paying<'_> {
     type Target = ProviderChannel;
     fn deref(&self) -> &ProviderChannel {
-        &self.0
+        &self.ch
     }
 }
 
 impl std::ops::DerefMut for Paying<'_> {
     fn deref_mut(&mut self) -> &mut ProviderChannel {
-        &mut self.0
+        &mut self.ch
     }
 }
 
@@ -258,6 +289,7 @@ impl Provider {
                 lookup: OnceLock::new(),
                 store,
                 offers: offers.into_iter().map(|o| (o.model, o)).collect(),
+                withdrawn: Mutex::new(HashMap::new()),
                 slots: Slots::new(limits.capacity),
                 queued: AtomicUsize::new(0),
                 limits,
@@ -274,9 +306,27 @@ impl Provider {
         self
     }
 
+    /// Stops serving `model` for good (until restart), saying `why` to whoever asks for it;
+    /// every other offer goes on. Its advert is republished with no free capacity, so that
+    /// clients rank it out at once rather than when it expires. Returns whether the model
+    /// was served until now.
+    pub fn withdraw(&self, model: ModelId, why: impl Into<String>) -> bool {
+        if !self.inner.offers.contains_key(&model) {
+            return false;
+        }
+        let mut withdrawn = self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner());
+        withdrawn.insert(model, why.into()).is_none()
+    }
+
+    /// Why `model` is no longer served, if it was withdrawn.
+    pub fn withdrawn(&self, model: &ModelId) -> Option<String> {
+        self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner()).get(model).cloned()
+    }
+
     /// The adverts for this provider's offers (seq and expiry are set when published).
     pub fn adverts(&self) -> Vec<OfferTemplate> {
         let me = &self.inner.identity;
+        let withdrawn = self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.inner
             .offers
             .values()
@@ -288,7 +338,7 @@ impl Provider {
                     model_name: o.name.clone(),
                     price: o.price,
                     context_length: o.context_length,
-                    free_capacity: self.free_capacity(),
+                    free_capacity: if withdrawn.contains_key(&o.model) { 0 } else { self.free_capacity() },
                     decode_tokens_per_s: o.decode_tokens_per_s,
                     ttft_ms: o.ttft_ms,
                     cold_start_ms: o.generator.cold_start_ms(),
@@ -502,6 +552,23 @@ impl Provider {
         Ok(())
     }
 
+    /// Takes in the payer's newest co-signed receipt when this node lacks it (its `Pay` was
+    /// lost): checked like a payment, persisted, then committed. A receipt this node already
+    /// holds changes nothing; a bad one is refused as a bad payment.
+    fn resync(&self, ch: &mut ProviderChannel, r: &crate::wire::Resync) -> Result<(), ErrorReply> {
+        let next = ch.check_resync(&r.receipt, &r.voucher).map_err(|e| reply(ErrorCode::BadPayment, e.to_string()))?;
+        if next {
+            let stored = self
+                .inner
+                .store
+                .record_receipt(&r.receipt, &r.voucher)
+                .map_err(|e| reply(ErrorCode::Internal, format!("could not store receipt: {e}")))?;
+            ch.commit(&stored, &r.receipt);
+            info!(target: "p2p::provider", seq = %r.receipt.receipt.seq, "took in a receipt whose payment was lost");
+        }
+        Ok(())
+    }
+
     async fn exchange(&self, peer: PeerId, stream: &mut Stream) -> Result<(), ErrorReply> {
         let limits = self.inner.limits;
         let request: InferRequest = read_msg(stream, limits.idle_timeout).await.map_err(|e| match e {
@@ -533,6 +600,12 @@ impl Provider {
             .offers
             .get(&request.model)
             .ok_or_else(|| reply(ErrorCode::UnknownModel, format!("model {} is not served here", request.model)))?;
+        if let Some(why) = self.withdrawn(&request.model) {
+            return Err(reply(
+                ErrorCode::UnknownModel,
+                format!("model {} is no longer served here: {why}", request.model),
+            ));
+        }
         let prompt_len = request.prompt.text_len();
         if prompt_len > limits.max_prompt_bytes {
             return Err(reply(
@@ -590,12 +663,16 @@ impl Provider {
                     format!("channel {} does not belong to you and this node", request.channel),
                 ));
             }
-            match ch.reserve(quote, admission) {
+            if let Some(r) = &request.resync {
+                self.resync(&mut ch, r)?;
+            }
+            let elsewhere = self.inner.unpaid_elsewhere(&ch)?;
+            match ch.reserve_with(quote, admission, elsewhere) {
                 // The payer may have topped the deposit up since it was last seen.
                 Err(LedgerError::DepositExceeded { .. }) if self.inner.lookup.get().is_some() => {
                     self.look_up(&request.channel, &peer).await?;
                     self.refresh(&mut ch)?;
-                    ch.reserve(quote, admission)
+                    ch.reserve_with(quote, admission, elsewhere)
                 }
                 r => r,
             }
@@ -610,7 +687,12 @@ impl Provider {
             Err(Cut { error, sent_before_hang_up: Some(sent) }) if sent > 0 => {
                 // The payer had `sent` tokens and left before the receipt: they count as
                 // unpaid, or hanging up would take answers for free.
-                let served = channel.lock().await.cut_off(reservation, input_tokens, sent);
+                let mut ch = channel.lock().await;
+                let served = ch.cut_off(reservation, input_tokens, sent);
+                if let Ok(value) = served {
+                    self.inner.write_off(ch.state().params.payer, value);
+                }
+                drop(ch);
                 warn!(target: "p2p::provider", %peer, sent, served = ?served, "the payer hung up before the receipt");
                 return Err(error);
             }
@@ -624,7 +706,7 @@ impl Provider {
         // Receipt exchange, one at a time per channel so seqs stay contiguous. However it
         // ends, even by the timeout dropping this future, a proposal left unanswered is
         // written off (`Paying`).
-        let mut ch = Paying(channel.lock().await);
+        let mut ch = Paying { ch: channel.lock().await, inner: &self.inner };
         let weights = offer.datanet.as_ref().map(|d| d.attribute(&tokens).weights).unwrap_or_default();
         let attribution_root = weights.root();
         if !weights.is_empty() {

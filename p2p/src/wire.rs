@@ -122,6 +122,20 @@ pub struct InferRequest {
     pub channel: ChannelId,
     /// The quote the client accepted (from the provider's advert).
     pub quote: Quote,
+    /// The payer's newest co-signed receipt on the channel, when it cannot know that the
+    /// provider holds it (its `Pay` was never acknowledged, or the payer restarted since).
+    /// A provider that lacks it takes it in before serving, so that a lost `Pay` does not
+    /// leave the two at different seqs for good.
+    pub resync: Option<Box<Resync>>,
+}
+
+/// A co-signed receipt and its voucher, as the payer stored them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Resync {
+    /// The receipt.
+    pub receipt: SignedReceipt,
+    /// Its voucher.
+    pub voucher: SignedVoucher,
 }
 
 /// Why a provider refused or stopped.

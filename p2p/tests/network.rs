@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use attrinet_market::{ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
+use attrinet_market::{ChannelId, ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
 use attrinet_p2p::{
     BatchRequest, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, ServerMsg, fetch_batch, read_msg,
 };
@@ -605,6 +605,7 @@ fn wire_messages_roundtrip() {
             max_input_tokens: 1,
             max_output_tokens: 7,
         },
+        resync: None,
     };
     assert_eq!(decode::<InferRequest>(&encode(&req)).unwrap(), req);
     for m in [
@@ -752,36 +753,137 @@ async fn a_payer_that_hangs_up_before_each_receipt_runs_into_its_exposure_limit(
     let reservation = price.value(2, 20).unwrap();
     let limits = Limits { exposure_limit: Wei(reservation.0 + 60), ..Limits::default() };
     let (client, providers) = market_of(1, limits, 30).await;
-    let mut refused = None;
+    let id = channel_state(&client, &providers[0], Wei::ZERO).params.id;
+    let (round, free_tokens) = hang_up_until_refused(&client, &providers[0], |_| id).await;
+    assert!(round <= 4, "cut off after {round} hang-ups ({free_tokens} tokens)");
+}
+
+/// Issue 14, attack 11: a lost `Pay`. The payer stores the co-signed receipt before sending
+/// `Pay`; when `Pay` never reaches the provider, the provider writes the proposal off and
+/// proposes the same seq again, which the payer (already at that seq) refused for good: the
+/// channel was dead. Now the payer's next request carries the receipt the provider may
+/// lack, and the provider takes it in (its own signature, the payer's, the voucher), so both
+/// go on from the same seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pay_is_resynchronised_by_the_next_request() {
+    use attrinet_market::{Delivered, request_hash, response_hash};
+    let (client, providers) = market_of(1, Limits::default(), 0).await;
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let channel = client.channel_with(&advert).await;
+    let id = channel.lock().await.state().params.id;
+
+    // The payer co-signs and stores receipt 1 as it does, but its `Pay` is lost.
+    let mut sent = None;
+    let (_, mut s) = send_raw_request_with(&client, &providers[0], |r| sent = Some(r.clone())).await;
+    let request = sent.unwrap();
+    let (mut input, mut tokens) = (None, Vec::new());
+    let (proposal, batch_start) = loop {
+        match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
+            ServerMsg::Started { input_tokens } => input = Some(input_tokens),
+            ServerMsg::Token { id, .. } => tokens.push(id),
+            ServerMsg::Propose { proposal, batch_start, .. } => break (proposal, batch_start),
+            other => panic!("{other:?}"),
+        }
+    };
+    {
+        let mut ch = channel.lock().await;
+        let delivered =
+            Delivered::plain(request_hash(&encode(&request)), response_hash(&tokens), tokens.len() as u32, input);
+        let (receipt, voucher) = ch
+            .accept(proposal, batch_start, &request.quote, &delivered, attrinet_p2p::unix_now(), &client.identity)
+            .unwrap();
+        let stored = client.store.record_receipt(&receipt, &voucher).unwrap();
+        ch.commit(&stored, &receipt);
+    }
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(providers[0].store.channel(&id).unwrap().unwrap().last_seq, Seq::ZERO, "the provider never got it");
+
+    // The next request is answered and paid as receipt 2, and the provider now holds 1 too.
+    let answer = client
+        .payer
+        .infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "after the loss", 3), &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("the channel is stuck after a lost Pay: {e}"));
+    assert_eq!(answer.receipt.receipt.seq, Seq(2));
+    let held = providers[0].store.receipts_after(&id, Seq::ZERO).unwrap();
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0].receipt, client.store.receipt(&id, Seq(1)).unwrap().unwrap().receipt);
+}
+
+/// A new channel `[k; 32]` from `client` to `provider`, in both stores.
+fn fresh_channel(client: &Node, provider: &Node, k: u8) -> ChannelId {
+    let mut state = channel_state(client, provider, Wei(10u128.pow(18)));
+    state.params.id = ChannelId::from([k; 32]);
+    client.store.put_channel(&state).unwrap();
+    provider.store.put_channel(&state).unwrap();
+    state.params.id
+}
+
+/// Asks `provider` for 20 tokens on channel `id`, reads 10 and hangs up: the tokens read,
+/// or the tokens read and the error it answered instead.
+async fn hang_up(client: &Node, provider: &Node, id: ChannelId) -> Result<usize, (usize, ErrorCode)> {
+    let (_, mut s) = send_raw_request_with(client, provider, |r| {
+        r.channel = id;
+        r.max_tokens = 20;
+        r.quote.max_output_tokens = 20;
+    })
+    .await;
+    let mut read = 0;
+    while read < 10 {
+        match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
+            ServerMsg::Token { .. } => read += 1,
+            ServerMsg::Error(e) => return Err((read, e.code)),
+            _ => {}
+        }
+    }
+    drop(s);
+    // Time for the provider to notice the hang-up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(read)
+}
+
+/// Hangs up on up to 8 requests, on the channel `channel(round)` each, until the provider
+/// refuses one; asserts that it was refused for the payer's unpaid exposure. Returns the
+/// round it was refused in and the tokens taken free until then.
+async fn hang_up_until_refused(client: &Node, provider: &Node, channel: impl Fn(u8) -> ChannelId) -> (u8, usize) {
     let mut free_tokens = 0;
-    for round in 0..8 {
-        let (_, mut s) = send_raw_request_with(&client, &providers[0], |r| {
-            r.max_tokens = 20;
-            r.quote.max_output_tokens = 20;
-        })
-        .await;
-        let mut read = 0;
-        while read < 10 {
-            match read_msg::<ServerMsg>(&mut s, Duration::from_secs(5)).await.unwrap() {
-                ServerMsg::Token { .. } => read += 1,
-                ServerMsg::Error(e) => {
-                    refused = Some((round, e.code));
-                    break;
-                }
-                _ => {}
+    for round in 0..8u8 {
+        match hang_up(client, provider, channel(round)).await {
+            Ok(read) => free_tokens += read,
+            Err((read, code)) => {
+                assert_eq!(code, ErrorCode::Unpaid, "refused for its unpaid exposure");
+                return (round, free_tokens + read);
             }
         }
-        free_tokens += read;
-        drop(s);
-        if refused.is_some() {
-            break;
-        }
-        // Time for the provider to notice the hang-up.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (round, code) = refused.unwrap_or_else(|| panic!("never refused: {free_tokens} tokens taken free"));
-    assert_eq!(code, ErrorCode::Unpaid, "refused for its unpaid exposure");
-    assert!(round <= 4, "cut off after {round} hang-ups ({free_tokens} tokens)");
+    panic!("never refused: {free_tokens} tokens taken free");
+}
+
+/// Issue 14, attack 9: the exposure limit is the payer's, not a channel's, and outlives a
+/// restart. A payer hangs up before each receipt as above, but on a fresh channel each
+/// time: each channel used to start with nothing written off, so it was never refused; and a
+/// restarted provider forgot every write-off. Now write-offs are kept per payer, in the
+/// store, and count on every channel of that payer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_cannot_widen_its_exposure_limit_with_more_channels_or_a_restart() {
+    let price = Price { per_1k_input: Wei(1000), per_1k_output: Wei(2000) };
+    let reservation = price.value(2, 20).unwrap();
+    let limits = Limits { exposure_limit: Wei(reservation.0 + 60), ..Limits::default() };
+    let (client, mut providers) = market_of(1, limits, 30).await;
+    let (round, free_tokens) =
+        hang_up_until_refused(&client, &providers[0], |round| fresh_channel(&client, &providers[0], 100 + round)).await;
+    assert!(round <= 4, "cut off after {round} channels ({free_tokens} tokens)");
+
+    // The provider restarts over the same store: it still knows what this payer owes.
+    let engine = providers[0].engine.clone().unwrap();
+    providers[0].serve(vec![offer(model(1), 1000, 2000, engine.clone())], limits);
+    providers[0].engine = Some(engine);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match hang_up(&client, &providers[0], fresh_channel(&client, &providers[0], 200)).await {
+        Err((0, code)) => assert_eq!(code, ErrorCode::Unpaid),
+        other => panic!("a restarted provider served the payer again: {other:?}"),
+    }
 }
 
 /// Attack: a provider counts a short prompt as 1,500 input tokens and bills them. The payer's

@@ -13,12 +13,12 @@ mod outsider;
 use std::collections::BTreeMap;
 
 use alloy::primitives::{B256, U256};
-use attrinet_market::{ChannelId, ModelId, Receipt, SumNode, SumProof, SumTree, Wei};
+use attrinet_market::{ChannelId, ModelId, Receipt, SumNode, SumProof, SumTree, TermsHistory, Wei};
 
 pub use outsider::{Registered, outsider};
 
 use crate::error::{BatchError, ChainError, Result};
-use crate::types::{Batch, FraudProof, ModelTerms, Settlement, SumPreimage, Verdict};
+use crate::types::{Batch, FraudProof, Settlement, SumPreimage, Verdict};
 
 /// Number of levels above the leaves of a tree of `n` leaves.
 fn depth(mut n: u64) -> usize {
@@ -35,10 +35,10 @@ fn bad(channel: ChannelId, reason: impl Into<String>) -> ChainError {
     BatchError::Inconsistent { channel, reason: reason.into() }.into()
 }
 
-/// Decides whether `s` is honest given the batch behind it and the terms of the models
-/// it names, and builds the proof when it is not. An error means the batch does not
+/// Decides whether `s` is honest given the batch behind it and the terms histories of the
+/// models it names, and builds the proof when it is not. An error means the batch does not
 /// match the settlement (wrong root, missing receipts): nothing can be proven from it.
-pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, ModelTerms>) -> Result<Verdict> {
+pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, TermsHistory>) -> Result<Verdict> {
     let id = s.channel;
     let digests: Vec<B256> = batch.receipts.iter().map(|r| r.receipt.digest()).collect();
     let tree = match &batch.tree {
@@ -116,12 +116,12 @@ pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, ModelTer
         }
     }
 
-    // 3. Values (membership only, so any leaf count will do).
+    // 3. Values at the receipts' own prices (membership only, so any leaf count will do);
+    //    whether those are the model's prices is each run's business (step 5).
     for (i, sr) in batch.receipts.iter().enumerate() {
         let r = &sr.receipt;
-        let registered = terms.get(&r.model).is_some_and(|t| r.price == t.price || r.price == t.previous_price);
         let value = r.price.contract_value(r.input_tokens, r.output_tokens);
-        if leaf_values[i] != r.value || value != U256::from(r.value.0) || !registered {
+        if leaf_values[i] != r.value || value != U256::from(r.value.0) {
             let proof = leaf_proof(i);
             return Ok(Verdict::Fraud(Box::new(FraudProof::Value {
                 receipt: r.clone(),
@@ -138,11 +138,15 @@ pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, ModelTer
         return Ok(Verdict::Fraud(Box::new(FraudProof::Sum { node, recorded: Wei::ZERO, proof: SumProof::of_root() })));
     }
 
-    // 5. Payouts: each run's split, then (positional) its models and its sum.
+    // 5. Payouts: each run's split by the terms version it names (settle refused any other),
+    //    then (positional) its receipts' models, prices and times, and its sum.
+    let history = |run: &attrinet_market::PayoutRun| terms.get(&run.model).ok_or(BatchError::UnknownModel(run.model));
     for (k, run) in s.payouts.iter().enumerate() {
         let value = run.value()?;
-        let t = terms.get(&run.model).ok_or(BatchError::UnknownModel(run.model))?;
-        if run.parts != t.split.apply(value) && run.parts != t.previous_split.apply(value) {
+        let t = history(run)?
+            .get(run.terms)
+            .ok_or_else(|| bad(id, format!("run {k} names a terms version the model never had")))?;
+        if run.parts != t.split.apply(value) {
             return Ok(Verdict::Fraud(Box::new(FraudProof::Split { payouts: s.payouts.clone(), run: k })));
         }
     }
@@ -154,9 +158,10 @@ pub fn examine(s: &Settlement, batch: &Batch, terms: &BTreeMap<ModelId, ModelTer
     let mut start = 0usize;
     for (k, run) in s.payouts.iter().enumerate() {
         let end = start + run.leaves as usize;
+        let h = history(run)?;
         for (i, sr) in batch.receipts.iter().enumerate().take(end).skip(start) {
             let r = &sr.receipt;
-            if r.model != run.model {
+            if r.model != run.model || !h.covers(run.terms, r) {
                 return Ok(Verdict::Fraud(Box::new(FraudProof::Attribution {
                     payouts: s.payouts.clone(),
                     run: k,
@@ -234,7 +239,9 @@ fn inconsistent(tree: &SumTree, leaf: impl Fn(usize) -> (B256, Wei)) -> Option<(
 #[cfg(test)]
 mod tests {
     use alloy::primitives::Address;
-    use attrinet_market::{Domain, Identity, PayoutRun, Price, PublicKey, Seq, SignedReceipt, Split, payout_runs};
+    use attrinet_market::{
+        Domain, Identity, PayoutRun, Price, PublicKey, Seq, SignedReceipt, Split, TermsVersion, payout_runs,
+    };
 
     use super::*;
 
@@ -299,8 +306,9 @@ mod tests {
         }
     }
 
-    fn terms() -> BTreeMap<ModelId, ModelTerms> {
-        let t = ModelTerms { price: price(), split: split(), previous_price: price(), previous_split: split() };
+    fn terms() -> BTreeMap<ModelId, TermsHistory> {
+        let t =
+            TermsHistory { versions: vec![TermsVersion { price: price(), split: split(), since: 0 }], grace: 3_600 };
         BTreeMap::from([(model(), t)])
     }
 
@@ -313,7 +321,7 @@ mod tests {
         let rs = receipts(7);
         let plain: Vec<_> = rs.iter().map(|r| r.receipt.clone()).collect();
         let tree = SumTree::new(&leaves(&rs)).unwrap();
-        let payouts = payout_runs(&plain, None, |_| Some(split())).unwrap().0;
+        let payouts = payout_runs(&plain, None, |_| Ok((0, split()))).unwrap().0;
         let s = settlement(&rs, &tree, payouts.clone());
         let batch = Batch::new(rs.clone());
         assert_eq!(examine(&s, &batch, &terms()).unwrap(), Verdict::Honest);
@@ -360,7 +368,7 @@ mod tests {
         let rs = receipts(8);
         let plain: Vec<_> = rs.iter().map(|r| r.receipt.clone()).collect();
         let tree = SumTree::new(&leaves(&rs)).unwrap();
-        let mut s = settlement(&rs, &tree, payout_runs(&plain[4..], None, |_| Some(split())).unwrap().0);
+        let mut s = settlement(&rs, &tree, payout_runs(&plain[4..], None, |_| Ok((0, split()))).unwrap().0);
         // The chain says 1..=4 are settled; the root still covers 1..=8.
         s.batch_start = Seq(4);
         s.amount = Wei(s.cumulative.0 - plain[3].cumulative.0);

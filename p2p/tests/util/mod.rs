@@ -174,6 +174,7 @@ pub struct Node {
     pub payer: Payer,
     pub engine: Option<Arc<TestEngine>>,
     pub provider: Option<Provider>,
+    provider_task: Option<tokio::task::AbortHandle>,
     tasks: KillSwitch,
 }
 
@@ -202,15 +203,22 @@ impl Node {
             payer,
             engine: None,
             provider: None,
+            provider_task: None,
             tasks: KillSwitch(Arc::new(std::sync::Mutex::new(vec![handle.abort_handle()]))),
         }
     }
 
+    /// Serves `offers`; called again, it stops the provider it started before (a restart
+    /// over the same store).
     pub fn serve(&mut self, offers: Vec<Offer>, limits: Limits) {
         self.engine = None;
+        if let Some(previous) = self.provider_task.take() {
+            previous.abort();
+        }
         let provider = Provider::new(self.identity.clone(), self.store.clone(), offers, limits);
         self.provider = Some(provider.clone());
         let h: JoinHandle<_> = tokio::spawn(provider.serve(self.client.clone()));
+        self.provider_task = Some(h.abort_handle());
         self.tasks.0.lock().unwrap().push(h.abort_handle());
     }
 
@@ -476,6 +484,7 @@ pub async fn send_raw_request_with(
         sampling: Sampling::default(),
         channel: id,
         quote: Quote { model: advert.model, price: advert.price, max_input_tokens: 2048, max_output_tokens: 3 },
+        resync: None,
     };
     let mut req = req;
     edit(&mut req);
