@@ -448,7 +448,7 @@ impl Engine for CandleEngine {
 
     fn device_name(&self) -> String {
         let own = quant::Kernel::detect().name();
-        format!("CPU ({} threads, {SIMD}; Q4_1/Q5 products: {own})", candle_core::utils::get_num_threads())
+        format!("CPU ({} threads, {SIMD}; Q4_1 products: {own})", candle_core::utils::get_num_threads())
     }
 
     fn context_length(&self) -> usize {

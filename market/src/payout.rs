@@ -149,8 +149,8 @@ impl PayoutRun {
 
     /// What `Channels.finalize` credits for this run, role by role: the node, owner and
     /// protocol shares whole, and to the data pool (the owner when there is none) what the
-    /// run's entries do not distribute (contributors claim theirs separately). An error when the run distributes more than
-    /// its data share, which `settle` refuses.
+    /// run's entries do not distribute (contributors claim theirs separately). An error
+    /// when the run distributes more than its data share, which `settle` refuses.
     pub fn credits(&self, to: &Beneficiaries) -> Result<[(Role, Address, Wei); 4], MarketError> {
         let undistributed = self.parts.data.checked_sub(self.data.distributed)?;
         // Without a pool (cleared after the run's terms were replaced) the owner gets it.

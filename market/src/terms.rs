@@ -69,12 +69,13 @@ impl TermsHistory {
         }
     }
 
-    /// The version an honest provider settles `r` under: the newest that covers it. `None`
-    /// when none does: the receipt was made at prices the model no longer had, past the
-    /// grace, and no settlement can hold it without being provable fraud.
-    pub fn version_for(&self, r: &Receipt) -> Option<u32> {
+    /// The version an honest provider settles `r` under: the newest that covers it, with
+    /// its terms. `None` when none does: the receipt was made at prices the model no longer
+    /// had, past the grace, and no settlement can hold it without being provable fraud.
+    pub fn version_for(&self, r: &Receipt) -> Option<(u32, &TermsVersion)> {
         let newest = u32::try_from(self.versions.len()).ok()?;
-        (0..newest).rev().find(|&v| self.covers(v, r))
+        let v = (0..newest).rev().find(|&v| self.covers(v, r))?;
+        Some((v, self.get(v)?))
     }
 }
 
@@ -82,8 +83,7 @@ impl TermsHistory {
 /// batch's models: what [`crate::payout_runs`] takes from the node and the watcher alike.
 pub fn honest_terms(histories: &BTreeMap<ModelId, TermsHistory>, r: &Receipt) -> Result<(u32, Split), PayoutError> {
     let h = histories.get(&r.model).ok_or(PayoutError::UnknownModel(r.model))?;
-    let v = h.version_for(r).ok_or(PayoutError::NoTerms { seq: r.seq, model: r.model })?;
-    let t = h.get(v).ok_or(PayoutError::NoTerms { seq: r.seq, model: r.model })?;
+    let (v, t) = h.version_for(r).ok_or(PayoutError::NoTerms { seq: r.seq, model: r.model })?;
     Ok((v, t.split))
 }
 
@@ -111,15 +111,16 @@ mod tests {
     #[test]
     fn a_receipt_belongs_to_the_newest_version_that_covers_its_prices_and_time() {
         let h = history();
-        assert_eq!(h.version_for(&receipt(1, 99)), None, "before the model had terms");
-        assert_eq!(h.version_for(&receipt(1, 100)), Some(0));
-        assert_eq!(h.version_for(&receipt(1, 1_049)), Some(0), "old prices within the grace");
-        assert_eq!(h.version_for(&receipt(1, 1_050)), None, "old prices past the grace");
-        assert_eq!(h.version_for(&receipt(5, 999)), None, "new prices before they were set");
-        assert_eq!(h.version_for(&receipt(5, 1_000)), Some(1));
-        assert_eq!(h.version_for(&receipt(5, 2_049)), Some(1));
-        assert_eq!(h.version_for(&receipt(1, 2_000)), Some(2), "version 0's prices again, now version 2's");
-        assert_eq!(h.version_for(&receipt(1, u64::MAX - 1)), Some(2));
+        let version = |p, t| h.version_for(&receipt(p, t)).map(|(v, _)| v);
+        assert_eq!(version(1, 99), None, "before the model had terms");
+        assert_eq!(version(1, 100), Some(0));
+        assert_eq!(version(1, 1_049), Some(0), "old prices within the grace");
+        assert_eq!(version(1, 1_050), None, "old prices past the grace");
+        assert_eq!(version(5, 999), None, "new prices before they were set");
+        assert_eq!(version(5, 1_000), Some(1));
+        assert_eq!(version(5, 2_049), Some(1));
+        assert_eq!(version(1, 2_000), Some(2), "version 0's prices again, now version 2's");
+        assert_eq!(version(1, u64::MAX - 1), Some(2));
         assert_eq!(h.current().map(|(v, _)| v), Some(2));
         assert_eq!(h.period(1), Some((1_000, 2_050)));
         assert_eq!(h.period(2), Some((2_000, u64::MAX)));

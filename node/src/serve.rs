@@ -205,7 +205,7 @@ pub async fn serve(
     let mut watched = Vec::with_capacity(ids.len());
     for &id in &ids {
         let terms = register(&chain, &identity, &opts, id, datanet_root).await?;
-        watched.push(Watched { model: id, terms, datanet: datanet_root.unwrap_or_default(), withdrawn: false });
+        watched.push(Watched { model: id, terms, datanet: datanet_root.unwrap_or_default() });
     }
 
     // Each model is loaded once now, to measure what its advert says; under a memory
@@ -249,7 +249,7 @@ pub async fn serve(
             Ok(frozen) => frozen.iter().for_each(|c| eprintln!("channel {c} is thawing: no more service on it")),
             Err(e) => warn!(target: "serve", %e, "cannot read thaws; retrying next pass"),
         }
-        for why in recheck(&chain, &provider, &mut watched).await {
+        for why in recheck(&chain, &provider, &watched).await {
             eprintln!("{why}");
         }
         match settler.tick().await {
@@ -311,8 +311,6 @@ pub struct Watched {
     pub terms: ModelTerms,
     /// The datanet its answers are attributed against (zero: none).
     pub datanet: B256,
-    /// Whether the node stopped serving it.
-    pub withdrawn: bool,
 }
 
 /// Stops serving each model whose terms or datanet changed on chain since the node
@@ -321,9 +319,9 @@ pub struct Watched {
 /// datanet they were made under). Serving on would be wrong: receipts at the old prices
 /// become provable fraud once the registry's grace has passed, and weights against an old
 /// datanet an hour after it changed. Returns what to tell the operator.
-pub async fn recheck(chain: &ChainClient, provider: &Provider, watched: &mut [Watched]) -> Vec<String> {
+pub async fn recheck(chain: &ChainClient, provider: &Provider, watched: &[Watched]) -> Vec<String> {
     let mut said = Vec::new();
-    for w in watched.iter_mut().filter(|w| !w.withdrawn) {
+    for w in watched.iter().filter(|w| provider.withdrawn(&w.model).is_none()) {
         let why = match (chain.terms(w.model).await, chain.datanet_root(w.model).await) {
             (Ok(Some(t)), _) if t.version != w.terms.version => format!(
                 "its owner changed its terms on chain (version {} to {}: {} wei per 1k input, {} per 1k output, split {}); restart with the new prices and split to serve it again",
@@ -343,7 +341,6 @@ pub async fn recheck(chain: &ChainClient, provider: &Provider, watched: &mut [Wa
             }
             _ => continue,
         };
-        w.withdrawn = true;
         provider.withdraw(w.model, why.clone());
         said.push(format!("error: stopped serving model {}: {why}; settling goes on", w.model));
     }
@@ -495,5 +492,8 @@ async fn register(
             .context("registering the model")?;
         eprintln!("registered model {model}, owned by {}", identity.address());
     }
-    chain.terms(model).await?.context("the model is not registered after registering it")
+    match terms {
+        Some(t) => Ok(t),
+        None => chain.terms(model).await?.context("the model is not registered after registering it"),
+    }
 }

@@ -202,18 +202,18 @@ async fn a_terms_change_stops_only_that_models_offer() {
     for &id in &ids {
         chain.register_model(id, price, split, B256::ZERO, owner.address()).await.unwrap();
         let terms = chain.terms(id).await.unwrap().unwrap();
-        watched.push(Watched { model: id, terms, datanet: B256::ZERO, withdrawn: false });
+        watched.push(Watched { model: id, terms, datanet: B256::ZERO });
     }
-    assert!(recheck(&chain, &lb.provider, &mut watched).await.is_empty(), "nothing changed yet");
+    assert!(recheck(&chain, &lb.provider, &watched).await.is_empty(), "nothing changed yet");
 
     // The owner raises tiny-a's prices.
     let dearer = Price { per_1k_input: Wei(5_000), per_1k_output: Wei(9_000) };
     chain.update_terms(ids[0], dearer, split).await.unwrap();
-    let said = recheck(&chain, &lb.provider, &mut watched).await;
+    let said = recheck(&chain, &lb.provider, &watched).await;
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains(&ids[0].to_string()) && said[0].contains("version 0 to 1"), "{said:?}");
-    assert!(watched[0].withdrawn && !watched[1].withdrawn);
-    assert!(recheck(&chain, &lb.provider, &mut watched).await.is_empty(), "said once");
+    assert!(lb.provider.withdrawn(&ids[0]).is_some() && lb.provider.withdrawn(&ids[1]).is_none());
+    assert!(recheck(&chain, &lb.provider, &watched).await.is_empty(), "said once");
 
     let adverts = lb.provider.adverts();
     let capacity = |name: &str| adverts.iter().find(|a| a.advert.model_name == name).unwrap().advert.free_capacity;
@@ -229,7 +229,7 @@ async fn a_terms_change_stops_only_that_models_offer() {
 
     // A datanet change withdraws the other model the same way.
     chain.set_datanet(ids[1], B256::repeat_byte(7), owner.address()).await.unwrap();
-    let said = recheck(&chain, &lb.provider, &mut watched).await;
+    let said = recheck(&chain, &lb.provider, &watched).await;
     assert!(said.len() == 1 && said[0].contains("datanet changed"), "{said:?}");
     assert!(lb.provider.withdrawn(&ids[1]).is_some());
 }

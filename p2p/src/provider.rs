@@ -308,14 +308,12 @@ impl Provider {
 
     /// Stops serving `model` for good (until restart), saying `why` to whoever asks for it;
     /// every other offer goes on. Its advert is republished with no free capacity, so that
-    /// clients rank it out at once rather than when it expires. Returns whether the model
-    /// was served until now.
-    pub fn withdraw(&self, model: ModelId, why: impl Into<String>) -> bool {
-        if !self.inner.offers.contains_key(&model) {
-            return false;
+    /// clients rank it out at once rather than when it expires. A model not offered here
+    /// is not recorded.
+    pub fn withdraw(&self, model: ModelId, why: impl Into<String>) {
+        if self.inner.offers.contains_key(&model) {
+            self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner()).insert(model, why.into());
         }
-        let mut withdrawn = self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner());
-        withdrawn.insert(model, why.into()).is_none()
     }
 
     /// Why `model` is no longer served, if it was withdrawn.
@@ -326,7 +324,7 @@ impl Provider {
     /// The adverts for this provider's offers (seq and expiry are set when published).
     pub fn adverts(&self) -> Vec<OfferTemplate> {
         let me = &self.inner.identity;
-        let withdrawn = self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let withdrawn = self.inner.withdrawn.lock().unwrap_or_else(|p| p.into_inner());
         self.inner
             .offers
             .values()
