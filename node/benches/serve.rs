@@ -151,6 +151,7 @@ async fn round(
             max_tokens,
             sampling: Sampling::default(),
             max_cost: None,
+            stop: Vec::new(),
         };
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();

@@ -580,6 +580,7 @@ async fn ask_node(
         max_tokens,
         sampling: Sampling::default(),
         max_cost: None,
+        stop: Vec::new(),
     };
     Ok(payer.infer_with(network, advert, channel, &ask, &mut |_| {}).await?)
 }

@@ -85,6 +85,18 @@ pub(crate) fn prompt_tokens(model: &Model, prompt: &Prompt) -> Result<Vec<u32>, 
     }
 }
 
+/// A client's exact count of a model's prompt tokens, with the model's own tokenizer and
+/// chat template: the same code as the provider's, so an honest provider bills exactly
+/// this many and a dishonest one can bill no more ([`attrinet_p2p::Payer::count_input_with`]).
+#[derive(Debug)]
+pub struct PromptCount(pub Arc<Model>);
+
+impl attrinet_p2p::PromptCounter for PromptCount {
+    fn count(&self, prompt: &Prompt) -> Result<u32, String> {
+        prompt_tokens(&self.0, prompt).map(|t| t.len() as u32).map_err(|e| e.to_string())
+    }
+}
+
 /// What a node advertises about its speed, measured on its own engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Speed {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use attrinet_p2p::{Answer, Ask, ChatMessage, Client, ErrorCode, InferError, Payer, Prompt, Sampling};
+use attrinet_p2p::{Answer, Ask, ChatMessage, Client, ErrorCode, InferError, Logprobs, Payer, Prompt, Sampling};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -240,9 +240,6 @@ impl Options {
             Some(k) if k > attrinet_p2p::MAX_TOP_LOGPROBS => {
                 Err(bad(format!("top_logprobs is at most {}, got {k}", attrinet_p2p::MAX_TOP_LOGPROBS)))
             }
-            Some(_) if self.stream => {
-                Err(bad("logprobs with stream is not supported yet: ask without stream".to_owned()))
-            }
             a => Ok(a),
         }
     }
@@ -272,23 +269,21 @@ enum StopIn {
     Many(Vec<String>),
 }
 
-/// At most this many stop sequences, as OpenAI allows.
-const MAX_STOPS: usize = 4;
-
+/// The stop sequences, within what the protocol carries ([`attrinet_p2p::check_stops`]).
 fn stops(stop: Option<StopIn>) -> Result<Vec<String>, ApiError> {
     let all = match stop {
         None => Vec::new(),
         Some(StopIn::One(s)) => vec![s],
         Some(StopIn::Many(v)) => v,
     };
-    if all.len() > MAX_STOPS || all.iter().any(String::is_empty) {
-        return Err(ApiError::new(
+    attrinet_p2p::check_stops(&all).map_err(|why| {
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "invalid_value",
-            format!("stop takes 1 to {MAX_STOPS} non-empty strings"),
-        ));
-    }
+            format!("stop takes 1 to {} strings: {why}", attrinet_p2p::MAX_STOPS),
+        )
+    })?;
     Ok(all)
 }
 
@@ -305,9 +300,8 @@ struct Shape {
 
 /// Cuts generated text at the first stop sequence, as it streams: text that might be the
 /// start of a stop sequence is held back until the next piece shows whether it is one.
-///
-/// The provider does not know the stop sequences (the protocol does not carry them yet), so
-/// it generates, and bills, up to `max_tokens` whatever the cut.
+/// (The provider stops generating at the token that completes one, and bills up to it;
+/// the text of that token past the stop is still cut here.)
 #[derive(Debug)]
 pub(crate) struct StopScanner {
     stops: Vec<String>,
@@ -429,30 +423,34 @@ fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> 
 async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     g.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let req: ChatRequest = parse(&body).inspect_err(|_| count_error(&g))?;
+    let sampling = req.options.sampling(true).inspect_err(|_| count_error(&g))?;
+    let shape = req.options.shape(true).inspect_err(|_| count_error(&g))?;
     let ask = Ask {
         model: req.model.clone(),
         prompt: Prompt::Chat(
             req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
         ),
         max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: req.options.sampling(true).inspect_err(|_| count_error(&g))?,
+        sampling,
         max_cost: None,
+        stop: shape.stops.clone(),
     };
-    let shape = req.options.shape(true).inspect_err(|_| count_error(&g))?;
     respond(g, ask, shape).await
 }
 
 async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     g.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let req: CompletionRequest = parse(&body).inspect_err(|_| count_error(&g))?;
+    let sampling = req.options.sampling(false).inspect_err(|_| count_error(&g))?;
+    let shape = req.options.shape(false).inspect_err(|_| count_error(&g))?;
     let ask = Ask {
         model: req.model.clone(),
         prompt: Prompt::Text(req.prompt),
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: req.options.sampling(false).inspect_err(|_| count_error(&g))?,
+        sampling,
         max_cost: None,
+        stop: shape.stops.clone(),
     };
-    let shape = req.options.shape(false).inspect_err(|_| count_error(&g))?;
     respond(g, ask, shape).await
 }
 
@@ -487,7 +485,6 @@ fn logprobs_json(answer: &Answer, kept: usize, chat: bool) -> Value {
     if answer.logprobs.is_empty() {
         return Value::Null;
     }
-    let lp = |micros: i32| f64::from(micros) / 1e6;
     let mut offset = 0;
     let mut kept_tokens = Vec::new();
     let cut = kept < answer.text.len();
@@ -498,6 +495,13 @@ fn logprobs_json(answer: &Answer, kept: usize, chat: bool) -> Value {
         kept_tokens.push((offset, text, l));
         offset += text.len();
     }
+    token_logprobs_json(&kept_tokens, chat)
+}
+
+/// Log-probabilities of `tokens` (start offset in the text, text, log-probabilities) in
+/// OpenAI's shape: a whole answer's, or one streamed chunk's.
+fn token_logprobs_json(kept_tokens: &[(usize, &String, &Logprobs)], chat: bool) -> Value {
+    let lp = |micros: i32| f64::from(micros) / 1e6;
     if chat {
         let content: Vec<Value> = kept_tokens
             .iter()
@@ -614,12 +618,12 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     // Streaming: the answer runs on its own task and its tokens become events. The first
     // token is awaited before answering, so that a refusal is still an HTTP error rather
     // than an event in a 200 stream.
-    let (token_tx, mut tokens) = mpsc::unbounded_channel::<String>();
+    let (token_tx, mut tokens) = mpsc::unbounded_channel::<(String, Option<Logprobs>)>();
     let (g2, ask2) = (g.clone(), ask.clone());
     let job = tokio::spawn(async move {
         g2.payer
             .infer(&g2.network, &ask2, move |t| {
-                let _ = token_tx.send(t.to_string());
+                let _ = token_tx.send((t.text.to_owned(), t.logprobs.cloned()));
             })
             .await
     });
@@ -651,30 +655,37 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     let model = ask.model.clone();
     tokio::spawn(async move {
         // A piece held back by the stop scanner is sent with the next: chunks stay one per
-        // token where no stop sequence could begin.
-        let send = |t: &str| {
-            t.is_empty()
+        // token where no stop sequence could begin. A chunk carries the log-probabilities
+        // of the tokens its text begins, as a whole answer keeps those of the tokens that
+        // begin before its cut.
+        let mut shown = ShownLogprobs::default();
+        let send = |t: &str, shown: &mut ShownLogprobs, all: bool| {
+            let logprobs = shown.take(t.len(), all, shape.chat);
+            (t.is_empty() && logprobs.is_null())
                 || event_tx
-                    .send(Event::default().data(chunk(&id, created, &model, &shape, t, None).to_string()))
+                    .send(Event::default().data(chunk(&id, created, &model, &shape, t, &logprobs, None).to_string()))
                     .is_ok()
         };
         let mut open = true;
         let mut next = first;
         loop {
-            let t = match next.take() {
+            let (t, lp) = match next.take() {
                 Some(t) => t,
                 None => match tokens.recv().await {
                     Some(t) => t,
                     None => break,
                 },
             };
-            // Tokens after a stop still arrive (the provider generates them): not shown.
-            if open && !send(&scanner.push(&t)) {
+            shown.push(&t, lp);
+            // The token that completes a stop may carry text past it: not shown.
+            if open && !send(&scanner.push(&t), &mut shown, false) {
                 open = false;
             }
         }
         if open {
-            send(&scanner.finish());
+            let rest = scanner.finish();
+            let all = !scanner.stopped();
+            send(&rest, &mut shown, all);
         }
         match job.await {
             Ok(Ok(answer)) => {
@@ -696,13 +707,53 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     Ok(Sse::new(stream).into_response())
 }
 
+/// Streamed tokens' log-probabilities not yet sent with a chunk.
+#[derive(Default)]
+struct ShownLogprobs {
+    /// Bytes of token text received, and of text sent in chunks.
+    received: usize,
+    sent: usize,
+    /// Tokens not yet sent: start offset, text, log-probabilities.
+    pending: std::collections::VecDeque<(usize, String, Logprobs)>,
+}
+
+impl ShownLogprobs {
+    fn push(&mut self, text: &str, logprobs: Option<Logprobs>) {
+        if let Some(lp) = logprobs {
+            self.pending.push_back((self.received, text.to_owned(), lp));
+        }
+        self.received += text.len();
+    }
+
+    /// The log-probabilities to send with a chunk of `sent` more bytes: of the tokens that
+    /// begin in the text sent so far, or every one left when `all`; `null` when none.
+    fn take(&mut self, sent: usize, all: bool, chat: bool) -> Value {
+        self.sent += sent;
+        let n = if all { self.pending.len() } else { self.pending.iter().take_while(|p| p.0 < self.sent).count() };
+        if n == 0 {
+            return Value::Null;
+        }
+        let taken: Vec<_> = self.pending.drain(..n).collect();
+        let refs: Vec<(usize, &String, &Logprobs)> = taken.iter().map(|(o, t, l)| (*o, t, l)).collect();
+        token_logprobs_json(&refs, chat)
+    }
+}
+
 /// One streamed chunk; with `include_usage` every chunk has `"usage": null` but the last.
-fn chunk(id: &str, created: u64, model: &str, shape: &Shape, text: &str, finish: Option<&str>) -> Value {
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    shape: &Shape,
+    text: &str,
+    logprobs: &Value,
+    finish: Option<&str>,
+) -> Value {
     let (object, choice) = if shape.chat {
         let delta = if text.is_empty() { json!({}) } else { json!({"role": "assistant", "content": text}) };
-        ("chat.completion.chunk", json!({"index": 0, "delta": delta, "finish_reason": finish}))
+        ("chat.completion.chunk", json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}))
     } else {
-        ("text_completion", json!({"index": 0, "text": text, "finish_reason": finish}))
+        ("text_completion", json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}))
     };
     let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
     if shape.include_usage {
@@ -723,11 +774,11 @@ fn final_events(
     stopped: bool,
 ) -> Vec<Result<Event, Infallible>> {
     record(g, answer);
-    let mut last = chunk(id, created, &ask.model, shape, "", Some(finish_reason(answer, ask, stopped)));
+    let mut last = chunk(id, created, &ask.model, shape, "", &Value::Null, Some(finish_reason(answer, ask, stopped)));
     last["attrinet"] = receipt(answer);
     let mut events = vec![Ok(Event::default().data(last.to_string()))];
     if shape.include_usage {
-        let mut u = chunk(id, created, &ask.model, shape, "", None);
+        let mut u = chunk(id, created, &ask.model, shape, "", &Value::Null, None);
         u["choices"] = json!([]);
         u["usage"] = usage(std::slice::from_ref(answer));
         events.push(Ok(Event::default().data(u.to_string())));

@@ -21,6 +21,6 @@ mod store;
 pub mod watch;
 
 pub use earnings::{Earnings, earnings};
-pub use engine::{EngineGenerator, Speed};
+pub use engine::{EngineGenerator, PromptCount, Speed};
 pub use metrics::{Metrics, provider_metrics};
 pub use store::{Audit, SledStore, audit};

@@ -208,10 +208,25 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert!(text(&first.stdout).contains("Paris"), "answer: {}", text(&first.stdout));
     let err = text(&first.stderr);
     assert!(err.contains("opened channel") && err.contains("seq 1:"), "{err}");
-    let second = attrinet(&client_dir, &["query", "Say hello in Spanish.", "--max-tokens", "6"]);
-    assert!(second.status.success());
+    // With the model file, the client counts its prompt's tokens itself: the receipt bills
+    // exactly that many.
+    let second = attrinet(
+        &client_dir,
+        &["query", "Say hello in Spanish.", "--max-tokens", "6", "--tokenizer-from", model.to_str().unwrap()],
+    );
+    assert!(second.status.success(), "{}", text(&second.stderr));
     let err = text(&second.stderr);
     assert!(!err.contains("opened channel") && err.contains("seq 2:"), "{err}");
+    let exact = {
+        use attrinet_p2p::PromptCounter;
+        let counter = attrinet_node::PromptCount(std::sync::Arc::new(attrinet_compute::Model::load(&model).unwrap()));
+        let chat = vec![attrinet_p2p::ChatMessage { role: "user".into(), content: "Say hello in Spanish.".into() }];
+        counter.count(&attrinet_p2p::Prompt::Chat(chat)).unwrap()
+    };
+    assert!(err.contains(&format!(": {exact} input + ")), "billed {exact} input tokens: {err}");
+    let bad = attrinet(&client_dir, &["query", "Hi", "--tokenizer-from", "/nonexistent.gguf"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("--tokenizer-from /nonexistent.gguf"), "{}", text(&bad.stderr));
 
     // A price cap below every offer: a clear error, exit status 1, nothing paid.
     let capped = attrinet(&client_dir, &["query", "Hi", "--max-tokens", "4", "--max-price", "1"]);

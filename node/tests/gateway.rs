@@ -140,6 +140,31 @@ async fn every_endpoint_over_http() {
     assert_eq!((status, error_code(&body).as_str()), (503, "no_provider_available"), "{body}");
 }
 
+/// The JSON chunks of a server-sent event stream, without its `[DONE]`.
+fn sse_chunks(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect()
+}
+
+/// The tokens' texts of a greedy chat answer (from its log-probabilities).
+async fn token_texts(s: &Setup, extra: Value) -> Vec<String> {
+    let mut req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 16,
+        "temperature": 0, "logprobs": true});
+    req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["token"].as_str().unwrap().into())
+        .collect()
+}
+
 /// The text of a chat answer, streamed or not, and its finish reason.
 async fn answer(s: &Setup, extra: Value) -> (String, String) {
     let mut req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 16,
@@ -152,12 +177,7 @@ async fn answer(s: &Setup, extra: Value) -> (String, String) {
         let c = &v["choices"][0];
         return (c["message"]["content"].as_str().unwrap().into(), c["finish_reason"].as_str().unwrap().into());
     }
-    let chunks: Vec<Value> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = sse_chunks(&body);
     // Without include_usage no chunk carries usage.
     assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{body}");
     let text = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
@@ -182,6 +202,25 @@ async fn stop_sequences_cut_the_answer_as_openai_does() {
     }
     let (text, _) = answer(&s, json!({"stop": stop.clone()})).await;
     assert_eq!(text, want, "a single string");
+    // The provider stops too: the bill ends at the token that completes the stop sequence.
+    let tokens = token_texts(&s, json!({})).await;
+    let mut so_far = String::new();
+    let completing = tokens.iter().position(|t| {
+        so_far.push_str(t);
+        so_far.contains(&stop)
+    });
+    let billed = |extra: Value| {
+        let mut req = json!({"model": "tiny", "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 16,
+            "temperature": 0});
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        async move {
+            let (status, body) = http(s.base, "POST", "/v1/chat/completions", &req.to_string()).await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()["usage"]["completion_tokens"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(billed(json!({})).await, 16);
+    assert_eq!(billed(json!({"stop": stop.clone()})).await, completing.unwrap() as u64 + 1, "{tokens:?} {stop:?}");
     // No temperature: sampled, so some seed gives another answer than greedy.
     let mut sampled = Vec::new();
     for seed in 1..=4 {
@@ -290,8 +329,9 @@ async fn gemma3_on_wgpu_serves_chats_in_its_own_format() {
 
 /// `logprobs` in OpenAI's two shapes: chats' `content` list (`logprobs: true`,
 /// `top_logprobs`) and completions' parallel lists (`logprobs: k`), one entry per billed
-/// token; greedy picks the most likely token, so it heads its own alternatives. Out of
-/// range, or with `stream`, is a 400.
+/// token; greedy picks the most likely token, so it heads its own alternatives. Streamed,
+/// each chunk carries its tokens' entries, the same as the whole answer's. Out of range is
+/// a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logprobs_come_in_openai_shapes() {
     let s = setup(Wei(10u128.pow(18))).await;
@@ -314,6 +354,15 @@ async fn logprobs_come_in_openai_shapes() {
         assert!((logprob - values[0]).abs() < 1e-6, "greedy: the chosen token is the most likely: {entry}");
     }
     assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
+    // Streamed: the chunks' entries, in order, are the whole answer's.
+    let mut streamed_req = req.clone();
+    streamed_req["stream"] = json!(true);
+    let (status, body) = http(s.base, "POST", "/v1/chat/completions", &streamed_req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let chunks = sse_chunks(&body);
+    let streamed: Vec<Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).flatten().cloned().collect();
+    assert_eq!(&streamed, content, "{body}");
     // Without the flag: null, as OpenAI's.
     let plain = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4});
     let (_, body) = http(s.base, "POST", "/v1/chat/completions", &plain.to_string()).await;
@@ -338,11 +387,22 @@ async fn logprobs_come_in_openai_shapes() {
     for top in lp["top_logprobs"].as_array().unwrap() {
         assert!((1..=2).contains(&top.as_object().unwrap().len()), "{body}");
     }
+    // Streamed completions: each chunk's parallel lists, joined, are the whole answer's.
+    let mut streamed_req = req.clone();
+    streamed_req["stream"] = json!(true);
+    let (status, streamed_body) = http(s.base, "POST", "/v1/completions", &streamed_req.to_string()).await;
+    assert_eq!(status, 200, "{streamed_body}");
+    let mut joined: Vec<Value> = Vec::new();
+    for c in sse_chunks(&streamed_body) {
+        if let Some(t) = c["choices"][0]["logprobs"]["token_logprobs"].as_array() {
+            joined.extend(t.iter().cloned());
+        }
+    }
+    assert_eq!(&joined, lp["token_logprobs"].as_array().unwrap(), "{streamed_body}");
 
     for (path, bad) in [
         ("/v1/chat/completions", json!({"model": "tiny", "messages": [], "logprobs": true, "top_logprobs": 21})),
         ("/v1/chat/completions", json!({"model": "tiny", "messages": [], "top_logprobs": 2})),
-        ("/v1/chat/completions", json!({"model": "tiny", "messages": [], "logprobs": true, "stream": true})),
         ("/v1/completions", json!({"model": "tiny", "prompt": "x", "logprobs": 6})),
     ] {
         let (status, body) = http(s.base, "POST", path, &bad.to_string()).await;

@@ -25,6 +25,7 @@ fn ask(model: &str, text: &str) -> Ask {
         max_tokens: 24,
         sampling: Sampling::default(),
         max_cost: None,
+        stop: Vec::new(),
     }
 }
 
@@ -155,6 +156,40 @@ fn real_prompts_count_within_the_payers_input_bound() {
             let n = model.tokenizer().encode_prompt(text).len() as u32;
             assert!(n <= Prompt::Text(text.into()).max_input_tokens(), "{file}: {text:?}: {n} tokens");
         }
+    }
+}
+
+/// Issue 14, attack 2, exact: a client holding the model file counts its prompts with the
+/// model's own tokenizer and chat template (`PromptCount`), well under the bound from the
+/// prompt's bytes, and an honest provider's count is exactly that: what the receipt bills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_the_model_file_counts_its_prompt_as_the_provider_does() {
+    use attrinet_p2p::PromptCounter;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct-Q4_1.gguf");
+    let load = || Model::load(&path).unwrap_or_else(|e| panic!("{e} (scripts/fetch-model)"));
+    let lb = loopback(load(), Backend::Candle, "smol", Wei(10u128.pow(18)), Limits::default()).await.unwrap();
+    // The client's own copy of the file.
+    let model = Arc::new(load());
+    let counter = attrinet_node::PromptCount(model.clone());
+    lb.payer
+        .count_input_with(attrinet_market::ModelId::from(model.id().0), Arc::new(attrinet_node::PromptCount(model)));
+    let chat = |turns: &[(&str, &str)]| {
+        Prompt::Chat(
+            turns.iter().map(|(r, c)| attrinet_p2p::ChatMessage { role: (*r).into(), content: (*c).into() }).collect(),
+        )
+    };
+    for prompt in [
+        Prompt::Text("Once upon a time, in a land far away,".into()),
+        chat(&[("system", "Be brief."), ("user", "What is the capital of France?")]),
+    ] {
+        let exact = counter.count(&prompt).unwrap();
+        assert!(exact < prompt.max_input_tokens(), "{exact}: the exact count is tighter than the bound");
+        let answer = lb
+            .payer
+            .infer(&lb.client_net, &Ask { prompt: prompt.clone(), max_tokens: 2, ..ask("smol", "") }, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{prompt:?}: {e}"));
+        assert_eq!(answer.receipt.receipt.input_tokens, exact, "{prompt:?}");
     }
 }
 

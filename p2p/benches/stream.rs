@@ -175,6 +175,7 @@ async fn main() {
         max_tokens: TOKENS,
         sampling: Sampling::default(),
         max_cost: None,
+        stop: Vec::new(),
     };
     let t = Instant::now();
     for _ in 0..ROUNDS {

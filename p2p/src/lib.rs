@@ -29,12 +29,13 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use network::{
     ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now,
 };
-pub use payer::{Answer, Ask, Failure, InferError, MAX_QUEUE_WAIT, Payer};
+pub use payer::{Answer, Ask, Failure, InferError, MAX_QUEUE_WAIT, Payer, Piece, PromptCounter};
 pub use provider::{
     BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generated, Generator, Limits, LookupError, Offer,
     Provider,
 };
 pub use wire::{
     ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, MAX_FRAME_BYTES,
-    MAX_TOP_LOGPROBS, Prompt, Resync, Sampling, ServerMsg, TopLogprob, WireError, read_msg, write_msg,
+    MAX_STOP_BYTES, MAX_STOPS, MAX_TOP_LOGPROBS, Prompt, Resync, Sampling, ServerMsg, TopLogprob, WireError,
+    check_stops, read_msg, stop_reached, write_msg,
 };

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::network::{Client, NetError, key_peer, unix_now};
 use crate::wire::{
     ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, Prompt, Resync, Sampling, ServerMsg,
-    WireError, read_msg, write_msg,
+    WireError, read_msg, stop_reached, write_msg,
 };
 
 /// What the client asks for.
@@ -31,6 +31,25 @@ pub struct Ask {
     pub sampling: Sampling,
     /// Refuse offers whose maximum cost for this request is above this.
     pub max_cost: Option<attrinet_market::Wei>,
+    /// Stop sequences ([`InferRequest::stop`]).
+    pub stop: Vec<String>,
+}
+
+/// One streamed token, as [`Payer::infer`] hands it on: its text and, when the ask's
+/// sampling asked for them, its log-probabilities.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    /// The token's text.
+    pub text: &'a str,
+    /// Its log-probabilities (only when asked for).
+    pub logprobs: Option<&'a Logprobs>,
+}
+
+/// Counts a prompt's tokens exactly as a model's provider does: its own tokenizer and chat
+/// template, run by the client ([`Payer::count_input_with`]).
+pub trait PromptCounter: Send + Sync {
+    /// The prompt's input tokens, or why they cannot be counted.
+    fn count(&self, prompt: &Prompt) -> Result<u32, String>;
 }
 
 /// A completed inference.
@@ -145,6 +164,7 @@ struct Inner {
     book: Mutex<ProviderBook>,
     idle_timeout: Duration,
     datanets: Mutex<HashMap<ModelId, Arc<Datanet>>>,
+    counters: Mutex<HashMap<ModelId, Arc<dyn PromptCounter>>>,
     /// Channels whose newest receipt the provider acknowledged, as seen by this process. A
     /// channel not in it (its `Pay` unacknowledged, or not used since this process started)
     /// sends its newest receipt with the next request (`InferRequest::resync`).
@@ -174,6 +194,7 @@ impl Payer {
                 book: Mutex::new(ProviderBook::new()),
                 idle_timeout,
                 datanets: Mutex::new(HashMap::new()),
+                counters: Mutex::new(HashMap::new()),
                 acknowledged: Mutex::new(std::collections::HashSet::new()),
             }),
         }
@@ -185,6 +206,30 @@ impl Payer {
     /// shaped it.
     pub fn check_attribution(&self, model: ModelId, datanet: Arc<Datanet>) {
         self.inner.datanets.lock().unwrap_or_else(|p| p.into_inner()).insert(model, datanet);
+    }
+
+    /// Counts prompts for `model` with `counter` (the model's own tokenizer, which the
+    /// client holds): a provider's `Started` count must then be at most that exact count,
+    /// where without it only the bound from the prompt's bytes holds
+    /// ([`Prompt::max_input_tokens`]).
+    pub fn count_input_with(&self, model: ModelId, counter: Arc<dyn PromptCounter>) {
+        self.inner.counters.lock().unwrap_or_else(|p| p.into_inner()).insert(model, counter);
+    }
+
+    /// The most input tokens a provider of `model` may bill for `prompt`: the exact count
+    /// where the client can make it, else the bound from the prompt's bytes.
+    fn input_allowance(&self, model: &ModelId, prompt: &Prompt) -> u32 {
+        let bound = prompt.max_input_tokens();
+        let counter = self.inner.counters.lock().unwrap_or_else(|p| p.into_inner()).get(model).cloned();
+        match counter.map(|c| c.count(prompt)) {
+            Some(Ok(n)) => n.min(bound),
+            // The provider's template refuses it too; the bound stands until it says so.
+            Some(Err(e)) => {
+                debug!(target: "p2p::payer", %model, %e, "could not count the prompt");
+                bound
+            }
+            None => bound,
+        }
     }
 
     /// The open channel with a provider (from the store) that has deposit left, if any.
@@ -226,13 +271,17 @@ impl Payer {
         &self,
         network: &Client,
         ask: &Ask,
-        mut on_token: impl FnMut(&str) + Send,
+        mut on_token: impl FnMut(Piece<'_>) + Send,
     ) -> Result<Answer, InferError> {
         let view = network.market().await?;
         let offers = view.find(&ask.model, unix_now());
-        // The input cost counts too, at the most the prompt can make.
+        // The input cost counts too, at the most any of these providers may bill.
         let demand = Demand {
-            input_tokens: ask.prompt.max_input_tokens(),
+            input_tokens: offers
+                .iter()
+                .map(|o| self.input_allowance(&o.model, &ask.prompt))
+                .max()
+                .unwrap_or_else(|| ask.prompt.max_input_tokens()),
             max_output_tokens: ask.max_tokens,
             max_cost: ask.max_cost,
         };
@@ -320,7 +369,7 @@ impl Payer {
         provider: &ModelAdvert,
         channel: Arc<tokio::sync::Mutex<PayerChannel>>,
         ask: &Ask,
-        on_token: &mut (impl FnMut(&str) + Send),
+        on_token: &mut (impl FnMut(Piece<'_>) + Send),
     ) -> Result<Answer, InferError> {
         let peer = key_peer(&provider.node_key).ok_or(InferError::BadAdvertKey(provider.node_key))?;
         let (channel_id, last_seq) = {
@@ -340,12 +389,13 @@ impl Payer {
             prompt: ask.prompt.clone(),
             max_tokens: ask.max_tokens,
             sampling: ask.sampling,
+            stop: ask.stop.clone(),
             channel: channel_id,
             quote: Quote {
                 model: provider.model,
                 price: provider.price,
-                // No more input than the prompt can make: a provider billing more is refused.
-                max_input_tokens: provider.context_length.min(ask.prompt.max_input_tokens()),
+                // No more input than the prompt makes: a provider billing more is refused.
+                max_input_tokens: provider.context_length.min(self.input_allowance(&provider.model, &ask.prompt)),
                 max_output_tokens: ask.max_tokens,
             },
             resync,
@@ -359,6 +409,7 @@ impl Payer {
         // Asked for: every token is followed by its log-probabilities.
         let top = ask.sampling.logprobs;
         let mut owed_logprobs = false;
+        let mut stopped = false;
         let mut input_tokens = None;
         let mut queued_since = None;
         let mut first = Some(first);
@@ -399,8 +450,16 @@ impl Payer {
                     if owed_logprobs {
                         return Err(InferError::OutOfOrder { got: "a token", when: "where log-probabilities belong" });
                     }
-                    on_token(&t);
+                    // The answer ended at the token that completed a stop sequence: more
+                    // would be billed for text nobody asked for.
+                    if stopped {
+                        return Err(InferError::OutOfOrder { got: "a token", when: "after a stop sequence" });
+                    }
                     text.push_str(&t);
+                    stopped = stop_reached(&text, t.len(), &request.stop);
+                    if top.is_none() {
+                        on_token(Piece { text: &t, logprobs: None });
+                    }
                     token_texts.push(t);
                     tokens.push(id);
                     owed_logprobs = top.is_some();
@@ -416,6 +475,8 @@ impl Payer {
                         });
                     }
                     owed_logprobs = false;
+                    let t = token_texts.last().map_or("", String::as_str);
+                    on_token(Piece { text: t, logprobs: Some(&lp) });
                     logprobs.push(lp);
                 }
                 ServerMsg::Propose { .. } if owed_logprobs => {

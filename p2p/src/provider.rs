@@ -20,7 +20,7 @@ use crate::network::{Client, OfferTemplate, peer_key, unix_now};
 use crate::slots::{Slot, Slots};
 use crate::wire::{
     ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, MAX_TOP_LOGPROBS, Prompt, Sampling,
-    ServerMsg, WireError, read_msg, write_msg,
+    ServerMsg, WireError, check_stops, read_msg, stop_reached, write_msg,
 };
 
 /// The error of a component plugged into this crate (an engine, a chain client): its type
@@ -623,6 +623,7 @@ impl Provider {
                 format!("{k} top log-probabilities asked for; at most {MAX_TOP_LOGPROBS}"),
             ));
         }
+        check_stops(&request.stop).map_err(|why| reply(ErrorCode::BadRequest, why))?;
         let quote = request.quote;
         let input_tokens =
             offer.generator.count_tokens(&request.prompt).map_err(|e| reply(generate_error_code(&e), e.to_string()))?;
@@ -776,10 +777,14 @@ impl Provider {
         let mut tokens = Vec::new();
         let mut send_failed = None;
         let asked = request.sampling.logprobs;
+        // The text so far, to find the token that completes a stop sequence.
+        let mut so_far = String::new();
         while let Some(Generated { id, text, logprobs }) = rx.recv().await {
             if send_failed.is_some() {
                 continue;
             }
+            so_far.push_str(&text);
+            let stops_here = stop_reached(&so_far, text.len(), &request.stop);
             let sent = match write_msg(stream, &ServerMsg::Token { id, text }).await {
                 // What was asked for, and only that: the client refuses anything else.
                 Ok(()) => match (asked, logprobs) {
@@ -797,7 +802,15 @@ impl Provider {
                 Err(e) => Err(e),
             };
             match sent {
-                Ok(()) => tokens.push(id),
+                Ok(()) => {
+                    tokens.push(id);
+                    if stops_here {
+                        // Closing the receiver stops the generator at its next token,
+                        // which is neither sent nor billed.
+                        rx.close();
+                        break;
+                    }
+                }
                 Err(e) => {
                     // Dropping the receiver stops the generator at its next token.
                     send_failed = Some(e);

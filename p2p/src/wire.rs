@@ -107,6 +107,36 @@ impl Logprobs {
     }
 }
 
+/// The most stop sequences a request may carry (as OpenAI's API allows).
+pub const MAX_STOPS: usize = 4;
+/// The longest stop sequence, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// Why a request's stop sequences are refused, if they are.
+pub fn check_stops(stop: &[String]) -> Result<(), String> {
+    if stop.len() > MAX_STOPS {
+        return Err(format!("{} stop sequences; at most {MAX_STOPS}", stop.len()));
+    }
+    match stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+        Some(s) => Err(format!("a stop sequence of {} bytes; each takes 1 to {MAX_STOP_BYTES}", s.len())),
+        None => Ok(()),
+    }
+}
+
+/// Whether `text` (everything streamed so far) contains one of `stop`, looking only where
+/// the newest `piece_len` bytes could have completed one. Provider and payer both apply
+/// it to the concatenated token texts, so they agree on the token that ends the answer.
+pub fn stop_reached(text: &str, piece_len: usize, stop: &[String]) -> bool {
+    stop.iter().any(|s| {
+        // A match completed by the newest piece starts at most this far from the end.
+        let mut from = text.len().saturating_sub(piece_len.saturating_add(s.len()));
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        text[from..].contains(s.as_str())
+    })
+}
+
 /// The client's request.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct InferRequest {
@@ -118,6 +148,10 @@ pub struct InferRequest {
     pub max_tokens: u32,
     /// Sampling parameters.
     pub sampling: Sampling,
+    /// Stop sequences (at most [`MAX_STOPS`], each 1..=[`MAX_STOP_BYTES`] bytes): the
+    /// generation ends with the token whose text completes one ([`stop_reached`]), and only
+    /// tokens up to that one are billed. The payer refuses any token streamed after it.
+    pub stop: Vec<String>,
     /// The channel that pays.
     pub channel: ChannelId,
     /// The quote the client accepted (from the provider's advert).

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use attrinet_market::{ChannelId, ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
 use attrinet_p2p::{
-    BatchRequest, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, ServerMsg, fetch_batch, read_msg,
+    Ask, BatchRequest, ChatMessage, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, ServerMsg, fetch_batch,
+    read_msg,
 };
 use util::*;
 
@@ -66,7 +67,7 @@ async fn a_query_streams_and_both_sides_store_identical_receipts() {
     let mut streamed = String::new();
     let answer = client
         .payer
-        .infer(&client.client, &ask("test-model", "tell me a story", 12), |t| streamed.push_str(t))
+        .infer(&client.client, &ask("test-model", "tell me a story", 12), |t| streamed.push_str(t.text))
         .await
         .expect("answer");
     assert_eq!(answer.tokens.len(), 12);
@@ -592,12 +593,13 @@ async fn channels_are_learnt_through_the_lookup_and_checked() {
 #[test]
 fn wire_messages_roundtrip() {
     use attrinet_market::{ChannelId, ModelId, Quote, decode};
-    use attrinet_p2p::{ChatMessage, ClientMsg, ErrorReply, InferRequest, Sampling, ServerMsg};
+    use attrinet_p2p::{ClientMsg, ErrorReply, InferRequest, Sampling, ServerMsg};
     let req = InferRequest {
         model: ModelId::from([1; 32]),
         prompt: Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "hi ✓".into() }]),
         max_tokens: 7,
         sampling: Sampling { temperature_milli: 800, top_p_milli: 950, seed: u64::MAX, logprobs: None },
+        stop: vec!["\n\n".into(), "END".into()],
         channel: ChannelId::from([2; 32]),
         quote: Quote {
             model: ModelId::from([1; 32]),
@@ -904,4 +906,63 @@ async fn a_provider_cannot_bill_more_input_than_the_prompt_can_make() {
     // An honest count of the same length of prompt is served.
     let honest = client.payer.infer(&client.client, &ask("test-model", "a short honest prompt", 4), |_| {}).await;
     assert_eq!(honest.unwrap().receipt.receipt.input_tokens, 4);
+}
+
+/// Attack 2, within the bound: a count the prompt's bytes could make but its tokenizer does
+/// not. A client holding the model's tokenizer counts the prompt itself
+/// (`Payer::count_input_with`), so the inflated count is refused, nothing is signed, and an
+/// honest provider is paid for exactly the tokens the client counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_cannot_bill_more_input_than_the_clients_tokenizer_counts() {
+    let (client, providers) = market_of(1, Limits::default(), 0).await;
+    let prompt = format!("a short {INFLATED_WITHIN_BOUND} prompt");
+    let bound = Prompt::Text(prompt.clone()).max_input_tokens();
+    let exact = TestEngine::honest_count(&Prompt::Text(prompt.clone()));
+    assert!(exact < bound, "{exact} < {bound}: the attack needs room under the bound");
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    client.payer.count_input_with(advert.model, Arc::new(HonestCounter));
+
+    let answer = client.payer.infer(&client.client, &ask("test-model", &prompt, 4), |_| {}).await;
+    match answer {
+        Ok(a) => panic!("billed {} input tokens for a prompt of {exact}", a.receipt.receipt.input_tokens),
+        Err(e) => assert!(e.to_string().contains("does not fit"), "refused for its input count: {e}"),
+    }
+    let id = client.store.channels().unwrap()[0].params.id;
+    assert!(client.store.receipts_after(&id, Seq::ZERO).unwrap().is_empty(), "nothing signed");
+    assert!(providers[0].store.receipts_after(&id, Seq::ZERO).unwrap().is_empty());
+
+    // The honest count is exactly the client's, and that is what is billed.
+    let chat = Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "three honest words".into() }]);
+    let honest = Ask { prompt: chat.clone(), ..ask("test-model", "", 4) };
+    let answer = client.payer.infer(&client.client, &honest, |_| {}).await.unwrap();
+    assert_eq!(answer.receipt.receipt.input_tokens, TestEngine::honest_count(&chat));
+}
+
+/// A stop sequence ends the answer at the token that completes it, and only the tokens up
+/// to it are billed; a provider that streams on past it is refused and nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sequence_ends_the_answer_and_its_bill() {
+    let (client, _providers) = market_of(1, Limits::default(), 0).await;
+    let prompt = Prompt::Text("stop after the third".into());
+    let expected = TestEngine::expected(&prompt, 12);
+    // The third token's text, less its first byte: completed by the third token only.
+    let third = TestEngine::text_of(expected[2]);
+    let mut stopping = ask("test-model", "stop after the third", 12);
+    stopping.stop = vec!["never streamed".into(), third[1..].to_owned()];
+    let mut streamed = String::new();
+    let answer = client.payer.infer(&client.client, &stopping, |t| streamed.push_str(t.text)).await.unwrap();
+    assert_eq!(answer.tokens, expected[..3]);
+    assert_eq!(answer.receipt.receipt.output_tokens, 3);
+    assert!(streamed.ends_with(&third[1..]), "{streamed:?}");
+
+    // Stop sequences the protocol does not carry are refused before anything is generated.
+    let mut too_many = ask("test-model", "one", 4);
+    too_many.stop = (0..5).map(|i| format!("s{i}")).collect();
+    let err = client.payer.infer(&client.client, &too_many, |_| {}).await.unwrap_err();
+    assert!(matches!(&err, InferError::Remote(r) if r.code == ErrorCode::BadRequest), "{err}");
+    assert!(err.to_string().contains("at most 4"), "{err}");
+
+    // A provider that ignores the stop and streams on.
+    let errors = rogue_rounds(&client, &[Tamper::PastStop]).await;
+    assert!(errors[0].to_string().contains("after a stop sequence"), "{}", errors[0]);
 }

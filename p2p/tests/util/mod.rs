@@ -29,6 +29,10 @@ pub const ENGINE_FAILS: &str = "engine-fails";
 /// A prompt containing this is counted as 1,500 input tokens: a provider billing input it
 /// did not get.
 pub const INFLATED_INPUT: &str = "inflated-input";
+/// A prompt containing this is counted as the most its bytes allow
+/// ([`Prompt::max_input_tokens`]): inflated, but within what a client without the model's
+/// tokenizer can check.
+pub const INFLATED_WITHIN_BOUND: &str = "inflated-within-bound";
 
 /// Stands in for a model in these tests only: the tokens are a function of the prompt, each
 /// takes `delay_ms`, and it records how many generations ever ran at once.
@@ -53,6 +57,19 @@ impl TestEngine {
         }
     }
 
+    /// What this "model's tokenizer" counts: the words, and two per chat message.
+    pub fn honest_count(prompt: &Prompt) -> u32 {
+        match prompt {
+            Prompt::Text(t) => t.split_whitespace().count() as u32,
+            Prompt::Chat(m) => m.iter().map(|m| m.content.split_whitespace().count() as u32 + 2).sum(),
+        }
+    }
+
+    /// The text the engine streams for token `id`.
+    pub fn text_of(id: u32) -> String {
+        format!(" t{id}")
+    }
+
     pub fn expected(prompt: &Prompt, n: u32) -> Vec<u32> {
         let seed = request_hash(&encode(prompt));
         (0..n).map(|i| u32::from(seed[(i % 32) as usize]) * 1000 + i).collect()
@@ -67,10 +84,10 @@ impl Generator for TestEngine {
         if TestEngine::says(prompt, INFLATED_INPUT) {
             return Ok(1500);
         }
-        match prompt {
-            Prompt::Text(t) => Ok(t.split_whitespace().count() as u32),
-            Prompt::Chat(m) => Ok(m.iter().map(|m| m.content.split_whitespace().count() as u32 + 2).sum()),
+        if TestEngine::says(prompt, INFLATED_WITHIN_BOUND) {
+            return Ok(prompt.max_input_tokens());
         }
+        Ok(TestEngine::honest_count(prompt))
     }
 
     fn generate(
@@ -91,7 +108,7 @@ impl Generator for TestEngine {
                 std::thread::sleep(Duration::from_millis(self.delay_ms));
             }
             self.generated.fetch_add(1, Ordering::SeqCst);
-            if !on_token(Generated { id, text: format!(" t{id}"), logprobs: None }) {
+            if !on_token(Generated { id, text: TestEngine::text_of(id), logprobs: None }) {
                 break;
             }
         }
@@ -139,6 +156,7 @@ pub fn ask(model: &str, prompt: &str, max_tokens: u32) -> Ask {
         max_tokens,
         sampling: Sampling::default(),
         max_cost: None,
+        stop: vec![],
     }
 }
 
@@ -349,6 +367,8 @@ pub enum Tamper {
     Seq,
     Replay,
     Weights,
+    /// Streams every token, past the client's stop sequence "xx" (each token is "x").
+    PastStop,
 }
 
 /// A provider that serves one honest request (so there is a receipt to replay), then one
@@ -387,6 +407,10 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
             for id in &tokens {
                 write_msg(&mut s, &ServerMsg::Token { id: *id, text: "x".into() }).await.unwrap();
             }
+            if tamper == Some(Tamper::PastStop) {
+                // The client hangs up at the token past its stop: no receipt to propose.
+                continue;
+            }
             let quote = Quote { max_input_tokens: 1, ..req.quote };
             let r = ch.reserve(quote, Admission::of(&quote)).unwrap();
             let usage = Usage {
@@ -411,7 +435,7 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
                     r.propose(&me.ed25519)
                 }
                 Some(Tamper::Replay) => receipts[0].receipt.proposal(),
-                Some(Tamper::Weights) => honest,
+                Some(Tamper::Weights | Tamper::PastStop) => honest,
             };
             let weights = match tamper {
                 // Weights that are not the ones the receipt commits to (zero root).
@@ -441,11 +465,12 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
         .await;
     assert!(first.is_ok(), "the honest round works: {first:?}");
     let mut errors = Vec::new();
-    for _ in tampers {
-        let r = client
-            .payer
-            .infer_with(&client.client, &advert, channel.clone(), &ask("test-model", "again", 3), &mut |_| {})
-            .await;
+    for tamper in tampers {
+        let mut again = ask("test-model", "again", 3);
+        if *tamper == Tamper::PastStop {
+            again.stop = vec!["xx".into()];
+        }
+        let r = client.payer.infer_with(&client.client, &advert, channel.clone(), &again, &mut |_| {}).await;
         errors.push(r.expect_err("a dishonest receipt is refused"));
     }
     server.await.unwrap();
@@ -482,6 +507,7 @@ pub async fn send_raw_request_with(
         prompt: Prompt::Text("pay me".into()),
         max_tokens: 3,
         sampling: Sampling::default(),
+        stop: vec![],
         channel: id,
         quote: Quote { model: advert.model, price: advert.price, max_input_tokens: 2048, max_output_tokens: 3 },
         resync: None,
@@ -533,5 +559,15 @@ pub async fn refusing_round(client: &Node, provider: &Node) -> Result<(), ErrorC
             ServerMsg::Error(e) => return Err(e.code),
             _ => {}
         }
+    }
+}
+
+/// The client holding the test model's "tokenizer": counts prompts as [`TestEngine`] does
+/// when it is honest.
+pub struct HonestCounter;
+
+impl attrinet_p2p::PromptCounter for HonestCounter {
+    fn count(&self, prompt: &Prompt) -> Result<u32, String> {
+        Ok(TestEngine::honest_count(prompt))
     }
 }

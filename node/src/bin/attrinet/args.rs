@@ -343,6 +343,12 @@ pub(crate) struct CheckArgs {
     /// recomputed and a receipt with other weights is refused before paying.
     #[arg(long, value_parser = parse_datanet_arg)]
     pub(crate) datanet: Vec<(attrinet_market::ModelId, PathBuf)>,
+    /// A GGUF file of a model you query (repeatable): your prompts' tokens are counted with
+    /// its own tokenizer and chat template, exactly as its providers count them, and a
+    /// provider billing more input is refused. Without it, input is bounded by the
+    /// prompt's length in bytes. Applies to providers of that very file (same model id).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokenizer_from: Vec<PathBuf>,
 }
 
 /// A model's terms on chain, besides its prices.

@@ -8,27 +8,34 @@ use std::time::Duration;
 use anyhow::Context;
 use attrinet_compute::Backend;
 use attrinet_market::{ChannelState, Identity, Store, Wei};
-use attrinet_node::SledStore;
 use attrinet_node::client::ChannelOpener;
 use attrinet_node::config::{self, FileConfig};
 use attrinet_node::datanet::load_datanet;
+use attrinet_node::{PromptCount, SledStore};
 
 use crate::args::{
-    ChannelCommand, DatanetBuildArgs, DevnetArgs, EarningsArgs, GatewayArgs, ModelRegisterArgs, ModelsArgs, NetArgs,
-    QueryArgs, ServeArgs, WatchArgs, parse_backend,
+    ChannelCommand, CheckArgs, DatanetBuildArgs, DevnetArgs, EarningsArgs, GatewayArgs, ModelRegisterArgs, ModelsArgs,
+    NetArgs, QueryArgs, ServeArgs, WatchArgs, parse_backend,
 };
 
-/// A payer that checks the attribution of the given models against their datanets, each
-/// of which must be the one its model is registered with (a stale index would make it
-/// refuse every honest receipt).
-pub(crate) async fn payer_with_datanets(
+/// A payer that checks what `check` gives it: the attribution of models against their
+/// datanets, each of which must be the one its model is registered with (a stale index
+/// would make it refuse every honest receipt), and prompts' input counts with models' own
+/// tokenizers.
+pub(crate) async fn checking_payer(
     identity: Identity,
     store: Arc<SledStore>,
     chain: &attrinet_chain::ChainClient,
-    datanets: &[(attrinet_market::ModelId, PathBuf)],
+    check: &CheckArgs,
 ) -> anyhow::Result<attrinet_p2p::Payer> {
     let payer = attrinet_p2p::Payer::new(identity, store, Duration::from_secs(120));
-    for (model, path) in datanets {
+    for path in &check.tokenizer_from {
+        let model = attrinet_compute::Model::load(path)
+            .with_context(|| format!("--tokenizer-from {}: not a model this client can count with", path.display()))?;
+        eprintln!("counting prompts for model {} with the tokenizer of {}", model.id(), path.display());
+        payer.count_input_with(attrinet_market::ModelId::from(model.id().0), Arc::new(PromptCount(Arc::new(model))));
+    }
+    for (model, path) in &check.datanet {
         let d = load_datanet(path)?;
         let registered = chain.datanet_root(*model).await?;
         anyhow::ensure!(
@@ -187,7 +194,7 @@ pub(crate) async fn gateway(data_dir: &Path, file: &FileConfig, g: GatewayArgs) 
     let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
     let gateway = attrinet_node::gateway::Gateway {
         network,
-        payer: payer_with_datanets(identity.clone(), store.clone(), &chain, &g.check.datanet).await?,
+        payer: checking_payer(identity.clone(), store.clone(), &chain, &g.check).await?,
         metrics: Arc::new(attrinet_node::Metrics::default()),
         opener: Some(ChannelOpener { identity, chain, store: store.clone(), deposit }),
     };
@@ -333,7 +340,7 @@ pub(crate) async fn query(data_dir: &Path, file: &FileConfig, q: QueryArgs) -> a
     let store = open_store(data_dir)?;
     // The chain first: a wrong endpoint or datanet fails before anything else happens.
     let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
-    let payer = payer_with_datanets(identity.clone(), store.clone(), &chain, &q.check.datanet).await?;
+    let payer = checking_payer(identity.clone(), store.clone(), &chain, &q.check).await?;
     let network = client_network(&identity, &q.net, file).await?;
     let deposit = match q.deposit {
         Some(d) => d,
@@ -366,11 +373,12 @@ pub(crate) async fn query(data_dir: &Path, file: &FileConfig, q: QueryArgs) -> a
             logprobs: None,
         },
         max_cost: q.max_price,
+        stop: Vec::new(),
     };
     let mut out = std::io::stdout();
     let answer = payer
         .infer(&network, &ask, |t| {
-            let _ = out.write_all(t.as_bytes());
+            let _ = out.write_all(t.text.as_bytes());
             let _ = out.flush();
         })
         .await?;
