@@ -22,12 +22,16 @@ pub struct AnvilConfig {
     pub chain_id: Option<u64>,
     /// Interval mining every so many seconds; `None` mines a block per transaction.
     pub block_time: Option<u64>,
+    /// The address it listens on; loopback when `None`. (A test whose nodes run in network
+    /// namespaces gives the address of its side of their link.)
+    pub host: Option<std::net::Ipv4Addr>,
 }
 
 /// A running anvil. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Anvil {
     child: Child,
+    host: std::net::Ipv4Addr,
     port: u16,
     provider: DynProvider,
 }
@@ -67,8 +71,9 @@ impl Anvil {
         }
         // Anvil picks its own port (0) and says which: probing for a free port first
         // raced with parallel tests, two of which could end up talking to one anvil.
+        let host = config.host.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let mut cmd = Command::new(&binary);
-        cmd.args(["--optimism", "--host", "127.0.0.1", "--port", "0"]);
+        cmd.args(["--optimism", "--host", &host.to_string(), "--port", "0"]);
         if let Some(id) = config.chain_id {
             cmd.args(["--chain-id", &id.to_string()]);
         }
@@ -79,7 +84,7 @@ impl Anvil {
         let mut child = cmd.spawn().map_err(|source| AnvilError::Spawn { binary: binary.clone(), source })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         // The reader drains anvil's output for as long as it runs (a full pipe would stall
-        // it), handing over the port from its "Listening on 127.0.0.1:PORT" line.
+        // it), handing over the port from its "Listening on HOST:PORT" line.
         let (tx, rx) = std::sync::mpsc::channel::<u16>();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -103,8 +108,8 @@ impl Anvil {
             }
         };
         // The guard exists from here on, so an early return still kills the process.
-        let url = format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses");
-        let mut anvil = Anvil { child, port, provider: ProviderBuilder::new().connect_http(url).erased() };
+        let url = format!("http://{host}:{port}").parse().expect("an IPv4 URL parses");
+        let mut anvil = Anvil { child, host, port, provider: ProviderBuilder::new().connect_http(url).erased() };
         anvil.wait_listening(Duration::from_secs(30))?;
         tracing::info!(target: "chain::anvil", port, "anvil started");
         Ok(anvil)
@@ -116,7 +121,7 @@ impl Anvil {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(AnvilError::Exited(status));
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if TcpStream::connect((self.host, self.port)).is_ok() {
                 return Ok(());
             }
             if start.elapsed() > timeout {
@@ -128,7 +133,7 @@ impl Anvil {
 
     /// The HTTP JSON-RPC endpoint.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// A provider without a wallet, for reads and anvil's own methods.

@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options =
         WgpuOptions { allow_software: true, max_batch: Some(8), max_context: Some(512), ..Default::default() };
     let mut engine = WgpuEngine::new(&model, &options)?;
+    println!("adapter: {}", attrinet_compute::Engine::device_name(&engine));
+    println!("dispatches per decode step: {}", engine.dispatches_per_token());
     for n in sizes {
         let totals = engine.profile_kernels(n)?;
         let all: std::time::Duration = totals.iter().map(|t| t.1).sum();

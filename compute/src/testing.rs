@@ -47,6 +47,9 @@ pub struct TinyLlamaSpec {
     /// Llama 3's RoPE frequency factors (`rope_freqs.weight`): 1 for the fastest rotating
     /// pairs of a head rising to 8 for the slowest, as Llama 3.x files have them.
     pub rope_freq_factors: bool,
+    /// Pad the byte-level vocabulary with unused tokens to this many (a real model's
+    /// embedding and output shapes); `None`: the tokenizer's own few hundred.
+    pub vocab_size: Option<usize>,
 }
 
 /// The tokenizer of a tiny model.
@@ -88,6 +91,7 @@ impl Default for TinyLlamaSpec {
             seed: 1,
             tokenizer: TinyTokenizer::ByteLevel,
             rope_freq_factors: false,
+            vocab_size: None,
         }
     }
 }
@@ -111,7 +115,7 @@ const SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const LLAMA3_SPECIALS: &[&str] = &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
 
 /// Vocabulary of the tiny models: 256 byte tokens, the merged tokens, then the specials.
-fn tiny_vocab(specials: &[&str]) -> Vec<String> {
+fn tiny_vocab(specials: &[&str], size: Option<usize>) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     let mut n = 0u32;
     for b in 0..=255u8 {
@@ -127,13 +131,16 @@ fn tiny_vocab(specials: &[&str]) -> Vec<String> {
     for (a, b) in MERGES {
         v.push(format!("{a}{b}"));
     }
+    // Tokens no merge reaches, before the specials (which stay last).
+    let pad = size.unwrap_or(0).saturating_sub(v.len() + specials.len());
+    v.extend((0..pad).map(|i| format!("<unused{i}>")));
     v.extend(specials.iter().map(|s| s.to_string()));
     v
 }
 
-fn byte_level_metadata(llama3: bool) -> (usize, Vec<(&'static str, Value)>) {
+fn byte_level_metadata(llama3: bool, size: Option<usize>) -> (usize, Vec<(&'static str, Value)>) {
     let specials = if llama3 { LLAMA3_SPECIALS } else { SPECIALS };
-    let vocab = tiny_vocab(specials);
+    let vocab = tiny_vocab(specials, size);
     let n = vocab.len();
     let token_types: Vec<Value> = (0..n).map(|i| Value::I32(if i >= n - specials.len() { 3 } else { 1 })).collect();
     let merges: Vec<Value> = MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect();
@@ -244,10 +251,15 @@ impl Rng {
 /// Writes a random model (of `spec.architecture`) to `path`.
 pub fn write_random_llama(path: &Path, spec: &TinyLlamaSpec) -> Result<()> {
     let (n_vocab, tokenizer_md) = match spec.tokenizer {
-        TinyTokenizer::ByteLevel => byte_level_metadata(false),
-        TinyTokenizer::Llama3 => byte_level_metadata(true),
+        TinyTokenizer::ByteLevel => byte_level_metadata(false, spec.vocab_size),
+        TinyTokenizer::Llama3 => byte_level_metadata(true, spec.vocab_size),
         TinyTokenizer::SentencePiece => sentencepiece_metadata(),
     };
+    if spec.vocab_size.is_some_and(|v| v != n_vocab) {
+        return Err(Error::Tokenizer {
+            reason: format!("a vocabulary of {:?} tokens cannot be made for {:?}", spec.vocab_size, spec.tokenizer),
+        });
+    }
     let head_dim = spec.head_dim.unwrap_or(spec.hidden / spec.n_heads);
     let kv = spec.n_kv_heads * head_dim;
     let q = spec.n_heads * head_dim;
@@ -418,6 +430,52 @@ pub fn tokenizer_with(path: &Path, overrides: &[(&str, Value)]) -> Result<crate:
         content.metadata.insert((*key).to_owned(), value.clone());
     }
     crate::Tokenizer::from_gguf(&content.metadata)
+}
+
+/// Random models with the shapes of the real ones this project serves (SmolLM2-135M
+/// Instruct Q4_1, Gemma 3 270M Q4_K_M, whose most common matrix type is Q5_0): for speed
+/// measurements where only the shapes matter (`scripts/bench-gpu` writes them on a machine
+/// that has no copy of the real files). Greedy output from them is noise.
+pub fn shaped_specs() -> Vec<(&'static str, TinyLlamaSpec)> {
+    vec![
+        (
+            "smollm2-135m-shaped",
+            TinyLlamaSpec {
+                n_layers: 30,
+                hidden: 576,
+                ffn: 1536,
+                n_heads: 9,
+                n_kv_heads: 3,
+                context_length: 8192,
+                rope_theta: 100_000.0,
+                weight_type: GgmlDType::Q4_1,
+                embedding_type: GgmlDType::Q8_0,
+                tied_embeddings: true,
+                vocab_size: Some(49_152),
+                ..TinyLlamaSpec::default()
+            },
+        ),
+        (
+            "gemma3-270m-shaped",
+            TinyLlamaSpec {
+                architecture: Architecture::Gemma3,
+                head_dim: Some(256),
+                sliding_window: 512,
+                n_layers: 18,
+                hidden: 640,
+                ffn: 2048,
+                n_heads: 4,
+                n_kv_heads: 1,
+                context_length: 32_768,
+                rope_theta: 1_000_000.0,
+                weight_type: GgmlDType::Q5_0,
+                embedding_type: GgmlDType::Q8_0,
+                tied_embeddings: true,
+                vocab_size: Some(262_144),
+                ..TinyLlamaSpec::default()
+            },
+        ),
+    ]
 }
 
 /// One tiny model of every architecture (and llama with Llama 3's RoPE factors), in F32 (so that only the architectures' arithmetic,

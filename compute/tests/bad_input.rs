@@ -3,7 +3,7 @@
 use attrinet_compute::testing::TinyLlamaSpec;
 use attrinet_compute::{CandleEngine, Engine, Error, GgmlDType, Model};
 
-use crate::util::{greedy, tiny};
+use crate::util::{gemma3, greedy, smollm2, tiny};
 
 #[test]
 fn missing_file() {
@@ -132,4 +132,26 @@ fn a_file_that_changes_after_loading_is_refused() {
     assert!(matches!(err, Error::ModelChanged { .. }), "wgpu: {err}");
     // Loaded again, the changed file is a model of its own.
     assert_ne!(Model::load(&t.path).unwrap().id(), model.id());
+}
+
+/// The random models `scripts/bench-gpu` times in place of the real files have the real
+/// files' shapes (what decode speed depends on): every dimension the engines read, and a
+/// file size within a fifth of the real one's (Gemma's real matrices mix five types).
+#[test]
+fn shaped_models_have_the_real_models_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    for ((name, spec), real) in attrinet_compute::testing::shaped_specs().into_iter().zip([smollm2(), gemma3()]) {
+        let path = dir.path().join(format!("{name}.gguf"));
+        attrinet_compute::testing::write_random_llama(&path, &spec).unwrap();
+        let shaped = Model::load(&path).unwrap();
+        let (s, r) = (shaped.config(), real.config());
+        assert_eq!(
+            (s.architecture, s.n_layers, s.hidden, s.ffn, s.n_heads, s.n_kv_heads, s.head_dim, s.vocab_size),
+            (r.architecture, r.n_layers, r.hidden, r.ffn, r.n_heads, r.n_kv_heads, r.head_dim, r.vocab_size),
+            "{name}"
+        );
+        assert_eq!((s.context_length, s.sliding_window), (r.context_length, r.sliding_window), "{name}");
+        let ratio = shaped.file_len() as f64 / real.file_len() as f64;
+        assert!((0.8..1.2).contains(&ratio), "{name}: {} bytes against {}", shaped.file_len(), real.file_len());
+    }
 }

@@ -21,6 +21,13 @@ pub const MAX_MODEL_NAME: usize = 128;
 pub const MAX_ADVERT_ADDRS: usize = 4;
 /// Longest lifetime an advert may claim, in seconds: nodes republish well before this.
 pub const MAX_ADVERT_TTL_SECS: u64 = 600;
+/// Most models a view holds adverts for from one node: a node serving more is refused (and
+/// its publisher penalised), so that one key cannot fill a view with valid adverts.
+pub const MAX_MODELS_PER_NODE: usize = 64;
+/// Most adverts a view holds in all (about 4 MiB of them). A full view refuses adverts for
+/// a node and model it does not hold, without penalty, until some expire; updates of what it
+/// holds are always taken.
+pub const MAX_VIEW_ADVERTS: usize = 16_384;
 
 /// Domain separation for advert signatures, so no other signed attrinet message can be
 /// replayed as an advert.
@@ -107,6 +114,18 @@ pub enum AdvertError {
         /// Our clock.
         now: u64,
     },
+    /// The node already has [`MAX_MODELS_PER_NODE`] models in the view.
+    #[error("node already advertises {held} models, the limit is {MAX_MODELS_PER_NODE}")]
+    TooManyModels {
+        /// Models held for it.
+        held: usize,
+    },
+    /// The view holds [`MAX_VIEW_ADVERTS`] adverts.
+    #[error("the market view is full ({held} adverts); new nodes' adverts wait for old ones to expire")]
+    ViewFull {
+        /// Adverts held.
+        held: usize,
+    },
     /// Not newer than the last advert seen from that node for that model.
     #[error("advert seq {got} is not newer than {last}")]
     Stale {
@@ -119,9 +138,10 @@ pub enum AdvertError {
 
 impl AdvertError {
     /// Whether the sender should be penalised: everything but staleness, which honest
-    /// reordering in gossip also produces.
+    /// reordering in gossip also produces, and a full view, which an honest sender cannot
+    /// know of.
     pub fn penalise(&self) -> bool {
-        !matches!(self, AdvertError::Stale { .. })
+        !matches!(self, AdvertError::Stale { .. } | AdvertError::ViewFull { .. })
     }
 }
 
@@ -184,13 +204,27 @@ impl MarketView {
         MarketView::default()
     }
 
-    /// Takes a checked advert if it is newer than what we hold for its node and model.
+    /// Takes a checked advert if it is newer than what we hold for its node and model, and,
+    /// for a node and model not held yet, if the node has fewer than
+    /// [`MAX_MODELS_PER_NODE`] models here and the view fewer than [`MAX_VIEW_ADVERTS`].
     pub fn insert(&mut self, advert: SignedAdvert) -> Result<(), AdvertError> {
         let key = (advert.advert.node_key, advert.advert.model);
-        if let Some(old) = self.adverts.get(&key)
-            && advert.advert.seq <= old.advert.seq
-        {
-            return Err(AdvertError::Stale { last: old.advert.seq, got: advert.advert.seq });
+        match self.adverts.get(&key) {
+            Some(old) if advert.advert.seq <= old.advert.seq => {
+                return Err(AdvertError::Stale { last: old.advert.seq, got: advert.advert.seq });
+            }
+            Some(_) => {}
+            None => {
+                let node = advert.advert.node_key;
+                let held =
+                    self.adverts.range((node, ModelId::from([0; 32]))..=(node, ModelId::from([0xff; 32]))).count();
+                if held >= MAX_MODELS_PER_NODE {
+                    return Err(AdvertError::TooManyModels { held });
+                }
+                if self.adverts.len() >= MAX_VIEW_ADVERTS {
+                    return Err(AdvertError::ViewFull { held: self.adverts.len() });
+                }
+            }
         }
         self.adverts.insert(key, advert);
         Ok(())

@@ -503,6 +503,67 @@ fn advert_by(node: &Identity, seq: u64, expires_at: u64) -> SignedAdvert {
     .sign(&node.ed25519)
 }
 
+/// Issue 15's advert flood: one node (or many) publishing valid adverts for ever more
+/// models. The view holds at most `MAX_MODELS_PER_NODE` per node (more is refused and
+/// penalised) and `MAX_VIEW_ADVERTS` in all (a full view refuses newcomers, unpenalised,
+/// and keeps taking updates of what it holds), so memory stays bounded.
+#[test]
+fn a_flood_of_valid_adverts_cannot_grow_the_view_without_bound() {
+    use attrinet_market::{MAX_MODELS_PER_NODE, MAX_VIEW_ADVERTS};
+    let now = 1_000;
+    let model = |i: usize| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        ModelId::from(id)
+    };
+    let for_model = |node: &Identity, i: usize, seq: u64| {
+        let mut a = advert_by(node, seq, now + 60).advert;
+        a.model = model(i);
+        a.sign(&node.ed25519)
+    };
+    let flooder = Identity::from_secrets([3; 32], [3; 32]).unwrap();
+    let mut view = MarketView::new();
+    let mut refused = 0;
+    for i in 0..1_000 {
+        match view.insert(for_model(&flooder, i, 1)) {
+            Ok(()) => {}
+            Err(e) => {
+                assert!(matches!(e, AdvertError::TooManyModels { .. }) && e.penalise(), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((view.all(now).len(), refused), (MAX_MODELS_PER_NODE, 1_000 - MAX_MODELS_PER_NODE));
+    // Its adverts for models it already has are still taken.
+    view.insert(for_model(&flooder, 0, 2)).unwrap();
+
+    // Many nodes: the view fills, then refuses newcomers without penalty, and still takes
+    // updates from the nodes it holds.
+    let mut view = MarketView::new();
+    let per_node = MAX_MODELS_PER_NODE;
+    let nodes: Vec<Identity> = (0..MAX_VIEW_ADVERTS / per_node + 1)
+        .map(|n| {
+            let mut secret = [7u8; 32];
+            secret[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            Identity::from_secrets(secret, secret).unwrap()
+        })
+        .collect();
+    let (last, full) = nodes.split_last().unwrap();
+    for node in full {
+        for i in 0..per_node {
+            view.insert(for_model(node, i, 1)).unwrap();
+        }
+    }
+    assert_eq!(view.all(now).len(), MAX_VIEW_ADVERTS);
+    let e = view.insert(for_model(last, 0, 1)).unwrap_err();
+    assert!(matches!(e, AdvertError::ViewFull { .. }) && !e.penalise(), "{e}");
+    view.insert(for_model(&full[0], 0, 2)).unwrap();
+    assert_eq!(view.all(now).len(), MAX_VIEW_ADVERTS);
+    // Once adverts expire, newcomers fit again.
+    view.expire(now + 60);
+    view.insert(for_model(last, 0, 1)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 

@@ -54,6 +54,7 @@ fn net() -> NetConfig {
         republish_every: Duration::from_secs(1),
         advert_ttl: Duration::from_secs(60),
         heartbeat: Duration::from_millis(300),
+        nat: Default::default(),
     }
 }
 

@@ -66,6 +66,8 @@ pub struct ServeOptions {
     pub listen: Vec<Multiaddr>,
     /// Bootstrap peers.
     pub bootstrap: Vec<Multiaddr>,
+    /// Reachability probing.
+    pub nat: attrinet_p2p::NatConfig,
 }
 
 /// Loads a model file with a byte progress bar (hashing the file for its id is most of
@@ -179,6 +181,13 @@ pub async fn serve(
     if opts.models.is_empty() {
         bail!("no model to serve: give --model FILE.gguf (several, or a folder of them, to serve more than one)");
     }
+    if opts.models.len() > attrinet_market::MAX_MODELS_PER_NODE {
+        bail!(
+            "{} models given; a node advertises at most {} (peers refuse more from one node): run another node",
+            opts.models.len(),
+            attrinet_market::MAX_MODELS_PER_NODE
+        );
+    }
     if opts.datanet.is_some() && opts.models.len() > 1 {
         bail!("--datanet attributes one model's answers: serve a model with a datanet on its own");
     }
@@ -229,7 +238,12 @@ pub async fn serve(
     }
     let network = start_network(
         &identity,
-        NetConfig { listen: opts.listen.clone(), bootstrap: opts.bootstrap.clone(), ..NetConfig::default() },
+        NetConfig {
+            listen: opts.listen.clone(),
+            bootstrap: opts.bootstrap.clone(),
+            nat: opts.nat.clone(),
+            ..NetConfig::default()
+        },
     )?;
     let limits =
         Limits { capacity: opts.capacity, queue: opts.queue, exposure_limit: opts.exposure_limit, ..Limits::default() };

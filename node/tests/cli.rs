@@ -6,24 +6,17 @@
 //! client's, and a third party's that fetches the batch from the provider over the
 //! network), and the client leaving with `channel thaw` and `channel withdraw`.
 
-use crate::common;
+use crate::common::{self, Killed, bin, text};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use alloy_primitives::U256;
-use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig, Deployment};
-use attrinet_market::{Identity, ModelId, Wei};
-use attrinet_node::config::FileConfig;
+use attrinet_chain::ChainClient;
+use attrinet_market::{ModelId, Wei};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const THAW_DELAY: u64 = 30;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_attrinet")
-}
 
 fn model_path() -> PathBuf {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
@@ -44,71 +37,16 @@ fn attrinet(dir: &Path, args: &[&str]) -> Output {
     out
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Kills the server process however the test ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A data dir with new keys, funded, and a config file naming the chain.
-async fn participant(
-    root: &Path,
-    name: &str,
-    anvil: &Anvil,
-    deployment: Deployment,
-    bootstrap: Option<String>,
-) -> (PathBuf, Identity) {
-    let dir = root.join(name);
-    assert!(attrinet(&dir, &["keys", "new"]).status.success());
-    let id = attrinet_node::keys::load(&dir).unwrap();
-    anvil.fund(id.address(), U256::from(100 * ETH)).await.unwrap();
-    let mut file = FileConfig::default();
-    file.chain.rpc = Some(anvil.endpoint());
-    file.chain.registry = Some(deployment.registry);
-    file.chain.channels = Some(deployment.channels);
-    file.chain.deploy_block = Some(deployment.deploy_block);
-    file.network.listen = Some(vec!["/ip4/127.0.0.1/tcp/0".into()]);
-    file.network.bootstrap = bootstrap.map(|b| vec![b]);
-    file.client.deposit = Some("0.05eth".into());
-    file.save(&attrinet_node::config::default_path(&dir)).unwrap();
-    (dir, id)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_query_settle_watch_and_leave_through_the_cli() {
     let model = model_path();
     let root = tempfile::tempdir().unwrap();
-    // A block every second, as on a live L2: chain time moves, so challenge windows end
-    // without the test pushing the clock.
-    let anvil = Anvil::spawn(AnvilConfig { block_time: Some(1), ..AnvilConfig::default() })
-        .expect("anvil (scripts/setup-chain-tools)");
-    let deployer = Identity::from_secrets([9; 32], [9; 32]).unwrap();
-    anvil.fund(deployer.address(), U256::from(100 * ETH)).await.unwrap();
-    let deployment = ChainClient::deploy(
-        &anvil.endpoint(),
-        deployer.evm.clone(),
-        DeployConfig {
-            treasury: deployer.address(),
-            challenge_window: 15,
-            thaw_delay: THAW_DELAY,
-            unbond_delay: 60,
-            min_bond: Wei(ETH / 10),
-        },
-    )
-    .await
-    .unwrap();
+    let (anvil, deployment, deployer) = common::chain(None, THAW_DELAY).await;
     let reader = ChainClient::connect(&anvil.endpoint(), deployer.evm.clone(), deployment).unwrap();
 
     // The provider: everything from its config file and a few flags.
-    let (node_dir, node) = participant(root.path(), "node", &anvil, deployment, None).await;
+    let (node_dir, node) =
+        common::participant(root.path(), "node", &anvil, deployment, "/ip4/127.0.0.1/tcp/0", None).await;
     let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut serve = Killed(
         Command::new(bin())
@@ -127,17 +65,7 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
             .unwrap(),
     );
     // Both of serve's outputs, line by line, echoed for the test log.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let forward = |out: Box<dyn std::io::Read + Send>, tx: std::sync::mpsc::Sender<String>| {
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                eprintln!("serve> {line}");
-                let _ = tx.send(line);
-            }
-        })
-    };
-    forward(Box::new(serve.0.stdout.take().unwrap()), tx.clone());
-    forward(Box::new(serve.0.stderr.take().unwrap()), tx);
+    let rx = common::lines(&mut serve.0, "serve");
     let mut measured = None;
     let bootstrap = loop {
         let line = rx.recv_timeout(Duration::from_secs(120)).expect("serve prints its address");
@@ -185,7 +113,9 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert_eq!(attrinet(&node_dir, &args).status.code(), Some(1), "a second registration is refused");
 
     // The client: the first query opens a channel, the second reuses it.
-    let (client_dir, client) = participant(root.path(), "client", &anvil, deployment, Some(bootstrap.clone())).await;
+    let (client_dir, client) =
+        common::participant(root.path(), "client", &anvil, deployment, "/ip4/127.0.0.1/tcp/0", Some(bootstrap.clone()))
+            .await;
     let models = attrinet(&client_dir, &["models", "--wait-secs", "2"]);
     assert!(models.status.success());
     let listed = text(&models.stdout);
@@ -303,7 +233,15 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
     assert!(text(&watch.stdout).contains(&expected), "{}", text(&watch.stdout));
     // A watcher that is party to nothing fetches the batch from the provider over the
     // network, checks it against the root on chain, and verifies the settlement too.
-    let (watcher_dir, _) = participant(root.path(), "watcher", &anvil, deployment, Some(bootstrap.clone())).await;
+    let (watcher_dir, _) = common::participant(
+        root.path(),
+        "watcher",
+        &anvil,
+        deployment,
+        "/ip4/127.0.0.1/tcp/0",
+        Some(bootstrap.clone()),
+    )
+    .await;
     let third = text(&attrinet(&watcher_dir, &["watch", "--steps", "1"]).stdout);
     assert!(
         third.contains(&format!("channel {channel}: fetched {} receipts to seq {}", pending.seq.0, pending.seq.0)),
@@ -415,7 +353,8 @@ async fn serve_query_settle_watch_and_leave_through_the_cli() {
         text(&from_env.stderr)
     );
     assert!(status("10", &["--chain-id", "31337"]).status.success(), "the flag wins over the environment");
-    let (other_dir, _) = participant(root.path(), "other-node", &anvil, deployment, None).await;
+    let (other_dir, _) =
+        common::participant(root.path(), "other-node", &anvil, deployment, "/ip4/127.0.0.1/tcp/0", None).await;
     let args = [
         "serve",
         "--model",

@@ -19,6 +19,7 @@ fn net(bootstrap: Vec<attrinet_p2p::Multiaddr>) -> NetConfig {
         republish_every: Duration::from_secs(1),
         advert_ttl: Duration::from_secs(60),
         heartbeat: Duration::from_millis(200),
+        nat: Default::default(),
     }
 }
 

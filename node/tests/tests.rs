@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod devnet;
 mod gateway;
+mod nat;
 mod opener;
 mod serving;

@@ -27,7 +27,8 @@ mod wire;
 pub use batches::{BATCH_PROTOCOL, BatchMsg, BatchRequest, FetchError, FetchedBatch, MAX_BATCH_RECEIPTS, fetch_batch};
 pub use libp2p::{Multiaddr, PeerId};
 pub use network::{
-    ADVERT_TOPIC, Client, EventLoop, NetConfig, NetError, OfferTemplate, key_peer, new, peer_key, unix_now,
+    ADVERT_TOPIC, Client, EventLoop, MAX_RELAYS, NatConfig, NetConfig, NetError, OfferTemplate, key_peer, new,
+    peer_key, relay_limits, unix_now,
 };
 pub use payer::{Answer, Ask, Failure, InferError, MAX_QUEUE_WAIT, Payer, Piece, PromptCounter};
 pub use provider::{

@@ -9,8 +9,9 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -58,6 +59,63 @@ pub struct NetConfig {
     pub advert_ttl: Duration,
     /// Gossipsub heartbeat; shorter in tests so meshes form quickly.
     pub heartbeat: Duration,
+    /// Reachability: probing it, and relaying for others.
+    pub nat: NatConfig,
+}
+
+/// How a node finds out whether others can dial it, and what it does about it. A node that
+/// AutoNAT finds private (behind a NAT or firewall) reserves a slot on up to
+/// [`MAX_RELAYS`] of its bootstrap peers that relay (`attrinet relay`, or any reachable
+/// node) and advertises the relayed addresses first; a
+/// connection through a relay is then upgraded to a direct one by hole punching (DCUtR)
+/// where both NATs allow. Every node relays for others, within [`relay_limits`].
+#[derive(Clone, Debug)]
+pub struct NatConfig {
+    /// Wait this long after start before the first reachability probe (AutoNAT's boot delay).
+    pub probe_delay: Duration,
+    /// Probe again this often while unsure.
+    pub probe_retry: Duration,
+    /// Take only peers at global IP addresses as probe servers and probe clients, as on the
+    /// internet; off for test networks in private address space.
+    pub only_global_ips: bool,
+    /// This node is public by its operator's word (`attrinet relay`): the addresses it
+    /// listens on, but loopback, are its external addresses from the start, which a relay
+    /// needs to give in its reservations (a client refuses a reservation without them).
+    pub public: bool,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            probe_delay: Duration::from_secs(15),
+            probe_retry: Duration::from_secs(90),
+            only_global_ips: true,
+            public: false,
+        }
+    }
+}
+
+/// The most relays a private node reserves a slot on.
+pub const MAX_RELAYS: usize = 2;
+
+/// How often a private node tries again to reserve on relays it lost or was refused by.
+const RELAY_RETRY: Duration = Duration::from_secs(10);
+
+/// What this node relays for others: a few reservations and circuits, each bounded in time
+/// and bytes. Large enough for an inference's stream (tokens, receipt, payment) until the
+/// connection is upgraded to a direct one, small enough that relaying cannot be used to
+/// move bulk data through a node.
+pub fn relay_limits() -> relay::Config {
+    relay::Config {
+        max_reservations: 64,
+        max_reservations_per_peer: 2,
+        reservation_duration: Duration::from_secs(3600),
+        max_circuits: 32,
+        max_circuits_per_peer: 4,
+        max_circuit_duration: Duration::from_secs(600),
+        max_circuit_bytes: 8 << 20,
+        ..relay::Config::default()
+    }
 }
 
 impl Default for NetConfig {
@@ -68,9 +126,12 @@ impl Default for NetConfig {
                 "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid"),
             ],
             bootstrap: Vec::new(),
-            republish_every: Duration::from_secs(60),
+            // Often enough that a node joined through a relay (which holds no adverts to
+            // hand over) sees the market within seconds, not minutes; an advert is ~250 bytes.
+            republish_every: Duration::from_secs(20),
             advert_ttl: Duration::from_secs(300),
             heartbeat: Duration::from_secs(1),
+            nat: NatConfig::default(),
         }
     }
 }
@@ -107,6 +168,10 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     stream: libp2p_stream::Behaviour,
+    autonat: autonat::Behaviour,
+    relay: relay::Behaviour,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
 }
 
 /// Unix seconds now.
@@ -142,7 +207,9 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(config.heartbeat)
@@ -188,12 +255,29 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
             // Every attrinet node serves the DHT: nodes run on reachable hosts, and a
             // client-only DHT would leave small networks without servers.
             kad.set_mode(Some(kad::Mode::Server));
+            // The relay's status is fixed before any connection exists: libp2p-relay 0.22
+            // re-sends a changed status to every connection, relayed ones included, whose
+            // handler cannot take it (a panic in libp2p-swarm's `Either` handler).
+            let mut relay = relay::Behaviour::new(peer_id, relay_limits());
+            relay.set_status(Some(relay::Status::Enable));
             Ok(Behaviour {
                 identify: identify::Behaviour::new(identify::Config::new("/attrinet/id/1".into(), key.public())),
                 ping: ping::Behaviour::default(),
                 kad,
                 gossipsub,
                 stream: libp2p_stream::Behaviour::new(),
+                autonat: autonat::Behaviour::new(
+                    peer_id,
+                    autonat::Config {
+                        boot_delay: config.nat.probe_delay,
+                        retry_interval: config.nat.probe_retry,
+                        only_global_ips: config.nat.only_global_ips,
+                        ..autonat::Config::default()
+                    },
+                ),
+                relay,
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer_id),
             })
         })
         .map_err(|e| setup(&e))?
@@ -334,6 +418,13 @@ pub struct EventLoop {
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     pending_lookup: HashMap<kad::QueryId, PeerId>,
+    /// What AutoNAT last concluded about this node's reachability.
+    nat: autonat::NatStatus,
+    /// Bootstrap peers that relay (their identify lists the hop protocol), at their
+    /// configured address: the public nodes a private one reserves a slot on.
+    relays: HashMap<PeerId, Multiaddr>,
+    /// Relays we reserved (or are reserving) a slot on.
+    reserved: HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -374,6 +465,9 @@ pub fn new(identity: Identity, config: NetConfig) -> Result<(Client, EventLoop),
         pending_dial: HashMap::new(),
         pending_providers: HashMap::new(),
         pending_lookup: HashMap::new(),
+        nat: autonat::NatStatus::Unknown,
+        relays: HashMap::new(),
+        reserved: HashSet::new(),
     };
     Ok((client, event_loop))
 }
@@ -384,6 +478,7 @@ impl EventLoop {
         let mut republish = tokio::time::interval(self.config.republish_every);
         let mut expire = tokio::time::interval(Duration::from_secs(1));
         let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+        let mut relays = tokio::time::interval(RELAY_RETRY);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
@@ -393,6 +488,7 @@ impl EventLoop {
                 },
                 _ = republish.tick() => self.publish_offers(),
                 _ = expire.tick() => self.view.expire(unix_now()),
+                _ = relays.tick() => self.reserve_relays(),
                 _ = bootstrap.tick() => {
                     // Fails only while no peer is known; then there is nothing to do.
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -408,10 +504,15 @@ impl EventLoop {
         let now = unix_now();
         self.advert_seq = self.advert_seq.max(now).saturating_add(1);
         let me = *self.swarm.local_peer_id();
-        let addrs: Vec<String> = self
-            .swarm
-            .external_addresses()
-            .chain(self.swarm.listeners())
+        // A private node's relayed addresses first: they are the ones that reach it.
+        let relayed = |a: &&Multiaddr| a.iter().any(|p| p == Protocol::P2pCircuit);
+        let listeners: Vec<&Multiaddr> = self.swarm.listeners().collect();
+        let addrs: Vec<String> = listeners
+            .iter()
+            .copied()
+            .filter(relayed)
+            .chain(self.swarm.external_addresses())
+            .chain(listeners.iter().copied().filter(|a| !relayed(a)))
             .filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())))
             .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me)).to_string())
             .fold(Vec::new(), |mut v, a| {
@@ -519,12 +620,53 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(target: "p2p", %address, "listening");
+                let loopback = address.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
+                if self.config.nat.public && !loopback && !address.iter().any(|p| p == Protocol::P2pCircuit) {
+                    self.swarm.add_external_address(address.clone());
+                }
+                if address.iter().any(|p| p == Protocol::P2pCircuit) {
+                    // Clients must learn the relayed address now, not at the next period.
+                    self.publish_offers();
+                }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                // A lost or refused reservation is tried again on the next round (on this
+                // relay or another).
+                for a in addresses {
+                    if let Some(Protocol::P2p(relay)) = a.iter().take_while(|p| *p != Protocol::P2pCircuit).last() {
+                        warn!(target: "p2p::nat", %relay, ?reason, "relay listener closed");
+                        self.reserved.remove(&relay);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if endpoint.is_relayed() {
+                    debug!(target: "p2p::nat", peer = %peer_id, "connected through a relay");
+                }
                 for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
+                info!(target: "p2p::nat", ?old, ?new, "reachability");
+                self.nat = new;
+                self.reserve_relays();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                ..
+            })) => {
+                info!(target: "p2p::nat", relay = %relay_peer_id, "reserved a slot on a relay");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
+                Ok(_) => {
+                    info!(target: "p2p::nat", peer = %remote_peer_id, "upgraded a relayed connection to a direct one")
+                }
+                Err(e) => {
+                    debug!(target: "p2p::nat", peer = %remote_peer_id, %e, "hole punching failed; staying relayed")
+                }
+            },
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(NetError::Dial { addr: Multiaddr::empty(), reason: error.to_string() }));
@@ -534,6 +676,13 @@ impl EventLoop {
                 // Learn the peer's listen addresses for the DHT.
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                let bootstrap = self.config.bootstrap.iter().find(|a| a.iter().last() == Some(Protocol::P2p(peer_id)));
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
+                    && let Some(addr) = bootstrap
+                {
+                    self.relays.insert(peer_id, addr.clone());
+                    self.reserve_relays();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -585,6 +734,30 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// While AutoNAT finds this node private, listens through up to [`MAX_RELAYS`] relays:
+    /// each reservation gives a relayed address that the adverts then carry.
+    fn reserve_relays(&mut self) {
+        if !matches!(self.nat, autonat::NatStatus::Private) {
+            return;
+        }
+        let candidates: Vec<(PeerId, Multiaddr)> =
+            self.relays.iter().filter(|(p, _)| !self.reserved.contains(p)).map(|(p, a)| (*p, a.clone())).collect();
+        for (relay, addr) in candidates {
+            if self.reserved.len() >= MAX_RELAYS {
+                return;
+            }
+            // A bootstrap address ends in the relay's /p2p/ID.
+            let circuit = addr.with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(_) => {
+                    info!(target: "p2p::nat", %circuit, "private: listening through a relay");
+                    self.reserved.insert(relay);
+                }
+                Err(e) => warn!(target: "p2p::nat", %circuit, %e, "cannot listen through this relay"),
+            }
         }
     }
 

@@ -11,6 +11,8 @@ use attrinet_market::{Seq, Store, Wei};
 use attrinet_node::{SledStore, audit};
 use attrinet_tests::{test_channel, test_quote, tokens_for, weights_for};
 
+/// Kills per run unless `CRASH_KILLS` says otherwise (CI keeps this; `scripts/crash-long`
+/// runs 1,000 and docs/benchmarks.md records it).
 const KILLS: u32 = 60;
 
 /// xorshift64*: the kill moments only need to be varied and reproducible from a seed.
@@ -30,14 +32,18 @@ fn acknowledged_receipts_survive_sigkill() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
-    println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
+    let kills = match std::env::var("CRASH_KILLS") {
+        Ok(n) => n.parse().unwrap_or_else(|_| panic!("CRASH_KILLS={n}: not a whole number of kills")),
+        Err(_) => KILLS,
+    };
+    println!("crash test seed {seed}, {kills} kills (rerun with CRASH_SEED={seed} CRASH_KILLS={kills})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_receipt-writer");
 
     let mut acknowledged: Vec<(u64, u128)> = Vec::new();
     let mut survived = 0;
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         let mut child = Command::new(exe)
             .arg(dir.path())
             .stdout(Stdio::piped())

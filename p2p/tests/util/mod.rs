@@ -138,6 +138,7 @@ pub fn fast_config(ttl: Duration) -> NetConfig {
         republish_every: Duration::from_secs(2).min(ttl / 4),
         advert_ttl: ttl,
         heartbeat: Duration::from_millis(300),
+        nat: Default::default(),
     }
 }
 
@@ -232,6 +233,11 @@ impl Node {
         self.engine = None;
         if let Some(previous) = self.provider_task.take() {
             previous.abort();
+            // Until the old task is dropped it holds the protocol's acceptor, and the new
+            // provider's `accept` would be refused (leaving nobody to answer).
+            while !previous.is_finished() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         let provider = Provider::new(self.identity.clone(), self.store.clone(), offers, limits);
         self.provider = Some(provider.clone());

@@ -66,6 +66,11 @@ pub(crate) enum Command {
     Store(StoreCommand),
     /// List what the network offers now: models, providers, prices, speeds.
     Models(ModelsArgs),
+    /// Run a public node that serves no model: others join the network through it
+    /// (`--bootstrap`), and nodes behind a NAT reserve a slot on it and are reached
+    /// through it until hole punching connects them directly. Any reachable node relays
+    /// the same way; this one only does that.
+    Relay(RelayArgs),
     /// What an address earned on chain, per model and role (node, model owner, data pool,
     /// protocol), finalised and still pending; its withdrawable balance; its data claims.
     Earnings(EarningsArgs),
@@ -119,6 +124,11 @@ pub(crate) struct NetArgs {
     /// A peer to join through (repeatable), `/ip4/.../tcp/PORT/p2p/PEER_ID`.
     #[arg(long, env = "ATTRINET_BOOTSTRAP", value_delimiter = ',')]
     pub(crate) bootstrap: Vec<attrinet_p2p::Multiaddr>,
+    /// The network lives in private address space (a LAN, a test bed): reachability
+    /// probes take peers at private IP addresses, and the first comes after 2 s instead of
+    /// 15 s. Behind a NAT on the internet, leave it off.
+    #[arg(long, env = "ATTRINET_P2P_LAN")]
+    pub(crate) lan: bool,
 }
 
 impl NetArgs {
@@ -130,6 +140,20 @@ impl NetArgs {
         let listen = config::addrs(&self.p2p_listen, file.network.listen.as_ref(), default_listen)?;
         let bootstrap = config::addrs(&self.bootstrap, file.network.bootstrap.as_ref(), &[])?;
         Ok((listen, bootstrap))
+    }
+
+    /// How the node probes its reachability ([`attrinet_p2p::NatConfig`]).
+    pub(crate) fn nat(&self) -> attrinet_p2p::NatConfig {
+        if self.lan {
+            attrinet_p2p::NatConfig {
+                probe_delay: std::time::Duration::from_secs(2),
+                probe_retry: std::time::Duration::from_secs(5),
+                only_global_ips: false,
+                public: false,
+            }
+        } else {
+            attrinet_p2p::NatConfig::default()
+        }
     }
 }
 
@@ -223,6 +247,12 @@ pub(crate) struct QueryArgs {
     pub(crate) check: CheckArgs,
     #[command(flatten)]
     pub(crate) chain: ChainArgs,
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
     #[command(flatten)]
     pub(crate) net: NetArgs,
 }

@@ -15,7 +15,7 @@ use attrinet_node::{PromptCount, SledStore};
 
 use crate::args::{
     ChannelCommand, CheckArgs, DatanetBuildArgs, DevnetArgs, EarningsArgs, GatewayArgs, ModelRegisterArgs, ModelsArgs,
-    NetArgs, QueryArgs, ServeArgs, WatchArgs, parse_backend,
+    NetArgs, QueryArgs, RelayArgs, ServeArgs, WatchArgs, parse_backend,
 };
 
 /// A payer that checks what `check` gives it: the attribution of models against their
@@ -78,10 +78,46 @@ pub(crate) async fn client_network(
         !bootstrap.is_empty(),
         "no peer to join: pass --bootstrap, set ATTRINET_BOOTSTRAP, or put `bootstrap` under [network] in the config file"
     );
+    let nat = net.nat();
     let (network, event_loop) =
-        attrinet_p2p::new(identity.clone(), attrinet_p2p::NetConfig { listen, bootstrap, ..Default::default() })?;
+        attrinet_p2p::new(identity.clone(), attrinet_p2p::NetConfig { listen, bootstrap, nat, ..Default::default() })?;
     tokio::spawn(event_loop.run());
     Ok(network)
+}
+
+/// `attrinet relay`: joins (or starts) the network, prints where others reach it, and
+/// relays until Ctrl-C.
+pub(crate) async fn relay(data_dir: &Path, file: &FileConfig, r: RelayArgs) -> anyhow::Result<()> {
+    let identity = attrinet_node::keys::load(data_dir)?;
+    let (listen, bootstrap) = r.net.resolve(file, &["/ip4/0.0.0.0/tcp/4001"])?;
+    // A relay is public by definition: it vouches for the addresses it listens on.
+    let nat = attrinet_p2p::NatConfig { public: true, ..r.net.nat() };
+    let (network, event_loop) =
+        attrinet_p2p::new(identity, attrinet_p2p::NetConfig { listen, bootstrap, nat, ..Default::default() })?;
+    tokio::spawn(event_loop.run());
+    let started = std::time::Instant::now();
+    let addrs = loop {
+        let addrs = network.listen_addrs().await?;
+        if !addrs.is_empty() {
+            break addrs;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "not listening after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for a in &addrs {
+        println!("listening on {a}");
+    }
+    let l = attrinet_p2p::relay_limits();
+    println!(
+        "relaying for nodes behind NAT ({} reservations, {} circuits, each up to {} s and {} MiB); Ctrl-C stops.",
+        l.max_reservations,
+        l.max_circuits,
+        l.max_circuit_duration.as_secs(),
+        l.max_circuit_bytes >> 20
+    );
+    let mut stop = ctrl_c();
+    let _ = stop.changed().await;
+    Ok(())
 }
 
 pub(crate) const DEFAULT_DEPOSIT: Wei = Wei(10_000_000_000_000_000);
@@ -297,6 +333,7 @@ pub(crate) async fn serve(data_dir: &Path, file: &FileConfig, a: ServeArgs) -> a
         deployment,
         listen,
         bootstrap,
+        nat: a.net.nat(),
     };
     let store = open_store(data_dir)?;
     let metrics = Arc::new(attrinet_node::Metrics::default());

@@ -24,6 +24,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Datanet(DatanetCommand::Build(d)) => commands::datanet_build(d),
         Command::Serve(a) => commands::serve(dir, &file, *a).await,
         Command::Query(q) => commands::query(dir, &file, q).await,
+        Command::Relay(r) => commands::relay(dir, &file, r).await,
         Command::Gateway(g) => commands::gateway(dir, &file, g).await,
         Command::Watch(w) => commands::watch(dir, &file, w).await,
         Command::Channel(c) => commands::channel(dir, &file, c).await,
