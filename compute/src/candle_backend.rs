@@ -1,25 +1,32 @@
-//! The candle CPU backend: the forward pass of every supported architecture in candle's
-//! tensors and quantized kernels, the reference the wgpu kernels are tested against and the
-//! fallback where no GPU exists.
+//! The candle CPU backend: the forward pass of every supported architecture on the CPU,
+//! the reference the wgpu kernels are tested against and the fallback where no GPU exists.
+//!
+//! Weights are loaded with candle. Products with Q4_1 and Q8_0 weights (all of SmolLM2's)
+//! run in this crate's kernels ([`quant`]), the others in candle's `QMatMul`; everything
+//! between the products (norms, RoPE, attention over a KV cache kept per sequence slot, the
+//! activations) runs on plain slices ([`ops`]) in buffers the engine keeps, so that once
+//! warm a step whose products are all this crate's allocates nothing but the caches' growth.
 
+mod ops;
 mod quant;
 
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
-use candle_core::{D, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 
 use crate::engine::{BackendKind, Engine, KvPool, Sampled, SeqChunk, TokenLogprobs, check_batch};
 use crate::error::{Error, Result};
-use crate::model::{Activation, Model, ModelConfig};
+use crate::model::{Model, ModelConfig};
 use crate::sampling::sample;
-use quant::QuantMatrix;
+use ops::{Heads, Keys, KvCache};
+use quant::{Kernel, QuantMatrix};
 
 /// Positions the RoPE tables (and so the context) cover when the model's own context is
 /// longer: the same bound as the wgpu backend's default.
 const MAX_CONTEXT: usize = crate::wgpu_backend::DEFAULT_MAX_CONTEXT;
-/// Tokens per page of the KV budget: candle's caches grow by tensor, so pages are only
-/// the unit of the budget, the same as the wgpu backend's.
+/// Tokens per page of the KV budget: the caches grow by token, so pages are only the unit
+/// of the budget, the same as the wgpu backend's.
 const PAGE_TOKENS: usize = 32;
 
 /// Whether candle's quantized kernels were compiled with their AVX2/FMA paths: they are
@@ -34,75 +41,161 @@ const SIMD: &str = if cfg!(all(target_feature = "avx2", target_feature = "fma"))
 };
 
 /// A weight matrix: candle's kernels, or this crate's for the types whose products candle
-/// computes in scalar code (see [`quant`]).
+/// computes in scalar code or one row at a time (see [`quant`]).
 enum Matrix {
-    Candle(QMatMul),
+    Candle { matmul: QMatMul, rows: usize, cols: usize },
     Own(QuantMatrix),
 }
 
 impl Matrix {
-    /// `x` (`[..., cols]`) times the transposed matrix: `[..., rows]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let w = match self {
-            Matrix::Candle(m) => return m.forward(x),
-            Matrix::Own(w) => w,
-        };
-        let mut shape = x.dims().to_vec();
-        if shape.last() != Some(&w.cols()) {
-            candle_core::bail!("a {:?} input to a matrix of {} columns", x.shape(), w.cols());
+    fn rows(&self) -> usize {
+        match self {
+            Matrix::Candle { rows, .. } => *rows,
+            Matrix::Own(w) => w.rows(),
         }
-        let m = x.elem_count() / w.cols();
-        let out = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m);
-        *shape.last_mut().expect("checked above") = w.rows();
-        Tensor::from_vec(out, shape, x.device())
+    }
+
+    /// `x` (`m × cols`) times the transposed matrix into `out` (`m × rows`).
+    fn forward(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], s: &mut quant::Scratch) -> CResult<()> {
+        match self {
+            Matrix::Own(w) => w.matmul_into(kernel, x, m, out, s),
+            Matrix::Candle { matmul, cols, .. } => {
+                // `[1, m, cols]` as the tensor pass gave it: candle's products for other types,
+                // one allocation each.
+                let y = matmul.forward(&Tensor::from_slice(x, (1, m, *cols), &Device::Cpu)?)?;
+                out.copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        Ok(())
     }
 }
 
-/// One transformer block's weights and KV cache.
-struct Layer {
-    attn_norm: Tensor,
-    /// q, k, v, or one fused matrix.
-    qkv: Vec<Matrix>,
-    qkv_bias: Option<[Tensor; 3]>,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    wo: Matrix,
-    post_attn_norm: Option<Tensor>,
-    ffn_norm: Tensor,
-    /// gate, up, or one fused matrix.
-    gate_up: Vec<Matrix>,
-    down: Matrix,
-    post_ffn_norm: Option<Tensor>,
-    /// Index into the engine's RoPE tables.
-    rope: usize,
-    /// Per sequence slot, keys and values of its positions so far,
-    /// `[1, kv_heads, positions, head_dim]`.
-    kv: Vec<Option<(Tensor, Tensor)>>,
+type CResult<T> = candle_core::Result<T>;
+
+/// What a [`Projection`] of separate parts needs: a buffer for one part's output, and the
+/// products' scratch.
+type Buffers<'a> = (&'a mut Vec<f32>, &'a mut quant::Scratch);
+
+/// q, k and v (or gate and up): one stacked matrix where their types allow, else one each.
+struct Projection(Vec<Matrix>);
+
+impl Projection {
+    /// Stacks the parts into one product when all are this crate's of one type and width.
+    fn new(parts: Vec<Matrix>) -> Self {
+        let own: Option<Vec<&QuantMatrix>> = parts
+            .iter()
+            .map(|p| match p {
+                Matrix::Own(w) => Some(w),
+                Matrix::Candle { .. } => None,
+            })
+            .collect();
+        match own.filter(|o| o.len() > 1).and_then(|o| QuantMatrix::stack(&o)) {
+            Some(stacked) => Projection(vec![Matrix::Own(stacked)]),
+            None => Projection(parts),
+        }
+    }
+
+    /// `x` (`m × cols`) times each part, the parts' outputs side by side in `out`.
+    fn forward(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], s: Buffers<'_>) -> CResult<()> {
+        let (part_out, mat) = s;
+        if let [one] = self.0.as_slice() {
+            return one.forward(kernel, x, m, out, mat);
+        }
+        let width: usize = self.0.iter().map(Matrix::rows).sum();
+        let mut at = 0;
+        for part in &self.0 {
+            let rows = part.rows();
+            let buf = sized(part_out, m * rows);
+            part.forward(kernel, x, m, buf, mat)?;
+            for (o, p) in out.chunks_exact_mut(width).zip(buf.chunks_exact(rows)) {
+                o[at..at + rows].copy_from_slice(p);
+            }
+            at += rows;
+        }
+        Ok(())
+    }
 }
 
-/// Runs a model with candle's tensors and quantized kernels on the CPU, one forward pass for
-/// every architecture the crate knows (see [`ModelConfig`]); the reference the wgpu kernels
-/// are tested against and the fallback where no GPU exists.
+/// One transformer block's weights and KV caches.
+struct Layer {
+    attn_norm: Vec<f32>,
+    qkv: Projection,
+    qkv_bias: Option<[Vec<f32>; 3]>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: Matrix,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate_up: Projection,
+    down: Matrix,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Index into the engine's RoPE tables.
+    rope: usize,
+    /// Per sequence slot, keys and values of its positions so far.
+    kv: Vec<KvCache>,
+}
+
+/// RoPE angles of one (base, scale): `[positions, head_dim / 2]` each.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// The buffers of a forward pass, `tokens × width` each, kept between passes.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The residual stream.
+    x: Vec<f32>,
+    /// A normed copy of it.
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attention: Vec<f32>,
+    /// A block's output before the residual add.
+    o: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    /// One part's output of a projection whose parts are separate products.
+    part: Vec<f32>,
+    /// Per token, its sequence slot and position.
+    rows: Vec<(usize, usize)>,
+    /// Per token, the keys it attends to in the current layer.
+    keys: Vec<Keys>,
+    /// The logits of the sampled rows, `rows × vocabulary`.
+    logits: Vec<f32>,
+    mat: quant::Scratch,
+}
+
+/// `v` as a slice of `n` values: grown when needed, never shrunk below its capacity.
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    v
+}
+
+/// Runs a model on the CPU, one forward pass for every architecture the crate knows (see
+/// [`ModelConfig`]); the reference the wgpu kernels are tested against and the fallback
+/// where no GPU exists.
 ///
 /// The pass is written here rather than taken from candle-transformers, whose quantized
 /// Gemma 3 computes its MLP with SiLU instead of GELU and so leaves llama.cpp's greedy path
 /// within a few tokens. The operations, and the order of floating-point work within them,
-/// follow candle-transformers' quantized llama, so llama files give the logits they gave
-/// there.
+/// follow candle-transformers' quantized llama (but for attention's sums, see [`ops`]), so
+/// llama files give the logits they gave there.
 pub struct CandleEngine {
     config: ModelConfig,
     /// The embedding in its file type; rows are dequantized per token. Shared with the
-    /// output projection when the embeddings are tied.
+    /// output projection when the embeddings are tied and candle computes it.
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
-    output_norm: Tensor,
+    output_norm: Vec<f32>,
     output: Matrix,
-    /// `(cos, sin)` tables, `[positions, head_dim / 2]`, one per distinct RoPE of the layers.
-    ropes: Vec<(Tensor, Tensor)>,
+    /// One per distinct RoPE of the layers.
+    ropes: Vec<Rope>,
     context_length: usize,
     /// Tokens in each sequence slot's cache.
     positions: Vec<usize>,
     pool_pages: usize,
+    kernel: Kernel,
+    scratch: Scratch,
 }
 
 impl std::fmt::Debug for CandleEngine {
@@ -113,21 +206,6 @@ impl std::fmt::Debug for CandleEngine {
             .field("positions", &self.positions)
             .finish_non_exhaustive()
     }
-}
-
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    candle_nn::ops::rms_norm(x, w, eps).map_err(Error::candle("RMSNorm"))
-}
-
-/// Grouped-query attention: each key/value head serves `n` query heads.
-fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
-    if n == 1 {
-        return Ok(x);
-    }
-    let (b, heads, len, hd) = x.dims4()?;
-    // Concatenating along the sequence then reshaping is a plain copy, cheaper than a
-    // strided broadcast.
-    Tensor::cat(&vec![&x; n], 2)?.reshape((b, heads * n, len, hd))
 }
 
 /// Reads tensors out of the model, one at a time, into candle's CPU storage.
@@ -146,17 +224,28 @@ impl Loader<'_> {
         if let (true, &[rows, cols]) = (QuantMatrix::supports(dtype), shape.as_slice()) {
             return own_matrix(name, dtype, rows, cols, &data);
         }
+        let &[rows, cols] = shape.as_slice() else {
+            return Err(Error::BadTensor { tensor: name.to_owned(), reason: format!("shape {shape:?} is no matrix") });
+        };
         let q =
             qtensor_from_ggml(dtype, &data, shape, &Device::Cpu).map_err(Error::candle(format!("loading `{name}`")))?;
-        QMatMul::from_qtensor(q).map(Matrix::Candle).map_err(Error::candle(format!("preparing `{name}`")))
+        let matmul = QMatMul::from_qtensor(q).map_err(Error::candle(format!("preparing `{name}`")))?;
+        Ok(Matrix::Candle { matmul, rows, cols })
+    }
+
+    fn projection(&mut self, names: &[String]) -> Result<Projection> {
+        Ok(Projection::new(names.iter().map(|t| self.matrix(t)).collect::<Result<Vec<_>>>()?))
     }
 
     /// A norm weight or bias, in f32.
-    fn vector(&mut self, name: &str) -> Result<Tensor> {
-        self.qtensor(name)?.dequantize(&Device::Cpu).map_err(Error::candle(format!("dequantizing `{name}`")))
+    fn vector(&mut self, name: &str) -> Result<Vec<f32>> {
+        self.qtensor(name)?
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(Error::candle(format!("dequantizing `{name}`")))
     }
 
-    fn optional(&mut self, name: &Option<String>) -> Result<Option<Tensor>> {
+    fn optional(&mut self, name: &Option<String>) -> Result<Option<Vec<f32>>> {
         name.as_deref().map(|n| self.vector(n)).transpose()
     }
 }
@@ -185,43 +274,37 @@ impl CandleEngine {
         let config = model.config().clone();
         let mut load = Loader { model };
         let context_length = config.context_length.min(MAX_CONTEXT);
-        let freq_factors = if config.rope_freq_factors {
-            let f = load.vector("rope_freqs.weight")?;
-            Some(f.to_vec1::<f32>().map_err(Error::candle("reading rope_freqs.weight"))?)
-        } else {
-            None
-        };
+        let freq_factors = if config.rope_freq_factors { Some(load.vector("rope_freqs.weight")?) } else { None };
         let rope_tables = config.rope_tables(context_length, freq_factors.as_deref());
-        let shape = (context_length, config.head_dim / 2);
-        let tensor = |v: Vec<f32>| Tensor::from_vec(v, shape, &Device::Cpu).map_err(Error::candle("RoPE table"));
-        let mut ropes = Vec::with_capacity(rope_tables.tables.len());
-        for table in rope_tables.tables {
-            let (cos, sin): (Vec<f32>, Vec<f32>) = table.into_iter().unzip();
-            ropes.push((tensor(cos)?, tensor(sin)?));
-        }
+        let ropes = rope_tables
+            .tables
+            .into_iter()
+            .map(|table| {
+                let (cos, sin) = table.into_iter().unzip();
+                Rope { cos, sin }
+            })
+            .collect();
         let mut layers = Vec::with_capacity(config.n_layers);
         for (l, &rope) in rope_tables.of_layer.iter().enumerate() {
             let n = config.layer_names(l);
-            let qkv = n.qkv.iter().map(|t| load.matrix(t)).collect::<Result<Vec<_>>>()?;
-            let gate_up = n.gate_up.iter().map(|t| load.matrix(t)).collect::<Result<Vec<_>>>()?;
             let qkv_bias = match &n.qkv_bias {
                 Some([q, k, v]) => Some([load.vector(q)?, load.vector(k)?, load.vector(v)?]),
                 None => None,
             };
             layers.push(Layer {
                 attn_norm: load.vector(&n.attn_norm)?,
-                qkv,
+                qkv: load.projection(&n.qkv)?,
                 qkv_bias,
                 q_norm: load.optional(&n.q_norm)?,
                 k_norm: load.optional(&n.k_norm)?,
                 wo: load.matrix(&n.attn_output)?,
                 post_attn_norm: load.optional(&n.post_attn_norm)?,
                 ffn_norm: load.vector(&n.ffn_norm)?,
-                gate_up,
+                gate_up: load.projection(&n.gate_up)?,
                 down: load.matrix(&n.down)?,
                 post_ffn_norm: load.optional(&n.post_ffn_norm)?,
                 rope,
-                kv: vec![None; max_batch],
+                kv: (0..max_batch).map(|_| KvCache::default()).collect(),
             });
         }
         let output_norm = load.vector("output_norm.weight")?;
@@ -233,9 +316,12 @@ impl CandleEngine {
                     let data = embedding.data().map_err(Error::candle("reading the embedding"))?;
                     own_matrix("token_embd.weight", embedding.dtype(), rows, cols, &data)?
                 }
-                _ => Matrix::Candle(
-                    QMatMul::from_arc(embedding.clone()).map_err(Error::candle("the output projection"))?,
-                ),
+                (_, dims) => {
+                    let (rows, cols) = (dims[0], dims[dims.len() - 1]);
+                    let matmul =
+                        QMatMul::from_arc(embedding.clone()).map_err(Error::candle("the output projection"))?;
+                    Matrix::Candle { matmul, rows, cols }
+                }
             }
         } else {
             load.matrix("output.weight")?
@@ -253,30 +339,45 @@ impl CandleEngine {
             context_length,
             positions: vec![0; max_batch],
             pool_pages,
+            kernel: Kernel::detect(),
+            scratch: Scratch::default(),
         })
     }
 
-    /// Rows of the embedding for `tokens`, `[1, tokens, hidden]`, dequantized one row at a
-    /// time so the whole matrix (671 MB in f32 for Gemma 3's 262k vocabulary) never is.
-    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+    /// Rows of the embedding for `tokens` appended to `x` (`hidden` each), dequantized one
+    /// row at a time so the whole matrix (671 MB in f32 for Gemma 3's 262k vocabulary) never
+    /// is: Q8_0 and F32 rows here, as candle dequantizes them, other types through candle.
+    fn embed(&self, tokens: &[u32], x: &mut Vec<f32>) -> Result<()> {
         let d = self.config.hidden;
         let dtype: GgmlDType = self.embedding.dtype();
         let row_bytes = d / dtype.block_size() * dtype.type_size();
         let data = self.embedding.data().map_err(Error::candle("reading the embedding"))?;
-        let mut rows = Vec::with_capacity(tokens.len() * d);
+        let start = x.len();
         for &t in tokens {
             let raw = &data[t as usize * row_bytes..(t as usize + 1) * row_bytes];
-            let row = qtensor_from_ggml(dtype, raw, vec![d], &Device::Cpu)
-                .and_then(|q| q.dequantize(&Device::Cpu))
-                .and_then(|r| r.to_vec1::<f32>())
-                .map_err(Error::candle("dequantizing an embedding row"))?;
-            rows.extend_from_slice(&row);
+            match dtype {
+                GgmlDType::Q8_0 => {
+                    for block in raw.chunks_exact(2 + 32) {
+                        let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        x.extend(block[2..].iter().map(|&q| q as i8 as f32 * scale));
+                    }
+                }
+                GgmlDType::F32 => {
+                    x.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))));
+                }
+                _ => {
+                    let row = qtensor_from_ggml(dtype, raw, vec![d], &Device::Cpu)
+                        .and_then(|q| q.dequantize(&Device::Cpu))
+                        .and_then(|r| r.to_vec1::<f32>())
+                        .map_err(Error::candle("dequantizing an embedding row"))?;
+                    x.extend_from_slice(&row);
+                }
+            }
         }
-        let x = Tensor::from_vec(rows, (1, tokens.len(), d), &Device::Cpu).map_err(Error::candle("embedding"))?;
-        match self.config.embedding_scale {
-            Some(s) => x.affine(s as f64, 0.0).map_err(Error::candle("scaling the embedding")),
-            None => Ok(x),
+        if let Some(s) = self.config.embedding_scale {
+            x[start..].iter_mut().for_each(|v| *v *= s);
         }
+        Ok(())
     }
 
     /// Pages the sequences hold: one per `PAGE_TOKENS` positions begun.
@@ -284,10 +385,11 @@ impl CandleEngine {
         self.positions.iter().map(|p| p.div_ceil(PAGE_TOKENS)).sum()
     }
 
-    /// Runs the batch and returns the logits of each chunk that samples (all of them when
-    /// `all_last`), in order. The matrix products run over every chunk's tokens at once;
-    /// RoPE and attention run per sequence, over its own cache.
-    fn forward(&mut self, chunks: &[SeqChunk<'_>], all_last: bool) -> Result<Vec<Vec<f32>>> {
+    /// Runs the batch and leaves the logits of each chunk that samples (all of them when
+    /// `all_last`), in order, in the scratch's `logits`; returns how many rows there are.
+    /// The matrix products run over every chunk's tokens at once; RoPE and attention per
+    /// token, over its sequence's own cache.
+    fn forward(&mut self, chunks: &[SeqChunk<'_>], all_last: bool) -> Result<usize> {
         check_batch(self, self.config.vocab_size, chunks)?;
         let needed: usize = chunks
             .iter()
@@ -300,145 +402,120 @@ impl CandleEngine {
         if needed > free {
             return Err(Error::KvCacheFull { needed, free, page_tokens: PAGE_TOKENS });
         }
-        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
-        let mut x = self.embed(&tokens)?;
-        for l in 0..self.layers.len() {
-            x = self.block(l, &x, chunks).map_err(Error::candle(format!("layer {l}")))?;
+        let mut s = std::mem::take(&mut self.scratch);
+        // On one of rayon's threads, so that the parallel loops of the products and of
+        // attention start from a worker, which takes its share at once, rather than from this
+        // thread, which would sleep and be woken after each of them (about 150 per token).
+        let sampled = rayon::scope(|_| self.forward_with(chunks, all_last, &mut s));
+        self.scratch = s;
+        let sampled = sampled?;
+        for c in chunks {
+            self.positions[c.seq] += c.tokens.len();
         }
-        let mut rows = Vec::new();
+        Ok(sampled)
+    }
+
+    fn forward_with(&mut self, chunks: &[SeqChunk<'_>], all_last: bool, s: &mut Scratch) -> Result<usize> {
+        s.rows.clear();
+        for c in chunks {
+            let p = self.positions[c.seq];
+            s.rows.extend((p..p + c.tokens.len()).map(|pos| (c.seq, pos)));
+        }
+        s.x.clear();
+        for c in chunks {
+            self.embed(c.tokens, &mut s.x)?;
+        }
+        for l in 0..self.layers.len() {
+            self.block(l, s).map_err(Error::candle(format!("layer {l}")))?;
+        }
+        let d = self.config.hidden;
+        let mut n = 0;
         let mut end = 0;
         for c in chunks {
             end += c.tokens.len();
             if all_last || c.sample.is_some() {
-                rows.push((end - 1) as u32);
+                // Rows are gathered in order, so row `end - 1` is at or after row `n`.
+                s.x.copy_within((end - 1) * d..end * d, n * d);
+                n += 1;
             }
         }
-        for c in chunks {
-            self.positions[c.seq] += c.tokens.len();
+        if n == 0 {
+            return Ok(0);
         }
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let n = rows.len();
-        let what = || format!("the output of {n} sequences");
-        let index = Tensor::new(rows.as_slice(), &Device::Cpu).map_err(Error::candle(what()))?;
-        let last = x.index_select(&index, 1).map_err(Error::candle(what()))?;
-        let last = rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
+        let h = sized(&mut s.h, n * d);
+        ops::rms_norm(&s.x[..n * d], &self.output_norm, self.config.rms_eps, h);
+        let logits = sized(&mut s.logits, n * self.config.vocab_size);
         self.output
-            .forward(&last)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec2::<f32>())
-            .map_err(Error::candle(what()))
+            .forward(self.kernel, h, n, logits, &mut s.mat)
+            .map_err(Error::candle(format!("the output of {n} sequences")))?;
+        Ok(n)
     }
 
-    /// One transformer block over `x` (`[1, tokens, hidden]`), the chunks' tokens in order.
-    fn block(&mut self, l: usize, x: &Tensor, chunks: &[SeqChunk<'_>]) -> candle_core::Result<Tensor> {
+    /// One transformer block over the scratch's residual stream (`tokens × hidden`), the
+    /// chunks' tokens in order.
+    fn block(&mut self, l: usize, s: &mut Scratch) -> CResult<()> {
         let c = &self.config;
         let layer = &mut self.layers[l];
-        let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, c.rms_eps);
-        let (qw, kvw) = (c.q_width(), c.kv_width());
+        let kernel = self.kernel;
+        let (d, qw, kvw, hd, eps) = (c.hidden, c.q_width(), c.kv_width(), c.head_dim, c.rms_eps);
+        let n = s.rows.len();
 
-        let h = norm(x, &layer.attn_norm)?;
-        let (mut q, mut k, mut v) = match layer.qkv.as_slice() {
-            [wq, wk, wv] => (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?),
-            [fused] => {
-                let qkv = fused.forward(&h)?;
-                (qkv.narrow(D::Minus1, 0, qw)?, qkv.narrow(D::Minus1, qw, kvw)?, qkv.narrow(D::Minus1, qw + kvw, kvw)?)
+        let h = sized(&mut s.h, n * d);
+        ops::rms_norm(&s.x, &layer.attn_norm, eps, h);
+        let width = qw + 2 * kvw;
+        let qkv = sized(&mut s.qkv, n * width);
+        layer.qkv.forward(kernel, &s.h, n, qkv, (&mut s.part, &mut s.mat))?;
+        let rope = &self.ropes[layer.rope];
+        let half = hd / 2;
+        for (row, &(slot, pos)) in qkv.chunks_exact_mut(width).zip(&s.rows) {
+            let (q, kv) = row.split_at_mut(qw);
+            let (k, v) = kv.split_at_mut(kvw);
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                ops::add(q, bq);
+                ops::add(k, bk);
+                ops::add(v, bv);
             }
-            _ => unreachable!("one or three projections"),
-        };
-        if let Some([bq, bk, bv]) = &layer.qkv_bias {
-            q = q.broadcast_add(bq)?;
-            k = k.broadcast_add(bk)?;
-            v = v.broadcast_add(bv)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                ops::rms_norm_in_place(q, qn, eps);
+                ops::rms_norm_in_place(k, kn, eps);
+            }
+            let (cos, sin) = (&rope.cos[pos * half..][..half], &rope.sin[pos * half..][..half]);
+            ops::rope(q, hd, cos, sin, c.rope_neox);
+            ops::rope(k, hd, cos, sin, c.rope_neox);
+            let cache = &mut layer.kv[slot];
+            // Truncated first, so that a pass that failed half-way leaves no stale rows.
+            cache.k.truncate(pos * kvw);
+            cache.v.truncate(pos * kvw);
+            cache.k.extend_from_slice(k);
+            cache.v.extend_from_slice(v);
         }
-        let mut ys = Vec::with_capacity(chunks.len());
-        let mut row = 0;
-        for chunk in chunks {
-            let t = chunk.tokens.len();
-            let part = |x: &Tensor| x.narrow(1, row, t);
-            let pos = self.positions[chunk.seq];
-            let y = attention(c, l, layer, &self.ropes[layer.rope], chunk.seq, pos, [part(&q)?, part(&k)?, part(&v)?])?;
-            ys.push(y);
-            row += t;
-        }
-        let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 1)? };
-        let mut o = layer.wo.forward(&y)?;
+        s.keys.clear();
+        s.keys.extend(s.rows.iter().map(|&(slot, pos)| Keys { slot, first: c.first_key(l, pos), last: pos }));
+        let heads = Heads { n: c.n_heads, kv: c.n_kv_heads, dim: hd, scale: c.attention_scale };
+        let attention = sized(&mut s.attention, n * qw);
+        ops::attention(heads, &s.qkv, width, &s.keys, &layer.kv, attention);
+
+        let o = sized(&mut s.o, n * d);
+        layer.wo.forward(kernel, &s.attention, n, o, &mut s.mat)?;
         if let Some(pn) = &layer.post_attn_norm {
-            o = norm(&o, pn)?;
+            ops::rms_norm_in_place(o, pn, eps);
         }
-        let x = (x + o)?;
+        ops::add(&mut s.x, o);
 
-        let h = norm(&x, &layer.ffn_norm)?;
-        let (gate, up) = match layer.gate_up.as_slice() {
-            [g, u] => (g.forward(&h)?, u.forward(&h)?),
-            [fused] => {
-                let gu = fused.forward(&h)?;
-                (gu.narrow(D::Minus1, 0, c.ffn)?, gu.narrow(D::Minus1, c.ffn, c.ffn)?)
-            }
-            _ => unreachable!("one or two projections"),
-        };
-        let act = match c.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            // candle's gelu is the tanh approximation, as GGML's.
-            Activation::GeluTanh => gate.gelu()?,
-        };
-        let mut m = layer.down.forward(&(act * up)?)?;
+        let h = sized(&mut s.h, n * d);
+        ops::rms_norm(&s.x, &layer.ffn_norm, eps, h);
+        let gate_up = sized(&mut s.gate_up, n * 2 * c.ffn);
+        layer.gate_up.forward(kernel, &s.h, n, gate_up, (&mut s.part, &mut s.mat))?;
+        let act = sized(&mut s.act, n * c.ffn);
+        ops::gated(c.activation, &s.gate_up, c.ffn, act);
+        let o = sized(&mut s.o, n * d);
+        layer.down.forward(kernel, &s.act, n, o, &mut s.mat)?;
         if let Some(pn) = &layer.post_ffn_norm {
-            m = norm(&m, pn)?;
+            ops::rms_norm_in_place(o, pn, eps);
         }
-        x + m
+        ops::add(&mut s.x, o);
+        Ok(())
     }
-}
-
-/// RoPE, the cache update and attention for one sequence's `t` new tokens (`qkv`, each
-/// `[1, t, width]`), the first at `pos`: returns `[1, t, q_width]`.
-fn attention(
-    c: &ModelConfig,
-    l: usize,
-    layer: &mut Layer,
-    (cos, sin): &(Tensor, Tensor),
-    seq: usize,
-    pos: usize,
-    [q, k, v]: [Tensor; 3],
-) -> candle_core::Result<Tensor> {
-    let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, c.rms_eps);
-    let (_, t, _) = q.dims3()?;
-    let hd = c.head_dim;
-    let heads = |x: Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
-    let mut q = heads(q, c.n_heads)?;
-    let mut k = heads(k, c.n_kv_heads)?;
-    let v = heads(v, c.n_kv_heads)?;
-    if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-        q = norm(&q, qn)?;
-        k = norm(&k, kn)?;
-    }
-    let (cos, sin) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
-    let rope = if c.rope_neox { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
-    let q = rope(&q, &cos, &sin)?;
-    let k = rope(&k, &cos, &sin)?;
-    let (k, v) = match &layer.kv[seq] {
-        Some((kc, vc)) if pos > 0 => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
-        _ => (k, v),
-    };
-    layer.kv[seq] = Some((k.clone(), v.clone()));
-    let k = repeat_kv(k, c.n_heads / c.n_kv_heads)?;
-    let v = repeat_kv(v, c.n_heads / c.n_kv_heads)?;
-    let att = (q.matmul(&k.t()?)? * c.attention_scale as f64)?;
-    // Causal, and within the window on sliding layers: query i (at pos + i) sees keys
-    // first_key..=pos + i.
-    let len = pos + t;
-    let masked = |i: usize, j: usize| j > pos + i || j < c.first_key(l, pos + i);
-    let att = if (0..t).any(|i| masked(i, 0) || masked(i, len - 1)) {
-        let mask: Vec<u8> = (0..t).flat_map(|i| (0..len).map(move |j| masked(i, j) as u8)).collect();
-        let mask = Tensor::from_vec(mask, (t, len), att.device())?.broadcast_as(att.shape())?;
-        let neg_inf = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
-        mask.where_cond(&neg_inf, &att)?
-    } else {
-        att
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((1, t, c.q_width()))
 }
 
 impl Engine for CandleEngine {
@@ -447,8 +524,8 @@ impl Engine for CandleEngine {
     }
 
     fn device_name(&self) -> String {
-        let own = quant::Kernel::detect().name();
-        format!("CPU ({} threads, {SIMD}; Q4_1 products: {own})", candle_core::utils::get_num_threads())
+        let own = self.kernel.name();
+        format!("CPU ({} threads, {SIMD}; Q4_1/Q8_0 products: {own})", rayon::current_num_threads())
     }
 
     fn context_length(&self) -> usize {
@@ -460,8 +537,8 @@ impl Engine for CandleEngine {
     }
 
     fn step_tokens(&self) -> usize {
-        // Matrix products over more rows amortise candle's per-call overhead further, but
-        // a longer step delays every decoding sequence's next token.
+        // Matrix products over more rows read each weight once for more of them, but a
+        // longer step delays every decoding sequence's next token.
         64
     }
 
@@ -476,17 +553,18 @@ impl Engine for CandleEngine {
     fn release(&mut self, seq: usize) {
         if seq < self.positions.len() {
             for layer in &mut self.layers {
-                layer.kv[seq] = None;
+                // Freed, not kept: the pool's budget is of tokens held.
+                layer.kv[seq] = KvCache::default();
             }
             self.positions[seq] = 0;
         }
     }
 
     fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Sampled>> {
-        let logits = self.forward(chunks, false)?;
+        let n = self.forward(chunks, false)?;
         let sampled = chunks.iter().filter_map(|c| c.sample.map(|s| (s, c.logprobs)));
+        let logits = self.scratch.logits[..n * self.config.vocab_size].chunks_exact(self.config.vocab_size);
         Ok(logits
-            .iter()
             .zip(sampled)
             .map(|(l, ((s, step), logprobs))| {
                 let token = sample(l, s, step);
@@ -496,8 +574,10 @@ impl Engine for CandleEngine {
     }
 
     fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut logits = self.forward(&[SeqChunk::fill(0, tokens)], true)?;
-        logits.pop().ok_or_else(|| Error::Device("no logits".to_owned()))
+        match self.forward(&[SeqChunk::fill(0, tokens)], true)? {
+            0 => Err(Error::Device("no logits".to_owned())),
+            _ => Ok(self.scratch.logits[..self.config.vocab_size].to_vec()),
+        }
     }
 }
 
