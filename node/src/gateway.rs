@@ -6,12 +6,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use attrinet_p2p::{Answer, Ask, ChatMessage, Client, ErrorCode, InferError, Logprobs, Payer, Prompt, Sampling};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -39,14 +39,64 @@ pub struct Gateway {
     pub opener: Option<crate::client::ChannelOpener>,
 }
 
-/// The routes.
+/// What the gateway bounds, whoever its clients and providers are. With the payer's own
+/// bounds (at most `max_tokens` tokens of at most [`attrinet_p2p::MAX_TOKEN_TEXT_BYTES`]
+/// each, within its deadline) they bound what one request holds: its answer, and at most
+/// [`EVENT_BUFFER`] events waiting for a streaming client, for at most `slow_client` once
+/// that client stops reading.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayLimits {
+    /// Most tokens one request (each of its choices) may ask for: what the payer then
+    /// accepts from a provider, so it bounds an answer's size (32,768: 16 MiB of text at
+    /// most; honest providers allow 2,048 by default).
+    pub max_tokens: u32,
+    /// Longest a streaming client may leave an event unread before its stream is cut (the
+    /// answer is still paid for: the provider delivered it).
+    pub slow_client: Duration,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        GatewayLimits { max_tokens: 32_768, slow_client: Duration::from_secs(30) }
+    }
+}
+
+/// Events of a streamed answer waiting for its client: past this, the stream waits for
+/// the client to read (up to [`GatewayLimits::slow_client`]).
+pub const EVENT_BUFFER: usize = 16;
+
+/// The router's state: handlers take the part they need.
+#[derive(Clone, Debug)]
+struct App {
+    gateway: Gateway,
+    limits: GatewayLimits,
+}
+
+impl FromRef<App> for Gateway {
+    fn from_ref(app: &App) -> Gateway {
+        app.gateway.clone()
+    }
+}
+
+impl FromRef<App> for GatewayLimits {
+    fn from_ref(app: &App) -> GatewayLimits {
+        app.limits
+    }
+}
+
+/// The routes, with the default [`GatewayLimits`].
 pub fn router(gateway: Gateway) -> Router {
+    router_with(gateway, GatewayLimits::default())
+}
+
+/// The routes, under `limits`.
+pub fn router_with(gateway: Gateway, limits: GatewayLimits) -> Router {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/metrics", get(metrics))
-        .with_state(gateway)
+        .with_state(App { gateway, limits })
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
@@ -420,7 +470,11 @@ fn sampling(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> 
     })
 }
 
-async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+async fn chat(
+    State(g): State<Gateway>,
+    State(limits): State<GatewayLimits>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     g.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let req: ChatRequest = parse(&body).inspect_err(|_| count_error(&g))?;
     let sampling = req.options.sampling(true).inspect_err(|_| count_error(&g))?;
@@ -430,15 +484,20 @@ async fn chat(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiErro
         prompt: Prompt::Chat(
             req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
         ),
-        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens: max_tokens(req.max_completion_tokens.or(req.max_tokens), &limits)
+            .inspect_err(|_| count_error(&g))?,
         sampling,
         max_cost: None,
         stop: shape.stops.clone(),
     };
-    respond(g, ask, shape).await
+    respond(g, limits, ask, shape).await
 }
 
-async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+async fn completions(
+    State(g): State<Gateway>,
+    State(limits): State<GatewayLimits>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     g.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let req: CompletionRequest = parse(&body).inspect_err(|_| count_error(&g))?;
     let sampling = req.options.sampling(false).inspect_err(|_| count_error(&g))?;
@@ -446,12 +505,25 @@ async fn completions(State(g): State<Gateway>, body: Bytes) -> Result<Response, 
     let ask = Ask {
         model: req.model.clone(),
         prompt: Prompt::Text(req.prompt),
-        max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens: max_tokens(req.max_tokens, &limits).inspect_err(|_| count_error(&g))?,
         sampling,
         max_cost: None,
         stop: shape.stops.clone(),
     };
-    respond(g, ask, shape).await
+    respond(g, limits, ask, shape).await
+}
+
+/// The tokens asked for, within the gateway's limit.
+fn max_tokens(asked: Option<u32>, limits: &GatewayLimits) -> Result<u32, ApiError> {
+    match asked.unwrap_or(DEFAULT_MAX_TOKENS) {
+        n if n > limits.max_tokens => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_value",
+            format!("max_tokens is at most {} here, got {n}", limits.max_tokens),
+        )),
+        n => Ok(n),
+    }
 }
 
 fn count_error(g: &Gateway) {
@@ -546,7 +618,7 @@ fn receipt(answer: &Answer) -> Value {
     })
 }
 
-async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiError> {
+async fn respond(g: Gateway, limits: GatewayLimits, ask: Ask, shape: Shape) -> Result<Response, ApiError> {
     let chat = shape.chat;
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now());
     let created = now();
@@ -617,13 +689,15 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     let mut scanner = StopScanner::new(shape.stops.clone());
     // Streaming: the answer runs on its own task and its tokens become events. The first
     // token is awaited before answering, so that a refusal is still an HTTP error rather
-    // than an event in a 200 stream.
-    let (token_tx, mut tokens) = mpsc::unbounded_channel::<(String, Option<Logprobs>)>();
+    // than an event in a 200 stream. The payer hands on at most `max_tokens` pieces (it
+    // refuses a provider's token past them), so this channel, bounded at that, never finds
+    // itself full; the bound is on the events below.
+    let (token_tx, mut tokens) = mpsc::channel::<(String, Option<Logprobs>)>((ask.max_tokens as usize).max(1));
     let (g2, ask2) = (g.clone(), ask.clone());
     let job = tokio::spawn(async move {
         g2.payer
             .infer(&g2.network, &ask2, move |t| {
-                let _ = token_tx.send((t.text.to_owned(), t.logprobs.cloned()));
+                let _ = token_tx.try_send((t.text.to_owned(), t.logprobs.cloned()));
             })
             .await
     });
@@ -651,7 +725,7 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
             }
         }
     };
-    let (event_tx, events) = mpsc::unbounded_channel::<Event>();
+    let (event_tx, events) = mpsc::channel::<Event>(EVENT_BUFFER);
     let model = ask.model.clone();
     tokio::spawn(async move {
         // A piece held back by the stop scanner is sent with the next: chunks stay one per
@@ -659,14 +733,9 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
         // of the tokens its text begins, as a whole answer keeps those of the tokens that
         // begin before its cut.
         let mut shown = ShownLogprobs::default();
-        let send = |t: &str, shown: &mut ShownLogprobs, all: bool| {
-            let logprobs = shown.take(t.len(), all, shape.chat);
-            (t.is_empty() && logprobs.is_null())
-                || event_tx
-                    .send(Event::default().data(chunk(&id, created, &model, &shape, t, &logprobs, None).to_string()))
-                    .is_ok()
-        };
-        let mut open = true;
+        // Gone (`None`) once the client left or read nothing for `slow_client`: dropping the
+        // sender ends the response, and the rest of the answer is read and paid, not kept.
+        let mut out = Some(Events { tx: event_tx, within: limits.slow_client });
         let mut next = first;
         loop {
             let (t, lp) = match next.take() {
@@ -678,26 +747,33 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
             };
             shown.push(&t, lp);
             // The token that completes a stop may carry text past it: not shown.
-            if open && !send(&scanner.push(&t), &mut shown, false) {
-                open = false;
+            let piece = scanner.push(&t);
+            let logprobs = shown.take(piece.len(), false, shape.chat);
+            if !(piece.is_empty() && logprobs.is_null()) {
+                Events::send(&mut out, chunk(&id, created, &model, &shape, &piece, &logprobs, None).to_string()).await;
             }
         }
-        if open {
-            let rest = scanner.finish();
-            let all = !scanner.stopped();
-            send(&rest, &mut shown, all);
+        let rest = scanner.finish();
+        let logprobs = shown.take(rest.len(), !scanner.stopped(), shape.chat);
+        if !(rest.is_empty() && logprobs.is_null()) {
+            Events::send(&mut out, chunk(&id, created, &model, &shape, &rest, &logprobs, None).to_string()).await;
         }
         match job.await {
             Ok(Ok(answer)) => {
                 for e in final_events(&g, &answer, &ask, &id, created, &shape, scanner.stopped()) {
-                    let _ = event_tx.send(e.unwrap_or_else(|never| match never {}));
+                    let e = e.unwrap_or_else(|never| match never {});
+                    if let Some(o) = &out
+                        && o.tx.send_timeout(e, o.within).await.is_err()
+                    {
+                        out = None;
+                    }
                 }
             }
             Ok(Err(e)) => {
                 // An error after streaming began: said in the stream, OpenAI-style.
                 count_error(&g);
-                let _ = event_tx.send(Event::default().data(ApiError::from(e).body().to_string()));
-                let _ = event_tx.send(Event::default().data("[DONE]"));
+                Events::send(&mut out, ApiError::from(e).body().to_string()).await;
+                Events::send(&mut out, "[DONE]".to_owned()).await;
             }
             Err(_) => {}
         }
@@ -705,6 +781,25 @@ async fn respond(g: Gateway, ask: Ask, shape: Shape) -> Result<Response, ApiErro
     let stream =
         futures::stream::unfold(events, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Ok(Sse::new(stream).into_response())
+}
+
+/// Where a streamed answer's events go: a bounded channel to the response, waiting at most
+/// `within` for the client to take each.
+struct Events {
+    tx: mpsc::Sender<Event>,
+    within: Duration,
+}
+
+impl Events {
+    /// Sends `data` as an event; a client gone or too slow is cut (`out` becomes `None`)
+    /// and nothing more is sent to it.
+    async fn send(out: &mut Option<Events>, data: String) {
+        if let Some(o) = out
+            && o.tx.send_timeout(Event::default().data(data), o.within).await.is_err()
+        {
+            *out = None;
+        }
+    }
 }
 
 /// Streamed tokens' log-probabilities not yet sent with a chunk.

@@ -3,7 +3,6 @@
 //! `/attrinet/batch/1`, fetched as soon as their settlement appears on chain.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use alloy_primitives::B256;
 use attrinet_chain::{
@@ -11,7 +10,7 @@ use attrinet_chain::{
     MemSource, ReceiptSource, Settlement, StoreSource, Watcher,
 };
 use attrinet_market::{Datanet, ModelId, Store, SumTree, Weights};
-use attrinet_p2p::{BatchRequest, Client, fetch_batch, key_peer};
+use attrinet_p2p::{BatchRequest, Client, FetchTimeouts, fetch_batch, key_peer};
 
 use crate::store::SledStore;
 
@@ -144,7 +143,7 @@ impl BatchFetcher {
             .and_then(key_peer)
             .ok_or_else(|| anyhow::anyhow!("the provider has no usable key on chain"))?;
         let req = BatchRequest { channel: w.channel, after: w.batch_start, upto: w.seq };
-        let fetched = fetch_batch(&self.network, peer, req, Duration::from_secs(10)).await?;
+        let fetched = fetch_batch(&self.network, peer, req, FetchTimeouts::default()).await?;
         let leaves: Vec<_> = fetched.receipts.iter().map(|r| (r.receipt.digest(), r.receipt.value)).collect();
         // Not the committed batch: useless as evidence (the payer, who holds the receipts
         // too, can still check it).

@@ -409,3 +409,127 @@ async fn logprobs_come_in_openai_shapes() {
         assert_eq!((status, error_code(&body)), (400, "invalid_value".to_owned()), "{bad}: {body}");
     }
 }
+
+/// Stands in for a model whose every token is `text`, fast; `extra` tokens past the
+/// request's `max_tokens` (a provider whose engine ignores the limit).
+struct Wordy {
+    text: String,
+    extra: u32,
+}
+
+impl attrinet_p2p::Generator for Wordy {
+    fn count_tokens(&self, _: &attrinet_p2p::Prompt) -> Result<u32, attrinet_p2p::GenerateError> {
+        Ok(4)
+    }
+
+    fn generate(
+        &self,
+        _: &attrinet_p2p::Prompt,
+        max_tokens: u32,
+        _: &attrinet_p2p::Sampling,
+        on_token: &mut dyn FnMut(attrinet_p2p::Generated) -> bool,
+    ) -> Result<(), attrinet_p2p::GenerateError> {
+        for id in 0..max_tokens + self.extra {
+            if !on_token(attrinet_p2p::Generated { id, text: self.text.clone(), logprobs: None }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A gateway in front of a provider of `engine` as "wordy", cutting a client that leaves
+/// an event unread for `slow_client`.
+async fn wordy(engine: Wordy, slow_client: Duration) -> (std::net::SocketAddr, attrinet_node::loopback::Loopback) {
+    let offer = attrinet_p2p::Offer {
+        model: attrinet_market::ModelId::from([7; 32]),
+        name: "wordy".into(),
+        price: attrinet_market::Price { per_1k_input: Wei(1), per_1k_output: Wei(1) },
+        context_length: 32_768,
+        decode_tokens_per_s: 1000,
+        ttft_ms: 1,
+        generator: Arc::new(engine),
+        datanet: None,
+    };
+    let limits = Limits { max_tokens: 16_384, ..Limits::default() };
+    let lb = attrinet_node::loopback::loopback_offers(vec![offer], Wei(10u128.pow(18)), limits).await.unwrap();
+    let gateway = Gateway {
+        network: lb.client_net.clone(),
+        payer: lb.payer.clone(),
+        metrics: Arc::new(Metrics::default()),
+        opener: None,
+    };
+    let limits = attrinet_node::gateway::GatewayLimits { slow_client, ..Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = listener.local_addr().unwrap();
+    let app = attrinet_node::gateway::router_with(gateway, limits);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, lb)
+}
+
+/// Issue 15, bounds under abuse: a client that asks for a long streamed answer and stops
+/// reading. The gateway queued every event for it in an unbounded channel, holding the
+/// whole answer for as long as the client kept the connection open. Now events wait in a
+/// bounded buffer, and a client that leaves one unread for `slow_client` is cut (the answer
+/// is still paid: its tokens were delivered); a client that reads gets every token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_stream_is_cut_and_the_answer_still_paid() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // 8,000 tokens of 400 bytes: over 3 MB of events, more than loopback sockets buffer
+    // for a reader that reads nothing.
+    const TOKENS: usize = 8_000;
+    let (base, lb) = wordy(Wordy { text: "w".repeat(400), extra: 0 }, Duration::from_secs(1)).await;
+    let req = json!({"model": "wordy", "prompt": "go on", "max_tokens": TOKENS, "stream": true}).to_string();
+    let content = |body: &str| sse_chunks(body).iter().filter(|c| c["choices"][0]["text"] != "").count();
+
+    // A client that reads gets all of it.
+    let (status, body) = http(base, "POST", "/v1/completions", &req).await;
+    assert_eq!(status, 200);
+    assert_eq!(content(&body), TOKENS);
+    assert!(body.ends_with("data: [DONE]\n\n"), "{}", &body[body.len().saturating_sub(200)..]);
+
+    // One that sends its request and reads nothing for a while.
+    let mut s = tokio::net::TcpStream::connect(base).await.unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        req.len()
+    );
+    s.write_all((head + &req).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut out)).await.expect("the stream ends").unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let got = content(&body);
+    assert!(!body.contains("[DONE]") && got < TOKENS, "the unread stream was held whole: {got} of {TOKENS} tokens");
+    // Paid all the same: the provider delivered.
+    let store = lb.client_store.clone();
+    let id = lb.channel;
+    let paid = async {
+        while store.channel(&id).unwrap().unwrap().last_seq < Seq(2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), paid).await.expect("the cut answer is paid");
+}
+
+/// Issue 15: an engine yields far more tokens than asked for. The gateway passed every one
+/// on to its client; now the provider stops forwarding at `max_tokens` (and were it not to,
+/// the payer would refuse the token past it: `p2p/tests/network.rs`), so the stream ends
+/// normally after exactly `max_tokens` tokens, all of them billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_yielding_past_max_tokens_is_cut_off_at_max_tokens() {
+    let (base, _lb) = wordy(Wordy { text: "w".into(), extra: 5_000 }, Duration::from_secs(30)).await;
+    let req = json!({"model": "wordy", "prompt": "go on", "max_tokens": 50, "stream": true}).to_string();
+    let (status, body) = http(base, "POST", "/v1/completions", &req).await;
+    assert_eq!(status, 200);
+    let chunks = sse_chunks(&body);
+    let tokens = chunks.iter().filter(|c| c["choices"][0]["text"] == "w").count();
+    assert_eq!(tokens, 50, "tokens streamed for max_tokens 50");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{body}");
+    // What the payer accepts is what a request may ask for, within the gateway's limit.
+    let req = json!({"model": "wordy", "prompt": "go on", "max_tokens": 40_000}).to_string();
+    let (status, body) = http(base, "POST", "/v1/completions", &req).await;
+    assert_eq!((status, error_code(&body).as_str()), (400, "invalid_value"), "{body}");
+}

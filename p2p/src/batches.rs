@@ -10,7 +10,7 @@
 //! [`BatchMsg::Receipts`] and [`BatchMsg::Weights`] frames, then [`BatchMsg::End`], or with
 //! [`BatchMsg::Error`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,9 +83,22 @@ pub enum FetchError {
     /// The provider refused.
     #[error("provider refused ({:?}): {}", .0.code, .0.message)]
     Refused(ErrorReply),
+    /// The whole fetch took longer than its deadline.
+    #[error("no whole batch within {0:?}")]
+    Deadline(Duration),
     /// The provider sent more than was asked for.
     #[error("provider sent {0} receipts for a batch of at most {1}")]
     TooMany(usize, u64),
+    /// The batch asked for is larger than a request may ask ([`MAX_BATCH_RECEIPTS`]),
+    /// whatever the settled voucher claims; no provider answers it.
+    #[error("a batch of {0} receipts is more than one request may ask for ({MAX_BATCH_RECEIPTS})")]
+    Oversized(u64),
+    /// The provider sent weights that no receipt of the batch commits to, or sent them twice.
+    #[error("provider sent weights (root {0}) that no receipt of the batch commits to, or twice")]
+    UnaskedWeights(alloy_primitives::B256),
+    /// The provider sent more bytes than any batch takes.
+    #[error("provider sent over {MAX_BATCH_BYTES} bytes for one batch")]
+    OverBudget,
 }
 
 /// Serves batch requests from `store` until the network stops.
@@ -106,14 +119,31 @@ pub(crate) async fn serve_batches(
                     code: ErrorCode::Busy,
                     message: format!("{MAX_CONCURRENT} batch requests are being answered"),
                 },
-                Ok(_slot) => match answer(&mut stream, store.as_ref(), me, idle).await {
-                    Ok(()) => return,
-                    Err(e) => e,
-                },
+                // A slot is held for at most the fetch deadline, and each write for at most
+                // the idle timeout: a client that never reads cannot keep it.
+                Ok(_slot) => {
+                    match tokio::time::timeout(FETCH_DEADLINE, answer(&mut stream, store.as_ref(), me, idle)).await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e,
+                        Err(_) => ErrorReply {
+                            code: ErrorCode::Timeout,
+                            message: format!("the batch was not taken within {FETCH_DEADLINE:?}"),
+                        },
+                    }
+                }
             };
             debug!(target: "p2p::batch", %peer, code = ?reply.code, message = %reply.message, "batch request refused");
-            let _ = write_msg(&mut stream, &BatchMsg::Error(reply)).await;
+            let _ = tokio::time::timeout(idle, write_msg(&mut stream, &BatchMsg::Error(reply))).await;
         });
+    }
+}
+
+/// Writes `msg`, waiting at most `idle` for the client to take it.
+async fn send(stream: &mut libp2p::Stream, msg: &BatchMsg, idle: Duration) -> Result<(), ErrorReply> {
+    match tokio::time::timeout(idle, write_msg(stream, msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ErrorReply { code: ErrorCode::Internal, message: e.to_string() }),
+        Err(_) => Err(ErrorReply { code: ErrorCode::Timeout, message: format!("a frame not taken within {idle:?}") }),
     }
 }
 
@@ -141,9 +171,8 @@ async fn answer(
             None => break,
         }
     }
-    let send = |e: WireError| err(ErrorCode::Internal, e.to_string());
     for chunk in by_size(&receipts) {
-        write_msg(stream, &BatchMsg::Receipts(chunk.to_vec())).await.map_err(send)?;
+        send(stream, &BatchMsg::Receipts(chunk.to_vec()), idle).await?;
     }
     let roots: BTreeSet<_> = receipts.iter().map(|r| r.receipt.attribution_root).filter(|r| !r.is_zero()).collect();
     let mut weights = Vec::new();
@@ -153,9 +182,9 @@ async fn answer(
         }
     }
     for chunk in by_size(&weights) {
-        write_msg(stream, &BatchMsg::Weights(chunk.to_vec())).await.map_err(send)?;
+        send(stream, &BatchMsg::Weights(chunk.to_vec()), idle).await?;
     }
-    write_msg(stream, &BatchMsg::End).await.map_err(send)
+    send(stream, &BatchMsg::End, idle).await
 }
 
 /// Splits `items` into runs whose encodings add up to at most FRAME_FILL bytes (an item
@@ -177,32 +206,86 @@ fn by_size<T: Serialize>(items: &[T]) -> Vec<&[T]> {
     out
 }
 
+/// How long fetching a batch may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchTimeouts {
+    /// Longest wait for each message.
+    pub idle: Duration,
+    /// Longest the whole fetch may take, however steadily the provider sends.
+    pub total: Duration,
+}
+
+impl Default for FetchTimeouts {
+    fn default() -> Self {
+        FetchTimeouts { idle: Duration::from_secs(10), total: FETCH_DEADLINE }
+    }
+}
+
+/// The default deadline of a whole fetch, and the batch server's for a whole answer: the
+/// largest batch, [`MAX_BATCH_BYTES`], at 1 MiB/s.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(128);
+
+/// The most bytes of receipts and weights one fetch takes in, whatever the provider sends:
+/// room for [`MAX_BATCH_RECEIPTS`] receipts (each encodes to well under 650 bytes: 400 fit
+/// in a frame), and as much again for their weights.
+pub const MAX_BATCH_BYTES: usize = 128 << 20;
+
 /// Asks `peer` for the receipts of `req`. Nothing here is trusted: the caller checks them
 /// against the settlement on chain.
 pub async fn fetch_batch(
     network: &Client,
     peer: PeerId,
     req: BatchRequest,
+    timeouts: FetchTimeouts,
+) -> Result<FetchedBatch, FetchError> {
+    let max = req.upto.0.saturating_sub(req.after.0);
+    // A voucher far ahead of the last settlement claims a batch no provider hands out: ask
+    // for none of it rather than take whatever comes.
+    if max > MAX_BATCH_RECEIPTS {
+        return Err(FetchError::Oversized(max));
+    }
+    tokio::time::timeout(timeouts.total, fetch(network, peer, req, max, timeouts.idle))
+        .await
+        .map_err(|_| FetchError::Deadline(timeouts.total))?
+}
+
+async fn fetch(
+    network: &Client,
+    peer: PeerId,
+    req: BatchRequest,
+    max: u64,
     idle: Duration,
 ) -> Result<FetchedBatch, FetchError> {
     network.connect(peer).await?;
     let mut stream = network.open_stream(peer, BATCH_PROTOCOL).await?;
     write_msg(&mut stream, &req).await?;
-    let max = req.upto.0.saturating_sub(req.after.0);
     let mut out = FetchedBatch::default();
+    // The non-zero roots of the receipts so far whose weights have not come yet: weights
+    // are taken for these only, once each, so they are never more than the receipts.
+    let mut roots = HashSet::new();
+    let mut bytes = 0usize;
     loop {
-        match read_msg::<BatchMsg>(&mut stream, idle).await? {
+        let msg = read_msg::<BatchMsg>(&mut stream, idle).await?;
+        // Each frame is at most MAX_FRAME_BYTES; its encoding is its size.
+        bytes = bytes.saturating_add(attrinet_market::encode(&msg).len());
+        if bytes > MAX_BATCH_BYTES {
+            return Err(FetchError::OverBudget);
+        }
+        match msg {
             BatchMsg::Receipts(r) => {
+                roots.extend(r.iter().map(|r| r.receipt.attribution_root).filter(|root| !root.is_zero()));
                 out.receipts.extend(r);
                 if out.receipts.len() as u64 > max {
                     return Err(FetchError::TooMany(out.receipts.len(), max));
                 }
             }
             BatchMsg::Weights(w) => {
-                out.weights.extend(w);
-                // Weights are one per distinct receipt: more than receipts is nonsense.
-                if out.weights.len() as u64 > max {
-                    return Err(FetchError::TooMany(out.weights.len(), max));
+                for w in w {
+                    let root = w.root();
+                    if !roots.remove(&root) {
+                        return Err(FetchError::UnaskedWeights(root));
+                    }
+                    out.weights.push(w);
                 }
             }
             BatchMsg::End => return Ok(out),

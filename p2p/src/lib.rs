@@ -24,13 +24,19 @@ mod provider;
 mod slots;
 mod wire;
 
-pub use batches::{BATCH_PROTOCOL, BatchMsg, BatchRequest, FetchError, FetchedBatch, MAX_BATCH_RECEIPTS, fetch_batch};
+pub use batches::{
+    BATCH_PROTOCOL, BatchMsg, BatchRequest, FETCH_DEADLINE, FetchError, FetchTimeouts, FetchedBatch, MAX_BATCH_BYTES,
+    MAX_BATCH_RECEIPTS, fetch_batch,
+};
 pub use libp2p::{Multiaddr, PeerId};
 pub use network::{
     ADVERT_TOPIC, Client, EventLoop, MAX_RELAYS, NatConfig, NetConfig, NetError, OfferTemplate, key_peer, new,
     peer_key, relay_limits, unix_now,
 };
-pub use payer::{Answer, Ask, Failure, InferError, MAX_QUEUE_WAIT, Payer, Piece, PromptCounter};
+pub use payer::{
+    Answer, Ask, Failure, InferError, MAX_ANSWER_TIME, MAX_QUEUE_WAIT, MAX_TOKEN_TEXT_BYTES, Payer, Piece,
+    PromptCounter,
+};
 pub use provider::{
     BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generated, Generator, Limits, LookupError, Offer,
     Provider,

@@ -113,6 +113,14 @@ pub enum InferError {
         #[source]
         last: std::io::Error,
     },
+    /// The provider sent more than the request allows: a token past `max_tokens`, or more
+    /// text in a token than [`MAX_TOKEN_TEXT_BYTES`].
+    #[error("the provider sent {0}")]
+    OverLimit(String),
+    /// The provider did not complete its answer (receipt acknowledged) within the payer's
+    /// deadline for a whole answer, however steadily it sent.
+    #[error("no complete answer within {0:?}")]
+    Deadline(Duration),
     /// The provider sent a well-formed message out of the protocol's order.
     #[error("protocol: {got} {when}")]
     OutOfOrder {
@@ -144,6 +152,8 @@ impl InferError {
             | InferError::Stream(_)
             | InferError::Dropped { .. }
             | InferError::OutOfOrder { .. }
+            | InferError::OverLimit(_)
+            | InferError::Deadline(_)
             | InferError::BadAdvertKey(_)
             | InferError::BadReceipt(_) => true,
             InferError::NoProvider(_) | InferError::NoChannel(_) | InferError::Store(_) | InferError::AllFailed(_) => {
@@ -157,12 +167,30 @@ impl InferError {
 /// provider's own bound on a queue wait (`Limits::total_timeout`'s default).
 pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(600);
 
+/// The payer's default deadline for one provider's whole answer, from opening the stream to
+/// the acknowledged receipt: the provider's own bound on a request under its default limits
+/// (twice `Limits::total_timeout`: a queue wait of up to [`MAX_QUEUE_WAIT`], then as long
+/// again to answer).
+pub const MAX_ANSWER_TIME: Duration = Duration::from_secs(1200);
+
+/// The most bytes of text one streamed token may carry: its own text, or an alternative's in
+/// its log-probabilities. The longest tokens of the vocabularies checked are runs of
+/// whitespace: SmolLM2's (GPT-2 byte-level BPE, 49,152 tokens) decodes to 81 bytes, a newline
+/// and 80 spaces; Gemma 3's (262,144 tokens) to 46. A streamed piece may carry up to 3 more
+/// bytes of a character split across tokens, and an invalid byte decoded lossily becomes
+/// U+FFFD (3 bytes), so the worst honest piece of those vocabularies is under 256 bytes;
+/// twice that leaves room for other tokenizers. It bounds what a hostile provider can make
+/// a client hold: `max_tokens` tokens of at most this much text each.
+pub const MAX_TOKEN_TEXT_BYTES: usize = 512;
+
 struct Inner {
     identity: Identity,
     store: Arc<dyn Store>,
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<PayerChannel>>>>,
     book: Mutex<ProviderBook>,
     idle_timeout: Duration,
+    /// Deadline for one provider's whole answer.
+    total_timeout: Duration,
     datanets: Mutex<HashMap<ModelId, Arc<Datanet>>>,
     counters: Mutex<HashMap<ModelId, Arc<dyn PromptCounter>>>,
     /// Channels whose newest receipt the provider acknowledged, as seen by this process. A
@@ -184,8 +212,21 @@ impl std::fmt::Debug for Payer {
 }
 
 impl Payer {
-    /// A payer with its keys and store; `idle_timeout` bounds the wait for each message.
+    /// A payer with its keys and store; `idle_timeout` bounds the wait for each message, and
+    /// [`MAX_ANSWER_TIME`] one provider's whole answer.
     pub fn new(identity: Identity, store: Arc<dyn Store>, idle_timeout: Duration) -> Payer {
+        Payer::with_timeouts(identity, store, idle_timeout, MAX_ANSWER_TIME)
+    }
+
+    /// [`Payer::new`], with `total_timeout` as the deadline for one provider's whole answer
+    /// (past it the payer gives up on that provider with [`InferError::Deadline`] and tries
+    /// the next).
+    pub fn with_timeouts(
+        identity: Identity,
+        store: Arc<dyn Store>,
+        idle_timeout: Duration,
+        total_timeout: Duration,
+    ) -> Payer {
         Payer {
             inner: Arc::new(Inner {
                 identity,
@@ -193,6 +234,7 @@ impl Payer {
                 channels: Mutex::new(HashMap::new()),
                 book: Mutex::new(ProviderBook::new()),
                 idle_timeout,
+                total_timeout,
                 datanets: Mutex::new(HashMap::new()),
                 counters: Mutex::new(HashMap::new()),
                 acknowledged: Mutex::new(std::collections::HashSet::new()),
@@ -362,8 +404,32 @@ impl Payer {
         self.inner.acknowledged.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Asks one provider.
+    /// Asks one provider, giving up on it at the payer's deadline for a whole answer.
+    ///
+    /// What a provider sends is bounded: at most `ask.max_tokens` tokens of at most
+    /// [`MAX_TOKEN_TEXT_BYTES`] of text each (and as many log-probabilities, each with at
+    /// most the alternatives asked for, as bounded); every other message is dropped once
+    /// read, and each is one frame of at most [`crate::MAX_FRAME_BYTES`]. So an answer holds
+    /// at most about `max_tokens × MAX_TOKEN_TEXT_BYTES × (2 + alternatives)` bytes, however
+    /// the provider behaves, and for at most the deadline.
     pub async fn infer_with(
+        &self,
+        network: &Client,
+        provider: &ModelAdvert,
+        channel: Arc<tokio::sync::Mutex<PayerChannel>>,
+        ask: &Ask,
+        on_token: &mut (impl FnMut(Piece<'_>) + Send),
+    ) -> Result<Answer, InferError> {
+        let deadline = self.inner.total_timeout;
+        // Cancelling is safe at every await below: from co-signing to storing the receipt
+        // nothing awaits, and a `Pay` cut off is a lost `Pay`, which the next request's
+        // resync repairs.
+        tokio::time::timeout(deadline, self.answer(network, provider, channel, ask, on_token))
+            .await
+            .map_err(|_| InferError::Deadline(deadline))?
+    }
+
+    async fn answer(
         &self,
         network: &Client,
         provider: &ModelAdvert,
@@ -455,6 +521,15 @@ impl Payer {
                     if stopped {
                         return Err(InferError::OutOfOrder { got: "a token", when: "after a stop sequence" });
                     }
+                    if tokens.len() >= request.max_tokens as usize {
+                        return Err(InferError::OverLimit(format!("a token past max_tokens ({})", request.max_tokens)));
+                    }
+                    if t.len() > MAX_TOKEN_TEXT_BYTES {
+                        return Err(InferError::OverLimit(format!(
+                            "a token of {} bytes of text; a token has at most {MAX_TOKEN_TEXT_BYTES} bytes",
+                            t.len()
+                        )));
+                    }
                     text.push_str(&t);
                     stopped = stop_reached(&text, t.len(), &request.stop);
                     if top.is_none() {
@@ -473,6 +548,12 @@ impl Payer {
                             got: "log-probabilities",
                             when: "not asked for, or more alternatives than asked",
                         });
+                    }
+                    if let Some(long) = lp.top.iter().find(|a| a.text.len() > MAX_TOKEN_TEXT_BYTES) {
+                        return Err(InferError::OverLimit(format!(
+                            "an alternative token of {} bytes of text; a token has at most {MAX_TOKEN_TEXT_BYTES} bytes",
+                            long.text.len()
+                        )));
                     }
                     owed_logprobs = false;
                     let t = token_texts.last().map_or("", String::as_str);

@@ -804,7 +804,9 @@ impl Provider {
             match sent {
                 Ok(()) => {
                     tokens.push(id);
-                    if stops_here {
+                    // An engine that yields more than asked is cut here: the payer refuses
+                    // a token past max_tokens.
+                    if stops_here || tokens.len() >= request.max_tokens as usize {
                         // Closing the receiver stops the generator at its next token,
                         // which is neither sent nor billed.
                         rx.close();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use attrinet_market::{ChannelId, ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
 use attrinet_p2p::{
     Ask, BatchRequest, ChatMessage, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, ServerMsg, fetch_batch,
-    read_msg,
+    read_msg, write_msg,
 };
 use util::*;
 
@@ -96,25 +96,20 @@ async fn a_query_streams_and_both_sides_store_identical_receipts() {
     // stored ones; a channel it does not serve, or an empty range, is refused.
     let peer = provider.client.peer_id();
     let req = BatchRequest { channel: id, after: Seq::ZERO, upto: Seq(2) };
-    let fetched = fetch_batch(&client.client, peer, req, Duration::from_secs(5)).await.unwrap();
+    let fetched = fetch_batch(&client.client, peer, req, idle(5)).await.unwrap();
     let stored: Vec<_> =
         provider.store.receipts_after(&id, Seq::ZERO).unwrap().into_iter().map(|r| r.receipt).collect();
     assert_eq!(fetched.receipts, stored);
-    let one =
-        fetch_batch(&client.client, peer, BatchRequest { after: Seq(1), ..req }, Duration::from_secs(5)).await.unwrap();
+    let one = fetch_batch(&client.client, peer, BatchRequest { after: Seq(1), ..req }, idle(5)).await.unwrap();
     assert_eq!(one.receipts, stored[1..]);
     let refused = |e: FetchError| match e {
         FetchError::Refused(r) => r.code,
         other => panic!("expected a refusal, got {other}"),
     };
     let other = attrinet_market::ChannelId(alloy_primitives::B256::repeat_byte(7));
-    let err = fetch_batch(&client.client, peer, BatchRequest { channel: other, ..req }, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = fetch_batch(&client.client, peer, BatchRequest { channel: other, ..req }, idle(5)).await.unwrap_err();
     assert_eq!(refused(err), ErrorCode::UnknownChannel);
-    let err = fetch_batch(&client.client, peer, BatchRequest { upto: Seq::ZERO, ..req }, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = fetch_batch(&client.client, peer, BatchRequest { upto: Seq::ZERO, ..req }, idle(5)).await.unwrap_err();
     assert_eq!(refused(err), ErrorCode::BadRequest);
 }
 
@@ -965,4 +960,248 @@ async fn a_stop_sequence_ends_the_answer_and_its_bill() {
     // A provider that ignores the stop and streams on.
     let errors = rogue_rounds(&client, &[Tamper::PastStop]).await;
     assert!(errors[0].to_string().contains("after a stop sequence"), "{}", errors[0]);
+}
+
+/// Issue 15, bounds under abuse: a provider streams far more tokens than asked for. The
+/// payer took every one (and handed it on), so a hostile provider could grow a client's
+/// memory without bound; now the token past `max_tokens` is refused and nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_cannot_stream_past_max_tokens() {
+    let client = Node::start(50, &[], fast_config(Duration::from_secs(60))).await;
+    let (rogue, advert) = rogue_node(&client, 61).await;
+    let server = rogue_script(&rogue, 1, |_, mut s| async move {
+        let _ = write_msg(&mut s, &ServerMsg::Started { input_tokens: 1 }).await;
+        for id in 0..10_000 {
+            if write_msg(&mut s, &ServerMsg::Token { id, text: "x".into() }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let channel = client.channel_with(&advert).await;
+    let mut streamed = 0;
+    let asked = ask("test-model", "five tokens, please", 5);
+    let err = client
+        .payer
+        .infer_with(&client.client, &advert, channel, &asked, &mut |_| streamed += 1)
+        .await
+        .expect_err("an answer longer than asked for is refused");
+    assert_eq!(streamed, 5, "tokens handed on for max_tokens 5 (then: {err})");
+    assert!(err.to_string().contains("max_tokens"), "{err}");
+    server.await.unwrap();
+    let id = channel_state(&client, &rogue, Wei::ZERO).params.id;
+    assert!(client.store.receipts_after(&id, Seq::ZERO).unwrap().is_empty(), "nothing signed");
+}
+
+/// Issue 15: a provider streams tokens whose text is far longer than any tokenizer's
+/// token (up to a whole frame, 256 KiB each), or log-probability alternatives with such
+/// text. The payer kept and handed on all of it; now a token or alternative over
+/// `MAX_TOKEN_TEXT_BYTES` is refused before it is handed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_cannot_stream_more_text_than_a_token_has() {
+    use attrinet_p2p::{Logprobs, MAX_TOKEN_TEXT_BYTES, TopLogprob};
+    let client = Node::start(50, &[], fast_config(Duration::from_secs(60))).await;
+    let (rogue, advert) = rogue_node(&client, 61).await;
+    let long = "y".repeat(MAX_TOKEN_TEXT_BYTES + 1);
+    let server = rogue_script(&rogue, 2, move |req, mut s| {
+        let long = long.clone();
+        async move {
+            let _ = write_msg(&mut s, &ServerMsg::Started { input_tokens: 1 }).await;
+            if req.sampling.logprobs.is_none() {
+                // The token's own text.
+                let _ = write_msg(&mut s, &ServerMsg::Token { id: 1, text: long }).await;
+            } else {
+                // An alternative's.
+                let _ = write_msg(&mut s, &ServerMsg::Token { id: 1, text: "ok".into() }).await;
+                let top = vec![TopLogprob { id: 2, text: long, logprob_micros: -1 }];
+                let _ = write_msg(&mut s, &ServerMsg::Logprobs(Logprobs { logprob_micros: -1, top })).await;
+            }
+            // Held open: the client decides.
+            let _ = read_msg::<attrinet_p2p::ClientMsg>(&mut s, Duration::from_secs(15)).await;
+        }
+    });
+    let channel = client.channel_with(&advert).await;
+    for logprobs in [None, Some(1)] {
+        let mut longest = 0;
+        let mut asked = ask("test-model", "short tokens", 4);
+        asked.sampling.logprobs = logprobs;
+        let err = client
+            .payer
+            .infer_with(&client.client, &advert, channel.clone(), &asked, &mut |p| {
+                let alternatives = p.logprobs.map_or(0, |l| l.top.iter().map(|t| t.text.len()).max().unwrap_or(0));
+                longest = longest.max(p.text.len()).max(alternatives);
+            })
+            .await
+            .expect_err("a token longer than any tokenizer's is refused");
+        assert!(longest <= MAX_TOKEN_TEXT_BYTES, "logprobs {logprobs:?}: handed on {longest} bytes of one token");
+        assert!(err.to_string().contains(&format!("{MAX_TOKEN_TEXT_BYTES} bytes")), "logprobs {logprobs:?}: {err}");
+    }
+    server.await.unwrap();
+}
+
+/// Issue 15: a provider keeps a client waiting, each message within the idle timeout: tokens
+/// trickled one by one (max_tokens × the idle timeout: 17 hours at the defaults), or
+/// `Queued` for up to `MAX_QUEUE_WAIT`. The payer waited as long as the provider liked; now
+/// a whole answer from one provider has a deadline, and the client tries the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_trickling_within_the_idle_timeout_is_cut_at_the_answers_deadline() {
+    const DEADLINE: Duration = Duration::from_secs(3);
+    let client = Node::start(50, &[], fast_config(Duration::from_secs(60))).await;
+    let (rogue, advert) = rogue_node(&client, 61).await;
+    let server = rogue_script(&rogue, 2, |req, mut s| async move {
+        let queue = req.prompt == Prompt::Text("queue".into());
+        if !queue {
+            let _ = write_msg(&mut s, &ServerMsg::Started { input_tokens: 1 }).await;
+        }
+        for id in 0..req.max_tokens {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let msg = if queue { ServerMsg::Queued { position: 1 } } else { ServerMsg::Token { id, text: "z".into() } };
+            if write_msg(&mut s, &msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    let payer = Payer::with_timeouts(client.identity.clone(), client.store.clone(), Duration::from_secs(2), DEADLINE);
+    let channel = client.channel_with(&advert).await;
+    for prompt in ["trickle", "queue"] {
+        let started = std::time::Instant::now();
+        let asked = ask("test-model", prompt, 200);
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(30),
+            payer.infer_with(&client.client, &advert, channel.clone(), &asked, &mut |_| {}),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{prompt}: still waiting after 30 s (deadline {DEADLINE:?})"));
+        let err = outcome.expect_err("no answer");
+        assert!(matches!(err, InferError::Deadline(d) if d == DEADLINE), "{prompt}: {err}");
+        // The deadline plus generous slack for a loaded machine.
+        assert!(started.elapsed() < DEADLINE + Duration::from_secs(10), "{prompt}: {:?}", started.elapsed());
+    }
+    server.await.unwrap();
+}
+
+/// Issue 15, bounds under abuse: a watcher fetching a batch from a hostile provider. It
+/// trickled frames within the idle timeout (empty ones: no progress at all) for as long as
+/// it liked; it sent as many receipts as the settled voucher's seq claimed (a voucher far
+/// ahead of the last settlement claims billions); and as many weights as the range had
+/// seqs, matching no receipt. Now a fetch has a deadline, asks for at most
+/// `MAX_BATCH_RECEIPTS` however far the voucher claims, and takes weights only for the
+/// receipts' roots, each once, within `MAX_BATCH_BYTES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fetch_is_bounded_in_time_receipts_and_weights_whatever_the_provider_sends() {
+    use attrinet_p2p::{BATCH_PROTOCOL, BatchMsg, FetchTimeouts, MAX_BATCH_RECEIPTS};
+    let (client, providers) = market_of(1, Limits::default(), 0).await;
+    let answer = client.payer.infer(&client.client, &ask("test-model", "one receipt", 2), |_| {}).await.unwrap();
+    let receipt = providers[0].store.receipt(&answer.receipt.receipt.channel, Seq(1)).unwrap().unwrap().receipt;
+    let (rogue, _) = rogue_node(&client, 61).await;
+    let mut incoming = rogue.client.streams().accept(BATCH_PROTOCOL).unwrap();
+    let server = tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some((_, mut s)) = incoming.next().await {
+            let receipt = receipt.clone();
+            tokio::spawn(async move {
+                let Ok(req) = read_msg::<BatchRequest>(&mut s, Duration::from_secs(5)).await else { return };
+                let frames: Box<dyn Iterator<Item = BatchMsg> + Send> = match req.after.0 {
+                    // Trickle: an empty frame every 300 ms, for ever.
+                    0 => Box::new(std::iter::repeat(BatchMsg::Receipts(Vec::new()))),
+                    // Flood: 400 receipts a frame, as many as asked for and one more.
+                    1 => Box::new(std::iter::repeat_n(
+                        BatchMsg::Receipts(vec![receipt; 400]),
+                        MAX_BATCH_RECEIPTS as usize / 400 + 1,
+                    )),
+                    // One receipt with no weights, then weights for nothing in it.
+                    _ => {
+                        let w = attrinet_market::Weights::new(vec![attrinet_market::Weight {
+                            contributor: alloy_primitives::Address::repeat_byte(0xee),
+                            ppm: attrinet_market::PPM_WHOLE,
+                        }])
+                        .unwrap();
+                        Box::new(
+                            std::iter::once(BatchMsg::Receipts(vec![receipt]))
+                                .chain(std::iter::repeat_n(BatchMsg::Weights(vec![w]), 999)),
+                        )
+                    }
+                };
+                for f in frames {
+                    if req.after.0 == 0 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    if write_msg(&mut s, &f).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = write_msg(&mut s, &BatchMsg::End).await;
+            });
+        }
+    });
+    let peer = rogue.client.peer_id();
+    let channel = answer.receipt.receipt.channel;
+    let timeouts = FetchTimeouts { idle: Duration::from_secs(1), total: Duration::from_secs(3) };
+    let fetch = |after: u64, upto: u64| {
+        let req = BatchRequest { channel, after: Seq(after), upto: Seq(upto) };
+        let network = client.client.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), fetch_batch(&network, peer, req, timeouts))
+                .await
+                .unwrap_or_else(|_| panic!("fetch after {after}: still going after 30 s (deadline 3 s)"))
+        }
+    };
+
+    let started = std::time::Instant::now();
+    let trickled = fetch(0, 10).await;
+    assert!(matches!(trickled, Err(FetchError::Deadline(d)) if d == timeouts.total), "{trickled:?}");
+    assert!(started.elapsed() < Duration::from_secs(13), "{:?}", started.elapsed());
+
+    match fetch(1, 1_000_000_001).await {
+        Ok(b) => panic!("took {} receipts for a claimed batch of a billion", b.receipts.len()),
+        Err(e) => assert!(matches!(e, FetchError::Oversized(1_000_000_000)), "{e}"),
+    }
+    match fetch(2, 1002).await {
+        Ok(b) => panic!("took {} weights for 1 receipt with none", b.weights.len()),
+        Err(e) => assert!(e.to_string().contains("weights"), "{e}"),
+    }
+    server.abort();
+}
+
+/// Issue 15: a client of the batch server asks for a large batch and never reads. The
+/// server's writes waited for ever, each holding one of its few answer slots, so a handful
+/// of such streams had every other watcher refused as busy for good. Now each write has
+/// the idle timeout and a whole answer the fetch deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_client_that_never_reads_cannot_hold_the_batch_server() {
+    use attrinet_p2p::BATCH_PROTOCOL;
+    let limits = Limits { idle_timeout: Duration::from_secs(1), ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 0).await;
+    let answer = client.payer.infer(&client.client, &ask("test-model", "one receipt", 2), |_| {}).await.unwrap();
+    let id = answer.receipt.receipt.channel;
+    // 2,000 receipts: over 1 MB, well past what a stream buffers for a reader that reads
+    // nothing.
+    add_receipts(&client, &providers[0], id, 1999);
+    let peer = providers[0].client.peer_id();
+    let req = BatchRequest { channel: id, after: Seq::ZERO, upto: Seq(2000) };
+    // Abusers (one stream each, on a connection of its own) filling the server's answer
+    // slots, and more: each asks and never reads.
+    let provider_addr = providers[0].tcp_addr().await;
+    let mut held = Vec::new();
+    for i in 0..6u8 {
+        let abuser = Node::start(70 + i, &[], fast_config(Duration::from_secs(60))).await;
+        abuser.client.dial(provider_addr.clone()).await.unwrap();
+        let mut s = abuser.client.open_stream(peer, BATCH_PROTOCOL).await.unwrap();
+        // Past the server's slots the stream is refused as busy and closed at once.
+        let _ = write_msg(&mut s, &req).await;
+        held.push((abuser, s));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut last = None;
+    for _ in 0..40 {
+        match fetch_batch(&client.client, peer, req, idle(5)).await {
+            Ok(b) => {
+                assert_eq!(b.receipts.len(), 2000);
+                drop(held);
+                return;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("an honest fetch was refused for 20 s while 6 abusers left their streams unread: {last:?}");
 }

@@ -377,13 +377,10 @@ pub enum Tamper {
     PastStop,
 }
 
-/// A provider that serves one honest request (so there is a receipt to replay), then one
-/// request per tamper with a dishonest receipt; returns what the honest client said of each.
-pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> {
-    let rogue = Node::start(60, &[], fast_config(Duration::from_secs(60))).await;
-    open_channel(client, &rogue, Wei(10u128.pow(18)));
-    client.client.dial(rogue.tcp_addr().await).await.unwrap();
-    let advert = ModelAdvert {
+/// The advert a rogue node `rogue` would publish for "test-model" (never published: the
+/// client is handed it).
+pub fn rogue_advert(rogue: &Node) -> ModelAdvert {
+    ModelAdvert {
         node_key: rogue.identity.public_key(),
         evm_address: rogue.identity.address(),
         model: model(1),
@@ -397,7 +394,39 @@ pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> 
         expires_at: u64::MAX,
         seq: 1,
         addrs: vec![],
-    };
+    }
+}
+
+/// A rogue provider node (`i`) with a channel from `client`, connected to it.
+pub async fn rogue_node(client: &Node, i: u8) -> (Node, ModelAdvert) {
+    let rogue = Node::start(i, &[], fast_config(Duration::from_secs(60))).await;
+    open_channel(client, &rogue, Wei(10u128.pow(18)));
+    client.client.dial(rogue.tcp_addr().await).await.unwrap();
+    let advert = rogue_advert(&rogue);
+    (rogue, advert)
+}
+
+/// Answers the next `n` inference streams to `rogue` with `script`, which writes whatever
+/// it likes; a write failing (the client gone) ends the script's round.
+pub fn rogue_script<F, Fut>(rogue: &Node, n: usize, script: F) -> JoinHandle<()>
+where
+    F: Fn(InferRequest, libp2p::Stream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut incoming = rogue.client.streams().accept(INFER_PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        for _ in 0..n {
+            let (_, mut s) = incoming.next().await.unwrap();
+            let req: InferRequest = read_msg(&mut s, Duration::from_secs(5)).await.unwrap();
+            script(req, s).await;
+        }
+    })
+}
+
+/// A provider that serves one honest request (so there is a receipt to replay), then one
+/// request per tamper with a dishonest receipt; returns what the honest client said of each.
+pub async fn rogue_rounds(client: &Node, tampers: &[Tamper]) -> Vec<InferError> {
+    let (rogue, advert) = rogue_node(client, 60).await;
     let mut incoming = rogue.client.streams().accept(INFER_PROTOCOL).unwrap();
     let (store, me) = (rogue.store.clone(), rogue.identity.clone());
     let plan: Vec<Option<Tamper>> = std::iter::once(None).chain(tampers.iter().copied().map(Some)).collect();
@@ -575,5 +604,33 @@ pub struct HonestCounter;
 impl attrinet_p2p::PromptCounter for HonestCounter {
     fn count(&self, prompt: &Prompt) -> Result<u32, String> {
         Ok(TestEngine::honest_count(prompt))
+    }
+}
+
+/// Fetch timeouts of `secs` per message and the default deadline.
+pub fn idle(secs: u64) -> attrinet_p2p::FetchTimeouts {
+    attrinet_p2p::FetchTimeouts { idle: Duration::from_secs(secs), ..Default::default() }
+}
+
+/// Appends `n` receipts co-signed by `payer` and `provider` to channel `id` in the
+/// provider's store, each a copy of its newest one with the next seq (what `n` honest
+/// queries would leave there, made without the network).
+pub fn add_receipts(payer: &Node, provider: &Node, id: ChannelId, n: u64) {
+    let store = &provider.store;
+    let last = store.channel(&id).unwrap().unwrap().last_seq;
+    let mut r = store.receipt(&id, last).unwrap().expect("a receipt to copy").receipt.receipt;
+    for _ in 0..n {
+        r.seq = Seq(r.seq.0 + 1);
+        r.cumulative = Wei(r.cumulative.0 + r.value.0);
+        let signed = r.clone().propose(&provider.identity.ed25519).cosign(&payer.identity.ed25519);
+        let voucher = attrinet_market::Voucher {
+            domain: r.domain,
+            channel: id,
+            seq: r.seq,
+            cumulative: r.cumulative,
+            receipts_root: Default::default(),
+        }
+        .sign(&payer.identity.evm);
+        store.record_receipt(&signed, &voucher).unwrap();
     }
 }

@@ -95,15 +95,19 @@ pub(crate) async fn relay(data_dir: &Path, file: &FileConfig, r: RelayArgs) -> a
     let (network, event_loop) =
         attrinet_p2p::new(identity, attrinet_p2p::NetConfig { listen, bootstrap, nat, ..Default::default() })?;
     tokio::spawn(event_loop.run());
+    // A wildcard listener reports each interface's address in turn: wait until the list
+    // has stopped growing.
     let started = std::time::Instant::now();
-    let addrs = loop {
-        let addrs = network.listen_addrs().await?;
-        if !addrs.is_empty() {
-            break addrs;
+    let mut addrs = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = network.listen_addrs().await?;
+        if !now.is_empty() && now == addrs {
+            break;
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "not listening after 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        addrs = now;
+    }
     for a in &addrs {
         println!("listening on {a}");
     }
