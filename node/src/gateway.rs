@@ -735,7 +735,7 @@ async fn respond(g: Gateway, limits: GatewayLimits, ask: Ask, shape: Shape) -> R
         let mut shown = ShownLogprobs::default();
         // Gone (`None`) once the client left or read nothing for `slow_client`: dropping the
         // sender ends the response, and the rest of the answer is read and paid, not kept.
-        let mut out = Some(Events { tx: event_tx, within: limits.slow_client });
+        let mut out = Some(Events { tx: event_tx, within: limits.slow_client, metrics: g.metrics.clone() });
         let mut next = first;
         loop {
             let (t, lp) = match next.take() {
@@ -788,6 +788,7 @@ async fn respond(g: Gateway, limits: GatewayLimits, ask: Ask, shape: Shape) -> R
 struct Events {
     tx: mpsc::Sender<Event>,
     within: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Events {
@@ -795,8 +796,11 @@ impl Events {
     /// and nothing more is sent to it.
     async fn send(out: &mut Option<Events>, data: String) {
         if let Some(o) = out
-            && o.tx.send_timeout(Event::default().data(data), o.within).await.is_err()
+            && let Err(e) = o.tx.send_timeout(Event::default().data(data), o.within).await
         {
+            if matches!(e, mpsc::error::SendTimeoutError::Timeout(_)) {
+                o.metrics.streams_cut.fetch_add(1, Ordering::Relaxed);
+            }
             *out = None;
         }
     }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub model_loads: AtomicU64,
     /// Models evicted to make room for another under the memory budget.
     pub model_evictions: AtomicU64,
+    /// Streaming gateway clients cut off for leaving an event unread too long.
+    pub streams_cut: AtomicU64,
 }
 
 impl Metrics {
@@ -43,7 +45,7 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
             ("attrinet_requests_total", "counter", "Inference requests received.", &self.requests),
             ("attrinet_request_errors_total", "counter", "Inference requests that failed.", &self.request_errors),
             ("attrinet_tokens_total", "counter", "Tokens received from providers.", &self.tokens),
@@ -55,6 +57,12 @@ impl Metrics {
                 "counter",
                 "Models evicted under the memory budget.",
                 &self.model_evictions,
+            ),
+            (
+                "attrinet_streams_cut_total",
+                "counter",
+                "Streaming clients cut off for reading too slowly.",
+                &self.streams_cut,
             ),
         ];
         for (name, kind, help, v) in rows {

@@ -495,7 +495,13 @@ async fn a_client_that_stops_reading_a_stream_is_cut_and_the_answer_still_paid()
         req.len()
     );
     s.write_all((head + &req).as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Unread until the gateway says it cut this client off.
+    let cut = async {
+        while !http(base, "GET", "/metrics", "").await.1.contains("attrinet_streams_cut_total 1") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), cut).await.expect("the unread stream is cut");
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut out)).await.expect("the stream ends").unwrap();
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();

@@ -123,15 +123,18 @@ fn attrinet_in_root(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Waits for a line containing `what`, with the lines seen on the way.
+/// Waits for a line containing `what`.
 fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str, within: Duration) -> String {
+    first_line(rx, &[what], within).unwrap_or_else(|| panic!("no {what:?} within {within:?}"))
+}
+
+/// The first line containing one of `any` within `within`, if one comes.
+fn first_line(rx: &std::sync::mpsc::Receiver<String>, any: &[&str], within: Duration) -> Option<String> {
     let start = Instant::now();
     loop {
-        let left = within.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("no {what:?} within {within:?}"));
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(what) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no {what:?} within {within:?}: {e}"),
+        let line = rx.recv_timeout(within.checked_sub(start.elapsed())?).ok()?;
+        if any.iter().any(|w| line.contains(w)) {
+            return Some(line);
         }
     }
 }
@@ -187,7 +190,11 @@ async fn a_provider_behind_nat_is_reached_through_a_relay_and_then_directly() {
     let (client_dir, _) =
         common::participant(root.path(), "client", &anvil, deployment, "/ip4/0.0.0.0/tcp/0", None).await;
     let net = ["--lan", "--bootstrap", relay_b.as_str()];
-    let mut models = attrinet_in(&format!("{tag}hostB"), &client_dir, &["models", "--wait-secs", "25"]);
+    let mut models = attrinet_in(
+        &format!("{tag}hostB"),
+        &client_dir,
+        &["models", "--model", "tiny random llama (seed 1)", "--wait-secs", "60"],
+    );
     models.args(net);
     let models = run(models);
     assert!(models.status.success());
@@ -208,9 +215,8 @@ async fn a_provider_behind_nat_is_reached_through_a_relay_and_then_directly() {
     // Hole punching (DCUtR) is tried on every relayed connection; whether it succeeds here
     // depends on the namespaces' NATs (they answer an unsolicited SYN with a reset, which
     // ends TCP's crossing SYNs), so it is reported, not asserted.
-    std::thread::sleep(Duration::from_secs(2));
-    let punched: Vec<String> =
-        serve_out.try_iter().filter(|l| l.contains("hole punch") || l.contains("upgraded")).collect();
+    let punched =
+        first_line(&serve_out, &["hole punching failed", "upgraded a relayed connection"], Duration::from_secs(30));
     eprintln!("hole punching as the provider saw it: {punched:?}");
     drop(serve);
     drop(relay);

@@ -437,6 +437,9 @@ pub(crate) struct ModelsArgs {
     /// How long to listen for adverts.
     #[arg(long, default_value_t = 5)]
     pub(crate) wait_secs: u64,
+    /// List as soon as this model (name or hex id) is offered, waiting at most --wait-secs.
+    #[arg(long)]
+    pub(crate) model: Option<String>,
     #[command(flatten)]
     pub(crate) net: NetArgs,
 }

@@ -164,7 +164,12 @@ pub(crate) async fn models(data_dir: &Path, file: &FileConfig, m: ModelsArgs) ->
     let net = client_network(&id, &m.net, file).await?;
     let bar = indicatif::ProgressBar::new_spinner().with_message("listening for adverts");
     bar.enable_steady_tick(Duration::from_millis(100));
-    tokio::time::sleep(Duration::from_secs(m.wait_secs)).await;
+    match &m.model {
+        Some(model) => {
+            attrinet_node::client::wait_for_offers(&net, model, Duration::from_secs(m.wait_secs)).await?;
+        }
+        None => tokio::time::sleep(Duration::from_secs(m.wait_secs)).await,
+    }
     bar.finish_and_clear();
     let offers = net.market().await?.all(attrinet_p2p::unix_now());
     if offers.is_empty() {
