@@ -153,6 +153,12 @@ impl ChainClient {
         Ok((!n.key.is_zero()).then_some(PublicKey(n.key.0)))
     }
 
+    /// The node registered with ed25519 key `key`, or `None` when no node is.
+    pub async fn node_of_key(&self, key: &PublicKey) -> Result<Option<Address>> {
+        let node = self.registry().nodeByKey(B256::from(key.0)).call().await.map_err(reverted("Registry.nodeByKey"))?;
+        Ok((!node.is_zero()).then_some(node))
+    }
+
     /// Adds to this node's bond (after a slash, before settling again).
     pub async fn add_bond(&self, amount: Wei) -> Result<TxOutcome> {
         send("Registry.addBond", self.registry().addBond().value(U256::from(amount.0))).await

@@ -28,6 +28,12 @@ pub const MAX_MODELS_PER_NODE: usize = 64;
 /// a node and model it does not hold, without penalty, until some expire; updates of what it
 /// holds are always taken.
 pub const MAX_VIEW_ADVERTS: usize = 16_384;
+/// How far an advert's seq may run ahead of the clock, in seconds. Nodes number adverts
+/// from the Unix time and add one per publish, so an honest seq is at most a little ahead;
+/// the bound makes each new seq cost a node time: over any stretch, at most one update a
+/// second per model gets through on average, however fast a node publishes, and a seq
+/// near `u64::MAX` (which would make every later honest advert stale) is refused.
+pub const MAX_SEQ_LEAD_SECS: u64 = 600;
 
 /// Domain separation for advert signatures, so no other signed attrinet message can be
 /// replayed as an advert.
@@ -126,6 +132,17 @@ pub enum AdvertError {
         /// Adverts held.
         held: usize,
     },
+    /// The seq runs more than [`MAX_SEQ_LEAD_SECS`] ahead of the clock.
+    #[error("advert seq {seq} runs more than {MAX_SEQ_LEAD_SECS}s ahead of now ({now})")]
+    SeqAhead {
+        /// Its seq.
+        seq: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// The node is not registered on chain (where the node that judges checks).
+    #[error("the advert's node is not registered on chain")]
+    Unregistered,
     /// Not newer than the last advert seen from that node for that model.
     #[error("advert seq {got} is not newer than {last}")]
     Stale {
@@ -138,10 +155,10 @@ pub enum AdvertError {
 
 impl AdvertError {
     /// Whether the sender should be penalised: everything but staleness, which honest
-    /// reordering in gossip also produces, and a full view, which an honest sender cannot
-    /// know of.
+    /// reordering in gossip also produces, and a full view or a publisher not (or no longer,
+    /// or not yet) registered, which an honest sender cannot know of.
     pub fn penalise(&self) -> bool {
-        !matches!(self, AdvertError::Stale { .. } | AdvertError::ViewFull { .. })
+        !matches!(self, AdvertError::Stale { .. } | AdvertError::ViewFull { .. } | AdvertError::Unregistered)
     }
 }
 
@@ -165,6 +182,17 @@ impl SignedAdvert {
     /// Decodes and checks an advert received from `publisher` (the ed25519 key of the peer
     /// that published it), at time `now`. Staleness is the view's job.
     pub fn from_gossip(bytes: &[u8], publisher: &PublicKey, now: u64) -> Result<SignedAdvert, AdvertError> {
+        let signed = SignedAdvert::from_bytes(bytes, now)?;
+        if signed.advert.node_key != *publisher {
+            return Err(AdvertError::WrongPublisher);
+        }
+        Ok(signed)
+    }
+
+    /// Decodes and checks an advert whatever peer handed it over (a view sync, where the
+    /// peer passes on others' adverts): it must be signed by the node it names, unexpired
+    /// and within bounds. Staleness is the view's job.
+    pub fn from_bytes(bytes: &[u8], now: u64) -> Result<SignedAdvert, AdvertError> {
         if bytes.len() > MAX_ADVERT_BYTES {
             return Err(AdvertError::TooLarge(bytes.len()));
         }
@@ -176,9 +204,6 @@ impl SignedAdvert {
         if a.addrs.len() > MAX_ADVERT_ADDRS {
             return Err(AdvertError::TooManyAddrs(a.addrs.len()));
         }
-        if a.node_key != *publisher {
-            return Err(AdvertError::WrongPublisher);
-        }
         let key = VerifyingKey::from_bytes(&a.node_key.0).map_err(|_| AdvertError::BadSignature)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signed.signature.0);
         key.verify_strict(&a.digest(), &sig).map_err(|_| AdvertError::BadSignature)?;
@@ -187,6 +212,9 @@ impl SignedAdvert {
         }
         if a.expires_at > now.saturating_add(MAX_ADVERT_TTL_SECS) {
             return Err(AdvertError::TooLongLived { expires_at: a.expires_at, now });
+        }
+        if a.seq > now.saturating_add(MAX_SEQ_LEAD_SECS) {
+            return Err(AdvertError::SeqAhead { seq: a.seq, now });
         }
         Ok(signed)
     }
@@ -233,6 +261,16 @@ impl MarketView {
     /// Forgets adverts that have expired by `now`.
     pub fn expire(&mut self, now: u64) {
         self.adverts.retain(|_, a| a.advert.expires_at > now);
+    }
+
+    /// Every unexpired advert with its signature: what a view sync hands a peer.
+    pub fn signed(&self, now: u64) -> Vec<SignedAdvert> {
+        self.adverts.values().filter(|a| a.advert.expires_at > now).cloned().collect()
+    }
+
+    /// The advert held for `node` and `model`.
+    pub fn get(&self, node: &PublicKey, model: &ModelId) -> Option<&SignedAdvert> {
+        self.adverts.get(&(*node, *model))
     }
 
     /// Unexpired adverts for `model`.

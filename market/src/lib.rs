@@ -87,7 +87,7 @@ mod voucher;
 
 pub use advert::{
     AdvertError, MAX_ADVERT_ADDRS, MAX_ADVERT_BYTES, MAX_ADVERT_TTL_SECS, MAX_MODEL_NAME, MAX_MODELS_PER_NODE,
-    MAX_VIEW_ADVERTS, MarketView, ModelAdvert, SignedAdvert,
+    MAX_SEQ_LEAD_SECS, MAX_VIEW_ADVERTS, MarketView, ModelAdvert, SignedAdvert,
 };
 pub use codec::{decode, encode};
 pub use eip712::{DOMAIN_NAME, DOMAIN_VERSION};

@@ -564,11 +564,38 @@ fn a_flood_of_valid_adverts_cannot_grow_the_view_without_bound() {
     view.insert(for_model(last, 0, 1)).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Issue 15's update flood: a node publishing new seqs as fast as gossip carries them (or
+/// one seq near `u64::MAX`, after which every honest advert of that node and model would be
+/// stale). An advert's seq may run at most `MAX_SEQ_LEAD_SECS` ahead of the clock, so a
+/// node gets at most that many updates through at once, and then one a second.
+#[test]
+fn an_advert_whose_seq_runs_ahead_of_the_clock_is_refused() {
+    let now = 1_000;
+    let node = Identity::from_secrets([9; 32], [9; 32]).unwrap();
+    let mut view = MarketView::new();
+    let mut taken = 0u64;
+    for seq in now + 1..=now + 10_000 {
+        let bytes = encode(&advert_by(&node, seq, now + 60));
+        if let Ok(advert) = SignedAdvert::from_gossip(&bytes, &node.public_key(), now) {
+            view.insert(advert).unwrap();
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, MAX_SEQ_LEAD_SECS, "updates taken within one second of the clock");
+    // A second later, one more.
+    let next = encode(&advert_by(&node, now + MAX_SEQ_LEAD_SECS + 1, now + 60));
+    view.insert(SignedAdvert::from_gossip(&next, &node.public_key(), now + 1).unwrap()).unwrap();
+    // The far-future seq is refused, penalised, and so cannot shut later honest adverts out.
+    let max = encode(&advert_by(&node, u64::MAX, now + 60));
+    let e = SignedAdvert::from_gossip(&max, &node.public_key(), now).unwrap_err();
+    assert!(matches!(e, AdvertError::SeqAhead { .. }) && e.penalise(), "{e}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn adverts_roundtrip_and_any_byte_change_is_refused(node in identity(), seq in any::<u64>(), flip in 1u8..=255) {
+    fn adverts_roundtrip_and_any_byte_change_is_refused(node in identity(), seq in 0..=1_000 + MAX_SEQ_LEAD_SECS, flip in 1u8..=255) {
         let now = 1_000;
         let signed = advert_by(&node, seq, now + 60);
         roundtrip(&signed);

@@ -197,3 +197,15 @@ pub fn own_channel(store: &SledStore, id: ChannelId, me: Address) -> anyhow::Res
     }
     Ok(state)
 }
+
+/// Takes adverts only from nodes registered on chain (`Registry.nodeByKey`): what a node
+/// that follows the chain hands its network as [`attrinet_p2p::NetConfig::publishers`].
+#[derive(Debug, Clone)]
+pub struct RegisteredPublishers(pub ChainClient);
+
+impl attrinet_p2p::PublisherCheck for RegisteredPublishers {
+    fn registered(&self, key: attrinet_market::PublicKey) -> futures::future::BoxFuture<'static, Result<bool, String>> {
+        let chain = self.0.clone();
+        Box::pin(async move { chain.node_of_key(&key).await.map(|node| node.is_some()).map_err(|e| e.to_string()) })
+    }
+}

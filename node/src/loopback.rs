@@ -55,6 +55,7 @@ fn net() -> NetConfig {
         advert_ttl: Duration::from_secs(60),
         heartbeat: Duration::from_millis(300),
         nat: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -242,6 +242,9 @@ pub async fn serve(
             listen: opts.listen.clone(),
             bootstrap: opts.bootstrap.clone(),
             nat: opts.nat.clone(),
+            // A provider's view serves the clients that join through it: only registered
+            // nodes' adverts.
+            publishers: Some(Arc::new(crate::client::RegisteredPublishers(chain.clone()))),
             ..NetConfig::default()
         },
     )?;

@@ -20,6 +20,7 @@ fn net(bootstrap: Vec<attrinet_p2p::Multiaddr>) -> NetConfig {
         advert_ttl: Duration::from_secs(60),
         heartbeat: Duration::from_millis(200),
         nat: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -99,4 +100,87 @@ async fn the_opener_pays_no_address_whose_registered_key_is_not_the_adverts() {
         victim.address()
     );
     assert!(opener.store.channels().unwrap().is_empty(), "no channel is recorded either");
+}
+
+/// Issue 15's Sybil adverts, against the chain: a client that follows the chain
+/// (`RegisteredPublishers`, what `query`, `gateway`, `watch` and `serve` use) takes the
+/// adverts of a node registered in the Registry and none of a node that is not, however
+/// often it republishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_follows_the_chain_takes_adverts_of_registered_nodes_only() {
+    let anvil = Anvil::spawn(AnvilConfig::default()).expect("anvil (scripts/setup-chain-tools)");
+    let [deployer, node, sybil, client] = [20u8, 21, 22, 23].map(|i| Identity::from_secrets([i; 32], [i; 32]).unwrap());
+    for who in [&deployer, &node, &client] {
+        anvil.fund(who.address(), U256::from(10 * ETH)).await.unwrap();
+    }
+    let config = DeployConfig {
+        treasury: deployer.address(),
+        challenge_window: 15,
+        thaw_delay: 60,
+        unbond_delay: 60,
+        min_bond: Wei(ETH / 10),
+    };
+    let deployment = ChainClient::deploy(&anvil.endpoint(), deployer.evm.clone(), config).await.unwrap();
+    let node_chain = ChainClient::connect(&anvil.endpoint(), node.evm.clone(), deployment).unwrap();
+    node_chain.register_node(&node.public_key(), Wei(ETH / 10)).await.unwrap();
+
+    let advert = |who: &Identity, seq: u64| {
+        ModelAdvert {
+            node_key: who.public_key(),
+            evm_address: who.address(),
+            model: ModelId::from([6; 32]),
+            model_name: "m".into(),
+            price: Price { per_1k_input: Wei(1), per_1k_output: Wei(1) },
+            context_length: 2048,
+            free_capacity: 8,
+            decode_tokens_per_s: 100,
+            ttft_ms: 10,
+            cold_start_ms: 0,
+            expires_at: attrinet_p2p::unix_now() + 60,
+            seq,
+            addrs: vec![],
+        }
+        .sign(&who.ed25519)
+    };
+    let (node_net, node_loop) = attrinet_p2p::new(node.clone(), net(vec![])).unwrap();
+    tokio::spawn(node_loop.run());
+    let addr = loop {
+        if let Some(a) = node_net.listen_addrs().await.unwrap().into_iter().next() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (sybil_net, sybil_loop) = attrinet_p2p::new(sybil.clone(), net(vec![addr.clone()])).unwrap();
+    tokio::spawn(sybil_loop.run());
+    let client_chain = ChainClient::connect(&anvil.endpoint(), client.evm.clone(), deployment).unwrap();
+    let checked = NetConfig {
+        publishers: Some(std::sync::Arc::new(attrinet_node::client::RegisteredPublishers(client_chain))),
+        ..net(vec![addr])
+    };
+    let (client_net, client_loop) = attrinet_p2p::new(client.clone(), checked).unwrap();
+    tokio::spawn(client_loop.run());
+
+    let held = || async {
+        let all = client_net.market().await.unwrap().all(attrinet_p2p::unix_now());
+        all.iter().map(|a| (a.node_key, a.seq)).collect::<Vec<_>>()
+    };
+    // Both publish a round every 200 ms; five rounds after the registered node's first
+    // advert got through, the unregistered node's lookup has long been answered.
+    let mut seq = attrinet_p2p::unix_now();
+    let mut first = None;
+    for round in 0..100 {
+        seq += 1;
+        let _ = node_net.publish_raw_advert(encode(&advert(&node, seq))).await;
+        let _ = sybil_net.publish_raw_advert(encode(&advert(&sybil, seq))).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if first.is_none() && held().await.iter().any(|(k, _)| *k == node.public_key()) {
+            first = Some(round);
+        }
+        if first.is_some_and(|f| round >= f + 5) {
+            break;
+        }
+    }
+    let held = held().await;
+    assert!(held.iter().any(|(k, _)| *k == node.public_key()), "the registered node's advert is held: {held:?}");
+    assert!(held.iter().all(|(k, _)| *k != sybil.public_key()), "the unregistered node's advert was taken: {held:?}");
 }

@@ -59,6 +59,7 @@ fn config() -> NetConfig {
         advert_ttl: Duration::from_secs(60),
         heartbeat: Duration::from_millis(300),
         nat: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -17,21 +17,24 @@
 //!
 //! The rules (ledgers, receipts, selection) are `attrinet-market`'s; this crate moves them.
 
+mod admission;
 mod batches;
 mod network;
 mod payer;
 mod provider;
 mod slots;
+mod sync;
 mod wire;
 
+pub use admission::PublisherCheck;
 pub use batches::{
     BATCH_PROTOCOL, BatchMsg, BatchRequest, FETCH_DEADLINE, FetchError, FetchTimeouts, FetchedBatch, MAX_BATCH_BYTES,
     MAX_BATCH_RECEIPTS, fetch_batch,
 };
 pub use libp2p::{Multiaddr, PeerId};
 pub use network::{
-    ADVERT_TOPIC, Client, EventLoop, MAX_RELAYS, NatConfig, NetConfig, NetError, OfferTemplate, key_peer, new,
-    peer_key, relay_limits, unix_now,
+    ADVERT_TOPIC, Client, ConnectionBounds, EventLoop, MAX_RELAYS, NatConfig, NetConfig, NetError, OfferTemplate,
+    key_peer, new, peer_key, relay_limits, unix_now,
 };
 pub use payer::{
     Answer, Ask, Failure, InferError, MAX_ANSWER_TIME, MAX_QUEUE_WAIT, MAX_TOKEN_TEXT_BYTES, Payer, Piece,
@@ -39,8 +42,9 @@ pub use payer::{
 };
 pub use provider::{
     BoxError, CAPACITY_REFRESH, ChannelLookup, GenerateError, Generated, Generator, Limits, LookupError, Offer,
-    Provider,
+    Provider, TOKENISERS,
 };
+pub use sync::VIEW_PROTOCOL;
 pub use wire::{
     ChatMessage, ClientMsg, ErrorCode, ErrorReply, INFER_PROTOCOL, InferRequest, Logprobs, MAX_FRAME_BYTES,
     MAX_STOP_BYTES, MAX_STOPS, MAX_TOP_LOGPROBS, Prompt, Resync, Sampling, ServerMsg, TopLogprob, WireError,

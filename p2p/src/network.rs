@@ -2,6 +2,7 @@
 //! to it (the rust-libp2p file-sharing example's pattern).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use attrinet_market::{AdvertError, Identity, MarketView, ModelAdvert, ModelId, PublicKey, SignedAdvert, encode};
@@ -11,9 +12,15 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, connection_limits, dcutr, identify, memory_connection_limits, noise, ping,
+    relay, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
+
+use crate::admission::{Admitted, Gate, Held, PublisherCheck};
+use crate::sync::{PullBudget, VIEW_PROTOCOL};
 
 /// The gossipsub topic of model adverts.
 pub const ADVERT_TOPIC: &str = "/attrinet/adverts/1";
@@ -61,6 +68,44 @@ pub struct NetConfig {
     pub heartbeat: Duration,
     /// Reachability: probing it, and relaying for others.
     pub nat: NatConfig,
+    /// How many connections this node takes.
+    pub connections: ConnectionBounds,
+    /// Whose adverts this node takes: with a check, only registered nodes' (see
+    /// [`PublisherCheck`]); without one, any validly signed advert within the view's bounds.
+    pub publishers: Option<Arc<dyn PublisherCheck>>,
+}
+
+/// How many connections a node takes, and when it takes none: a peer, or many keys, that
+/// dial it again and again get no more than these, and a node short of memory refuses new
+/// connections rather than die (libp2p's `connection_limits` and
+/// `memory_connection_limits`).
+#[derive(Clone, Debug)]
+pub struct ConnectionBounds {
+    /// Incoming connections still in their handshake.
+    pub max_pending_incoming: u32,
+    /// Established incoming connections.
+    pub max_established_incoming: u32,
+    /// Established connections, both ways.
+    pub max_established: u32,
+    /// Established connections with one peer (a direct one, a relayed one, a spare).
+    pub max_per_peer: u32,
+    /// Refuse new connections while the process uses more than this share of the host's
+    /// memory, in percent.
+    pub max_memory_percent: f64,
+}
+
+impl Default for ConnectionBounds {
+    fn default() -> Self {
+        // A node talks to its gossipsub mesh (a dozen peers), the clients it serves and the
+        // providers it queries: hundreds are plenty, and each costs buffers.
+        ConnectionBounds {
+            max_pending_incoming: 64,
+            max_established_incoming: 256,
+            max_established: 512,
+            max_per_peer: 4,
+            max_memory_percent: 90.0,
+        }
+    }
 }
 
 /// How a node finds out whether others can dial it, and what it does about it. A node that
@@ -132,6 +177,8 @@ impl Default for NetConfig {
             advert_ttl: Duration::from_secs(300),
             heartbeat: Duration::from_secs(1),
             nat: NatConfig::default(),
+            connections: ConnectionBounds::default(),
+            publishers: None,
         }
     }
 }
@@ -163,6 +210,9 @@ pub enum NetError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    // The limits come first: they refuse a connection before any other behaviour sets it up.
+    limits: connection_limits::Behaviour,
+    memory: memory_connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -260,7 +310,16 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
             // handler cannot take it (a panic in libp2p-swarm's `Either` handler).
             let mut relay = relay::Behaviour::new(peer_id, relay_limits());
             relay.set_status(Some(relay::Status::Enable));
+            let bounds = &config.connections;
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(bounds.max_pending_incoming))
+                        .with_max_established_incoming(Some(bounds.max_established_incoming))
+                        .with_max_established(Some(bounds.max_established))
+                        .with_max_established_per_peer(Some(bounds.max_per_peer)),
+                ),
+                memory: memory_connection_limits::Behaviour::with_max_percentage(bounds.max_memory_percent / 100.0),
                 identify: identify::Behaviour::new(identify::Config::new("/attrinet/id/1".into(), key.public())),
                 ping: ping::Behaviour::default(),
                 kad,
@@ -294,16 +353,52 @@ pub struct OfferTemplate {
 }
 
 enum Command {
-    Listeners { reply: oneshot::Sender<Vec<Multiaddr>> },
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetError>> },
-    Advertise { offers: Vec<OfferTemplate>, reply: oneshot::Sender<Result<(), NetError>> },
-    UpdateAdverts { offers: Vec<OfferTemplate>, reply: oneshot::Sender<()> },
-    PublishRaw { bytes: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>> },
-    Market { reply: oneshot::Sender<MarketView> },
-    Providers { model: ModelId, reply: oneshot::Sender<HashSet<PeerId>> },
-    PeerScore { peer: PeerId, reply: oneshot::Sender<Option<f64>> },
-    Peers { reply: oneshot::Sender<Vec<PeerId>> },
-    Connect { peer: PeerId, reply: oneshot::Sender<Result<(), NetError>> },
+    Listeners {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Advertise {
+        offers: Vec<OfferTemplate>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    UpdateAdverts {
+        offers: Vec<OfferTemplate>,
+        reply: oneshot::Sender<()>,
+    },
+    PublishRaw {
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Market {
+        reply: oneshot::Sender<MarketView>,
+    },
+    Providers {
+        model: ModelId,
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    PeerScore {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<f64>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Connect {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Adverts a view sync brought, each checked against its own node's key.
+    Pulled {
+        adverts: Vec<SignedAdvert>,
+    },
+    /// A publisher lookup's answer.
+    Looked {
+        key: PublicKey,
+        answer: Result<bool, String>,
+    },
 }
 
 /// A cloneable handle to the network. Every call is a command to the [`EventLoop`].
@@ -315,7 +410,7 @@ pub struct Client {
     /// One control for opening streams, used one open at a time: libp2p-stream hands
     /// inbound streams over through a one-slot buffer and drops what does not fit, so a
     /// burst of opens would lose streams at the receiver.
-    opener: std::sync::Arc<tokio::sync::Mutex<libp2p_stream::Control>>,
+    opener: Arc<tokio::sync::Mutex<libp2p_stream::Control>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -425,6 +520,14 @@ pub struct EventLoop {
     relays: HashMap<PeerId, Multiaddr>,
     /// Relays we reserved (or are reserving) a slot on.
     reserved: HashSet<PeerId>,
+    /// Which publishers' adverts are taken, where this node checks.
+    gate: Option<Gate>,
+    /// View syncs started lately.
+    pulls: PullBudget,
+    /// For tasks that report back to the loop without keeping it alive.
+    weak: mpsc::WeakSender<Command>,
+    control: libp2p_stream::Control,
+    opener: Arc<tokio::sync::Mutex<libp2p_stream::Control>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -451,8 +554,11 @@ pub fn new(identity: Identity, config: NetConfig) -> Result<(Client, EventLoop),
     }
     let (tx, rx) = mpsc::channel(64);
     let control = swarm.behaviour().stream.new_control();
-    let opener = std::sync::Arc::new(tokio::sync::Mutex::new(control.clone()));
-    let client = Client { peer_id: *swarm.local_peer_id(), commands: tx, control, opener };
+    let opener = Arc::new(tokio::sync::Mutex::new(control.clone()));
+    let weak = tx.downgrade();
+    let gate = config.publishers.clone().map(Gate::new);
+    let client =
+        Client { peer_id: *swarm.local_peer_id(), commands: tx, control: control.clone(), opener: opener.clone() };
     let event_loop = EventLoop {
         swarm,
         identity,
@@ -468,6 +574,11 @@ pub fn new(identity: Identity, config: NetConfig) -> Result<(Client, EventLoop),
         nat: autonat::NatStatus::Unknown,
         relays: HashMap::new(),
         reserved: HashSet::new(),
+        gate,
+        pulls: PullBudget::default(),
+        weak,
+        control,
+        opener,
     };
     Ok((client, event_loop))
 }
@@ -475,6 +586,7 @@ pub fn new(identity: Identity, config: NetConfig) -> Result<(Client, EventLoop),
 impl EventLoop {
     /// Runs until every [`Client`] is dropped.
     pub async fn run(mut self) {
+        self.serve_views();
         let mut republish = tokio::time::interval(self.config.republish_every);
         let mut expire = tokio::time::interval(Duration::from_secs(1));
         let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
@@ -514,7 +626,11 @@ impl EventLoop {
             .chain(self.swarm.external_addresses())
             .chain(listeners.iter().copied().filter(|a| !relayed(a)))
             .filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())))
-            .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me)).to_string())
+            // A relayed listen address already ends in our /p2p/ID; appending it again made
+            // an address no one could use (the DHT refused it, so clients behind another
+            // NAT knew only the provider's unreachable private addresses).
+            .filter_map(|a| a.clone().with_p2p(me).ok())
+            .map(|a| a.to_string())
             .fold(Vec::new(), |mut v, a| {
                 if !v.contains(&a) && v.len() < attrinet_market::MAX_ADVERT_ADDRS {
                     v.push(a);
@@ -613,6 +729,21 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Pulled { adverts } => {
+                for advert in adverts {
+                    self.admit(Held::Pulled(Box::new(advert)));
+                }
+            }
+            Command::Looked { key, answer } => {
+                let Some(gate) = &mut self.gate else { return };
+                if let Err(e) = &answer {
+                    warn!(target: "p2p::advert", %e, "could not check whether a publisher is registered");
+                }
+                let (take, held) = gate.answered(key, &answer);
+                for h in held {
+                    self.judge(take, h);
+                }
+            }
         }
     }
 
@@ -639,9 +770,12 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 if endpoint.is_relayed() {
                     debug!(target: "p2p::nat", peer = %peer_id, "connected through a relay");
+                } else if num_established.get() == 1 && self.pulls.take(peer_id) {
+                    // Not over a relay: a circuit's few bytes are for the query that opened it.
+                    self.pull_view(peer_id);
                 }
                 for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
@@ -690,10 +824,6 @@ impl EventLoop {
                 message_id,
                 message,
             })) => self.on_advert(propagation_source, message_id, message),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
-                // A new subscriber: let it learn our offers without waiting a full period.
-                self.publish_offers();
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,
@@ -763,21 +893,58 @@ impl EventLoop {
 
     fn on_advert(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let now = unix_now();
-        let verdict = match message.source.as_ref().and_then(peer_key) {
+        let checked = match message.source.as_ref().and_then(peer_key) {
             None => Err(AdvertError::WrongPublisher),
-            Some(publisher) => SignedAdvert::from_gossip(&message.data, &publisher, now).and_then(|advert| {
-                let addrs = advert.advert.addrs.clone();
-                self.view.insert(advert)?;
+            Some(publisher) => SignedAdvert::from_gossip(&message.data, &publisher, now),
+        };
+        match checked {
+            Ok(advert) => self.admit(Held::Gossip { source, id, advert: Box::new(advert) }),
+            Err(e) => self.report(&source, &id, &Err(e)),
+        }
+    }
+
+    /// Takes a checked advert if its publisher passes the gate (now, or once its lookup
+    /// answers).
+    fn admit(&mut self, held: Held) {
+        let Some(gate) = &mut self.gate else { return self.judge(true, held) };
+        let key = held.advert().advert.node_key;
+        match gate.admit(held) {
+            Admitted::Now(take, held) => self.judge(take, held),
+            Admitted::Waiting { start } => {
+                if start {
+                    self.look_up(key);
+                }
+            }
+        }
+    }
+
+    /// Takes an advert into the view (or not), and tells gossipsub what became of it.
+    fn judge(&mut self, take: bool, held: Held) {
+        let (gossip, advert) = match held {
+            Held::Gossip { source, id, advert } => (Some((source, id)), advert),
+            Held::Pulled(advert) => (None, advert),
+        };
+        let verdict = if take {
+            let addrs = advert.advert.addrs.clone();
+            let peer = key_peer(&advert.advert.node_key);
+            self.view.insert(*advert).map(|()| {
                 // The advert is signed by the node itself: its addresses are its own word.
-                if let Some(peer) = message.source {
+                if let Some(peer) = peer {
                     for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                         self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                     }
                 }
-                Ok(())
-            }),
+            })
+        } else {
+            Err(AdvertError::Unregistered)
         };
-        let acceptance = match &verdict {
+        if let Some((source, id)) = gossip {
+            self.report(&source, &id, &verdict);
+        }
+    }
+
+    fn report(&mut self, source: &PeerId, id: &gossipsub::MessageId, verdict: &Result<(), AdvertError>) {
+        let acceptance = match verdict {
             Ok(()) => MessageAcceptance::Accept,
             Err(e) if e.penalise() => {
                 warn!(target: "p2p::advert", %source, %e, "rejected advert");
@@ -788,6 +955,68 @@ impl EventLoop {
                 MessageAcceptance::Ignore
             }
         };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(id, source, acceptance);
+    }
+
+    /// Runs a publisher lookup off the loop; its answer comes back as a command.
+    fn look_up(&self, key: PublicKey) {
+        let Some(gate) = &self.gate else { return };
+        let lookup = gate.lookup(key);
+        let weak = self.weak.clone();
+        tokio::spawn(async move {
+            let answer = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+            };
+            if let Some(commands) = weak.upgrade() {
+                let _ = commands.send(Command::Looked { key, answer }).await;
+            }
+        });
+    }
+
+    /// Asks `peer` for its market view, off the loop.
+    fn pull_view(&self, peer: PeerId) {
+        let opener = self.opener.clone();
+        let weak = self.weak.clone();
+        tokio::spawn(async move {
+            let stream = opener.lock().await.open_stream(peer, VIEW_PROTOCOL).await;
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => return debug!(target: "p2p::sync", %peer, %e, "peer does not answer view syncs"),
+            };
+            match crate::sync::read_view(&mut stream).await {
+                Ok(adverts) => {
+                    debug!(target: "p2p::sync", %peer, adverts = adverts.len(), "pulled a view");
+                    if let Some(commands) = weak.upgrade() {
+                        let _ = commands.send(Command::Pulled { adverts }).await;
+                    }
+                }
+                // An advert that does not check is the peer's doing; a refused or cut pull
+                // (the peer is busy, or answered this key lately) is not.
+                Err(e @ crate::sync::SyncError::Bad(_)) => warn!(target: "p2p::sync", %peer, %e, "view sync failed"),
+                Err(e) => debug!(target: "p2p::sync", %peer, %e, "view sync failed"),
+            }
+        });
+    }
+
+    /// Answers other nodes' view syncs with snapshots of this view, until the loop stops.
+    fn serve_views(&mut self) {
+        let incoming = match self.control.accept(VIEW_PROTOCOL) {
+            Ok(i) => i,
+            Err(e) => return warn!(target: "p2p::sync", %e, "cannot answer view syncs"),
+        };
+        let weak = self.weak.clone();
+        tokio::spawn(crate::sync::serve(incoming, move || {
+            let weak = weak.clone();
+            async move {
+                let commands = weak.upgrade()?;
+                let (reply, rx) = oneshot::channel();
+                commands.send(Command::Market { reply }).await.ok()?;
+                rx.await.ok()
+            }
+        }));
     }
 }
+
+/// Longest a publisher lookup may take; then it counts as failed.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

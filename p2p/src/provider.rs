@@ -179,7 +179,15 @@ struct Inner {
     queued: AtomicUsize,
     per_peer: Mutex<HashMap<PeerId, u32>>,
     channels: Mutex<HashMap<ChannelId, Arc<tokio::sync::Mutex<ProviderChannel>>>>,
+    /// Prompts being counted: at most [`TOKENISERS`] at once, each on a blocking thread.
+    tokenisers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Prompts counted at once. Counting runs the model's tokenizer and chat template over up to
+/// `Limits::max_prompt_bytes`: milliseconds to, for a hostile prompt and template, much
+/// longer. On the async threads it would stall every stream of this node; on the blocking
+/// pool without a bound, a burst of large prompts would take every core.
+pub const TOKENISERS: usize = 4;
 
 impl Inner {
     /// Adds `value`, served to `payer` and not paid, to the payer's total in the store, which
@@ -220,6 +228,19 @@ fn generate_error_code(e: &GenerateError) -> ErrorCode {
     match e {
         GenerateError::Prompt(_) => ErrorCode::BadRequest,
         GenerateError::Engine(_) => ErrorCode::Engine,
+    }
+}
+
+impl Provider {
+    /// Counts `prompt`'s tokens off the async threads, at most [`TOKENISERS`] at once.
+    async fn count_tokens(&self, offer: &Offer, prompt: &Prompt) -> Result<u32, ErrorReply> {
+        let stopping = |_| reply(ErrorCode::Internal, "the provider is stopping");
+        let _permit = self.inner.tokenisers.clone().acquire_owned().await.map_err(stopping)?;
+        let (generator, prompt) = (offer.generator.clone(), prompt.clone());
+        tokio::task::spawn_blocking(move || generator.count_tokens(&prompt))
+            .await
+            .map_err(|e| reply(ErrorCode::Internal, format!("counting the prompt failed: {e}")))?
+            .map_err(|e| reply(generate_error_code(&e), e.to_string()))
     }
 }
 
@@ -295,6 +316,7 @@ impl Provider {
                 limits,
                 per_peer: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
+                tokenisers: Arc::new(tokio::sync::Semaphore::new(TOKENISERS)),
             }),
         }
     }
@@ -625,8 +647,7 @@ impl Provider {
         }
         check_stops(&request.stop).map_err(|why| reply(ErrorCode::BadRequest, why))?;
         let quote = request.quote;
-        let input_tokens =
-            offer.generator.count_tokens(&request.prompt).map_err(|e| reply(generate_error_code(&e), e.to_string()))?;
+        let input_tokens = self.count_tokens(offer, &request.prompt).await?;
         // The ledger's rule for the quote against this offer and the request against both,
         // applied first here so that a bad request is refused before any channel lookup
         // (`reserve` applies it again; it is a few comparisons).

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use attrinet_market::{ChannelId, ChannelState, ModelAdvert, Price, Seq, Store, Wei, encode};
 use attrinet_p2p::{
-    Ask, BatchRequest, ChatMessage, ErrorCode, FetchError, InferError, Limits, Payer, Prompt, ServerMsg, fetch_batch,
-    read_msg, write_msg,
+    Ask, BatchRequest, ChatMessage, ConnectionBounds, ErrorCode, FetchError, InferError, Limits, NetConfig, Payer,
+    Prompt, ServerMsg, fetch_batch, read_msg, write_msg,
 };
 use util::*;
 
@@ -1198,4 +1198,197 @@ async fn a_batch_client_that_never_reads_cannot_hold_the_batch_server() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("an honest fetch was refused for 20 s while 6 abusers left their streams unread: {last:?}");
+}
+
+/// Issue 15's connection flood: ever new keys dial one node. libp2p's connection limits
+/// hold its incoming connections to the bound it is given (256 by default); on the code
+/// before the bound, the node took every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_from_new_keys_is_held_to_the_inbound_bound() {
+    const BOUND: usize = 6;
+    const FLOOD: usize = 18;
+    let bounds = ConnectionBounds { max_established_incoming: BOUND as u32, ..Default::default() };
+    let target = Node::start(0, &[], NetConfig { connections: bounds, ..fast_config(Duration::from_secs(60)) }).await;
+    let addr = target.tcp_addr().await;
+    let mut flood = Vec::new();
+    for i in 0..FLOOD {
+        let node = Node::start(100 + i as u8, &[], fast_config(Duration::from_secs(60))).await;
+        // Refused connections are dropped by the target after the handshake: the dial may
+        // succeed and the connection then close, or fail.
+        let _ = node.client.dial(addr.clone()).await;
+        flood.push(node);
+    }
+    let target_peer = target.client.peer_id();
+    // Settled: the target's connections are exactly the flooders that still hold one.
+    let connected = || async {
+        let mut n = 0;
+        for f in &flood {
+            n += usize::from(f.client.peers().await.unwrap().contains(&target_peer));
+        }
+        n
+    };
+    wait_for(Duration::from_secs(20), "the target's connections settle", || async {
+        connected().await == target.client.peers().await.unwrap().len()
+    })
+    .await;
+    let held = target.client.peers().await.unwrap().len();
+    println!("{FLOOD} keys dialled; the target holds {held} connections (bound {BOUND})");
+    assert!(held <= BOUND, "{held} connections held, the bound is {BOUND}");
+    assert!(held > 0, "the bound leaves room for some");
+}
+
+/// A node past its share of the host's memory takes no new connection (libp2p's
+/// memory-based limit); the same dial to a node within its share stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_its_memory_share_takes_no_new_connections() {
+    // Any process uses more than a millionth of the host's memory.
+    let bounds = ConnectionBounds { max_memory_percent: 0.0001, ..Default::default() };
+    let full = Node::start(0, &[], NetConfig { connections: bounds, ..fast_config(Duration::from_secs(60)) }).await;
+    let roomy = Node::start(1, &[], fast_config(Duration::from_secs(60))).await;
+    let dialer = Node::start(2, &[], fast_config(Duration::from_secs(60))).await;
+    dialer.client.dial(roomy.tcp_addr().await).await.expect("a node within its share takes the connection");
+    let _ = dialer.client.dial(full.tcp_addr().await).await;
+    let (full_peer, roomy_peer) = (full.client.peer_id(), roomy.client.peer_id());
+    wait_for(Duration::from_secs(10), "the full node's connection, if any, is gone", || async {
+        !dialer.client.peers().await.unwrap().contains(&full_peer) && full.client.peers().await.unwrap().is_empty()
+    })
+    .await;
+    assert!(dialer.client.peers().await.unwrap().contains(&roomy_peer), "the connection within its share stays");
+}
+
+/// Issue 15's republish storm: every node used to republish all its adverts whenever a
+/// peer subscribed, so each join cost the network a round of everyone's adverts. Now a node
+/// that connects pulls one peer's view (`/attrinet/view/1`) and nobody republishes for it:
+/// with periodic republishing off, three nodes join, each through the one before, and each
+/// holds the provider's advert at the seq it was first published with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_nodes_pull_the_market_and_nobody_republishes_for_them() {
+    let config = || NetConfig {
+        republish_every: Duration::from_secs(3600),
+        ..fast_config(Duration::from_secs(attrinet_market::MAX_ADVERT_TTL_SECS))
+    };
+    let mut provider = Node::start(0, &[], config()).await;
+    provider.serve(vec![offer(model(1), 10, 20, TestEngine::new(0))], Limits::default());
+    let own = || async { provider.client.market().await.unwrap().all(attrinet_p2p::unix_now()) };
+    wait_for(Duration::from_secs(10), "the provider holds its own advert", || async { own().await.len() == 1 }).await;
+    let first_seq = own().await[0].seq;
+    let mut joined: Vec<Node> = Vec::new();
+    for i in 1..=3u8 {
+        let through = match joined.last() {
+            Some(n) => n.tcp_addr().await,
+            None => provider.tcp_addr().await,
+        };
+        let node = Node::start(i, &[through], config()).await;
+        let c = node.client.clone();
+        wait_for(Duration::from_secs(20), "the joining node holds the provider's advert", || {
+            let c = c.clone();
+            async move { c.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == 1 }
+        })
+        .await;
+        let seen = node.client.market().await.unwrap().all(attrinet_p2p::unix_now());
+        assert_eq!(seen[0].seq, first_seq, "node {i} got a republished advert");
+        joined.push(node);
+    }
+    assert_eq!(own().await[0].seq, first_seq, "the provider republished for the joining nodes");
+}
+
+/// Which keys are registered: what a chain would answer, and how often it was asked.
+#[derive(Debug, Default)]
+struct TableRegistry {
+    registered: std::sync::Mutex<std::collections::HashSet<attrinet_market::PublicKey>>,
+    asked: std::sync::Mutex<std::collections::HashMap<attrinet_market::PublicKey, usize>>,
+}
+
+impl attrinet_p2p::PublisherCheck for TableRegistry {
+    fn registered(&self, key: attrinet_market::PublicKey) -> futures::future::BoxFuture<'static, Result<bool, String>> {
+        *self.asked.lock().unwrap().entry(key).or_default() += 1;
+        let registered = self.registered.lock().unwrap().contains(&key);
+        Box::pin(async move { Ok(registered) })
+    }
+}
+
+/// Issue 15's Sybil adverts: keys cost nothing, so without a check anyone's valid adverts
+/// fill every view. A node that checks publishers takes adverts only from registered nodes,
+/// gossiped or handed over by a view sync, asks once per publisher (cached), and does not
+/// penalise the peer that forwarded an unregistered node's advert. A node without the check
+/// takes both (what every node did before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_registered_nodes_adverts_are_taken_by_a_node_that_checks() {
+    let mut registered = Node::start(0, &[], fast_config(Duration::from_secs(60))).await;
+    registered.serve(vec![offer(model(1), 10, 20, TestEngine::new(0))], Limits::default());
+    let boot = registered.tcp_addr().await;
+    let mut sybil = Node::start(1, std::slice::from_ref(&boot), fast_config(Duration::from_secs(60))).await;
+    sybil.serve(vec![offer(model(2), 1, 1, TestEngine::new(0))], Limits::default());
+    let plain = Node::start(2, std::slice::from_ref(&boot), fast_config(Duration::from_secs(60))).await;
+    let both = || async { plain.client.market().await.unwrap().all(attrinet_p2p::unix_now()).len() == 2 };
+    wait_for(Duration::from_secs(20), "a node that does not check holds both adverts", both).await;
+
+    let table = Arc::new(TableRegistry::default());
+    table.registered.lock().unwrap().insert(registered.identity.public_key());
+    let checked = NetConfig { publishers: Some(table.clone()), ..fast_config(Duration::from_secs(60)) };
+    // Joins through the registered node, whose view (pulled at once) holds both adverts.
+    let checker = Node::start(3, std::slice::from_ref(&boot), checked).await;
+    let view = || async { checker.client.market().await.unwrap().all(attrinet_p2p::unix_now()) };
+    wait_for(Duration::from_secs(20), "the checking node holds the registered node's advert", || async {
+        view().await.iter().any(|a| a.node_key == registered.identity.public_key())
+    })
+    .await;
+    // Rounds of republishing later (every 2 s here), the Sybil's adverts are still refused.
+    let sybil_key = sybil.identity.public_key();
+    let asked = |key| table.asked.lock().unwrap().get(&key).copied().unwrap_or(0);
+    wait_for(Duration::from_secs(20), "the Sybil's key was looked up", || async { asked(sybil_key) > 0 }).await;
+    let seq_then = |v: Vec<ModelAdvert>| v.iter().find(|a| a.node_key != sybil_key).map(|a| a.seq).unwrap();
+    let then = seq_then(view().await);
+    wait_for(Duration::from_secs(20), "three more rounds of adverts arrive", || async {
+        seq_then(view().await) >= then + 3
+    })
+    .await;
+    let held = view().await;
+    assert!(held.iter().all(|a| a.node_key != sybil_key), "an unregistered node's advert was taken: {held:?}");
+    assert_eq!(held.len(), 1);
+    // One lookup per publisher: the answers are cached.
+    assert_eq!((asked(registered.identity.public_key()), asked(sybil_key)), (1, 1));
+    let score = checker.client.peer_score(registered.client.peer_id()).await.unwrap().unwrap_or(0.0);
+    assert!(score >= 0.0, "the peer that forwarded the unregistered advert is not penalised: {score}");
+}
+
+/// Issue 15's admission: counting a prompt runs the model's tokenizer and template, which
+/// can take long. It ran on the async threads, so two slow prompts (as many as this
+/// runtime has threads) stalled the whole node: no other request, no network event moved
+/// until they were counted. Now counting runs on the blocking pool, at most
+/// `TOKENISERS` at once, and another request is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_tokenising_does_not_stall_the_provider() {
+    let limits = Limits { max_per_peer: 50, ..Limits::default() };
+    let (client, providers) = market_of(1, limits, 0).await;
+    let engine = providers[0].engine.clone().unwrap();
+    engine.hold_tokenizer();
+    let advert = client.client.market().await.unwrap().all(attrinet_p2p::unix_now()).remove(0);
+    let mut slow = Vec::new();
+    for i in 0..2 {
+        let (payer, net, advert) = (client.payer.clone(), client.client.clone(), advert.clone());
+        let channel = client.channel_with(&advert).await;
+        let prompt = format!("{SLOW_TOKENIZER} {i}");
+        slow.push(tokio::spawn(async move {
+            payer.infer_with(&net, &advert, channel, &ask("test-model", &prompt, 4), &mut |_| {}).await
+        }));
+    }
+    wait_for(Duration::from_secs(10), "both slow prompts are being counted", || async { engine.tokenizing() == 2 })
+        .await;
+    let channel = client.channel_with(&advert).await;
+    let (quick, mut on_token) = (ask("test-model", "quick", 4), |_: attrinet_p2p::Piece<'_>| {});
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.payer.infer_with(&client.client, &advert, channel, &quick, &mut on_token),
+    )
+    .await
+    .expect("a request is served while two prompts are being counted")
+    .expect("answer");
+    assert_eq!(answer.tokens.len(), 4);
+    assert_eq!(engine.tokenizing(), 2, "the slow prompts are still being counted");
+    engine.release_tokenizer();
+    for s in slow {
+        let a = tokio::time::timeout(Duration::from_secs(20), s).await.expect("bounded").unwrap().expect("answer");
+        assert_eq!(a.tokens.len(), 4);
+    }
 }

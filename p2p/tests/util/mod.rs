@@ -34,6 +34,10 @@ pub const INFLATED_INPUT: &str = "inflated-input";
 /// tokenizer can check.
 pub const INFLATED_WITHIN_BOUND: &str = "inflated-within-bound";
 
+/// A prompt containing this is counted only once the test releases the tokenizer
+/// ([`TestEngine::release_tokenizer`]): a tokenizer or chat template that takes its time.
+pub const SLOW_TOKENIZER: &str = "slow-tokenizer";
+
 /// Stands in for a model in these tests only: the tokens are a function of the prompt, each
 /// takes `delay_ms`, and it records how many generations ever ran at once.
 #[derive(Debug, Default)]
@@ -43,11 +47,29 @@ pub struct TestEngine {
     pub peak: AtomicUsize,
     /// Tokens handed out, over all generations.
     pub generated: AtomicUsize,
+    /// Whether [`SLOW_TOKENIZER`] prompts are held, and how many are being counted.
+    tokenizer: std::sync::Mutex<(bool, usize)>,
+    tokenizer_moved: std::sync::Condvar,
 }
 
 impl TestEngine {
     pub fn new(delay_ms: u64) -> Arc<TestEngine> {
         Arc::new(TestEngine { delay_ms, ..Default::default() })
+    }
+
+    /// Holds [`SLOW_TOKENIZER`] prompts in the tokenizer until released.
+    pub fn hold_tokenizer(&self) {
+        self.tokenizer.lock().unwrap().0 = true;
+    }
+
+    pub fn release_tokenizer(&self) {
+        self.tokenizer.lock().unwrap().0 = false;
+        self.tokenizer_moved.notify_all();
+    }
+
+    /// [`SLOW_TOKENIZER`] prompts in the tokenizer now.
+    pub fn tokenizing(&self) -> usize {
+        self.tokenizer.lock().unwrap().1
     }
 
     fn says(prompt: &Prompt, what: &str) -> bool {
@@ -86,6 +108,16 @@ impl Generator for TestEngine {
         }
         if TestEngine::says(prompt, INFLATED_WITHIN_BOUND) {
             return Ok(prompt.max_input_tokens());
+        }
+        if TestEngine::says(prompt, SLOW_TOKENIZER) {
+            // Blocks the thread it runs on, as a slow tokenizer does (bounded, so a test that
+            // fails cannot hang here).
+            let mut state = self.tokenizer.lock().unwrap();
+            state.1 += 1;
+            self.tokenizer_moved.notify_all();
+            let (mut state, _) =
+                self.tokenizer_moved.wait_timeout_while(state, Duration::from_secs(30), |s| s.0).unwrap();
+            state.1 -= 1;
         }
         Ok(TestEngine::honest_count(prompt))
     }
@@ -139,6 +171,7 @@ pub fn fast_config(ttl: Duration) -> NetConfig {
         advert_ttl: ttl,
         heartbeat: Duration::from_millis(300),
         nat: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use attrinet_chain::ChainClient;
 use attrinet_compute::Backend;
 use attrinet_market::{ChannelState, Identity, Store, Wei};
 use attrinet_node::client::ChannelOpener;
@@ -67,11 +68,13 @@ pub(crate) fn ctrl_c() -> tokio::sync::watch::Receiver<bool> {
     rx
 }
 
-/// Starts the network for a client-side command.
+/// Starts the network for a client-side command. With `chain`, only adverts of nodes
+/// registered there are taken (a client could not open a channel with any other).
 pub(crate) async fn client_network(
     identity: &Identity,
     net: &NetArgs,
     file: &FileConfig,
+    chain: Option<&ChainClient>,
 ) -> anyhow::Result<attrinet_p2p::Client> {
     let (listen, bootstrap) = net.resolve(file, &["/ip4/0.0.0.0/tcp/0"])?;
     anyhow::ensure!(
@@ -79,8 +82,11 @@ pub(crate) async fn client_network(
         "no peer to join: pass --bootstrap, set ATTRINET_BOOTSTRAP, or put `bootstrap` under [network] in the config file"
     );
     let nat = net.nat();
-    let (network, event_loop) =
-        attrinet_p2p::new(identity.clone(), attrinet_p2p::NetConfig { listen, bootstrap, nat, ..Default::default() })?;
+    let publishers = chain.map(|c| {
+        Arc::new(attrinet_node::client::RegisteredPublishers(c.clone())) as Arc<dyn attrinet_p2p::PublisherCheck>
+    });
+    let config = attrinet_p2p::NetConfig { listen, bootstrap, nat, publishers, ..Default::default() };
+    let (network, event_loop) = attrinet_p2p::new(identity.clone(), config)?;
     tokio::spawn(event_loop.run());
     Ok(network)
 }
@@ -161,7 +167,8 @@ pub(crate) async fn models(data_dir: &Path, file: &FileConfig, m: ModelsArgs) ->
         // Listing needs no identity of its own: a throwaway one will do.
         Err(_) => Identity::from_secrets(rand32()?, [7; 32])?,
     };
-    let net = client_network(&id, &m.net, file).await?;
+    // Listing follows no chain: it shows every validly signed advert.
+    let net = client_network(&id, &m.net, file, None).await?;
     let bar = indicatif::ProgressBar::new_spinner().with_message("listening for adverts");
     bar.enable_steady_tick(Duration::from_millis(100));
     match &m.model {
@@ -231,12 +238,12 @@ pub(crate) async fn gateway(data_dir: &Path, file: &FileConfig, g: GatewayArgs) 
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = g.chain.resolve(file)?;
     let store = open_store(data_dir)?;
-    let network = client_network(&identity, &g.net, file).await?;
+    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
+    let network = client_network(&identity, &g.net, file, Some(&chain)).await?;
     let deposit = match g.deposit {
         Some(d) => d,
         None => config::wei_or(file.client.deposit.as_deref(), "[client] deposit", DEFAULT_DEPOSIT)?,
     };
-    let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
     let gateway = attrinet_node::gateway::Gateway {
         network,
         payer: checking_payer(identity.clone(), store.clone(), &chain, &g.check).await?,
@@ -387,7 +394,7 @@ pub(crate) async fn query(data_dir: &Path, file: &FileConfig, q: QueryArgs) -> a
     // The chain first: a wrong endpoint or datanet fails before anything else happens.
     let chain = attrinet_node::client::connect_chain(&rpc, &identity, deployment).await?;
     let payer = checking_payer(identity.clone(), store.clone(), &chain, &q.check).await?;
-    let network = client_network(&identity, &q.net, file).await?;
+    let network = client_network(&identity, &q.net, file, Some(&chain)).await?;
     let deposit = match q.deposit {
         Some(d) => d,
         None => config::wei_or(file.client.deposit.as_deref(), "[client] deposit", DEFAULT_DEPOSIT)?,
@@ -459,7 +466,7 @@ pub(crate) async fn watch(data_dir: &Path, file: &FileConfig, w: WatchArgs) -> a
         None
     } else {
         Some(BatchFetcher::new(
-            client_network(&identity, &w.net, file).await?,
+            client_network(&identity, &w.net, file, Some(&chain)).await?,
             chain.clone(),
             &checkpoint,
             evidence.clone(),
