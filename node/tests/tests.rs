@@ -8,3 +8,4 @@ mod gateway;
 mod nat;
 mod opener;
 mod serving;
+mod watch;

@@ -64,6 +64,16 @@ pub(crate) async fn chain(
     host: Option<std::net::Ipv4Addr>,
     thaw_delay: u64,
 ) -> (attrinet_chain::Anvil, attrinet_chain::Deployment, attrinet_market::Identity) {
+    chain_with_window(host, thaw_delay, 15).await
+}
+
+/// [`chain`] with a challenge window of `challenge_window` s (the thaw must be at least
+/// twice as long).
+pub(crate) async fn chain_with_window(
+    host: Option<std::net::Ipv4Addr>,
+    thaw_delay: u64,
+    challenge_window: u64,
+) -> (attrinet_chain::Anvil, attrinet_chain::Deployment, attrinet_market::Identity) {
     use attrinet_chain::{Anvil, AnvilConfig, ChainClient, DeployConfig};
     let anvil = Anvil::spawn(AnvilConfig { block_time: Some(1), host, ..AnvilConfig::default() })
         .expect("anvil (scripts/setup-chain-tools)");
@@ -74,7 +84,7 @@ pub(crate) async fn chain(
         deployer.evm.clone(),
         DeployConfig {
             treasury: deployer.address(),
-            challenge_window: 15,
+            challenge_window,
             thaw_delay,
             unbond_delay: 60,
             min_bond: attrinet_market::Wei(ETH / 10),

@@ -288,6 +288,10 @@ pub(crate) struct WatchArgs {
     /// its own channels), without joining the network to fetch others' batches.
     #[arg(long)]
     pub(crate) offline: bool,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (fetches in flight, fetched
+    /// batches held and evicted).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) chain: ChainArgs,
     #[command(flatten)]

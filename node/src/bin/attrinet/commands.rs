@@ -354,18 +354,12 @@ pub(crate) async fn serve(data_dir: &Path, file: &FileConfig, a: ServeArgs) -> a
     let store = open_store(data_dir)?;
     let metrics = Arc::new(attrinet_node::Metrics::default());
     if let Some(addr) = a.metrics {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let (m, st, me) = (metrics.clone(), store.clone(), identity.address());
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || async move {
-                match attrinet_node::provider_metrics(st.as_ref(), me) {
-                    Ok(p) => (axum::http::StatusCode::OK, m.render() + &p),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("store unreadable: {e}\n")),
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        serve_metrics(addr, move || match attrinet_node::provider_metrics(st.as_ref(), me) {
+            Ok(p) => (axum::http::StatusCode::OK, m.render() + &p),
+            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("store unreadable: {e}\n")),
+        })
+        .await?;
     }
     let address = identity.address();
     attrinet_node::serve::serve(identity, store, opts, metrics, ctrl_c(), |s| {
@@ -453,7 +447,7 @@ pub(crate) async fn query(data_dir: &Path, file: &FileConfig, q: QueryArgs) -> a
 
 pub(crate) async fn watch(data_dir: &Path, file: &FileConfig, w: WatchArgs) -> anyhow::Result<()> {
     use attrinet_chain::FileCheckpoint;
-    use attrinet_node::watch::{BatchFetcher, Evidence};
+    use attrinet_node::watch::{BatchFetcher, Evidence, FetchLimits};
     let identity = attrinet_node::keys::load(data_dir)?;
     let (rpc, deployment) = w.chain.resolve(file)?;
     let store = open_store(data_dir)?;
@@ -470,8 +464,13 @@ pub(crate) async fn watch(data_dir: &Path, file: &FileConfig, w: WatchArgs) -> a
             chain.clone(),
             &checkpoint,
             evidence.clone(),
+            FetchLimits::default(),
         )?)
     };
+    if let Some(addr) = w.metrics {
+        let evidence = evidence.clone();
+        serve_metrics(addr, move || (axum::http::StatusCode::OK, evidence.metrics())).await?;
+    }
     let datanets = w.datanet.iter().map(|(model, path)| Ok((*model, Arc::new(load_datanet(path)?))));
     let datanets = datanets.collect::<anyhow::Result<Vec<_>>>()?;
     let mut watcher = attrinet_node::watch::watcher(chain, FileCheckpoint::new(&checkpoint), evidence, datanets)?;
@@ -486,9 +485,13 @@ pub(crate) async fn watch(data_dir: &Path, file: &FileConfig, w: WatchArgs) -> a
     let mut steps = 0u64;
     loop {
         if let Some(f) = fetcher.as_mut() {
-            match f.fetch_new().await {
+            match f.poll().await {
                 Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
                 Err(e) => eprintln!("fetching batches failed (retrying): {e:#}"),
+            }
+            // The last of `--steps` checks what the fetches under way bring.
+            if w.steps.is_some_and(|n| steps + 1 >= n) {
+                f.finish().await.iter().for_each(|l| println!("{l}"));
             }
         }
         match watcher.step().await {
@@ -515,11 +518,39 @@ pub(crate) async fn watch(data_dir: &Path, file: &FileConfig, w: WatchArgs) -> a
         if w.steps.is_some_and(|n| steps >= n) {
             break;
         }
+        // A fetch that ends is checked at once: no settlement waits for the next tick, nor
+        // for a slow fetch of another.
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(w.interval.max(1))) => {}
+            line = next_fetched(&mut fetcher) => println!("{line}"),
             _ = stop.changed() => break,
         }
     }
+    Ok(())
+}
+
+/// The next fetch to end, or never without a fetcher.
+async fn next_fetched(fetcher: &mut Option<attrinet_node::watch::BatchFetcher>) -> String {
+    match fetcher {
+        Some(f) => f.next_done().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves `render`'s status and text at http://ADDR/metrics.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    render: impl Fn() -> (axum::http::StatusCode, String) + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = render.clone();
+            async move { render() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
 }
 
