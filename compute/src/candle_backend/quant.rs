@@ -336,9 +336,9 @@ impl QuantMatrix {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2(simd) => simd.vectorize(|| x86::groups_avx2(simd, self, acts, m, first, out)),
+            Kernel::Avx2(simd) => simd.vectorize(x86::Groups { simd, w: self, a: acts, m, first, out }),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(simd) => simd.vectorize(|| x86::groups_avx512(simd, self, acts, m, first, out)),
+            Kernel::Avx512(simd) => simd.vectorize(x86::Groups { simd, w: self, a: acts, m, first, out }),
         }
     }
 
@@ -485,9 +485,41 @@ mod x86 {
     /// Lanes of an AVX2 register: half a group.
     const HALF: usize = LANES / 2;
 
+    /// Groups `first..` of `w` against every row of `a`, into `out` (`m × LANES` per group),
+    /// as `vectorize` takes it: a type whose `call` is `#[inline(always)]`, so that the kernel
+    /// is compiled into the function with the target features. (A closure's body is not always
+    /// inlined there, and outside it every intrinsic is a function call: so built, the AVX-512
+    /// kernel ran 6× slower than the AVX2 one before it.)
+    pub(super) struct Groups<'a, S> {
+        pub(super) simd: S,
+        pub(super) w: &'a QuantMatrix,
+        pub(super) a: &'a Activations,
+        pub(super) m: usize,
+        pub(super) first: usize,
+        pub(super) out: &'a mut [f32],
+    }
+
+    impl pulp::NullaryFnOnce for Groups<'_, V4> {
+        type Output = ();
+
+        #[inline(always)]
+        fn call(self) {
+            groups_avx512(self.simd, self.w, self.a, self.m, self.first, self.out)
+        }
+    }
+
+    impl pulp::NullaryFnOnce for Groups<'_, V3> {
+        type Output = ();
+
+        #[inline(always)]
+        fn call(self) {
+            groups_avx2(self.simd, self.w, self.a, self.m, self.first, self.out)
+        }
+    }
+
     /// Groups `first..` against every activation row, into `out` (`m × LANES` per group).
     #[inline(always)]
-    pub(super) fn groups_avx512(simd: V4, w: &QuantMatrix, a: &Activations, m: usize, first: usize, out: &mut [f32]) {
+    fn groups_avx512(simd: V4, w: &QuantMatrix, a: &Activations, m: usize, first: usize, out: &mut [f32]) {
         for (i, out) in out.chunks_exact_mut(m * LANES).enumerate() {
             let g = first + i;
             let mut r = 0;
@@ -512,7 +544,7 @@ mod x86 {
     /// [`groups_avx512`] with AVX2: each half of a group in turn, four activation rows at a
     /// time (eight unpacked vectors and four accumulators fill the 16 registers).
     #[inline(always)]
-    pub(super) fn groups_avx2(simd: V3, w: &QuantMatrix, a: &Activations, m: usize, first: usize, out: &mut [f32]) {
+    fn groups_avx2(simd: V3, w: &QuantMatrix, a: &Activations, m: usize, first: usize, out: &mut [f32]) {
         for (i, out) in out.chunks_exact_mut(m * LANES).enumerate() {
             let g = first + i;
             for h in 0..2 {
