@@ -108,6 +108,29 @@ pub(crate) fn check_header_prefix(bytes: &[u8], file_len: u64) -> Result<(), Hea
     walk(&mut r).map_err(|reason| if r.short { HeaderCheck::NeedMore } else { HeaderCheck::Invalid(reason) })
 }
 
+/// The key whose value every tensor's data offset is rounded up to.
+const ALIGNMENT_KEY: &str = "general.alignment";
+
+/// `general.alignment` must be a power of two, as GGUF's specification says: candle's
+/// loader divides by it (an alignment of 0 panicked it) and reads only the integer types
+/// up to 32 bits, silently using 32 for any other, and llama.cpp refuses anything but a
+/// u32 power of two. So does this check, whose message says what is wrong.
+fn check_alignment(ty: u32, value: &[u8]) -> Result<(), String> {
+    let alignment: i64 = match (ty, value) {
+        (0, &[v]) => v.into(),
+        (1, &[v]) => (v as i8).into(),
+        (2, &[a, b]) => u16::from_le_bytes([a, b]).into(),
+        (3, &[a, b]) => i16::from_le_bytes([a, b]).into(),
+        (4, &[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]).into(),
+        (5, &[a, b, c, d]) => i32::from_le_bytes([a, b, c, d]).into(),
+        _ => return Err(format!("`{ALIGNMENT_KEY}` has value type {ty}; it must be an integer (u32)")),
+    };
+    if alignment <= 0 || alignment & (alignment - 1) != 0 {
+        return Err(format!("`{ALIGNMENT_KEY}` is {alignment}; it must be a power of two (GGUF's default is 32)"));
+    }
+    Ok(())
+}
+
 fn walk(r: &mut Reader<'_>) -> Result<(), String> {
     let magic = r.u32("magic")?;
     if magic != MAGIC {
@@ -124,7 +147,11 @@ fn walk(r: &mut Reader<'_>) -> Result<(), String> {
         let key_len = r.len(&format!("key #{i} length"))?;
         let key = String::from_utf8_lossy(r.take(key_len, &format!("key #{i}"))?).into_owned();
         let ty = r.u32(&format!("type of `{key}`"))?;
+        let start = r.pos;
         r.value(ty, 0, &key)?;
+        if key == ALIGNMENT_KEY {
+            check_alignment(ty, &r.bytes[start..r.pos])?;
+        }
     }
     for i in 0..n_tensors {
         let name_len = r.len(&format!("tensor #{i} name length"))?;

@@ -63,7 +63,7 @@ pub use engine::{
     TokenLogprobs, TokensHash,
 };
 pub use error::{Error, Result};
-pub use model::{Activation, Architecture, Model, ModelConfig, ModelId, SUPPORTED_ARCHITECTURES};
+pub use model::{Activation, Architecture, Model, ModelConfig, ModelHeader, ModelId, SUPPORTED_ARCHITECTURES};
 pub use sampling::SamplingParams;
 pub use tokenizer::{PreTokenizer, StreamDecoder, Tokenizer};
 pub use wgpu_backend::{DEFAULT_MAX_CONTEXT, KernelStyle, MAX_BATCH, WgpuEngine, WgpuOptions};

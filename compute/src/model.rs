@@ -284,6 +284,21 @@ pub struct Model {
     len: u64,
 }
 
+/// What a GGUF header says, checked as loading checks it ([`Model::read_header`]).
+#[derive(Debug, Clone)]
+pub struct ModelHeader {
+    /// The hyper-parameters and structure.
+    pub config: ModelConfig,
+    /// The tokenizer built from the metadata.
+    pub tokenizer: Tokenizer,
+    /// How chats are rendered.
+    pub chat_template: ChatTemplate,
+    /// `general.name`, if the file has one.
+    pub name: Option<String>,
+    /// Whether the file carries `tokenizer.chat_template`.
+    pub own_chat_template: bool,
+}
+
 /// Where a model's tensor data is read from.
 enum Source {
     File(Mutex<std::fs::File>),
@@ -356,11 +371,26 @@ impl Model {
             .map_err(|e| Error::InvalidGguf { path: path.to_path_buf(), reason: e.to_string() })
     }
 
-    fn finish(path: PathBuf, id: ModelId, content: Content, len: u64, source: Source) -> Result<Self> {
-        let md = &content.metadata;
+    /// Checks the first bytes of a GGUF file of `file_len` bytes as [`Model::load`] does, up
+    /// to its tokenizer and chat template, without reading (or hashing) its tensor data: the
+    /// tensors must lie inside `file_len` bytes, and a header that goes on past `header` is
+    /// refused. `path` only names the file in errors.
+    pub fn read_header(path: &Path, header: &[u8], file_len: u64) -> Result<ModelHeader> {
+        let invalid = |reason| Error::InvalidGguf { path: path.to_path_buf(), reason };
+        crate::gguf_check::check_header_prefix(header, file_len).map_err(|e| match e {
+            HeaderCheck::NeedMore => invalid(format!("the header runs past the {} bytes given", header.len())),
+            HeaderCheck::Invalid(reason) => invalid(reason),
+        })?;
+        let content = Self::parse_header(path, header)?;
+        Self::read_parts(path, &content, file_len)
+    }
 
-        let config = read_config(&content)?;
-        check_tensors(&path, &content, &config, len as usize)?;
+    /// What loading derives from a parsed header; the one path [`Model::load`],
+    /// [`Model::from_bytes`] and [`Model::read_header`] share.
+    fn read_parts(path: &Path, content: &Content, len: u64) -> Result<ModelHeader> {
+        let md = &content.metadata;
+        let config = read_config(content)?;
+        check_tensors(path, content, &config, len as usize)?;
         let tokenizer = Tokenizer::from_gguf(md)?;
         if tokenizer.vocab_size() != config.vocab_size {
             return Err(Error::Tokenizer {
@@ -375,6 +405,12 @@ impl Model {
         let own_chat_template = jinja.is_some();
         let chat_template = ChatTemplate::detect(jinja.map(String::as_str), &tokenizer);
         let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned();
+        Ok(ModelHeader { config, tokenizer, chat_template, name, own_chat_template })
+    }
+
+    fn finish(path: PathBuf, id: ModelId, content: Content, len: u64, source: Source) -> Result<Self> {
+        let ModelHeader { config, tokenizer, chat_template, name, own_chat_template } =
+            Self::read_parts(&path, &content, len)?;
         Ok(Model { path, id, source, content, config, tokenizer, chat_template, own_chat_template, name, len })
     }
 
@@ -557,6 +593,14 @@ fn read_config(content: &Content) -> Result<ModelConfig> {
         });
     }
     let n_layers = get_usize(md, &key("block_count"))?;
+    // Every layer has tensors of its own, so a count past the file's tensors is damage; it
+    // is refused before anything is sized by it (the expected shapes list every layer's).
+    if n_layers > content.tensor_infos.len() {
+        return Err(Error::metadata(
+            &key("block_count"),
+            format!("{n_layers} layers, but the file has only {} tensors", content.tensor_infos.len()),
+        ));
+    }
     let hidden = get_usize(md, &key("embedding_length"))?;
     let ffn = get_usize(md, &key("feed_forward_length"))?;
     let n_heads = get_usize(md, &key("attention.head_count"))?;

@@ -593,16 +593,29 @@ impl StreamDecoder<'_> {
     /// Adds a token and returns the text that is now complete.
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.pending.extend(self.tokenizer.token_bytes(id)?);
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(s) => s.len(),
-            // An incomplete character at the end waits for the next token; an invalid
-            // sequence elsewhere is emitted (lossily) now.
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.pending.len(),
-        };
-        let out = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-        self.pending.drain(..valid);
-        Ok(out)
+        // Complete characters are emitted, and each sequence that can never become one as
+        // U+FFFD (as `decode` replaces it, so that a stream and a whole decode agree); only
+        // an incomplete character at the very end waits for the next token.
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return Ok(out);
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    let Some(invalid) = e.error_len() else {
+                        self.pending.drain(..valid);
+                        return Ok(out);
+                    };
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    self.pending.drain(..valid + invalid);
+                }
+            }
+        }
     }
 
     /// Whatever is left (an incomplete character becomes U+FFFD).

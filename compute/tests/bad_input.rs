@@ -155,3 +155,101 @@ fn shaped_models_have_the_real_models_shapes() {
         assert!((0.8..1.2).contains(&ratio), "{name}: {} bytes against {}", shaped.file_len(), real.file_len());
     }
 }
+
+/// `bytes` (a GGUF v3 file written with the default alignment, 32) with `general.alignment`
+/// of type `ty` and value `value` as its first metadata entry, and a string entry whose
+/// length makes the whole insertion 64 bytes: everything after moves by 64, so with an
+/// alignment of 32 the tensor data still starts where the header says.
+fn with_alignment(bytes: &[u8], ty: u32, value: &[u8]) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let key = |e: &mut Vec<u8>, k: &str| {
+        e.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        e.extend_from_slice(k.as_bytes());
+    };
+    key(&mut entries, "general.alignment");
+    entries.extend_from_slice(&ty.to_le_bytes());
+    entries.extend_from_slice(value);
+    key(&mut entries, "x.pad");
+    entries.extend_from_slice(&8u32.to_le_bytes()); // a string
+    let pad = 64 - (entries.len() + 8);
+    entries.extend_from_slice(&(pad as u64).to_le_bytes());
+    entries.extend(std::iter::repeat_n(b' ', pad));
+    assert_eq!(entries.len(), 64);
+    let mut out = bytes[..24].to_vec();
+    let n_kv = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    out[16..24].copy_from_slice(&(n_kv + 2).to_le_bytes());
+    out.extend_from_slice(&entries);
+    out.extend_from_slice(&bytes[24..]);
+    out
+}
+
+/// A `general.alignment` of 0 made candle's GGUF loader divide by zero, a panic that no
+/// caller could catch (issue 15: "a `general.alignment` of 0 panics candle's loader"). It
+/// is refused with a typed error, as is one that is not a power of two or not an integer,
+/// whether the file is loaded from disk, from memory, or only its header is read.
+#[test]
+fn an_alignment_of_zero_or_not_a_power_of_two_is_refused() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let bytes = std::fs::read(&t.path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (ty, value, says) in [
+        (4u32, 0u32.to_le_bytes().to_vec(), "is 0"),
+        (4, 48u32.to_le_bytes().to_vec(), "is 48"),
+        (0, vec![0u8], "is 0"),
+        (5, (-32i32).to_le_bytes().to_vec(), "is -32"),
+        (10, 32u64.to_le_bytes().to_vec(), "value type 10"),
+    ] {
+        let b = with_alignment(&bytes, ty, &value);
+        let path = dir.path().join("aligned.gguf");
+        std::fs::write(&path, &b).unwrap();
+        let errors = [
+            Model::from_bytes("aligned.gguf".into(), b.clone()).unwrap_err(),
+            Model::load(&path).unwrap_err(),
+            Model::read_header(&path, &b, b.len() as u64).unwrap_err(),
+        ];
+        for err in errors {
+            assert!(matches!(err, Error::InvalidGguf { .. }), "{err}");
+            let message = err.to_string();
+            assert!(message.contains("general.alignment") && message.contains(says), "{message}");
+        }
+    }
+    // A power of two loads.
+    let b = with_alignment(&bytes, 4, &32u32.to_le_bytes());
+    let model = Model::from_bytes("aligned.gguf".into(), b).unwrap();
+    assert_eq!(model.config(), t.model.config());
+}
+
+/// Reading only a header checks what loading checks, without the tensor data: the tiny
+/// model's header with its file length gives the loaded model's config and vocabulary, and
+/// the same header claiming to be the whole file is refused (its tensors lie past the end).
+#[test]
+fn a_header_alone_is_checked_as_the_whole_file() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let bytes = std::fs::read(&t.path).unwrap();
+    let len = bytes.len() as u64;
+    let header_len = (1..bytes.len()).find(|&n| Model::read_header(&t.path, &bytes[..n], len).is_ok()).unwrap();
+    let header = Model::read_header(&t.path, &bytes[..header_len], len).unwrap();
+    assert_eq!(&header.config, t.model.config());
+    assert_eq!(header.tokenizer.vocab_size(), t.model.tokenizer().vocab_size());
+    assert_eq!(header.chat_template, *t.model.chat_template());
+    let err = Model::read_header(&t.path, &bytes[..header_len], header_len as u64).unwrap_err();
+    assert!(matches!(err, Error::InvalidGguf { .. }) && err.to_string().contains("truncated"), "{err}");
+    let err = Model::read_header(&t.path, &bytes[..header_len - 1], len).unwrap_err();
+    assert!(err.to_string().contains("runs past"), "{err}");
+}
+
+/// A header claiming billions of layers made the loader list every layer's expected
+/// tensors before comparing them with the file's few, allocating until the process died
+/// (found by the gguf_header fuzz target, issue 15). The layer count is held to the
+/// tensors the file has.
+#[test]
+fn a_layer_count_beyond_the_files_tensors_is_refused_before_anything_is_allocated() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let mut bytes = std::fs::read(&t.path).unwrap();
+    let key = b"llama.block_count\x04\x00\x00\x00";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = Model::from_bytes("layers.gguf".into(), bytes).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("block_count") && message.contains("4294967295"), "{message}");
+}

@@ -62,6 +62,28 @@ fn stream_decoder_holds_back_split_characters() {
     assert_eq!(text, "héllo ünïcode");
 }
 
+/// After a byte that can never start a character, the start of a character split across
+/// tokens was emitted at once as U+FFFD, so a streamed answer differed from the same tokens
+/// decoded whole (found while writing the gguf_header fuzz target's stream-equals-whole
+/// property, issue 15): F0 9F is a four-byte character cut short by E2, whose own
+/// character E2 82 AC (€) comes in the next two tokens.
+#[test]
+fn stream_decoder_agrees_with_decode_after_an_invalid_sequence() {
+    let t = tiny(&TinyLlamaSpec::default());
+    let tok = t.model.tokenizer();
+    let byte = |b: u8| (0..tok.vocab_size() as u32).find(|&id| tok.token_bytes(id).unwrap() == [b]).unwrap();
+    let ids: Vec<u32> = [0xF0, 0x9F, 0xE2, 0x82, 0xAC].into_iter().map(byte).collect();
+    let whole = tok.decode(&ids).unwrap();
+    assert_eq!(whole, "\u{fffd}€");
+    let mut dec = tok.stream_decoder();
+    let mut streamed = String::new();
+    for id in &ids {
+        streamed.push_str(&dec.push(*id).unwrap());
+    }
+    streamed.push_str(&dec.finish());
+    assert_eq!(streamed, whole);
+}
+
 #[test]
 fn model_id_is_the_sha256_of_the_file() {
     let t = tiny(&TinyLlamaSpec::default());

@@ -136,12 +136,24 @@ impl FileConfig {
             }
         };
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid attrinet config", path.display()))
+        FileConfig::from_toml(&text).with_context(|| format!("{} is not a valid attrinet config", path.display()))
+    }
+
+    /// Parses a config file's text (what [`FileConfig::load`] reads): an unknown key, or a
+    /// value of the wrong type, is an error that names it.
+    pub fn from_toml(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The file's text, as [`FileConfig::save`] writes it and [`FileConfig::from_toml`]
+    /// reads it back.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("encoding config")
     }
 
     /// Writes the file (used by `devnet --keep`).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let text = toml::to_string_pretty(self).context("encoding config")?;
+        let text = self.to_toml()?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 }

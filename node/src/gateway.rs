@@ -120,7 +120,13 @@ impl ApiError {
         ApiError { status, kind, code, message: message.into(), retry_after: None }
     }
 
-    fn body(&self) -> Value {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response body: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
     }
 }
@@ -339,13 +345,18 @@ fn stops(stop: Option<StopIn>) -> Result<Vec<String>, ApiError> {
 
 /// What the response does beyond the network's answer: where its text stops, and whether a
 /// stream ends with a usage chunk.
-struct Shape {
-    chat: bool,
+#[derive(Debug)]
+pub struct Shape {
+    /// A chat completion (else a text completion).
+    pub chat: bool,
     /// Choices asked for (`n`), each a request of its own with seed `seed + index`.
-    n: u32,
-    stream: bool,
-    include_usage: bool,
-    stops: Vec<String>,
+    pub n: u32,
+    /// Streamed as server-sent events.
+    pub stream: bool,
+    /// A stream ends with a usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Where the text is cut (`stop`).
+    pub stops: Vec<String>,
 }
 
 /// Cuts generated text at the first stop sequence, as it streams: text that might be the
@@ -353,19 +364,21 @@ struct Shape {
 /// (The provider stops generating at the token that completes one, and bills up to it;
 /// the text of that token past the stop is still cut here.)
 #[derive(Debug)]
-pub(crate) struct StopScanner {
+pub struct StopScanner {
     stops: Vec<String>,
     held: String,
     stopped: bool,
 }
 
 impl StopScanner {
-    pub(crate) fn new(stops: Vec<String>) -> Self {
+    /// A scanner that cuts at any of `stops` (each non-empty, as [`attrinet_p2p::check_stops`]
+    /// requires).
+    pub fn new(stops: Vec<String>) -> Self {
         StopScanner { stops, held: String::new(), stopped: false }
     }
 
     /// Takes the next piece of text; returns what can be shown now.
-    pub(crate) fn push(&mut self, text: &str) -> String {
+    pub fn push(&mut self, text: &str) -> String {
         if self.stopped {
             return String::new();
         }
@@ -387,12 +400,12 @@ impl StopScanner {
     }
 
     /// The end of the text: whatever was held back, unless a stop sequence was met.
-    pub(crate) fn finish(&mut self) -> String {
+    pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 
     /// Whether a stop sequence ended the text.
-    pub(crate) fn stopped(&self) -> bool {
+    pub fn stopped(&self) -> bool {
         self.stopped
     }
 }
@@ -427,7 +440,7 @@ fn choices(n: Option<u32>, stream: bool) -> Result<u32, ApiError> {
     Ok(n)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -476,20 +489,7 @@ async fn chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     g.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let req: ChatRequest = parse(&body).inspect_err(|_| count_error(&g))?;
-    let sampling = req.options.sampling(true).inspect_err(|_| count_error(&g))?;
-    let shape = req.options.shape(true).inspect_err(|_| count_error(&g))?;
-    let ask = Ask {
-        model: req.model.clone(),
-        prompt: Prompt::Chat(
-            req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
-        ),
-        max_tokens: max_tokens(req.max_completion_tokens.or(req.max_tokens), &limits)
-            .inspect_err(|_| count_error(&g))?,
-        sampling,
-        max_cost: None,
-        stop: shape.stops.clone(),
-    };
+    let Request { ask, shape } = chat_request(&body, &limits).inspect_err(|_| count_error(&g))?;
     respond(g, limits, ask, shape).await
 }
 
@@ -499,18 +499,53 @@ async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     g.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let req: CompletionRequest = parse(&body).inspect_err(|_| count_error(&g))?;
-    let sampling = req.options.sampling(false).inspect_err(|_| count_error(&g))?;
-    let shape = req.options.shape(false).inspect_err(|_| count_error(&g))?;
+    let Request { ask, shape } = completion_request(&body, &limits).inspect_err(|_| count_error(&g))?;
+    respond(g, limits, ask, shape).await
+}
+
+/// A request body, validated: what to ask the network, and how to shape the answer.
+#[derive(Debug)]
+pub struct Request {
+    /// What the payer asks providers for (each choice asks it with its own seed).
+    pub ask: Ask,
+    /// How the answer is returned.
+    pub shape: Shape,
+}
+
+/// Parses and validates a `POST /v1/chat/completions` body; anything refused is an
+/// OpenAI-shaped 400.
+pub fn chat_request(body: &[u8], limits: &GatewayLimits) -> Result<Request, ApiError> {
+    let req: ChatRequest = parse(body)?;
+    let sampling = req.options.sampling(true)?;
+    let shape = req.options.shape(true)?;
     let ask = Ask {
-        model: req.model.clone(),
-        prompt: Prompt::Text(req.prompt),
-        max_tokens: max_tokens(req.max_tokens, &limits).inspect_err(|_| count_error(&g))?,
+        model: req.model,
+        prompt: Prompt::Chat(
+            req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
+        ),
+        max_tokens: max_tokens(req.max_completion_tokens.or(req.max_tokens), limits)?,
         sampling,
         max_cost: None,
         stop: shape.stops.clone(),
     };
-    respond(g, limits, ask, shape).await
+    Ok(Request { ask, shape })
+}
+
+/// Parses and validates a `POST /v1/completions` body; anything refused is an
+/// OpenAI-shaped 400.
+pub fn completion_request(body: &[u8], limits: &GatewayLimits) -> Result<Request, ApiError> {
+    let req: CompletionRequest = parse(body)?;
+    let sampling = req.options.sampling(false)?;
+    let shape = req.options.shape(false)?;
+    let ask = Ask {
+        model: req.model,
+        prompt: Prompt::Text(req.prompt),
+        max_tokens: max_tokens(req.max_tokens, limits)?,
+        sampling,
+        max_cost: None,
+        stop: shape.stops.clone(),
+    };
+    Ok(Request { ask, shape })
 }
 
 /// The tokens asked for, within the gateway's limit.
