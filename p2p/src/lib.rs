@@ -4,7 +4,9 @@
 //!
 //! - a swarm (TCP + noise + yamux, and QUIC; identify; ping; Kademlia in server mode) whose
 //!   identity is the node's ed25519 key, owned by an [`EventLoop`] and driven through a
-//!   cloneable [`Client`];
+//!   cloneable [`Client`]; [`new_with_transport`] with [`Transport::Memory`] adds libp2p's
+//!   in-process memory transport, metered, for simulating hundreds of nodes in one process
+//!   (`benches/scale.rs`, run by `scripts/sim-scale`);
 //! - signed model adverts on the gossipsub topic [`ADVERT_TOPIC`], validated before they
 //!   are forwarded (accept, reject and penalise, or ignore), building each node's
 //!   [`attrinet_market::MarketView`];
@@ -19,6 +21,7 @@
 
 mod admission;
 mod batches;
+mod memory;
 mod network;
 mod payer;
 mod provider;
@@ -32,9 +35,10 @@ pub use batches::{
     MAX_BATCH_RECEIPTS, fetch_batch,
 };
 pub use libp2p::{Multiaddr, PeerId};
+pub use memory::{ByteMeter, Transport};
 pub use network::{
     ADVERT_TOPIC, Client, ConnectionBounds, EventLoop, MAX_RELAYS, NatConfig, NetConfig, NetError, OfferTemplate,
-    key_peer, new, peer_key, relay_limits, unix_now,
+    key_peer, new, new_with_transport, peer_key, relay_limits, unix_now,
 };
 pub use payer::{
     Answer, Ask, Failure, InferError, MAX_ANSWER_TIME, MAX_QUEUE_WAIT, MAX_TOKEN_TEXT_BYTES, Payer, Piece,

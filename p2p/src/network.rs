@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admitted, Gate, Held, PublisherCheck};
+use crate::memory::Transport;
 use crate::sync::{PullBudget, VIEW_PROTOCOL};
 
 /// The gossipsub topic of model adverts.
@@ -250,13 +251,15 @@ fn keypair(identity: &Identity) -> Keypair {
     Keypair::ed25519_from_bytes(identity.ed25519.to_bytes()).expect("a 32-byte ed25519 secret is always valid")
 }
 
-fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+fn build_swarm(identity: &Identity, config: &NetConfig, transport: &Transport) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(identity))
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_quic()
+        .with_other_transport(|key| crate::memory::transport(key, transport))
+        .map_err(|e| setup(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_behaviour(|key, relay_client| {
@@ -539,7 +542,16 @@ impl std::fmt::Debug for EventLoop {
 /// Builds the swarm, starts listening and dials the bootstrap peers. Returns the handle and
 /// the event loop to spawn.
 pub fn new(identity: Identity, config: NetConfig) -> Result<(Client, EventLoop), NetError> {
-    let mut swarm = build_swarm(&identity, &config)?;
+    new_with_transport(identity, config, Transport::Network)
+}
+
+/// [`new`] on the given transports: [`Transport::Memory`] for simulations in one process.
+pub fn new_with_transport(
+    identity: Identity,
+    config: NetConfig,
+    transport: Transport,
+) -> Result<(Client, EventLoop), NetError> {
+    let mut swarm = build_swarm(&identity, &config, &transport)?;
     let topic = IdentTopic::new(ADVERT_TOPIC);
     swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| NetError::Setup(e.to_string()))?;
     for addr in &config.listen {

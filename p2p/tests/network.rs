@@ -1,6 +1,7 @@
 //! Multi-node tests on loopback, in one process. Every wait is bounded and panics with
 //! what it was waiting for.
 
+mod memory;
 mod util;
 
 use std::sync::Arc;

@@ -241,10 +241,21 @@ impl Node {
         Node::start_with(i, bootstrap, config).await
     }
 
-    pub async fn start_with(i: u8, bootstrap: &[Multiaddr], mut config: NetConfig) -> Node {
+    pub async fn start_with(i: u8, bootstrap: &[Multiaddr], config: NetConfig) -> Node {
+        Node::start_on(i, bootstrap, config, attrinet_p2p::Transport::Network).await
+    }
+
+    /// A node on the given transports.
+    pub async fn start_on(
+        i: u8,
+        bootstrap: &[Multiaddr],
+        mut config: NetConfig,
+        transport: attrinet_p2p::Transport,
+    ) -> Node {
         let identity = Identity::from_secrets([i.wrapping_add(1); 32], [i.wrapping_add(1) % 0x7f + 1; 32]).unwrap();
         config.bootstrap = bootstrap.to_vec();
-        let (client, event_loop) = attrinet_p2p::new(identity.clone(), config).expect("network starts");
+        let (client, event_loop) =
+            attrinet_p2p::new_with_transport(identity.clone(), config, transport).expect("network starts");
         let handle = tokio::spawn(event_loop.run());
         let store = Arc::new(MemStore::new());
         let payer = Payer::new(identity.clone(), store.clone(), Duration::from_secs(10));
