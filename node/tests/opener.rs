@@ -24,17 +24,15 @@ fn net(bootstrap: Vec<attrinet_p2p::Multiaddr>) -> NetConfig {
     }
 }
 
-/// Attack: a node publishes an advert signed with its own key that names another registered
-/// node's EVM address, at a price that ranks it first. The opener used to open a channel to
-/// that address (the deposit locked with a node the client never chose, and which would
-/// not be the one serving it). Now an advert whose key is not the key registered for its
-/// address is passed over, and no channel is opened.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_opener_pays_no_address_whose_registered_key_is_not_the_adverts() {
-    let anvil = Anvil::spawn(AnvilConfig::default()).expect("anvil (scripts/setup-chain-tools)");
-    let [deployer, victim, forger, payer] =
-        [9u8, 10, 11, 12].map(|i| Identity::from_secrets([i; 32], [i; 32]).unwrap());
-    for who in [&deployer, &victim, &payer] {
+/// The contracts on a fresh anvil, deployed by `deployer`, with `funded` given 10 ETH each
+/// and `registered` registered as a node.
+async fn deployed(
+    anvil: &Anvil,
+    deployer: &Identity,
+    funded: [&Identity; 3],
+    registered: &Identity,
+) -> attrinet_chain::Deployment {
+    for who in funded {
         anvil.fund(who.address(), U256::from(10 * ETH)).await.unwrap();
     }
     let config = DeployConfig {
@@ -45,18 +43,37 @@ async fn the_opener_pays_no_address_whose_registered_key_is_not_the_adverts() {
         min_bond: Wei(ETH / 10),
     };
     let deployment = ChainClient::deploy(&anvil.endpoint(), deployer.evm.clone(), config).await.unwrap();
-    let victim_chain = ChainClient::connect(&anvil.endpoint(), victim.evm.clone(), deployment).unwrap();
-    victim_chain.register_node(&victim.public_key(), Wei(ETH / 10)).await.unwrap();
+    let chain = ChainClient::connect(&anvil.endpoint(), registered.evm.clone(), deployment).unwrap();
+    chain.register_node(&registered.public_key(), Wei(ETH / 10)).await.unwrap();
+    deployment
+}
+
+/// The first address `network` listens on, once it does.
+async fn first_listen_addr(network: &attrinet_p2p::Client) -> attrinet_p2p::Multiaddr {
+    loop {
+        if let Some(a) = network.listen_addrs().await.unwrap().into_iter().next() {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Attack: a node publishes an advert signed with its own key that names another registered
+/// node's EVM address, at a price that ranks it first. The opener used to open a channel to
+/// that address (the deposit locked with a node the client never chose, and which would
+/// not be the one serving it). Now an advert whose key is not the key registered for its
+/// address is passed over, and no channel is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opener_pays_no_address_whose_registered_key_is_not_the_adverts() {
+    let anvil = Anvil::spawn(AnvilConfig::default()).expect("anvil (scripts/setup-chain-tools)");
+    let [deployer, victim, forger, payer] =
+        [9u8, 10, 11, 12].map(|i| Identity::from_secrets([i; 32], [i; 32]).unwrap());
+    let deployment = deployed(&anvil, &deployer, [&deployer, &victim, &payer], &victim).await;
 
     // The forger's node publishes, under its own key, an advert naming the victim's address.
     let (forger_net, forger_loop) = attrinet_p2p::new(forger.clone(), net(vec![])).unwrap();
     tokio::spawn(forger_loop.run());
-    let addr = loop {
-        if let Some(a) = forger_net.listen_addrs().await.unwrap().into_iter().next() {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let addr = first_listen_addr(&forger_net).await;
     let (payer_net, payer_loop) = attrinet_p2p::new(payer.clone(), net(vec![addr])).unwrap();
     tokio::spawn(payer_loop.run());
     let advert = ModelAdvert {
@@ -110,19 +127,7 @@ async fn the_opener_pays_no_address_whose_registered_key_is_not_the_adverts() {
 async fn a_client_that_follows_the_chain_takes_adverts_of_registered_nodes_only() {
     let anvil = Anvil::spawn(AnvilConfig::default()).expect("anvil (scripts/setup-chain-tools)");
     let [deployer, node, sybil, client] = [20u8, 21, 22, 23].map(|i| Identity::from_secrets([i; 32], [i; 32]).unwrap());
-    for who in [&deployer, &node, &client] {
-        anvil.fund(who.address(), U256::from(10 * ETH)).await.unwrap();
-    }
-    let config = DeployConfig {
-        treasury: deployer.address(),
-        challenge_window: 15,
-        thaw_delay: 60,
-        unbond_delay: 60,
-        min_bond: Wei(ETH / 10),
-    };
-    let deployment = ChainClient::deploy(&anvil.endpoint(), deployer.evm.clone(), config).await.unwrap();
-    let node_chain = ChainClient::connect(&anvil.endpoint(), node.evm.clone(), deployment).unwrap();
-    node_chain.register_node(&node.public_key(), Wei(ETH / 10)).await.unwrap();
+    let deployment = deployed(&anvil, &deployer, [&deployer, &node, &client], &node).await;
 
     let advert = |who: &Identity, seq: u64| {
         ModelAdvert {
@@ -144,12 +149,7 @@ async fn a_client_that_follows_the_chain_takes_adverts_of_registered_nodes_only(
     };
     let (node_net, node_loop) = attrinet_p2p::new(node.clone(), net(vec![])).unwrap();
     tokio::spawn(node_loop.run());
-    let addr = loop {
-        if let Some(a) = node_net.listen_addrs().await.unwrap().into_iter().next() {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let addr = first_listen_addr(&node_net).await;
     let (sybil_net, sybil_loop) = attrinet_p2p::new(sybil.clone(), net(vec![addr.clone()])).unwrap();
     tokio::spawn(sybil_loop.run());
     let client_chain = ChainClient::connect(&anvil.endpoint(), client.evm.clone(), deployment).unwrap();
